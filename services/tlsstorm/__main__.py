@@ -1,0 +1,3 @@
+from tlsstorm.cli import main
+
+main()

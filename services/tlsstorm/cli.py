@@ -1,0 +1,96 @@
+"""The `tlsstorm` command: one subcommand per service or job; the work lives elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from tlsstorm import __version__
+from tlsstorm.common.config import ReceiverSettings, SenderSettings, add_flags, load_settings
+
+
+def _receiver(flags: argparse.Namespace) -> None:
+    from tlsstorm.common.serve import run_until_signalled
+    from tlsstorm.common.telemetry import tracer_provider
+    from tlsstorm.receiver.app import ReceiverService
+
+    settings = load_settings(ReceiverSettings, flags, "tlsstorm receiver")
+    service = ReceiverService(settings, tracer_provider("tlsstorm-receiver"))
+
+    def ready() -> None:
+        print(f"receiver: SMTP {settings.host}:{service.smtp_port} (STARTTLS, "
+              f"{service.key_type}), API http://{settings.host}:{service.http_port}", flush=True)
+
+    asyncio.run(run_until_signalled(service, ready))
+
+
+def _sender(flags: argparse.Namespace) -> None:
+    from tlsstorm.common.serve import run_until_signalled
+    from tlsstorm.common.telemetry import tracer_provider
+    from tlsstorm.sender.app import SenderService
+
+    settings = load_settings(SenderSettings, flags, "tlsstorm sender")
+    service = SenderService(settings, tracer_provider("tlsstorm-sender"))
+
+    def ready() -> None:
+        print(f"sender: API http://{settings.host}:{service.http_port}, target "
+              f"{settings.target}, allowed {', '.join(service.allowlist.entries)}", flush=True)
+
+    asyncio.run(run_until_signalled(service, ready))
+
+
+def _up(flags: argparse.Namespace) -> None:
+    from tlsstorm.local import LocalStack
+
+    local = LocalStack()
+    local.stack.start()
+    print("tlsstorm is up (Ctrl-C stops everything):")
+    for name, url in local.urls().items():
+        print(f"  {name:<18} {url}")
+    try:
+        local.stack.wait()
+    finally:
+        local.stack.stop()
+
+
+def _demo(flags: argparse.Namespace) -> None:
+    from tlsstorm.demo import run_demo
+
+    run_demo(messages=flags.messages, tls_ratio=flags.tls_ratio, rate=flags.rate,
+             concurrency=flags.concurrency, size=flags.size)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tlsstorm", description="Measure what STARTTLS spam costs a mail server.")
+    parser.add_argument("--version", action="version", version=f"tlsstorm {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    receiver = commands.add_parser("receiver", help="SMTP sink with STARTTLS and a stats API")
+    add_flags(receiver, ReceiverSettings)
+    receiver.set_defaults(run=_receiver)
+
+    sender = commands.add_parser("sender", help="botnet emulator with a control API")
+    add_flags(sender, SenderSettings)
+    sender.set_defaults(run=_sender)
+
+    up = commands.add_parser("up", help="run the local stack until Ctrl-C")
+    up.set_defaults(run=_up)
+
+    demo = commands.add_parser("demo", help="start the stack, send a mixed wave, print costs")
+    demo.add_argument("--messages", type=int, default=200, help="messages in the wave")
+    demo.add_argument("--tls-ratio", type=float, default=0.3, help="share sent with STARTTLS")
+    demo.add_argument("--rate", type=float, default=50.0, help="messages per second")
+    demo.add_argument("--concurrency", type=int, default=8, help="connections in flight")
+    demo.add_argument("--size", type=int, default=2048, help="message size in bytes")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    flags = build_parser().parse_args(argv)
+    try:
+        flags.run(flags)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""What every tlsstorm service shares, written once."""

@@ -1,0 +1,35 @@
+"""Span attribute names: OpenTelemetry semantic conventions where they exist, tlsstorm.* else."""
+
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+CLIENT_ADDRESS = "client.address"
+CLIENT_PORT = "client.port"
+NETWORK_TRANSPORT = "network.transport"
+NETWORK_PROTOCOL_NAME = "network.protocol.name"
+TLS_ESTABLISHED = "tls.established"
+TLS_PROTOCOL_NAME = "tls.protocol.name"
+TLS_PROTOCOL_VERSION = "tls.protocol.version"
+TLS_CIPHER = "tls.cipher"
+TLS_RESUMED = "tls.resumed"
+ERROR_TYPE = "error.type"
+
+SMTP_REPLY_CODE = "smtp.reply.code"
+SMTP_MESSAGES = "smtp.messages"
+MODE = "tlsstorm.mode"
+MESSAGE_BYTES = "tlsstorm.message.bytes"
+WIRE_BYTES_IN = "tlsstorm.wire.bytes_in"
+WIRE_BYTES_OUT = "tlsstorm.wire.bytes_out"
+SESSION_CPU_US = "tlsstorm.session.cpu_us"
+WAVE_ID = "tlsstorm.wave.id"
+CERT_VERIFIED = "tlsstorm.tls.cert_verified"
+
+SPAN_SESSION = "smtp.session"
+SPAN_SEND = "smtp.send"
+SPAN_HANDSHAKE = "tls.handshake"
+
+
+def tls_version_number(openssl_name: str | None) -> str | None:
+    """'TLSv1.3' -> '1.3', as tls.protocol.version wants."""
+    if not openssl_name:
+        return None
+    return openssl_name.removeprefix("TLSv")

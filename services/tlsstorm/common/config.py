@@ -1,0 +1,134 @@
+"""Settings for every service: command-line flags over TLSSTORM_* env vars over defaults."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+KeyType = Literal["rsa2048", "rsa4096", "ecdsa-p256"]
+TlsVersionName = Literal["1.2", "1.3"]
+Port = Annotated[int, Field(ge=0, le=65535)]
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class ReceiverSettings(BaseSettings):
+    """The SMTP sink: where it listens and how its TLS looks to clients."""
+
+    model_config = SettingsConfigDict(env_prefix="TLSSTORM_RECEIVER_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address both listeners bind (0.0.0.0 in a pod)")
+    smtp_port: Port = Field(2525, description="SMTP port (STARTTLS offered)")
+    http_port: Port = Field(8025, description="control/stats API port")
+    hostname: str = Field("receiver.tlsstorm.test", description="SMTP greeting name and cert CN")
+    cert_key_type: KeyType = Field("rsa2048", description="key of the generated certificate")
+    cert_file: Path | None = Field(None, description="PEM certificate (generated if unset)")
+    key_file: Path | None = Field(None, description="PEM private key for --cert-file")
+    tls_min_version: TlsVersionName = Field("1.2", description="lowest TLS version accepted")
+    tls_max_version: TlsVersionName = Field("1.3", description="highest TLS version accepted")
+    session_tickets: bool = Field(True, description="issue session tickets (resumption)")
+    require_starttls: bool = Field(False, description="refuse MAIL before STARTTLS (530)")
+    handshake_timeout_s: float = Field(10.0, gt=0, description="TLS handshake deadline")
+    idle_timeout_s: float = Field(30.0, gt=0, description="close a session idle this long")
+    max_message_bytes: int = Field(10 * 1024 * 1024, gt=0, description="SIZE limit (552 over)")
+    session_cpu: bool = Field(True, description="meter CPU time per session")
+    api_token: str | None = Field(
+        None,
+        validation_alias=AliasChoices("api_token", "TLSSTORM_API_TOKEN"),
+        description="bearer token required by endpoints that change state",
+    )
+
+    @field_validator("tls_max_version")
+    @classmethod
+    def _max_not_below_min(cls, value: str, info) -> str:
+        minimum = info.data.get("tls_min_version")
+        if minimum and float(value) < float(minimum):
+            raise ValueError(f"tls_max_version {value} is below tls_min_version {minimum}")
+        return value
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_with_cert(cls, value: Path | None, info) -> Path | None:
+        if (value is None) != (info.data.get("cert_file") is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return value
+
+
+class SenderSettings(BaseSettings):
+    """The botnet emulator: where it may aim and how it identifies itself."""
+
+    model_config = SettingsConfigDict(env_prefix="TLSSTORM_SENDER_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address the control API binds")
+    http_port: Port = Field(8026, description="control API port")
+    target: str = Field("127.0.0.1:2525", description="default SMTP target host:port")
+    allowed_targets: CommaList = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("allowed_targets", "TLSSTORM_ALLOWED_TARGETS"),
+        description="comma list of host, host:port or CIDR; default: --target and loopback",
+    )
+    ca_file: Path | None = Field(None, description="CA bundle to verify the receiver (else any)")
+    helo_name: str = Field("bot.tlsstorm.test", description="EHLO name")
+    mail_from: str = Field("bot@tlsstorm.test", description="envelope sender")
+    rcpt_to: str = Field("victim@receiver.tlsstorm.test", description="envelope recipient")
+    timeout_s: float = Field(30.0, gt=0, description="per SMTP step and handshake")
+    max_concurrency: int = Field(256, ge=1, le=10_000, description="cap on wave concurrency")
+    api_token: str | None = Field(
+        None,
+        validation_alias=AliasChoices("api_token", "TLSSTORM_API_TOKEN"),
+        description="bearer token required by endpoints that start load",
+    )
+
+    @field_validator("allowed_targets", mode="before")
+    @classmethod
+    def _split_allowed(cls, value: object) -> object:
+        return _split_commas(value)
+
+
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def add_flags(parser: argparse.ArgumentParser, settings_class: type[BaseSettings]) -> None:
+    """One flag per settings field, so every env var has a flag of the same name."""
+    prefix = settings_class.model_config.get("env_prefix", "")
+    for name, field in settings_class.model_fields.items():
+        env = f"{prefix}{name}".upper()
+        aliases = getattr(field.validation_alias, "choices", None)
+        if aliases:
+            env = aliases[-1]
+        default = field.default if field.default_factory is None else field.default_factory()
+        parser.add_argument(
+            _flag(name),
+            dest=name,
+            default=argparse.SUPPRESS,
+            metavar="VALUE",
+            help=f"{field.description} [env {env}, default {default!r}]",
+        )
+
+
+def load_settings(settings_class: type[BaseSettings], flags: argparse.Namespace, prog: str):
+    """Build settings from flags and env; a bad value exits with one line per field."""
+    given = {
+        name: value for name, value in vars(flags).items() if name in settings_class.model_fields
+    }
+    try:
+        return settings_class(**given)
+    except ValidationError as error:
+        prefix = settings_class.model_config.get("env_prefix", "")
+        for problem in error.errors():
+            name = str(problem["loc"][0]) if problem["loc"] else "?"
+            where = f"{_flag(name)} / {prefix}{name.upper()}"
+            print(f"{prog}: {where}: {problem['msg']} (got {problem.get('input')!r})",
+                  file=sys.stderr)
+        raise SystemExit(2) from None

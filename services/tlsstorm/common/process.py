@@ -1,0 +1,51 @@
+"""Process CPU (user+sys) and RSS, sampled so that cost per message can be attributed."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import resource
+import time
+from dataclasses import dataclass
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_seconds() -> float:
+    """User+system CPU of this process (all threads), excluding children."""
+    return time.process_time()
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    unix_s: float
+    cpu_seconds: float
+    rss_bytes: int
+
+
+class ProcessSampler:
+    """Keeps the last `keep` one-second samples of CPU and RSS; bounded memory."""
+
+    def __init__(self, interval_s: float = 1.0, keep: int = 900) -> None:
+        self.interval_s = interval_s
+        self.samples: collections.deque[Sample] = collections.deque(maxlen=keep)
+        self.started_unix_s = time.time()
+
+    def sample(self) -> Sample:
+        current = Sample(time.time(), cpu_seconds(), rss_bytes())
+        self.samples.append(current)
+        return current
+
+    async def run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.interval_s)

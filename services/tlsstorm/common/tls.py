@@ -1,0 +1,142 @@
+"""Certificates and SSL contexts, built once per process and reused for every session."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import ssl
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+@dataclass(frozen=True)
+class CertificatePair:
+    cert_pem: bytes
+    key_pem: bytes
+
+    @property
+    def cert_der(self) -> bytes:
+        return x509.load_pem_x509_certificate(self.cert_pem).public_bytes(
+            serialization.Encoding.DER
+        )
+
+
+def _private_key(key_type: str):
+    if key_type == "rsa2048":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if key_type == "rsa4096":
+        return rsa.generate_private_key(public_exponent=65537, key_size=4096)
+    if key_type == "ecdsa-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    raise ValueError(f"unknown key type {key_type!r}: use rsa2048, rsa4096 or ecdsa-p256")
+
+
+def self_signed(hostname: str, key_type: str = "rsa2048", days: int = 365) -> CertificatePair:
+    """A self-signed server certificate, as most spam-receiving test setups (and bots) see."""
+    key = _private_key(key_type)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.UTC)
+    alt_names: list[x509.GeneralName] = [
+        x509.DNSName(hostname),
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return CertificatePair(
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+        key_pem=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+def load_pair(cert_file: Path, key_file: Path) -> CertificatePair:
+    return CertificatePair(cert_pem=cert_file.read_bytes(), key_pem=key_file.read_bytes())
+
+
+def server_context(
+    pair: CertificatePair,
+    min_version: str = "1.2",
+    max_version: str = "1.3",
+    session_tickets: bool = True,
+) -> ssl.SSLContext:
+    """The receiver's context: no client certificates, tickets as configured."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = TLS_VERSIONS[min_version]
+    context.maximum_version = TLS_VERSIONS[max_version]
+    # load_cert_chain reads files only; the key never outlives this block on disk.
+    with tempfile.TemporaryDirectory(prefix="tlsstorm-cert-") as folder:
+        cert_path, key_path = Path(folder, "cert.pem"), Path(folder, "key.pem")
+        cert_path.write_bytes(pair.cert_pem)
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(pair.key_pem)
+        context.load_cert_chain(cert_path, key_path)
+    if session_tickets:
+        context.num_tickets = 2
+    else:
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
+    return context
+
+
+def client_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """The sender's context: verify against a CA bundle when given, else accept any (bots do)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca_file is None:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context.load_verify_locations(cafile=str(ca_file))
+    return context
+
+
+class TimedSSLObject(ssl.SSLObject):
+    """Remembers when its handshake began and ended, so either side can time it exactly.
+
+    asyncio's SSLProtocol calls do_handshake() first when the handshake starts (the client
+    writes its ClientHello, the server starts waiting for one) and last when it completes.
+    """
+
+    handshake_started_ns: int = 0
+    handshake_started_perf_ns: int = 0
+    handshake_ended_perf_ns: int = 0
+
+    def do_handshake(self) -> None:
+        if not self.handshake_started_perf_ns:
+            self.handshake_started_ns = time.time_ns()
+            self.handshake_started_perf_ns = time.perf_counter_ns()
+        super().do_handshake()
+        self.handshake_ended_perf_ns = time.perf_counter_ns()
+
+    @property
+    def handshake_ms(self) -> float | None:
+        if not self.handshake_ended_perf_ns:
+            return None
+        return (self.handshake_ended_perf_ns - self.handshake_started_perf_ns) / 1e6
+
+
+def timed(context: ssl.SSLContext) -> ssl.SSLContext:
+    context.sslobject_class = TimedSSLObject
+    return context

@@ -1,0 +1,1 @@
+"""The SMTP sink that offers STARTTLS and measures every session."""

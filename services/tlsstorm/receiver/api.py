@@ -1,0 +1,75 @@
+"""The receiver's control and stats API (FastAPI), served in the SMTP server's own loop."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Query
+
+from tlsstorm import __version__
+from tlsstorm.common.auth import bearer_guard
+from tlsstorm.common.metrics import metrics_response, registry_with
+from tlsstorm.receiver.metrics import ReceiverCollector
+
+if TYPE_CHECKING:
+    from tlsstorm.receiver.app import ReceiverService
+
+WaveId = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+def create_api(service: ReceiverService) -> FastAPI:
+    app = FastAPI(title="tlsstorm receiver", version=__version__)
+    guarded = [Depends(bearer_guard(service.settings.api_token))]
+    registry = registry_with(ReceiverCollector(service.stats))
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> dict:
+        if not service.accepting:
+            raise HTTPException(503, detail="SMTP listener is not accepting connections")
+        return {"status": "ready", "smtp_port": service.smtp_port}
+
+    @app.get("/v1/stats")
+    def stats(wave: WaveId = None) -> dict:
+        """Per mode (plain, tls): sessions, messages, handshakes, latency, wire bytes, errors."""
+        snapshot = service.stats.snapshot(wave)
+        if snapshot is None:
+            raise HTTPException(404, detail=f"no session of wave {wave!r} has ended here")
+        return snapshot
+
+    @app.get("/v1/stats/samples")
+    def samples() -> dict:
+        """Process CPU and RSS sampled once a second (the last 15 minutes)."""
+        return {
+            "samples": [
+                {"unix_s": s.unix_s, "cpu_seconds": s.cpu_seconds, "rss_bytes": s.rss_bytes}
+                for s in service.sampler.samples
+            ]
+        }
+
+    @app.post("/v1/stats/reset", dependencies=guarded)
+    def reset() -> dict:
+        service.stats.reset()
+        return {"reset": True}
+
+    @app.get("/v1/tls")
+    def tls() -> dict:
+        """The TLS settings in force, so a report can say what was measured."""
+        settings = service.settings
+        return {
+            "cert_key_type": service.key_type,
+            "tls_min_version": settings.tls_min_version,
+            "tls_max_version": settings.tls_max_version,
+            "session_tickets": settings.session_tickets,
+            "require_starttls": settings.require_starttls,
+            "cert_der_bytes": len(service.certificate.cert_der),
+        }
+
+    @app.get("/metrics")
+    def metrics():
+        return metrics_response(registry)
+
+    return app

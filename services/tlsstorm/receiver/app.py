@@ -1,0 +1,97 @@
+"""The receiver process: SMTP listener and HTTP API on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+from opentelemetry.sdk.trace import TracerProvider
+
+from tlsstorm.common.config import ReceiverSettings
+from tlsstorm.common.process import ProcessSampler
+from tlsstorm.common.serve import HttpServer, bind, port_of
+from tlsstorm.common.tls import CertificatePair, load_pair, self_signed, server_context, timed
+from tlsstorm.receiver.api import create_api
+from tlsstorm.receiver.session import SessionRecord
+from tlsstorm.receiver.smtp import MeasuredSMTP, SinkHandler
+from tlsstorm.receiver.stats import ReceiverStats
+from tlsstorm.receiver.tracing import emit_session_spans
+
+
+def _key_type_of(pair: CertificatePair) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    key = x509.load_pem_x509_certificate(pair.cert_pem).public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"rsa{key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"ecdsa-{key.curve.name}"
+    return type(key).__name__
+
+
+class ReceiverService:
+    """Owns the listeners, the TLS context (built once) and the stats."""
+
+    def __init__(self, settings: ReceiverSettings, provider: TracerProvider | None = None):
+        self.settings = settings
+        self.provider = provider
+        self.stats = ReceiverStats()
+        self.sampler = ProcessSampler()
+        if settings.cert_file and settings.key_file:
+            self.certificate = load_pair(settings.cert_file, settings.key_file)
+        else:
+            self.certificate = self_signed(settings.hostname, settings.cert_key_type)
+        self.key_type = _key_type_of(self.certificate)
+        self.tls_context: ssl.SSLContext = timed(server_context(
+            self.certificate, settings.tls_min_version, settings.tls_max_version,
+            settings.session_tickets,
+        ))
+        self._tracer = provider.get_tracer("tlsstorm.receiver") if provider else None
+        self._smtp_sock = bind(settings.host, settings.smtp_port)
+        self._http_sock = bind(settings.host, settings.http_port)
+        self.smtp_port = port_of(self._smtp_sock)
+        self.http_port = port_of(self._http_sock)
+        self._smtp_server: asyncio.Server | None = None
+        self._http = HttpServer(create_api(self), self._http_sock)
+        self._sampler_task: asyncio.Task | None = None
+
+    @property
+    def accepting(self) -> bool:
+        return self._smtp_server is not None and self._smtp_server.is_serving()
+
+    def _session_ended(self, record: SessionRecord) -> None:
+        self.stats.add(record)
+        if self._tracer is not None:
+            emit_session_spans(self._tracer, record, self.settings.hostname, self.smtp_port)
+
+    def _new_session(self) -> MeasuredSMTP:
+        settings = self.settings
+        return MeasuredSMTP(
+            SinkHandler(),
+            on_session_end=self._session_ended,
+            handshake_timeout_s=settings.handshake_timeout_s,
+            meter_cpu=settings.session_cpu,
+            hostname=settings.hostname,
+            ident="tlsstorm",
+            tls_context=self.tls_context,
+            require_starttls=settings.require_starttls,
+            timeout=settings.idle_timeout_s,
+            data_size_limit=settings.max_message_bytes,
+            loop=asyncio.get_running_loop(),
+        )
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._smtp_server = await loop.create_server(self._new_session, sock=self._smtp_sock)
+        await self._http.start()
+        self._sampler_task = asyncio.create_task(self.sampler.run())
+
+    async def stop(self) -> None:
+        if self._sampler_task is not None:
+            self._sampler_task.cancel()
+        await self._http.stop()
+        if self._smtp_server is not None:
+            self._smtp_server.close()
+        if self.provider is not None:
+            self.provider.shutdown()

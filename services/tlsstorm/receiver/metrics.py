@@ -1,0 +1,47 @@
+"""The receiver's Prometheus series, computed from its stats when scraped."""
+
+from __future__ import annotations
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+
+from tlsstorm.receiver.stats import ReceiverStats
+
+
+class ReceiverCollector:
+    def __init__(self, stats: ReceiverStats) -> None:
+        self._stats = stats
+
+    def collect(self):
+        modes = self._stats.total.modes
+        sessions = CounterMetricFamily(
+            "tlsstorm_receiver_sessions", "SMTP sessions ended", labels=["mode"])
+        messages = CounterMetricFamily(
+            "tlsstorm_receiver_messages", "messages accepted", labels=["mode"])
+        wire = CounterMetricFamily(
+            "tlsstorm_receiver_wire_bytes", "TCP payload bytes", labels=["mode", "direction"])
+        cpu = CounterMetricFamily(
+            "tlsstorm_receiver_session_cpu_seconds", "CPU charged to sessions", labels=["mode"])
+        handshakes = CounterMetricFamily(
+            "tlsstorm_receiver_handshakes", "TLS handshakes", labels=["result"])
+        errors = CounterMetricFamily(
+            "tlsstorm_receiver_errors", "session errors", labels=["mode", "kind"])
+        latency = SummaryMetricFamily(
+            "tlsstorm_receiver_handshake_seconds", "server-side TLS handshake time")
+        for mode, stats in modes.items():
+            sessions.add_metric([mode], stats.sessions)
+            messages.add_metric([mode], stats.messages)
+            wire.add_metric([mode, "in"], stats.wire_bytes_in)
+            wire.add_metric([mode, "out"], stats.wire_bytes_out)
+            cpu.add_metric([mode], stats.cpu_ns / 1e9)
+            for kind, count in stats.errors.items():
+                errors.add_metric([mode, kind], count)
+        tls = modes["tls"]
+        handshakes.add_metric(["ok"], tls.handshakes_ok)
+        handshakes.add_metric(["failed"], tls.handshakes_failed)
+        handshakes.add_metric(["resumed"], tls.handshakes_resumed)
+        latency.add_metric([], tls.handshake_ms.count, tls.handshake_ms.sum_ms / 1000)
+        p95 = tls.handshake_ms.percentile(0.95)
+        latency_p95 = GaugeMetricFamily(
+            "tlsstorm_receiver_handshake_p95_seconds", "95th percentile handshake time")
+        latency_p95.add_metric([], (p95 or 0.0) / 1000)
+        yield from (sessions, messages, wire, cpu, handshakes, errors, latency, latency_p95)

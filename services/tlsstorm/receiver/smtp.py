@@ -1,0 +1,204 @@
+"""The receiver's SMTP protocol: aiosmtpd plus per-session measurement and a handshake deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.sslproto as sslproto
+import logging
+import ssl
+import time
+from collections.abc import Callable
+
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
+
+from tlsstorm.common.tls import TimedSSLObject
+from tlsstorm.common.wire import wire_bytes
+from tlsstorm.receiver.session import MeteredCoroutine, RawTransportProtocol, SessionRecord
+
+# aiosmtpd logs every command at INFO; a measured hot path must not format log lines.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+_TRACEPARENT = b"\ntraceparent:"
+_WAVE = b"\nx-tlsstorm-wave:"
+_HEADER_SCAN_LIMIT = 16 * 1024
+
+
+def _header(headers: bytes, lowered: bytes, name: bytes) -> str | None:
+    start = lowered.find(name)
+    if start < 0:
+        return None
+    start += len(name)
+    end = headers.find(b"\n", start)
+    value = headers[start : end if end >= 0 else len(headers)].strip()
+    return value.decode("ascii", "replace")[:128] or None
+
+
+class SinkHandler:
+    """Accepts every message and discards it; it never relays."""
+
+    async def handle_DATA(self, server: MeasuredSMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        record = server.record
+        record.messages += 1
+        record.message_bytes += len(content)
+        head = content[:_HEADER_SCAN_LIMIT]
+        end_of_headers = head.find(b"\r\n\r\n")
+        headers = b"\n" + (head if end_of_headers < 0 else head[:end_of_headers])
+        lowered = headers.lower()
+        traceparent = _header(headers, lowered, _TRACEPARENT)
+        if traceparent:
+            record.traceparents.append(traceparent)
+        if record.wave_id is None:
+            record.wave_id = _header(headers, lowered, _WAVE)
+        return "250 2.0.0 OK: message accepted and discarded"
+
+
+class MeasuredSMTP(SMTP):
+    """One instance per connection; fills a SessionRecord and hands it over at the end."""
+
+    def __init__(
+        self,
+        handler: SinkHandler,
+        *,
+        on_session_end: Callable[[SessionRecord], None],
+        handshake_timeout_s: float,
+        meter_cpu: bool,
+        **kwargs,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self._on_session_end = on_session_end
+        self._handshake_timeout_s = handshake_timeout_s
+        self._meter_cpu = meter_cpu
+        self.record: SessionRecord = SessionRecord(None)
+        self._raw_socket = None
+        self._finished = False
+
+    # -- connection life cycle -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None:
+            self.record = SessionRecord(transport.get_extra_info("peername"))
+            self._raw_socket = transport.get_extra_info("socket")
+        super().connection_made(transport)
+
+    def _handle_client(self):
+        client = super()._handle_client()
+        return MeteredCoroutine(client, self.record) if self._meter_cpu else client
+
+    def data_received(self, data: bytes) -> None:
+        if self._meter_cpu:
+            self.record.meter(super().data_received, data)
+        else:
+            super().data_received(data)
+
+    def _capture_wire(self) -> None:
+        counted = wire_bytes(self._raw_socket)
+        if counted is not None:
+            self.record.wire_bytes_in, self.record.wire_bytes_out = counted
+        self._raw_socket = None
+
+    def _timeout_cb(self) -> None:
+        self.record.errors.append("idle_timeout")
+        super()._timeout_cb()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        # After a successful STARTTLS the raw transport's protocol has read the counters
+        # already; on a plain session or a failed handshake the socket is still open here.
+        if self._raw_socket is not None:
+            self._capture_wire()
+        super().connection_lost(error)
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        record = self.record
+        record.ended_perf_ns = time.perf_counter_ns()
+        if not record.quit and not record.errors:
+            record.errors.append("dropped")
+        self._on_session_end(record)
+
+    # -- replies -------------------------------------------------------------------------
+    async def push(self, status: str | bytes) -> None:
+        response = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") if isinstance(
+            status, str
+        ) else status
+        self.record.note_reply(response)
+        self._writer.write(response + b"\r\n")
+        await self._writer.drain()
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        if not arg:
+            self.record.quit = True
+        await super().smtp_QUIT(arg)
+
+    # -- STARTTLS ------------------------------------------------------------------------
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if arg:
+            await self.push("501 5.5.4 Syntax: STARTTLS")
+            return
+        if self._tls_protocol is not None:
+            # RFC 3207 4.2: STARTTLS inside TLS is an error, not a second handshake.
+            await self.push("503 5.5.1 Error: TLS already active")
+            return
+        record = self.record
+        record.tls = True
+        await self.push("220 2.0.0 Ready to start TLS")
+        waiter = self.loop.create_future()
+        tls_protocol = sslproto.SSLProtocol(
+            self.loop, self, self.tls_context, waiter, server_side=True,
+            ssl_handshake_timeout=self._handshake_timeout_s,
+        )
+        self._tls_protocol = tls_protocol
+        self._original_transport = self.transport
+        self._original_transport.set_protocol(
+            RawTransportProtocol(tls_protocol, record, self._capture_wire, self._meter_cpu)
+        )
+        self.transport = tls_protocol._app_transport
+        started_ns, started_perf = time.time_ns(), time.perf_counter()
+        tls_protocol.connection_made(self._original_transport)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            elapsed_s = time.perf_counter() - started_perf
+            self._handshake_failed(error, started_ns, elapsed_s)
+            raise TLSSetupException() from error
+        ssl_object = self.transport.get_extra_info("ssl_object")
+        if ssl_object is None:  # the peer left mid-handshake without an error being raised
+            elapsed_s = time.perf_counter() - started_perf
+            self._handshake_failed(ConnectionResetError(), started_ns, elapsed_s)
+            raise TLSSetupException()
+        record.handshake_ok = True
+        if isinstance(ssl_object, TimedSSLObject) and ssl_object.handshake_ms is not None:
+            record.handshake_started_ns = ssl_object.handshake_started_ns
+            record.handshake_ms = ssl_object.handshake_ms
+        else:
+            record.handshake_started_ns = started_ns
+            record.handshake_ms = (time.perf_counter() - started_perf) * 1000
+        record.tls_version = ssl_object.version()
+        cipher = ssl_object.cipher()
+        record.cipher = cipher[0] if cipher else None
+        record.resumed = ssl_object.session_reused
+
+    def _handshake_failed(self, error: BaseException, started_ns: int, elapsed_s: float) -> None:
+        record = self.record
+        record.handshake_ok = False
+        record.handshake_started_ns = started_ns
+        record.handshake_ms = elapsed_s * 1000
+        timed_out = elapsed_s >= self._handshake_timeout_s * 0.9
+        if isinstance(error, ConnectionAbortedError) and timed_out:
+            record.errors.append("handshake_timeout")
+        elif isinstance(error, ssl.SSLError):
+            record.errors.append("handshake_failed")
+        else:
+            record.errors.append("handshake_dropped")
+
+    async def handle_exception(self, error: Exception) -> str:
+        if not isinstance(error, TLSSetupException):
+            self.record.errors.append("internal_error")
+        return "421 4.3.0 Error: TLS handshake failed" if isinstance(
+            error, TLSSetupException
+        ) else "451 4.3.0 Error: internal error"

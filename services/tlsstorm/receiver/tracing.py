@@ -1,0 +1,71 @@
+"""Turns a finished session's record into spans, after the fact, so tracing costs nothing live."""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from tlsstorm.common import attributes as attr
+from tlsstorm.common.telemetry import context_from_traceparent
+from tlsstorm.receiver.session import SessionRecord
+
+
+def emit_session_spans(
+    tracer: trace.Tracer, record: SessionRecord, server_address: str, server_port: int
+) -> None:
+    """smtp.session (SERVER) under the sender's traceparent, with a tls.handshake child."""
+    parent = context_from_traceparent(record.traceparents[0] if record.traceparents else None)
+    links = []
+    for traceparent in record.traceparents[1:]:
+        other = context_from_traceparent(traceparent)
+        if other is not None:
+            links.append(Link(trace.get_current_span(other).get_span_context()))
+    attributes = {
+        attr.SERVER_ADDRESS: server_address,
+        attr.SERVER_PORT: server_port,
+        attr.CLIENT_ADDRESS: record.client_address,
+        attr.CLIENT_PORT: record.client_port,
+        attr.NETWORK_TRANSPORT: "tcp",
+        attr.NETWORK_PROTOCOL_NAME: "smtp",
+        attr.MODE: "starttls" if record.tls else "plain",
+        attr.TLS_ESTABLISHED: bool(record.handshake_ok),
+        attr.SMTP_MESSAGES: record.messages,
+        attr.MESSAGE_BYTES: record.message_bytes,
+        attr.WIRE_BYTES_IN: record.wire_bytes_in,
+        attr.WIRE_BYTES_OUT: record.wire_bytes_out,
+        attr.SESSION_CPU_US: record.cpu_ns // 1000,
+    }
+    if record.wave_id:
+        attributes[attr.WAVE_ID] = record.wave_id
+    if record.handshake_ok:
+        attributes[attr.TLS_PROTOCOL_NAME] = "tls"
+        attributes[attr.TLS_PROTOCOL_VERSION] = attr.tls_version_number(record.tls_version)
+        attributes[attr.TLS_CIPHER] = record.cipher or ""
+        attributes[attr.TLS_RESUMED] = record.resumed
+    if record.errors:
+        attributes[attr.ERROR_TYPE] = record.errors[0]
+    session = tracer.start_span(
+        attr.SPAN_SESSION, context=parent, kind=SpanKind.SERVER, links=links,
+        start_time=record.started_ns, attributes=attributes,
+    )
+    if record.handshake_ok is not None:
+        handshake = tracer.start_span(
+            attr.SPAN_HANDSHAKE,
+            context=trace.set_span_in_context(session),
+            kind=SpanKind.INTERNAL,
+            start_time=record.handshake_started_ns,
+            attributes={
+                attr.TLS_ESTABLISHED: bool(record.handshake_ok),
+                attr.TLS_PROTOCOL_VERSION: attr.tls_version_number(record.tls_version) or "",
+                attr.TLS_CIPHER: record.cipher or "",
+                attr.TLS_RESUMED: record.resumed,
+                "tlsstorm.side": "server",
+            },
+        )
+        if not record.handshake_ok:
+            handshake.set_status(Status(StatusCode.ERROR, record.errors[0]))
+        handshake_ns = int((record.handshake_ms or 0.0) * 1e6)
+        handshake.end(end_time=record.handshake_started_ns + handshake_ns)
+    if record.errors:
+        session.set_status(Status(StatusCode.ERROR, ", ".join(sorted(set(record.errors)))))
+    session.end(end_time=record.ended_ns)

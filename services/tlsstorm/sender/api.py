@@ -1,0 +1,120 @@
+"""The sender's control API: single sends and waves, only ever at allowed targets."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import Depends, FastAPI, HTTPException, status
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from pydantic import BaseModel, Field
+
+from tlsstorm import __version__
+from tlsstorm.common.auth import bearer_guard
+from tlsstorm.common.metrics import metrics_response, registry_with
+from tlsstorm.sender.allowlist import Target, TargetRefused
+from tlsstorm.sender.waves import Wave, WaveSpec
+
+if TYPE_CHECKING:
+    from tlsstorm.sender.app import SenderService
+
+
+class SendRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    tls: bool = Field(description="use STARTTLS (else a truly plain session)")
+    count: int = Field(1, ge=1, le=10_000)
+    size: int = Field(2048, ge=64, le=10 * 1024 * 1024, description="message size in bytes")
+    per_connection: int = Field(1, ge=1, le=1000, description="messages per SMTP connection")
+    target: str | None = Field(None, max_length=300, description="host:port (default target)")
+
+
+class _SenderCollector:
+    def __init__(self, service: SenderService) -> None:
+        self._service = service
+
+    def collect(self):
+        totals = self._service.client.totals
+        messages = CounterMetricFamily(
+            "tlsstorm_sender_messages", "messages sent", labels=["mode", "result"])
+        for (mode, result), count in totals.messages.items():
+            messages.add_metric([mode, result], count)
+        wire = CounterMetricFamily(
+            "tlsstorm_sender_wire_bytes", "TCP payload bytes", labels=["mode", "direction"])
+        for (mode, direction), count in totals.wire_bytes.items():
+            wire.add_metric([mode, direction], count)
+        running = GaugeMetricFamily("tlsstorm_sender_waves_running", "waves in progress")
+        running.add_metric([], sum(
+            1 for wave in self._service.waves.waves.values() if wave.status == "running"))
+        yield from (messages, wire, running)
+
+
+def create_api(service: SenderService) -> FastAPI:
+    app = FastAPI(title="tlsstorm sender", version=__version__)
+    guarded = [Depends(bearer_guard(service.settings.api_token))]
+    registry = registry_with(_SenderCollector(service))
+
+    async def allowed(target: str | None) -> Target:
+        try:
+            return await service.allowlist.check(target or service.settings.target)
+        except TargetRefused as refusal:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(refusal)) from None
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> dict:
+        return {"status": "ready"}
+
+    @app.post("/v1/send", dependencies=guarded)
+    async def send(request: SendRequest) -> dict:
+        """Send now and wait; one result per message."""
+        target = await allowed(request.target)
+        results = []
+        remaining = request.count
+        while remaining:
+            batch = min(request.per_connection, remaining)
+            results += await service.client.send(target, request.tls, batch, request.size)
+            remaining -= batch
+        return {"target": target.label, "results": [result.as_dict() for result in results]}
+
+    @app.post("/v1/waves", status_code=status.HTTP_202_ACCEPTED, dependencies=guarded)
+    async def start_wave(spec: WaveSpec) -> dict:
+        """Start a wave in the background; poll /v1/waves/{id}."""
+        if spec.concurrency > service.settings.max_concurrency:
+            raise HTTPException(
+                422, detail=f"concurrency {spec.concurrency} is above the sender's cap "
+                f"{service.settings.max_concurrency} (TLSSTORM_SENDER_MAX_CONCURRENCY)")
+        target = await allowed(spec.target)
+        wave = Wave(spec, target, service.client)
+        service.waves.add(wave)
+        wave.start()
+        return {"id": wave.id, "status": wave.status, "url": f"/v1/waves/{wave.id}"}
+
+    @app.get("/v1/waves")
+    def list_waves() -> dict:
+        return {"waves": [wave.as_dict() for wave in service.waves.waves.values()]}
+
+    def find(wave_id: str) -> Wave:
+        wave = service.waves.waves.get(wave_id)
+        if wave is None:
+            raise HTTPException(404, detail=f"no wave {wave_id!r}: see GET /v1/waves")
+        return wave
+
+    @app.get("/v1/waves/{wave_id}")
+    def get_wave(wave_id: str) -> dict:
+        return find(wave_id).as_dict()
+
+    @app.delete("/v1/waves/{wave_id}", dependencies=guarded)
+    async def stop_wave(wave_id: str) -> dict:
+        wave = find(wave_id)
+        wave.stop()
+        await wave.wait()
+        return wave.as_dict()
+
+    @app.get("/metrics")
+    def metrics():
+        return metrics_response(registry)
+
+    return app

@@ -1,0 +1,40 @@
+"""The sender process: control API and SMTP client on one event loop."""
+
+from __future__ import annotations
+
+from opentelemetry.sdk.trace import TracerProvider
+
+from tlsstorm.common.config import SenderSettings
+from tlsstorm.common.serve import HttpServer, bind, port_of
+from tlsstorm.sender.allowlist import Allowlist
+from tlsstorm.sender.api import create_api
+from tlsstorm.sender.client import SmtpClient
+from tlsstorm.sender.waves import WaveBook
+
+
+class SenderService:
+    def __init__(self, settings: SenderSettings, provider: TracerProvider | None = None):
+        self.settings = settings
+        self.provider = provider
+        self.allowlist = Allowlist(settings.allowed_targets, settings.target)
+        self.client = SmtpClient(settings, provider)
+        self.waves = WaveBook()
+        self._http_sock = bind(settings.host, settings.http_port)
+        self.http_port = port_of(self._http_sock)
+        app = create_api(self)
+        if provider is not None:
+            from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+            FastAPIInstrumentor.instrument_app(
+                app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics"
+            )
+        self._http = HttpServer(app, self._http_sock)
+
+    async def start(self) -> None:
+        await self._http.start()
+
+    async def stop(self) -> None:
+        self.waves.stop_all()
+        await self._http.stop()
+        if self.provider is not None:
+            self.provider.shutdown()

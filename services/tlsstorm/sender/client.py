@@ -1,0 +1,275 @@
+"""One SMTP connection carrying one or more messages, plain or STARTTLS, measured per message."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+
+import aiosmtplib
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from tlsstorm.common import attributes as attr
+from tlsstorm.common.config import SenderSettings
+from tlsstorm.common.telemetry import traceparent_of
+from tlsstorm.common.tls import TimedSSLObject, client_context, timed
+from tlsstorm.common.wire import wire_bytes
+from tlsstorm.sender.allowlist import Target
+from tlsstorm.sender.message import build_message
+
+
+@dataclass(slots=True)
+class MessageResult:
+    """What one message cost the sender; the connection's set-up is charged to its first."""
+
+    ok: bool
+    tls: bool
+    code: int | None = None
+    reply: str | None = None
+    size: int = 0
+    connect_ms: float | None = None
+    handshake_ms: float | None = None
+    total_ms: float = 0.0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    tls_version: str | None = None
+    cipher: str | None = None
+    tls_resumed: bool | None = None
+    cert_verified: bool | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class _Phase:
+    name: str
+    started_ns: int
+    ended_ns: int = 0
+
+
+@dataclass(slots=True)
+class _Checkpoint:
+    perf_ns: int
+    wall_ns: int
+    received: int
+    sent: int
+    phases: list[_Phase] = field(default_factory=list)
+
+
+class SendTotals:
+    """Running sums for /metrics, updated once per connection."""
+
+    def __init__(self) -> None:
+        self.messages: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.wire_bytes: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def add(self, tls: bool, results: list[MessageResult]) -> None:
+        mode = "tls" if tls else "plain"
+        for result in results:
+            self.messages[mode, "ok" if result.ok else "failed"] += 1
+            self.wire_bytes[mode, "out"] += result.bytes_sent
+            self.wire_bytes[mode, "in"] += result.bytes_received
+
+
+class SmtpClient:
+    """Holds what every connection reuses: the TLS context, names, the tracer."""
+
+    def __init__(self, settings: SenderSettings, provider: TracerProvider | None = None) -> None:
+        self.settings = settings
+        self.verify = settings.ca_file is not None
+        self.tls_context = timed(client_context(settings.ca_file))
+        self.tracer = provider.get_tracer("tlsstorm.sender") if provider else None
+        self.totals = SendTotals()
+
+    async def send(
+        self, target: Target, tls: bool, count: int, size: int, wave_id: str | None = None
+    ) -> list[MessageResult]:
+        """Send `count` messages over one connection; one result per message, failed or not."""
+        results = await _Session(self, target, tls, wave_id).run(count, size)
+        self.totals.add(tls, results)
+        return results
+
+
+class _Session:
+    def __init__(self, client: SmtpClient, target: Target, tls: bool, wave_id: str | None):
+        self.client = client
+        self.settings = client.settings
+        self.target = target
+        self.tls = tls
+        self.wave_id = wave_id
+        self.results: list[MessageResult] = []
+        self.socket = None
+        self.ssl_object: TimedSSLObject | None = None
+        self.smtp: aiosmtplib.SMTP | None = None
+        self.connect_ms: float | None = None
+        self.mark: _Checkpoint = self._checkpoint()
+
+    def _checkpoint(self) -> _Checkpoint:
+        counted = wire_bytes(self.socket) if self.socket is not None else None
+        received, sent = counted or (0, 0)
+        return _Checkpoint(time.perf_counter_ns(), time.time_ns(), received, sent)
+
+    def _phase(self, name: str) -> _Phase:
+        phase = _Phase(name, time.time_ns())
+        self.mark.phases.append(phase)
+        return phase
+
+    async def _step(self, name: str, awaitable):
+        phase = self._phase(name)
+        try:
+            return await awaitable
+        finally:
+            phase.ended_ns = time.time_ns()
+
+    async def _open(self) -> None:
+        settings = self.settings
+        self.smtp = aiosmtplib.SMTP(
+            hostname=self.target.address, port=self.target.port,
+            local_hostname=settings.helo_name, tls_context=self.client.tls_context,
+            start_tls=False, use_tls=False, timeout=settings.timeout_s,
+        )
+        started = time.perf_counter()
+        await self._step("smtp.connect", self.smtp.connect())
+        self.connect_ms = (time.perf_counter() - started) * 1000
+        self.socket = self.smtp.transport.get_extra_info("socket")
+        await self._step("smtp.ehlo", self.smtp.ehlo())
+        if self.tls:
+            await self._step(
+                "smtp.starttls",
+                self.smtp.starttls(server_hostname=self.target.host,
+                                   tls_context=self.client.tls_context),
+            )
+            self.ssl_object = self.smtp.transport.get_extra_info("ssl_object")
+            await self._step("smtp.ehlo", self.smtp.ehlo())
+
+    async def run(self, count: int, size: int) -> list[MessageResult]:
+        error: str | None = None
+        span: trace.Span | None = None
+        try:
+            for index in range(count):
+                span = self._start_span()
+                if index == 0:
+                    await self._open()
+                result = await self._message(size, span)
+                if index == count - 1:
+                    await self._quit()
+                self._close_message(result, span)
+                span = None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as failure:
+            error = _describe(failure)
+            self._close_message(self._failed_result(failure, size), span)
+        finally:
+            if self.smtp is not None:
+                self.smtp.close()
+        while len(self.results) < count:
+            self.results.append(MessageResult(ok=False, tls=self.tls, size=size,
+                                              error=f"not sent: {error}"))
+        return self.results
+
+    def _start_span(self) -> trace.Span | None:
+        tracer = self.client.tracer
+        if tracer is None:
+            return None
+        return tracer.start_span(attr.SPAN_SEND, kind=SpanKind.CLIENT, start_time=self.mark.wall_ns)
+
+    async def _quit(self) -> None:
+        """Best effort: the last message was accepted whatever happens to QUIT."""
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+            await self._step("smtp.quit", self.smtp.execute_command(b"QUIT"))
+
+    async def _message(self, size: int, span: trace.Span | None) -> MessageResult:
+        settings = self.settings
+        traceparent = traceparent_of(span) if span is not None else None
+        message = build_message(size, settings.mail_from, settings.rcpt_to, traceparent,
+                                self.wave_id)
+        await self._step("smtp.mail", self.smtp.mail(settings.mail_from))
+        await self._step("smtp.rcpt", self.smtp.rcpt(settings.rcpt_to))
+        reply = await self._step("smtp.data", self.smtp.data(message))
+        return MessageResult(ok=True, tls=self.tls, code=reply.code, reply=reply.message,
+                             size=len(message))
+
+    def _failed_result(self, failure: BaseException, size: int) -> MessageResult:
+        code = getattr(failure, "code", None)
+        reply = getattr(failure, "message", None)
+        return MessageResult(ok=False, tls=self.tls, code=code if isinstance(code, int) else None,
+                             reply=reply if isinstance(reply, str) else None, size=size,
+                             error=_describe(failure))
+
+    def _close_message(self, result: MessageResult, span: trace.Span | None) -> None:
+        """Charge the interval since the last checkpoint to this message and start a new one."""
+        first = not self.results
+        previous, now = self.mark, self._checkpoint()
+        result.total_ms = (now.perf_ns - previous.perf_ns) / 1e6
+        result.bytes_received = now.received - previous.received
+        result.bytes_sent = now.sent - previous.sent
+        if first:
+            result.connect_ms = self.connect_ms
+        if self.ssl_object is not None:
+            result.tls_version = self.ssl_object.version()
+            cipher = self.ssl_object.cipher()
+            result.cipher = cipher[0] if cipher else None
+            result.tls_resumed = self.ssl_object.session_reused
+            result.cert_verified = self.client.verify
+            if first:
+                result.handshake_ms = self.ssl_object.handshake_ms
+        self.results.append(result)
+        if span is not None:
+            self._finish_span(span, result, previous, now, first)
+        self.mark = now
+
+    def _finish_span(self, span, result: MessageResult, previous: _Checkpoint,
+                     now: _Checkpoint, first: bool) -> None:
+        target = self.target
+        span.set_attributes({
+            attr.SERVER_ADDRESS: target.host,
+            attr.SERVER_PORT: target.port,
+            "network.peer.address": target.address,
+            attr.NETWORK_TRANSPORT: "tcp",
+            attr.NETWORK_PROTOCOL_NAME: "smtp",
+            attr.MODE: "starttls" if self.tls else "plain",
+            attr.MESSAGE_BYTES: result.size,
+            attr.WIRE_BYTES_OUT: result.bytes_sent,
+            attr.WIRE_BYTES_IN: result.bytes_received,
+        })
+        if result.code is not None:
+            span.set_attribute(attr.SMTP_REPLY_CODE, result.code)
+        if self.wave_id:
+            span.set_attribute(attr.WAVE_ID, self.wave_id)
+        if result.tls_version:
+            span.set_attributes({
+                attr.TLS_ESTABLISHED: True,
+                attr.TLS_PROTOCOL_NAME: "tls",
+                attr.TLS_PROTOCOL_VERSION: attr.tls_version_number(result.tls_version),
+                attr.TLS_CIPHER: result.cipher or "",
+                attr.TLS_RESUMED: bool(result.tls_resumed),
+                attr.CERT_VERIFIED: bool(result.cert_verified),
+            })
+        if not result.ok:
+            span.set_status(Status(StatusCode.ERROR, result.error or "failed"))
+            span.set_attribute(attr.ERROR_TYPE, (result.error or "error").split(":")[0])
+        context = trace.set_span_in_context(span)
+        tracer = self.client.tracer
+        for phase in previous.phases:
+            if phase.ended_ns:
+                tracer.start_span(phase.name, context=context, start_time=phase.started_ns
+                                  ).end(end_time=phase.ended_ns)
+        if first and self.ssl_object is not None and self.ssl_object.handshake_ms is not None:
+            started = self.ssl_object.handshake_started_ns
+            handshake = tracer.start_span(
+                attr.SPAN_HANDSHAKE, context=context, start_time=started,
+                attributes={attr.TLS_PROTOCOL_VERSION: attr.tls_version_number(result.tls_version)
+                            or "", attr.TLS_CIPHER: result.cipher or "", "tlsstorm.side": "client"},
+            )
+            handshake.end(end_time=started + int(self.ssl_object.handshake_ms * 1e6))
+        span.end(end_time=now.wall_ns)
+
+
+def _describe(failure: BaseException) -> str:
+    if isinstance(failure, aiosmtplib.SMTPResponseException):
+        return f"smtp_{failure.code}: {failure.message}"
+    return f"{type(failure).__name__}: {failure}"

@@ -1,0 +1,217 @@
+"""Spam waves: open-loop pacing at a set rate and TLS ratio; late and skipped sends are counted."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from tlsstorm.common.histogram import LatencyHistogram
+from tlsstorm.sender.allowlist import Target
+from tlsstorm.sender.client import MessageResult, SmtpClient
+
+_KEPT_WAVES = 100
+
+
+class WaveSpec(BaseModel):
+    """A wave: `count` messages, or as many as `rate` gives in `duration_s`."""
+
+    model_config = {"extra": "forbid"}
+
+    rate: float = Field(gt=0, le=10_000, description="messages per second, kept open-loop")
+    count: int | None = Field(None, ge=1, le=1_000_000)
+    duration_s: float | None = Field(None, gt=0, le=86_400)
+    tls_ratio: float = Field(0.0, ge=0, le=1, description="share of messages sent with STARTTLS")
+    concurrency: int = Field(16, ge=1, le=10_000, description="connections in flight at most")
+    size: int = Field(2048, ge=64, le=10 * 1024 * 1024, description="message size in bytes")
+    per_connection: int = Field(1, ge=1, le=1000, description="messages per SMTP connection")
+    target: str | None = Field(None, max_length=300, description="host:port (default target)")
+
+    @model_validator(mode="after")
+    def _count_or_duration(self) -> WaveSpec:
+        if (self.count is None) == (self.duration_s is None):
+            raise ValueError("give exactly one of count or duration_s")
+        return self
+
+    @property
+    def total_messages(self) -> int:
+        if self.count is not None:
+            return self.count
+        return max(1, math.ceil(self.rate * (self.duration_s or 0)))
+
+
+def is_tls(index: int, ratio: float) -> bool:
+    """Spread TLS evenly: exactly floor(n * ratio) of the first n messages use STARTTLS."""
+    return math.floor((index + 1) * ratio) > math.floor(index * ratio)
+
+
+class Wave:
+    """One running or finished wave and its counters."""
+
+    def __init__(self, spec: WaveSpec, target: Target, client: SmtpClient) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.spec = spec
+        self.target = target
+        self.client = client
+        self.status: Literal["running", "completed", "stopped", "failed"] = "running"
+        self.started_unix_s = time.time()
+        self.ended_unix_s: float | None = None
+        self.scheduled = 0
+        self.late = 0
+        self.skipped = 0
+        self.in_flight = 0
+        self.by_mode = {mode: _ModeCounters() for mode in ("plain", "tls")}
+        self.errors: collections.Counter[str] = collections.Counter()
+        self._task: asyncio.Task | None = None
+        self._senders: set[asyncio.Task] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def _run(self) -> None:
+        spec = self.spec
+        loop = asyncio.get_running_loop()
+        total = spec.total_messages
+        period = spec.per_connection / spec.rate
+        tolerance = max(0.005, period)
+        started = loop.time()
+        connection = 0
+        try:
+            while self.scheduled < total:
+                due = started + connection * period
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                batch = min(spec.per_connection, total - self.scheduled)
+                tls = is_tls(connection, spec.tls_ratio)
+                self.scheduled += batch
+                connection += 1
+                if self.in_flight >= spec.concurrency:
+                    self.skipped += batch
+                    continue
+                if loop.time() - due > tolerance:
+                    self.late += batch
+                self._launch(tls, batch)
+            if self._senders:
+                await asyncio.gather(*self._senders, return_exceptions=True)
+            self.status = "completed"
+        except asyncio.CancelledError:
+            self.status = "stopped"
+            if self._senders:
+                await asyncio.gather(*self._senders, return_exceptions=True)
+        except Exception as error:  # a bug must still end the wave visibly
+            self.status = "failed"
+            self.errors[f"wave: {type(error).__name__}: {error}"] += 1
+        finally:
+            self.ended_unix_s = time.time()
+
+    def _launch(self, tls: bool, batch: int) -> None:
+        self.in_flight += 1
+        task = asyncio.create_task(self._send(tls, batch))
+        self._senders.add(task)
+        task.add_done_callback(self._senders.discard)
+
+    async def _send(self, tls: bool, batch: int) -> None:
+        try:
+            results = await self.client.send(
+                self.target, tls, batch, self.spec.size, wave_id=self.id
+            )
+        finally:
+            self.in_flight -= 1
+        counters = self.by_mode["tls" if tls else "plain"]
+        for result in results:
+            counters.add(result)
+            if result.error:
+                self.errors[result.error.split(":")[0]] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        done = sum(counters.sent for counters in self.by_mode.values())
+        elapsed = (self.ended_unix_s or time.time()) - self.started_unix_s
+        return {
+            "id": self.id,
+            "status": self.status,
+            "spec": self.spec.model_dump(),
+            "target": self.target.label,
+            "total": self.spec.total_messages,
+            "scheduled": self.scheduled,
+            "done": done,
+            "late": self.late,
+            "skipped": self.skipped,
+            "in_flight": self.in_flight,
+            "started_unix_s": self.started_unix_s,
+            "ended_unix_s": self.ended_unix_s,
+            "elapsed_s": round(elapsed, 3),
+            "achieved_rate": round(done / elapsed, 2) if elapsed > 0 else None,
+            "plain": self.by_mode["plain"].as_dict(),
+            "tls": self.by_mode["tls"].as_dict(),
+            "errors": dict(self.errors),
+        }
+
+
+class _ModeCounters:
+    __slots__ = ("bytes_received", "bytes_sent", "failed", "handshake_ms", "ok", "total_ms")
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.failed = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.handshake_ms = LatencyHistogram()
+        self.total_ms = LatencyHistogram()
+
+    @property
+    def sent(self) -> int:
+        return self.ok + self.failed
+
+    def add(self, result: MessageResult) -> None:
+        if result.ok:
+            self.ok += 1
+        else:
+            self.failed += 1
+        self.bytes_sent += result.bytes_sent
+        self.bytes_received += result.bytes_received
+        self.total_ms.record(result.total_ms)
+        if result.handshake_ms is not None:
+            self.handshake_ms.record(result.handshake_ms)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "failed": self.failed,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "handshake_ms": self.handshake_ms.summary(),
+            "total_ms": self.total_ms.summary(),
+        }
+
+
+class WaveBook:
+    """The running and recent waves, bounded."""
+
+    def __init__(self) -> None:
+        self.waves: collections.OrderedDict[str, Wave] = collections.OrderedDict()
+
+    def add(self, wave: Wave) -> None:
+        self.waves[wave.id] = wave
+        while len(self.waves) > _KEPT_WAVES:
+            oldest_id = next(iter(self.waves))
+            if self.waves[oldest_id].status == "running":
+                break
+            self.waves.popitem(last=False)
+
+    def stop_all(self) -> None:
+        for wave in self.waves.values():
+            wave.stop()

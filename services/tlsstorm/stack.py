@@ -1,0 +1,88 @@
+"""The local stack: each service as a child process, started in order and stopped together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    ready_url: str
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+
+class Stack:
+    """Starts children, waits for each /readyz, and stops all of them on exit."""
+
+    def __init__(self, children: list[Child], ready_timeout_s: float = 60.0) -> None:
+        self.children = children
+        self.ready_timeout_s = ready_timeout_s
+
+    def start(self) -> None:
+        try:
+            for child in self.children:
+                env = {**os.environ, **child.env}
+                child.process = subprocess.Popen(
+                    [sys.executable, "-m", "tlsstorm", *child.args], env=env,
+                    start_new_session=True,
+                )
+                self._wait_ready(child)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, child: Child) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            code = child.process.poll()
+            if code is not None:
+                raise SystemExit(f"{child.name} exited with code {code} while starting")
+            try:
+                if httpx.get(child.ready_url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit(f"{child.name} not ready at {child.ready_url} "
+                         f"after {self.ready_timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        running = [c for c in self.children if c.process and c.process.poll() is None]
+        for child in reversed(running):
+            child.process.send_signal(signal.SIGTERM)
+        for child in running:
+            try:
+                child.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+
+    def wait(self) -> None:
+        """Block until Ctrl-C or SIGTERM, or until a child dies (its exit ends the stack)."""
+        stopping = False
+
+        def request_stop(signum, frame):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, request_stop)
+        try:
+            while not stopping:
+                for child in self.children:
+                    if child.process.poll() is not None:
+                        print(f"{child.name} exited with code {child.process.returncode}",
+                              file=sys.stderr)
+                        return
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
