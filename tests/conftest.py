@@ -1,0 +1,64 @@
+"""Fixtures: real receiver and sender services on loopback ports, each on its own event loop."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.helpers import Running, RunningReceiver
+from tlsstorm.common.config import ReceiverSettings, SenderSettings
+from tlsstorm.receiver.app import ReceiverService
+from tlsstorm.sender.app import SenderService
+
+
+@pytest.fixture
+def start_receiver() -> Iterator[Callable[..., RunningReceiver]]:
+    started: list[Running] = []
+
+    def start(provider=None, **overrides) -> RunningReceiver:
+        settings = ReceiverSettings(**{"smtp_port": 0, "http_port": 0, **overrides})
+        running = RunningReceiver(ReceiverService(settings, provider))
+        started.append(running)
+        return running
+
+    yield start
+    for running in reversed(started):
+        running.stop()
+
+
+@pytest.fixture
+def start_sender() -> Iterator[Callable[..., Running]]:
+    started: list[Running] = []
+
+    def start(target_port: int, provider=None, **overrides) -> Running:
+        settings = SenderSettings(
+            **{"http_port": 0, "target": f"127.0.0.1:{target_port}", **overrides}
+        )
+        running = Running(SenderService(settings, provider))
+        started.append(running)
+        return running
+
+    yield start
+    for running in reversed(started):
+        running.stop()
+
+
+@pytest.fixture
+def receiver(start_receiver) -> RunningReceiver:
+    return start_receiver()
+
+
+@pytest.fixture
+def sender(start_sender, receiver) -> Running:
+    return start_sender(receiver.smtp_port)
+
+
+@pytest.fixture
+def any_cert_context() -> ssl.SSLContext:
+    """A client context that accepts the receiver's self-signed certificate, as bots do."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context

@@ -1,0 +1,107 @@
+"""Test helpers: services on background event loops, and an independent SMTP client."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import ssl
+import threading
+import time
+
+import httpx
+
+from tlsstorm.receiver.app import ReceiverService
+
+
+class Running:
+    """A service started in a background thread's event loop; stopped at teardown."""
+
+    def __init__(self, service) -> None:
+        self.service = service
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.call(service.start())
+
+    def call(self, coroutine, timeout: float = 30):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.call(self.service.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.service.http_port}"
+
+
+class RunningReceiver(Running):
+    service: ReceiverService
+
+    @property
+    def smtp_port(self) -> int:
+        return self.service.smtp_port
+
+    def stats(self, wave: str | None = None) -> dict:
+        params = {"wave": wave} if wave else {}
+        return httpx.get(f"{self.http}/v1/stats", params=params).json()
+
+    def wait_sessions(self, count: int, timeout: float = 10) -> dict:
+        """Stats once `count` sessions have ended (sessions are counted when they close)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.stats()
+            ended = stats["plain"]["sessions"] + stats["tls"]["sessions"]
+            if ended >= count or time.monotonic() > deadline:
+                return stats
+            time.sleep(0.02)
+
+
+
+def deliver(port: int, *, tls: bool, context: ssl.SSLContext | None = None,
+            body: bytes = b"Subject: test\r\n\r\nhello\r\n") -> None:
+    """One message through Python's stdlib smtplib, an independent client."""
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=10) as client:
+        client.ehlo()
+        if tls:
+            client.starttls(context=context)
+            client.ehlo()
+        client.sendmail("spammer@client.test", ["victim@receiver.tlsstorm.test"], body)
+
+
+def read_reply(sock) -> bytes:
+    """One complete (possibly multi-line) SMTP reply."""
+    reply = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return reply
+        reply += chunk
+        last_line = reply.rstrip(b"\r\n").rsplit(b"\r\n", 1)[-1]
+        if reply.endswith(b"\r\n") and len(last_line) >= 4 and last_line[3:4] == b" ":
+            return reply
+
+
+def starttls_socket(port: int, context: ssl.SSLContext, session=None) -> ssl.SSLSocket:
+    """A raw SMTP dialogue up to a completed STARTTLS handshake, resuming `session` if given."""
+    import socket
+
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    read_reply(raw)
+    raw.sendall(b"EHLO client.test\r\n")
+    read_reply(raw)
+    raw.sendall(b"STARTTLS\r\n")
+    assert read_reply(raw).startswith(b"220")
+    return context.wrap_socket(raw, server_hostname="receiver.tlsstorm.test", session=session)
+
+
+def finish_session(tls_sock: ssl.SSLSocket) -> ssl.SSLSession | None:
+    """EHLO (which also takes in TLS 1.3 session tickets) and QUIT; the session to resume."""
+    tls_sock.sendall(b"EHLO client.test\r\n")
+    read_reply(tls_sock)
+    session = tls_sock.session
+    tls_sock.sendall(b"QUIT\r\n")
+    read_reply(tls_sock)
+    tls_sock.close()
+    return session

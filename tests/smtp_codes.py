@@ -1,0 +1,12 @@
+"""SMTP reply codes by name, so tests read as the protocol's specification."""
+
+S220_READY = 220
+S220_READY_TLS = 220
+S221_BYE = 221
+S250_OK = 250
+S354_DATA = 354
+S421_UNAVAILABLE = 421
+S500_SYNTAX = 500
+S503_BAD_SEQUENCE = 503
+S530_STARTTLS_FIRST = 530
+S552_TOO_BIG = 552

@@ -1,0 +1,108 @@
+"""The `tlsstorm` command: settings from flags and env, clear errors, and the local stack."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tlsstorm.cli import build_parser
+from tlsstorm.common.config import ReceiverSettings, SenderSettings, load_settings
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _stack_env() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("TLSSTORM_",
+                                                                                "OTEL_"))}
+    env.update({
+        "TLSSTORM_RECEIVER_SMTP_PORT": str(_free_port()),
+        "TLSSTORM_RECEIVER_HTTP_PORT": str(_free_port()),
+        "TLSSTORM_SENDER_HTTP_PORT": str(_free_port()),
+    })
+    return env
+
+
+def test_flags_override_env_and_env_overrides_defaults(monkeypatch):
+    monkeypatch.setenv("TLSSTORM_RECEIVER_SMTP_PORT", "2600")
+    monkeypatch.setenv("TLSSTORM_RECEIVER_CERT_KEY_TYPE", "ecdsa-p256")
+    flags = build_parser().parse_args(["receiver", "--smtp-port", "2700"])
+
+    settings = load_settings(ReceiverSettings, flags, "tlsstorm receiver")
+
+    assert settings.smtp_port == 2700
+    assert settings.cert_key_type == "ecdsa-p256"
+    assert settings.http_port == 8025
+
+
+def test_allowed_targets_env_is_a_comma_list(monkeypatch):
+    monkeypatch.setenv("TLSSTORM_ALLOWED_TARGETS", "receiver:2525, 10.0.0.0/8")
+
+    assert SenderSettings().allowed_targets == ["receiver:2525", "10.0.0.0/8"]
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["--smtp-port", "notaport"], {}, "--smtp-port / TLSSTORM_RECEIVER_SMTP_PORT"),
+    (["--cert-key-type", "dsa"], {}, "--cert-key-type / TLSSTORM_RECEIVER_CERT_KEY_TYPE"),
+    ([], {"TLSSTORM_RECEIVER_TLS_MIN_VERSION": "1.3", "TLSSTORM_RECEIVER_TLS_MAX_VERSION": "1.2"},
+     "below tls_min_version"),
+])
+def test_bad_settings_exit_2_with_one_clear_line(args, env, message):
+    finished = subprocess.run(
+        [sys.executable, "-m", "tlsstorm", "receiver", *args], env={**_stack_env(), **env},
+        capture_output=True, text=True, timeout=60,
+    )
+
+    assert finished.returncode == 2
+    assert message in finished.stderr
+    assert "Traceback" not in finished.stderr
+
+
+def test_up_starts_the_stack_and_ctrl_c_stops_it_cleanly():
+    env = _stack_env()
+    sender_url = f"http://127.0.0.1:{env['TLSSTORM_SENDER_HTTP_PORT']}"
+    receiver_url = f"http://127.0.0.1:{env['TLSSTORM_RECEIVER_HTTP_PORT']}"
+    up = subprocess.Popen([sys.executable, "-m", "tlsstorm", "up"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{sender_url}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        sent = httpx.post(f"{sender_url}/v1/send", json={"tls": True}, timeout=30).json()
+        assert sent["results"][0]["ok"] is True
+        assert httpx.get(f"{receiver_url}/v1/stats").json()["tls"]["messages"] == 1
+    finally:
+        up.send_signal(signal.SIGINT)
+        output, _ = up.communicate(timeout=30)
+
+    assert up.returncode == 0, output
+    assert "tlsstorm is up" in output and receiver_url in output
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{sender_url}/healthz")
+
+
+def test_demo_prints_the_plain_versus_tls_table(tmp_path):
+    finished = subprocess.run(
+        [sys.executable, "-m", "tlsstorm", "demo", "--messages", "40", "--rate", "100"],
+        env=_stack_env(), cwd=tmp_path, capture_output=True, text=True, timeout=180,
+    )
+
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    lines = {line.split("  ")[0]: line for line in finished.stdout.splitlines()}
+    assert lines["sessions"].split()[1:3] == ["28", "12"]
+    assert lines["receiver CPU ms/msg"].rstrip().endswith("x")
+    assert (tmp_path / "results" / "demo-latest.json").exists()

@@ -1,0 +1,185 @@
+"""The sender's API: results per message, waves at a set TLS ratio, and a closed allowlist."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from tlsstorm.sender.waves import is_tls
+
+
+def _wait_wave(sender, wave_id: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        wave = httpx.get(f"{sender.http}/v1/waves/{wave_id}").json()
+        if wave["status"] != "running" or time.monotonic() > deadline:
+            return wave
+        time.sleep(0.05)
+
+
+def test_send_returns_one_measured_result_per_message(sender):
+    body = httpx.post(f"{sender.http}/v1/send",
+                      json={"tls": True, "count": 3, "per_connection": 2, "size": 4096},
+                      timeout=30).json()
+    first, second, third = body["results"]
+
+    assert all(result["ok"] and result["code"] == 250 for result in body["results"])
+    assert first["connect_ms"] > 0 and first["handshake_ms"] > 0
+    assert second["connect_ms"] is None and second["handshake_ms"] is None  # same connection
+    assert third["handshake_ms"] > 0  # a new connection
+    assert first["tls_version"] in ("TLSv1.2", "TLSv1.3") and first["cipher"]
+    assert all(result["size"] == 4096 for result in body["results"])
+    assert all(result["bytes_sent"] > 4096 for result in body["results"])
+
+
+def test_plain_send_is_really_plain(sender, receiver):
+    result = httpx.post(f"{sender.http}/v1/send", json={"tls": False}, timeout=30).json()
+
+    assert result["results"][0]["tls_version"] is None
+    assert result["results"][0]["handshake_ms"] is None
+    stats = receiver.wait_sessions(1)
+    assert stats["plain"]["sessions"] == 1 and stats["tls"]["sessions"] == 0
+
+
+def test_wave_sends_exactly_the_tls_ratio_and_the_receiver_agrees(sender, receiver):
+    accepted = httpx.post(f"{sender.http}/v1/waves", json={
+        "rate": 200, "count": 50, "tls_ratio": 0.3, "concurrency": 8, "size": 1024})
+    assert accepted.status_code == 202
+    wave = _wait_wave(sender, accepted.json()["id"])
+
+    assert wave["status"] == "completed"
+    assert (wave["tls"]["ok"], wave["plain"]["ok"]) == (15, 35)
+    assert wave["skipped"] == 0
+    stats = receiver.wait_sessions(50)
+    by_wave = receiver.stats(wave["id"])
+    assert by_wave["tls"]["messages"] == 15 and by_wave["plain"]["messages"] == 35
+    assert stats["tls"]["handshakes_ok"] == 15
+
+
+def test_wave_paces_open_loop_and_can_be_stopped(sender):
+    accepted = httpx.post(f"{sender.http}/v1/waves", json={
+        "rate": 20, "duration_s": 30, "tls_ratio": 0.5, "concurrency": 4}).json()
+    time.sleep(1.0)
+    stopped = httpx.delete(f"{sender.http}/v1/waves/{accepted['id']}", timeout=30).json()
+
+    assert stopped["status"] == "stopped"
+    assert 10 <= stopped["scheduled"] <= 40  # ~20 per second for about a second
+    assert stopped["done"] == stopped["scheduled"] - stopped["skipped"]
+
+
+def test_open_loop_counts_skipped_sends_when_the_server_stalls(start_sender):
+    """A server that accepts and never answers: the rate is kept, the backlog is skipped."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_forever() -> None:
+        silent.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(silent.accept()[0])
+            except TimeoutError:
+                continue
+
+    acceptor = threading.Thread(target=accept_forever, daemon=True)
+    acceptor.start()
+    sender = start_sender(port, timeout_s=2)
+    try:
+        accepted = httpx.post(f"{sender.http}/v1/waves", json={
+            "rate": 50, "count": 30, "concurrency": 2}).json()
+        wave = _wait_wave(sender, accepted["id"])
+    finally:
+        stop.set()
+        acceptor.join(5)
+        for connection in held:
+            connection.close()
+        silent.close()
+
+    assert wave["status"] == "completed"
+    assert wave["skipped"] >= 20
+    assert wave["done"] + wave["skipped"] == 30
+    assert wave["plain"]["failed"] == wave["done"]
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.2, 0.3, 0.7, 1.0])
+def test_tls_choice_is_spread_exactly(ratio):
+    picks = [is_tls(index, ratio) for index in range(1000)]
+    assert sum(picks) == int(1000 * ratio)
+    assert sum(picks[:10]) == int(10 * ratio)
+
+
+def test_disallowed_target_is_refused_and_no_connection_is_made(start_sender, receiver):
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.5)
+    forbidden_port = listener.getsockname()[1]
+    sender = start_sender(receiver.smtp_port,
+                          allowed_targets=f"127.0.0.1:{receiver.smtp_port}")
+
+    single = httpx.post(f"{sender.http}/v1/send",
+                        json={"tls": False, "target": f"127.0.0.1:{forbidden_port}"})
+    wave = httpx.post(f"{sender.http}/v1/waves", json={
+        "rate": 10, "count": 5, "target": f"127.0.0.1:{forbidden_port}"})
+
+    assert single.status_code == 403 and "not allowed" in single.json()["detail"]
+    assert wave.status_code == 403
+    with pytest.raises(TimeoutError):
+        listener.accept()
+    listener.close()
+    assert httpx.post(f"{sender.http}/v1/send", json={"tls": False}).status_code == 200
+
+
+def test_default_allowlist_refuses_the_world(sender):
+    refused = httpx.post(f"{sender.http}/v1/send", json={"tls": True, "target": "192.0.2.1:25"})
+
+    assert refused.status_code == 403
+    assert "192.0.2.1" in refused.json()["detail"]
+
+
+@pytest.mark.parametrize("payload", [
+    {"tls": "perhaps"},
+    {"tls": True, "count": 0},
+    {"tls": True, "size": 10},
+    {"tls": True, "unknown": 1},
+    {"tls": True, "target": "no-port-here:notaport"},
+])
+def test_bad_send_payloads_get_a_4xx_with_a_reason(sender, payload):
+    response = httpx.post(f"{sender.http}/v1/send", json=payload)
+
+    assert response.status_code in (403, 422)
+    assert response.json()["detail"]
+    assert httpx.get(f"{sender.http}/healthz").status_code == 200
+
+
+def test_wave_needs_exactly_one_of_count_or_duration(sender):
+    both = httpx.post(f"{sender.http}/v1/waves", json={"rate": 1, "count": 1, "duration_s": 1})
+    neither = httpx.post(f"{sender.http}/v1/waves", json={"rate": 1})
+
+    assert both.status_code == neither.status_code == 422
+    assert "exactly one of count or duration_s" in both.text
+
+
+def test_token_guards_load_endpoints_when_configured(start_sender, receiver):
+    sender = start_sender(receiver.smtp_port, api_token="s3cret")
+
+    anonymous = httpx.post(f"{sender.http}/v1/send", json={"tls": False})
+    wrong = httpx.post(f"{sender.http}/v1/send", json={"tls": False},
+                       headers={"Authorization": "Bearer nope"})
+    right = httpx.post(f"{sender.http}/v1/send", json={"tls": False},
+                       headers={"Authorization": "Bearer s3cret"}, timeout=30)
+
+    assert anonymous.status_code == wrong.status_code == 401
+    assert right.status_code == 200
+    assert httpx.get(f"{sender.http}/healthz").status_code == 200
+
+
+def test_sender_metrics_count_messages(sender):
+    httpx.post(f"{sender.http}/v1/send", json={"tls": True, "count": 2}, timeout=30)
+
+    metrics = httpx.get(f"{sender.http}/metrics").text
+
+    assert 'tlsstorm_sender_messages_total{mode="tls",result="ok"} 2.0' in metrics

@@ -1,0 +1,119 @@
+"""Each TLS knob of the receiver takes effect where a client can observe it."""
+
+from __future__ import annotations
+
+import ssl
+
+import httpx
+import pytest
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from tests.helpers import finish_session, starttls_socket
+
+
+def _peer_key(tls_sock: ssl.SSLSocket):
+    return x509.load_der_x509_certificate(tls_sock.getpeercert(binary_form=True)).public_key()
+
+
+@pytest.mark.parametrize(
+    ("key_type", "expected_class", "expected_size"),
+    [
+        ("rsa2048", rsa.RSAPublicKey, 2048),
+        ("rsa4096", rsa.RSAPublicKey, 4096),
+        ("ecdsa-p256", ec.EllipticCurvePublicKey, 256),
+    ],
+)
+def test_certificate_key_type_is_what_the_client_sees(
+    start_receiver, any_cert_context, key_type, expected_class, expected_size
+):
+    receiver = start_receiver(cert_key_type=key_type)
+
+    tls_sock = starttls_socket(receiver.smtp_port, any_cert_context)
+    key = _peer_key(tls_sock)
+    finish_session(tls_sock)
+
+    assert isinstance(key, expected_class)
+    assert key.key_size == expected_size
+    assert httpx.get(f"{receiver.http}/v1/tls").json()["cert_key_type"] in (
+        key_type, "ecdsa-secp256r1")
+
+
+@pytest.mark.parametrize(("minimum", "maximum", "negotiated"),
+                         [("1.2", "1.2", "TLSv1.2"), ("1.2", "1.3", "TLSv1.3"),
+                          ("1.3", "1.3", "TLSv1.3")])
+def test_version_bounds_decide_the_negotiated_version(
+    start_receiver, any_cert_context, minimum, maximum, negotiated
+):
+    receiver = start_receiver(tls_min_version=minimum, tls_max_version=maximum)
+
+    tls_sock = starttls_socket(receiver.smtp_port, any_cert_context)
+    version = tls_sock.version()
+    finish_session(tls_sock)
+
+    assert version == negotiated
+    assert receiver.wait_sessions(1)["tls"]["handshakes_ok"] == 1
+
+
+def test_client_below_minimum_version_fails_handshake_and_is_counted(
+    start_receiver, any_cert_context
+):
+    receiver = start_receiver(tls_min_version="1.3")
+    any_cert_context.maximum_version = ssl.TLSVersion.TLSv1_2
+
+    with pytest.raises(ssl.SSLError):
+        starttls_socket(receiver.smtp_port, any_cert_context)
+
+    stats = receiver.wait_sessions(1)
+    assert stats["tls"]["handshakes_failed"] == 1
+    assert stats["tls"]["errors"]["handshake_failed"] == 1
+
+
+@pytest.mark.parametrize(("tickets", "resumed"), [(True, True), (False, False)])
+def test_session_tickets_allow_resumption_only_when_on(
+    start_receiver, any_cert_context, tickets, resumed
+):
+    receiver = start_receiver(session_tickets=tickets)
+
+    session = finish_session(starttls_socket(receiver.smtp_port, any_cert_context))
+    second = starttls_socket(receiver.smtp_port, any_cert_context, session=session)
+    was_reused = second.session_reused
+    finish_session(second)
+
+    assert was_reused is resumed
+    stats = receiver.wait_sessions(2)
+    assert stats["tls"]["handshakes_resumed"] == (1 if resumed else 0)
+
+
+def test_given_certificate_files_are_served_and_verified_by_the_sender(
+    tmp_path, start_receiver, start_sender
+):
+    authority = trustme.CA()
+    issued = authority.issue_cert("receiver.tlsstorm.test", "localhost", "127.0.0.1")
+    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    issued.cert_chain_pems[0].write_to_path(cert_file)
+    issued.private_key_pem.write_to_path(key_file)
+    authority.cert_pem.write_to_path(ca_file)
+    receiver = start_receiver(cert_file=cert_file, key_file=key_file)
+    verifying = start_sender(receiver.smtp_port, ca_file=ca_file,
+                             target=f"localhost:{receiver.smtp_port}")
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(other_ca)
+    distrusting = start_sender(receiver.smtp_port, ca_file=other_ca,
+                               target=f"localhost:{receiver.smtp_port}")
+
+    trusted = httpx.post(f"{verifying.http}/v1/send", json={"tls": True}, timeout=30).json()
+    refused = httpx.post(f"{distrusting.http}/v1/send", json={"tls": True}, timeout=30).json()
+
+    assert trusted["results"][0]["ok"] is True
+    assert trusted["results"][0]["cert_verified"] is True
+    assert refused["results"][0]["ok"] is False
+    assert "CERTIFICATE_VERIFY_FAILED" in refused["results"][0]["error"]
+
+
+def test_self_signed_is_accepted_without_a_ca_and_the_result_says_so(sender):
+    result = httpx.post(f"{sender.http}/v1/send", json={"tls": True}, timeout=30).json()
+
+    assert result["results"][0]["ok"] is True
+    assert result["results"][0]["cert_verified"] is False
