@@ -1,4 +1,4 @@
-"""Hostile or broken clients: each is answered or closed, counted by kind, and the next is served."""
+"""Hostile or broken clients: each is answered or closed, counted by kind; the next is served."""
 
 from __future__ import annotations
 

@@ -47,7 +47,8 @@ def test_several_messages_on_one_connection(receiver, any_cert_context):
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
 def test_openssl_s_client_starttls_delivery(receiver):
     dialogue = (
-        "EHLO client.test\r\nMAIL FROM:<spammer@client.test>\r\nRCPT TO:<victim@receiver.test>\r\nDATA\r\n"
+        "EHLO client.test\r\nMAIL FROM:<spammer@client.test>\r\n"
+        "RCPT TO:<victim@receiver.test>\r\nDATA\r\n"
         "Subject: from openssl\r\n\r\nhello\r\n.\r\nQUIT\r\n"
     )
     finished = subprocess.run(
