@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.helpers import Running, RunningReceiver
-from tlsstorm.common.config import ReceiverSettings, SenderSettings
+from tlsstorm.collector.app import CollectorService
+from tlsstorm.common.config import CollectorSettings, ReceiverSettings, SenderSettings
 from tlsstorm.receiver.app import ReceiverService
 from tlsstorm.sender.app import SenderService
 
@@ -62,3 +63,21 @@ def any_cert_context() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
+
+
+@pytest.fixture
+def start_collector(tmp_path) -> Iterator[Callable[..., Running]]:
+    started: list[Running] = []
+
+    def start(**overrides) -> Running:
+        settings = CollectorSettings(**{
+            "http_port": 0, "db_path": tmp_path / "collector.sqlite", "flush_interval_s": 0.2,
+            **overrides})
+        running = Running(CollectorService(settings))
+        started.append(running)
+        return running
+
+    yield start
+    for running in reversed(started):
+        if running.loop.is_running():
+            running.stop()

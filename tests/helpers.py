@@ -27,6 +27,8 @@ class Running:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def stop(self) -> None:
+        if not self.loop.is_running():
+            return
         self.call(self.service.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)

@@ -29,6 +29,7 @@ def _stack_env() -> dict[str, str]:
         "TLSSTORM_RECEIVER_SMTP_PORT": str(_free_port()),
         "TLSSTORM_RECEIVER_HTTP_PORT": str(_free_port()),
         "TLSSTORM_SENDER_HTTP_PORT": str(_free_port()),
+        "TLSSTORM_COLLECTOR_HTTP_PORT": str(_free_port()),
     })
     return env
 
@@ -68,11 +69,12 @@ def test_bad_settings_exit_2_with_one_clear_line(args, env, message):
     assert "Traceback" not in finished.stderr
 
 
-def test_up_starts_the_stack_and_ctrl_c_stops_it_cleanly():
+def test_up_starts_the_stack_and_ctrl_c_stops_it_cleanly(tmp_path):
     env = _stack_env()
+    collector_url = f"http://127.0.0.1:{env['TLSSTORM_COLLECTOR_HTTP_PORT']}"
     sender_url = f"http://127.0.0.1:{env['TLSSTORM_SENDER_HTTP_PORT']}"
     receiver_url = f"http://127.0.0.1:{env['TLSSTORM_RECEIVER_HTTP_PORT']}"
-    up = subprocess.Popen([sys.executable, "-m", "tlsstorm", "up"], env=env,
+    up = subprocess.Popen([sys.executable, "-m", "tlsstorm", "up"], env=env, cwd=tmp_path,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -85,6 +87,13 @@ def test_up_starts_the_stack_and_ctrl_c_stops_it_cleanly():
         sent = httpx.post(f"{sender_url}/v1/send", json={"tls": True}, timeout=30).json()
         assert sent["results"][0]["ok"] is True
         assert httpx.get(f"{receiver_url}/v1/stats").json()["tls"]["messages"] == 1
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            summary = httpx.get(f"{collector_url}/v1/summary").json()
+            if summary["receiver"]["starttls"]["sessions"] == 1:
+                break
+            time.sleep(0.2)
+        assert summary["receiver"]["starttls"]["sessions"] == 1
     finally:
         up.send_signal(signal.SIGINT)
         output, _ = up.communicate(timeout=30)
@@ -105,4 +114,6 @@ def test_demo_prints_the_plain_versus_tls_table(tmp_path):
     lines = {line.split("  ")[0]: line for line in finished.stdout.splitlines()}
     assert lines["sessions"].split()[1:3] == ["28", "12"]
     assert lines["receiver CPU ms/msg"].rstrip().endswith("x")
+    assert "agrees with the collector" in finished.stdout
     assert (tmp_path / "results" / "demo-latest.json").exists()
+    assert "<svg" in (tmp_path / "results" / "report.html").read_text()

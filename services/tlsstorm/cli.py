@@ -7,7 +7,13 @@ import asyncio
 import sys
 
 from tlsstorm import __version__
-from tlsstorm.common.config import ReceiverSettings, SenderSettings, add_flags, load_settings
+from tlsstorm.common.config import (
+    CollectorSettings,
+    ReceiverSettings,
+    SenderSettings,
+    add_flags,
+    load_settings,
+)
 
 
 def _receiver(flags: argparse.Namespace) -> None:
@@ -36,6 +42,21 @@ def _sender(flags: argparse.Namespace) -> None:
     def ready() -> None:
         print(f"sender: API http://{settings.host}:{service.http_port}, target "
               f"{settings.target}, allowed {', '.join(service.allowlist.entries)}", flush=True)
+
+    asyncio.run(run_until_signalled(service, ready))
+
+
+def _collector(flags: argparse.Namespace) -> None:
+    from tlsstorm.collector.app import CollectorService
+    from tlsstorm.common.serve import run_until_signalled
+
+    settings = load_settings(CollectorSettings, flags, "tlsstorm collector")
+    service = CollectorService(settings)
+
+    def ready() -> None:
+        forward = settings.forward_otlp_endpoint or "nowhere"
+        print(f"collector: OTLP/HTTP and report http://{settings.host}:{service.http_port}, "
+              f"results in {settings.db_path}, forwarding to {forward}", flush=True)
 
     asyncio.run(run_until_signalled(service, ready))
 
@@ -74,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     sender = commands.add_parser("sender", help="botnet emulator with a control API")
     add_flags(sender, SenderSettings)
     sender.set_defaults(run=_sender)
+
+    collector = commands.add_parser("collector", help="OTLP span collector and cost report")
+    add_flags(collector, CollectorSettings)
+    collector.set_defaults(run=_collector)
 
     up = commands.add_parser("up", help="run the local stack until Ctrl-C")
     up.set_defaults(run=_up)

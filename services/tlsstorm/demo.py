@@ -11,45 +11,8 @@ from typing import Any
 
 import httpx
 
+from tlsstorm.collector.report import outbound_sentence, text_table
 from tlsstorm.local import LocalStack
-
-
-def _per_message(total: float, messages: int) -> float | None:
-    return total / messages if messages else None
-
-
-def cost_rows(stats: dict[str, Any]) -> list[tuple[str, float | None, float | None]]:
-    """(label, plain, tls) rows from a receiver /v1/stats body."""
-    plain, tls = stats["plain"], stats["tls"]
-    rows: list[tuple[str, float | None, float | None]] = [
-        ("sessions", plain["sessions"], tls["sessions"]),
-        ("messages", plain["messages"], tls["messages"]),
-        ("handshake p50 ms", None, tls["handshake_ms"]["p50"]),
-        ("handshake p95 ms", None, tls["handshake_ms"]["p95"]),
-        ("receiver CPU ms/msg", plain["cpu_ms_per_message"], tls["cpu_ms_per_message"]),
-    ]
-    for label, key in (("wire bytes in/msg", "wire_bytes_in"),
-                       ("wire bytes out/msg", "wire_bytes_out")):
-        rows.append((label, _per_message(plain[key], plain["messages"]),
-                     _per_message(tls[key], tls["messages"])))
-    return rows
-
-
-def format_cost_table(stats: dict[str, Any]) -> str:
-    lines = [f"{'':<22}{'plain':>12}{'TLS':>12}{'TLS/plain':>12}"]
-    for label, plain, tls in cost_rows(stats):
-        factor = f"{tls / plain:.2f}x" if plain and tls and label not in (
-            "sessions", "messages") else ""
-        lines.append(f"{label:<22}{_cell(plain):>12}{_cell(tls):>12}{factor:>12}")
-    return "\n".join(lines)
-
-
-def _cell(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if float(value).is_integer():
-        return f"{int(value):,}"
-    return f"{value:,.3f}" if value < 100 else f"{value:,.0f}"
 
 
 def _headers() -> dict[str, str]:
@@ -98,9 +61,23 @@ def _receiver_stats(local: LocalStack, http: httpx.Client, wave: dict[str, Any])
         time.sleep(0.2)
 
 
+def _collector_summary(local: LocalStack, http: httpx.Client, wave_id: str,
+                       sessions: int) -> dict:
+    """The collector's summary of the wave once every receiver session's span has arrived."""
+    deadline = time.monotonic() + 30
+    while True:
+        summary = http.get(local.collector_url("/v1/summary"), params={"wave": wave_id}).json()
+        receiver = summary["receiver"]
+        seen = receiver["plain"]["sessions"] + receiver["starttls"]["sessions"]
+        if seen >= sessions or time.monotonic() > deadline:
+            return summary
+        time.sleep(0.25)
+
+
 def run_demo(messages: int, tls_ratio: float, rate: float, concurrency: int, size: int) -> None:
     local = LocalStack()
-    print(f"starting the local stack (receiver {local.receiver_target}) ...")
+    print(f"starting the local stack (receiver {local.receiver_target}, "
+          f"collector {local.collector_url()}) ...")
     local.stack.start()
     try:
         with httpx.Client(timeout=30, headers=_headers()) as http:
@@ -110,6 +87,9 @@ def run_demo(messages: int, tls_ratio: float, rate: float, concurrency: int, siz
                   f"{tls_ratio:.0%} STARTTLS")
             wave = _run_wave(local, http, spec)
             stats = _receiver_stats(local, http, wave)
+            sessions = stats["plain"]["sessions"] + stats["tls"]["sessions"]
+            summary = _collector_summary(local, http, wave["id"], sessions)
+            report_html = http.get(local.collector_url("/"), params={"wave": wave["id"]}).text
             tls_settings = http.get(local.receiver_url("/v1/tls")).json()
     finally:
         local.stack.stop()
@@ -117,15 +97,24 @@ def run_demo(messages: int, tls_ratio: float, rate: float, concurrency: int, siz
     print(f"\nwave {wave['id']}: {wave['status']}, {wave['done']} sent, {failed} failed, "
           f"{wave['late']} late, {wave['skipped']} skipped, "
           f"{wave['achieved_rate']} msg/s; receiver certificate {tls_settings['cert_key_type']}")
-    print(format_cost_table(stats))
-    tls = stats["tls"]
-    if tls["sessions"]:
-        out_per_session = tls["wire_bytes_out"] / tls["sessions"]
-        print(f"\nper STARTTLS session the receiver sent {out_per_session:,.0f} bytes for a "
-              f"{size:,}-byte message ({out_per_session / size:.2f}x the message itself)")
-    saved = Path("results") / "demo-latest.json"
-    saved.parent.mkdir(exist_ok=True)
-    saved.write_text(json.dumps({"wave": wave, "receiver": stats, "tls": tls_settings}, indent=2))
-    print(f"raw figures: {saved.resolve()}")
-    if failed or not (stats["plain"]["messages"] and stats["tls"]["messages"]):
+    receiver = summary["receiver"]
+    print("\nthe collector's cost table (receiver side, from its spans):")
+    print(text_table(receiver))
+    sentence = outbound_sentence(receiver)
+    if sentence:
+        print(f"\n{sentence}")
+    agrees = (receiver["plain"]["sessions"], receiver["starttls"]["sessions"]) == (
+        stats["plain"]["sessions"], stats["tls"]["sessions"])
+    print(f"receiver /v1/stats for this wave: {stats['plain']['sessions']} plain, "
+          f"{stats['tls']['sessions']} STARTTLS sessions "
+          f"({'agrees with' if agrees else 'DIFFERS from'} the collector)")
+    results = Path("results")
+    results.mkdir(exist_ok=True)
+    (results / "demo-latest.json").write_text(json.dumps(
+        {"wave": wave, "receiver": stats, "collector": summary, "tls": tls_settings}, indent=2))
+    report = results / "report.html"
+    report.write_text(report_html)
+    print(f"\nHTML report with plots: {report.resolve()}")
+    print(f"raw figures: {(results / 'demo-latest.json').resolve()}")
+    if failed or not agrees or not (stats["plain"]["messages"] and stats["tls"]["messages"]):
         sys.exit(1)

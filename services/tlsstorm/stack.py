@@ -57,10 +57,11 @@ class Stack:
                          f"after {self.ready_timeout_s:.0f} s")
 
     def stop(self) -> None:
-        running = [c for c in self.children if c.process and c.process.poll() is None]
-        for child in reversed(running):
+        """Last started first, each waited for: a service flushes to those it depends on."""
+        for child in reversed(self.children):
+            if child.process is None or child.process.poll() is not None:
+                continue
             child.process.send_signal(signal.SIGTERM)
-        for child in running:
             try:
                 child.process.wait(timeout=15)
             except subprocess.TimeoutExpired:

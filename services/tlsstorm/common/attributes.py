@@ -22,6 +22,7 @@ WIRE_BYTES_OUT = "tlsstorm.wire.bytes_out"
 SESSION_CPU_US = "tlsstorm.session.cpu_us"
 WAVE_ID = "tlsstorm.wave.id"
 CERT_VERIFIED = "tlsstorm.tls.cert_verified"
+SIDE = "tlsstorm.side"
 
 SPAN_SESSION = "smtp.session"
 SPAN_SEND = "smtp.send"

@@ -95,6 +95,27 @@ class SenderSettings(BaseSettings):
         return _split_commas(value)
 
 
+class CollectorSettings(BaseSettings):
+    """The span collector: where it listens, where it keeps results, where it forwards."""
+
+    model_config = SettingsConfigDict(env_prefix="TLSSTORM_COLLECTOR_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address the OTLP/HTTP and report API binds")
+    http_port: Port = Field(8027, description="OTLP/HTTP ingest, summary and report port")
+    db_path: Path = Field(Path("results/collector.sqlite"), description="SQLite file of results")
+    retention_hours: float = Field(168.0, gt=0, description="drop results older than this")
+    max_buckets: int = Field(200_000, ge=100, description="cap on stored per-second cells")
+    flush_interval_s: float = Field(1.0, gt=0, description="how often results reach SQLite")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="OTLP body cap (413)")
+    forward_otlp_endpoint: str | None = Field(
+        None,
+        validation_alias=AliasChoices("forward_otlp_endpoint", "TLSSTORM_FORWARD_OTLP_ENDPOINT"),
+        description="OTLP/HTTP endpoint (e.g. Jaeger's http://jaeger:4318) to forward batches to",
+    )
+    forward_queue: int = Field(1000, ge=1, description="batches waiting to be forwarded at most")
+    forward_retries: int = Field(3, ge=0, le=20, description="attempts after the first")
+
+
 def _flag(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 

@@ -1,0 +1,1 @@
+"""The span collector: OTLP/HTTP ingest, cost aggregation per TLS mode, stored results, report."""

@@ -1,0 +1,302 @@
+"""Spans in, costs out: per wave x service x role x mode x second, bounded in memory."""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from tlsstorm.common import attributes as attr
+from tlsstorm.common.histogram import LatencyHistogram
+
+RECEIVER, SENDER = "receiver", "sender"
+PLAIN, STARTTLS = "plain", "starttls"
+MODES = (PLAIN, STARTTLS)
+
+# Only these attributes are read, each from the one AnyValue field its producer writes.
+_INT_ATTRIBUTES = {
+    attr.SMTP_MESSAGES: "messages",
+    attr.MESSAGE_BYTES: "message_bytes",
+    attr.WIRE_BYTES_IN: "wire_in",
+    attr.WIRE_BYTES_OUT: "wire_out",
+    attr.SESSION_CPU_US: "cpu_us",
+}
+_STRING_ATTRIBUTES = {attr.MODE: "mode", attr.WAVE_ID: "wave", attr.ERROR_TYPE: "error",
+                      attr.SIDE: "side"}
+_STATUS_ERROR = 2
+
+CellKey = tuple[str, str, str, str, int]  # wave, service, role, mode, unix second
+
+
+class Cell:
+    """Sums and histograms of one key; cells merge by addition."""
+
+    __slots__ = ("cpu_us", "duration_ms", "errors", "handshake_ms", "handshakes_failed",
+                 "handshakes_ok", "message_bytes", "messages", "sessions", "wire_in", "wire_out")
+
+    def __init__(self) -> None:
+        self.sessions = 0
+        self.messages = 0
+        self.message_bytes = 0
+        self.wire_in = 0
+        self.wire_out = 0
+        self.cpu_us = 0
+        self.handshakes_ok = 0
+        self.handshakes_failed = 0
+        self.errors: dict[str, int] = {}
+        self.duration_ms = LatencyHistogram()
+        self.handshake_ms = LatencyHistogram()
+
+    def merge(self, other: Cell) -> None:
+        for name in ("sessions", "messages", "message_bytes", "wire_in", "wire_out", "cpu_us",
+                     "handshakes_ok", "handshakes_failed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for kind, count in other.errors.items():
+            self.errors[kind] = self.errors.get(kind, 0) + count
+        self.duration_ms.merge(other.duration_ms)
+        self.handshake_ms.merge(other.handshake_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sessions": self.sessions, "messages": self.messages,
+            "message_bytes": self.message_bytes, "wire_in": self.wire_in,
+            "wire_out": self.wire_out, "cpu_us": self.cpu_us,
+            "handshakes_ok": self.handshakes_ok, "handshakes_failed": self.handshakes_failed,
+            "errors": self.errors,
+            "duration_ms": _histogram_json(self.duration_ms),
+            "handshake_ms": _histogram_json(self.handshake_ms),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Cell:
+        cell = cls()
+        for name in ("sessions", "messages", "message_bytes", "wire_in", "wire_out", "cpu_us",
+                     "handshakes_ok", "handshakes_failed"):
+            setattr(cell, name, int(data.get(name, 0)))
+        cell.errors = {str(k): int(v) for k, v in data.get("errors", {}).items()}
+        cell.duration_ms = _histogram_from(data.get("duration_ms", {}))
+        cell.handshake_ms = _histogram_from(data.get("handshake_ms", {}))
+        return cell
+
+    def summary(self) -> dict[str, Any]:
+        per_message = self.messages or None
+        return {
+            "sessions": self.sessions,
+            "messages": self.messages,
+            "errors": dict(self.errors),
+            "handshakes_ok": self.handshakes_ok,
+            "handshakes_failed": self.handshakes_failed,
+            "handshake_ms": self.handshake_ms.summary(),
+            "duration_ms": self.duration_ms.summary(),
+            "wire_bytes_in": self.wire_in,
+            "wire_bytes_out": self.wire_out,
+            "message_bytes": self.message_bytes,
+            "cpu_ms_per_message": _ratio(self.cpu_us / 1000, per_message),
+            "wire_bytes_in_per_message": _ratio(self.wire_in, per_message),
+            "wire_bytes_out_per_message": _ratio(self.wire_out, per_message),
+            "wire_bytes_out_per_session": _ratio(self.wire_out, self.sessions or None),
+            "message_bytes_per_message": _ratio(self.message_bytes, per_message),
+        }
+
+
+def _ratio(numerator: float, denominator: float | None) -> float | None:
+    return round(numerator / denominator, 4) if denominator else None
+
+
+def _histogram_json(histogram: LatencyHistogram) -> dict[str, Any]:
+    return {"counts": {str(k): v for k, v in histogram.counts.items()}, "count": histogram.count,
+            "sum_ms": histogram.sum_ms, "max_ms": histogram.max_ms}
+
+
+def _histogram_from(data: dict[str, Any]) -> LatencyHistogram:
+    histogram = LatencyHistogram()
+    histogram.counts = {int(k): int(v) for k, v in data.get("counts", {}).items()}
+    histogram.count = int(data.get("count", 0))
+    histogram.sum_ms = float(data.get("sum_ms", 0.0))
+    histogram.max_ms = float(data.get("max_ms", 0.0))
+    return histogram
+
+
+class Aggregator:
+    """Folds tlsstorm's spans into cells; other spans are counted and passed over."""
+
+    def __init__(self, retention_s: float, max_cells: int) -> None:
+        self.retention_s = retention_s
+        self.max_cells = max_cells
+        self.cells: dict[CellKey, Cell] = {}
+        self.dirty: set[CellKey] = set()
+        self.spans_received = 0
+        self.spans_aggregated = 0
+        self.spans_rejected = 0
+
+    def ingest(self, request: ExportTraceServiceRequest) -> tuple[int, str]:
+        """Aggregate a request; return (rejected span count, reason)."""
+        rejected = 0
+        for resource_spans in request.resource_spans:
+            service = "unknown"
+            for kv in resource_spans.resource.attributes:
+                if kv.key == "service.name":
+                    service = kv.value.string_value or service
+                    break
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    self.spans_received += 1
+                    if len(span.trace_id) != 16 or len(span.span_id) != 8:
+                        rejected += 1
+                        continue
+                    name = span.name
+                    if name in (attr.SPAN_SESSION, attr.SPAN_SEND, attr.SPAN_HANDSHAKE):
+                        self._fold(service, span)
+        self.spans_rejected += rejected
+        reason = f"{rejected} spans had no valid trace or span id" if rejected else ""
+        return rejected, reason
+
+    def _fold(self, service: str, span) -> None:
+        values: dict[str, Any] = {}
+        for kv in span.attributes:
+            field = _INT_ATTRIBUTES.get(kv.key)
+            if field is not None:
+                values[field] = kv.value.int_value
+                continue
+            field = _STRING_ATTRIBUTES.get(kv.key)
+            if field is not None:
+                values[field] = kv.value.string_value
+        failed = span.status.code == _STATUS_ERROR
+        duration_ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6
+        name = span.name
+        if name == attr.SPAN_HANDSHAKE:
+            role = RECEIVER if values.get("side") == "server" else SENDER
+            mode = STARTTLS
+        else:
+            role = RECEIVER if name == attr.SPAN_SESSION else SENDER
+            mode = values.get("mode", PLAIN)
+            if mode not in MODES:
+                mode = PLAIN
+        key = (values.get("wave", ""), service, role, mode, span.end_time_unix_nano // 10**9)
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = Cell()
+        self.dirty.add(key)
+        self.spans_aggregated += 1
+        if name == attr.SPAN_HANDSHAKE:
+            if failed:
+                cell.handshakes_failed += 1
+            else:
+                cell.handshakes_ok += 1
+                cell.handshake_ms.record(duration_ms)
+            return
+        cell.sessions += 1 if name == attr.SPAN_SESSION else 0
+        cell.messages += values.get("messages", 1 if name == attr.SPAN_SEND else 0)
+        cell.message_bytes += values.get("message_bytes", 0)
+        cell.wire_in += values.get("wire_in", 0)
+        cell.wire_out += values.get("wire_out", 0)
+        cell.cpu_us += values.get("cpu_us", 0)
+        cell.duration_ms.record(duration_ms)
+        if failed:
+            kind = values.get("error") or "error"
+            cell.errors[kind] = cell.errors.get(kind, 0) + 1
+
+    def evict(self, now_s: float | None = None) -> list[CellKey]:
+        """Drop cells past retention or over the cap (oldest first); return what was dropped."""
+        now_s = time.time() if now_s is None else now_s
+        oldest_kept = now_s - self.retention_s
+        dropped = [key for key in self.cells if key[4] < oldest_kept]
+        overflow = len(self.cells) - len(dropped) - self.max_cells
+        if overflow > 0:
+            remaining = sorted((key for key in self.cells if key[4] >= oldest_kept),
+                               key=lambda key: key[4])
+            dropped += remaining[:overflow]
+        for key in dropped:
+            del self.cells[key]
+            self.dirty.discard(key)
+        return dropped
+
+    def select(self, wave: str | None, since: float | None, until: float | None):
+        for key, cell in self.cells.items():
+            if wave is not None and key[0] != wave:
+                continue
+            if since is not None and key[4] < since:
+                continue
+            if until is not None and key[4] > until:
+                continue
+            yield key, cell
+
+    def summary(self, wave: str | None = None, since: float | None = None,
+                until: float | None = None) -> dict[str, Any]:
+        groups: dict[tuple[str, str, str], Cell] = collections.defaultdict(Cell)
+        first = last = None
+        for (_, service, role, mode, second), cell in self.select(wave, since, until):
+            groups[service, role, mode].merge(cell)
+            first = second if first is None else min(first, second)
+            last = second if last is None else max(last, second)
+        by_role: dict[str, dict[str, Cell]] = {RECEIVER: {}, SENDER: {}}
+        for (_, role, mode), cell in groups.items():
+            by_role[role].setdefault(mode, Cell()).merge(cell)
+        return {
+            "filter": {"wave": wave, "since": since, "until": until},
+            "first_unix_s": first,
+            "last_unix_s": last,
+            "spans": {"received": self.spans_received, "aggregated": self.spans_aggregated,
+                      "rejected": self.spans_rejected},
+            "receiver": _cost(by_role[RECEIVER]),
+            "sender": _cost(by_role[SENDER]),
+            "groups": [
+                {"service": service, "role": role, "mode": mode, **cell.summary()}
+                for (service, role, mode), cell in sorted(groups.items())
+            ],
+        }
+
+    def waves(self) -> list[dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        for (wave, _, role, mode, second), cell in self.cells.items():
+            entry = found.setdefault(wave, {"wave": wave, "first_unix_s": second,
+                                            "last_unix_s": second, PLAIN: 0, STARTTLS: 0})
+            entry["first_unix_s"] = min(entry["first_unix_s"], second)
+            entry["last_unix_s"] = max(entry["last_unix_s"], second)
+            if role == RECEIVER:
+                entry[mode] += cell.sessions
+        return sorted(found.values(), key=lambda entry: entry["first_unix_s"], reverse=True)
+
+    def timeline(self, wave: str | None = None, since: float | None = None,
+                 until: float | None = None) -> dict[str, list[tuple[int, int, float | None]]]:
+        """Per receiver mode: (second, sessions, p95 session ms)."""
+        per_second: dict[tuple[str, int], Cell] = collections.defaultdict(Cell)
+        for (_, _, role, mode, second), cell in self.select(wave, since, until):
+            if role == RECEIVER:
+                per_second[mode, second].merge(cell)
+        series: dict[str, list[tuple[int, int, float | None]]] = {PLAIN: [], STARTTLS: []}
+        for (mode, second), cell in sorted(per_second.items(), key=lambda item: item[0][1]):
+            series[mode].append((second, cell.sessions, cell.duration_ms.percentile(0.95)))
+        return series
+
+    def distributions(self, wave: str | None = None, since: float | None = None,
+                      until: float | None = None) -> dict[str, LatencyHistogram]:
+        """Latency histograms for plotting: sessions by mode, handshakes by side."""
+        merged: dict[str, LatencyHistogram] = collections.defaultdict(LatencyHistogram)
+        for (_, _, role, mode, _), cell in self.select(wave, since, until):
+            if role == RECEIVER:
+                merged[f"{mode} session"].merge(cell.duration_ms)
+            merged[f"handshake ({role})"].merge(cell.handshake_ms)
+        return {name: histogram for name, histogram in merged.items() if histogram.count}
+
+
+def _cost(modes: dict[str, Cell]) -> dict[str, Any]:
+    """Plain vs STARTTLS for one role, with the TLS/plain factor of each figure."""
+    plain = modes.get(PLAIN, Cell()).summary()
+    tls_cell = modes.get(STARTTLS, Cell())
+    tls = tls_cell.summary()
+    factors = {}
+    for figure in ("cpu_ms_per_message", "wire_bytes_in_per_message",
+                   "wire_bytes_out_per_message"):
+        if plain[figure] and tls[figure]:
+            factors[figure] = round(tls[figure] / plain[figure], 3)
+    if plain["duration_ms"]["p50"] and tls["duration_ms"]["p50"]:
+        factors["duration_p50"] = round(tls["duration_ms"]["p50"] / plain["duration_ms"]["p50"], 3)
+    out_vs_message = None
+    if tls["wire_bytes_out_per_session"] and tls["message_bytes_per_message"]:
+        out_vs_message = round(
+            tls["wire_bytes_out_per_session"] / tls["message_bytes_per_message"], 3)
+    return {PLAIN: plain, STARTTLS: tls, "factor": factors,
+            "tls_out_bytes_per_session_over_message_bytes": out_vs_message}

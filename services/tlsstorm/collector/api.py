@@ -1,0 +1,117 @@
+"""The collector's HTTP face: OTLP/HTTP ingest, JSON summary, HTML report, metrics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import HTMLResponse
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from tlsstorm import __version__
+from tlsstorm.collector import otlp
+from tlsstorm.collector.report import render_html
+from tlsstorm.common.metrics import metrics_response, registry_with
+
+if TYPE_CHECKING:
+    from tlsstorm.collector.app import CollectorService
+
+WaveFilter = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")]
+Since = Annotated[float | None, Query(ge=0, description="unix seconds, inclusive")]
+Until = Annotated[float | None, Query(ge=0, description="unix seconds, inclusive")]
+
+
+class _CollectorMetrics:
+    def __init__(self, service: CollectorService) -> None:
+        self._service = service
+
+    def collect(self):
+        service = self._service
+        aggregator = service.aggregator
+        spans = CounterMetricFamily("tlsstorm_collector_spans", "spans by outcome",
+                                    labels=["outcome"])
+        spans.add_metric(["received"], aggregator.spans_received)
+        spans.add_metric(["aggregated"], aggregator.spans_aggregated)
+        spans.add_metric(["rejected"], aggregator.spans_rejected)
+        requests = CounterMetricFamily("tlsstorm_collector_requests", "OTLP requests by status",
+                                       labels=["status"])
+        for code, count in service.requests.items():
+            requests.add_metric([str(code)], count)
+        batches = CounterMetricFamily("tlsstorm_collector_forward_batches",
+                                      "batches forwarded or dropped", labels=["outcome"])
+        forwarder = service.forwarder
+        if forwarder is not None:
+            batches.add_metric(["forwarded"], forwarder.forwarded)
+            batches.add_metric(["dropped"], forwarder.dropped)
+            batches.add_metric(["retried"], forwarder.retried)
+        cells = GaugeMetricFamily("tlsstorm_collector_cells", "aggregate cells held")
+        cells.add_metric([], len(aggregator.cells))
+        yield from (spans, requests, batches, cells)
+
+
+def create_api(service: CollectorService) -> FastAPI:
+    app = FastAPI(title="tlsstorm collector", version=__version__)
+    registry = registry_with(_CollectorMetrics(service))
+    limit = service.settings.max_body_bytes
+
+    def refuse(status: int, reason: str) -> Response:
+        service.requests[status] += 1
+        return Response(content=reason.encode(), status_code=status, media_type="text/plain")
+
+    @app.post("/v1/traces", summary="OTLP/HTTP trace export (protobuf or JSON, gzip or not)")
+    async def ingest(request: Request) -> Response:
+        try:
+            encoding = otlp.encoding_of(request.headers.get("content-type"),
+                                        request.headers.get("content-encoding"))
+            declared = request.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > limit:
+                raise otlp.OtlpError(413, f"body of {declared} bytes exceeds {limit}")
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise otlp.OtlpError(413, f"body exceeds {limit} bytes")
+            decoded = otlp.decode(bytes(body), encoding, limit)
+        except otlp.OtlpError as error:
+            return refuse(error.status, error.reason)
+        rejected, reason = service.aggregator.ingest(decoded)
+        if service.forwarder is not None:
+            headers = {"content-type": encoding.media_type}
+            if encoding.compression:
+                headers["content-encoding"] = encoding.compression
+            service.forwarder.offer(bytes(body), headers)
+        service.requests[200] += 1
+        return Response(otlp.encode_response(encoding, rejected, reason),
+                        media_type=encoding.media_type)
+
+    @app.get("/v1/summary")
+    def summary(wave: WaveFilter = None, since: Since = None, until: Until = None) -> dict:
+        """Plain vs STARTTLS costs per role, with TLS/plain factors; filter by wave and time."""
+        return service.aggregator.summary(wave, since, until)
+
+    @app.get("/v1/waves")
+    def waves() -> dict:
+        return {"waves": service.aggregator.waves()}
+
+    @app.get("/", response_class=HTMLResponse)
+    def report(wave: WaveFilter = None, since: Since = None, until: Until = None) -> str:
+        """The HTML cost report with its plots."""
+        return render_html(service.aggregator, wave, since, until)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> dict:
+        if not service.loaded:
+            raise HTTPException(503, detail="stored results are still loading")
+        return {"status": "ready"}
+
+    @app.get("/metrics")
+    def metrics():
+        return metrics_response(registry)
+
+    return app
+
+

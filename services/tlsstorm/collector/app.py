@@ -1,0 +1,74 @@
+"""The collector process: ingest, aggregation, periodic persistence and forwarding on one loop."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+
+from tlsstorm.collector.aggregate import Aggregator
+from tlsstorm.collector.api import create_api
+from tlsstorm.collector.forward import Forwarder
+from tlsstorm.collector.store import Store
+from tlsstorm.common.config import CollectorSettings
+from tlsstorm.common.serve import HttpServer, bind, port_of
+
+
+class CollectorService:
+    def __init__(self, settings: CollectorSettings) -> None:
+        self.settings = settings
+        self.aggregator = Aggregator(settings.retention_hours * 3600, settings.max_buckets)
+        self.requests: collections.Counter[int] = collections.Counter()
+        self.store = Store(settings.db_path)
+        self.loaded = False
+        self.forwarder: Forwarder | None = None
+        self._http_sock = bind(settings.host, settings.http_port)
+        self.http_port = port_of(self._http_sock)
+        self._http = HttpServer(create_api(self), self._http_sock)
+        self._flusher: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        cells, counters = await asyncio.to_thread(self.store.load)
+        self.aggregator.cells.update(cells)
+        self.aggregator.spans_received = counters.get("spans_received", 0)
+        self.aggregator.spans_aggregated = counters.get("spans_aggregated", 0)
+        self.aggregator.spans_rejected = counters.get("spans_rejected", 0)
+        self.loaded = True
+        if self.settings.forward_otlp_endpoint:
+            self.forwarder = Forwarder(self.settings.forward_otlp_endpoint,
+                                       self.settings.forward_queue, self.settings.forward_retries)
+            self.forwarder.start()
+        await self._http.start()
+        self._flusher = asyncio.create_task(self._flush_forever())
+
+    async def flush(self) -> None:
+        """Write changed cells to SQLite (off the loop) and drop what retention says."""
+        aggregator = self.aggregator
+        dropped = aggregator.evict()
+        changed = [(key, _dumps(aggregator.cells[key].to_json())) for key in aggregator.dirty]
+        aggregator.dirty.clear()
+        counters = {"spans_received": aggregator.spans_received,
+                    "spans_aggregated": aggregator.spans_aggregated,
+                    "spans_rejected": aggregator.spans_rejected}
+        await asyncio.to_thread(self.store.save, changed, dropped, counters)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.flush_interval_s)
+            await self.flush()
+
+    async def stop(self) -> None:
+        await self._http.stop()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
+        if self.forwarder is not None:
+            await self.forwarder.stop()
+        self.store.close()
+
+
+def _dumps(data: dict) -> str:
+    return json.dumps(data, separators=(",", ":"))

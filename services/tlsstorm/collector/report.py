@@ -1,0 +1,160 @@
+"""The cost report: plain vs STARTTLS table and plots, as text (demo) and as one HTML page."""
+
+from __future__ import annotations
+
+import datetime
+from html import escape
+from typing import Any
+
+from tlsstorm.collector.aggregate import PLAIN, STARTTLS, Aggregator
+from tlsstorm.common.charts import bar_chart, line_chart
+from tlsstorm.common.histogram import LatencyHistogram
+
+Row = tuple[str, float | None, float | None, float | None]
+
+
+def cost_rows(cost: dict[str, Any]) -> list[Row]:
+    """(label, plain, STARTTLS, TLS/plain factor) for one role's cost section."""
+    plain, tls = cost[PLAIN], cost[STARTTLS]
+
+    def row(label: str, plain_value, tls_value, comparable: bool = True) -> Row:
+        factor = None
+        if comparable and plain_value and tls_value:
+            factor = tls_value / plain_value
+        return label, plain_value, tls_value, factor
+
+    return [
+        row("sessions", plain["sessions"], tls["sessions"], comparable=False),
+        row("messages", plain["messages"], tls["messages"], comparable=False),
+        row("handshake p50 ms", None, tls["handshake_ms"]["p50"]),
+        row("handshake p95 ms", None, tls["handshake_ms"]["p95"]),
+        row("handshake p99 ms", None, tls["handshake_ms"]["p99"]),
+        row("session p50 ms", plain["duration_ms"]["p50"], tls["duration_ms"]["p50"]),
+        row("receiver CPU ms/msg", plain["cpu_ms_per_message"], tls["cpu_ms_per_message"]),
+        row("wire bytes in/msg", plain["wire_bytes_in_per_message"],
+            tls["wire_bytes_in_per_message"]),
+        row("wire bytes out/msg", plain["wire_bytes_out_per_message"],
+            tls["wire_bytes_out_per_message"]),
+    ]
+
+
+def cell_text(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:,.3f}" if value < 100 else f"{value:,.0f}"
+
+
+def factor_text(value: float | None) -> str:
+    return f"{value:.2f}x" if value else ""
+
+
+def text_table(cost: dict[str, Any]) -> str:
+    lines = [f"{'':<22}{'plain':>12}{'STARTTLS':>12}{'TLS/plain':>12}"]
+    for label, plain, tls, factor in cost_rows(cost):
+        lines.append(f"{label:<22}{cell_text(plain):>12}{cell_text(tls):>12}"
+                     f"{factor_text(factor):>12}")
+    return "\n".join(lines)
+
+
+def outbound_sentence(cost: dict[str, Any]) -> str | None:
+    """The seed's claim, checked: outbound bytes per TLS session against the message size."""
+    tls = cost[STARTTLS]
+    ratio = cost["tls_out_bytes_per_session_over_message_bytes"]
+    if ratio is None:
+        return None
+    return (f"Per STARTTLS session the receiver sent {tls['wire_bytes_out_per_session']:,.0f} "
+            f"bytes for messages of {tls['message_bytes_per_message']:,.0f} bytes: "
+            f"{ratio:.2f}x the message itself.")
+
+
+def _distribution(histogram: LatencyHistogram) -> list[tuple[float, float]]:
+    """Share of samples per ~10% wide latency bin, for a log-x line."""
+    coarse: dict[int, int] = {}
+    for index, count in histogram.counts.items():
+        coarse[index // 5] = coarse.get(index // 5, 0) + count
+    points = []
+    for bin_index in sorted(coarse):
+        low_us = 1.02 ** (bin_index * 5)
+        points.append((low_us * 1.05 / 1000, coarse[bin_index] / histogram.count))
+    return points
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1000px;color:#1a202c}
+table{border-collapse:collapse;margin:1rem 0}
+td,th{padding:.3rem .8rem;border-bottom:1px solid #e2e8f0}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}.chart{width:100%;max-width:640px}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:1rem}
+.muted{color:#718096;font-size:.9rem}
+"""
+
+
+def _html_table(cost: dict[str, Any], title: str) -> str:
+    rows = "".join(
+        f"<tr><td>{escape(label)}</td><td class=n>{cell_text(plain)}</td>"
+        f"<td class=n>{cell_text(tls)}</td><td class=n>{factor_text(factor)}</td></tr>"
+        for label, plain, tls, factor in cost_rows(cost))
+    return (f"<h2>{escape(title)}</h2><table><tr><th></th><th class=n>plain</th>"
+            f"<th class=n>STARTTLS</th><th class=n>TLS/plain</th></tr>{rows}</table>")
+
+
+def render_html(aggregator: Aggregator, wave: str | None = None, since: float | None = None,
+                until: float | None = None) -> str:
+    summary = aggregator.summary(wave, since, until)
+    receiver = summary["receiver"]
+    timeline = aggregator.timeline(wave, since, until)
+    start = min((points[0][0] for points in timeline.values() if points), default=0)
+    throughput = {f"{mode} sessions/s": [(second - start, sessions)
+                                         for second, sessions, _ in points]
+                  for mode, points in timeline.items()}
+    p95 = {f"{mode} p95 ms": [(second - start, value) for second, _, value in points
+                              if value is not None]
+           for mode, points in timeline.items()}
+    distributions = {name: _distribution(histogram)
+                     for name, histogram in aggregator.distributions(wave, since, until).items()}
+    bytes_chart = bar_chart(
+        "Wire bytes per session (receiver)", ["plain", "STARTTLS"],
+        {"in": [_per_session(receiver[mode], "wire_bytes_in") for mode in (PLAIN, STARTTLS)],
+         "out": [_per_session(receiver[mode], "wire_bytes_out") for mode in (PLAIN, STARTTLS)]},
+        "bytes")
+    waves = "".join(
+        f'<tr><td><a href="?wave={escape(entry["wave"])}">{escape(entry["wave"] or "(none)")}'
+        f'</a></td><td class=n>{entry[PLAIN]:,}</td><td class=n>{entry[STARTTLS]:,}</td>'
+        f'<td>{_when(entry["first_unix_s"])}</td></tr>' for entry in aggregator.waves()[:50])
+    sentence = outbound_sentence(receiver)
+    scope = f"wave {escape(wave)}" if wave else "all waves"
+    json_link = "/v1/summary" + (f"?wave={escape(wave)}" if wave else "")
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>tlsstorm cost report</title><style>{_STYLE}</style></head><body>
+<h1>What STARTTLS spam costs the receiver</h1>
+<p class=muted>{scope}; {summary['spans']['aggregated']:,} spans aggregated
+({summary['spans']['received']:,} received); generated {_when(None)}.
+<a href="/">all waves</a> · <a href="{json_link}">JSON</a></p>
+{_html_table(receiver, "Receiver: plain vs STARTTLS")}
+<p>{escape(sentence or "No STARTTLS session yet.")}</p>
+<div class=grid>
+{line_chart("Latency distribution", distributions, "milliseconds (log)", "share", log_x=True)}
+{bytes_chart}
+{line_chart("Throughput (receiver)", throughput, "seconds since start", "sessions/s")}
+{line_chart("p95 session latency (receiver)", p95, "seconds since start", "ms")}
+</div>
+{_html_table(summary["sender"], "Sender: plain vs STARTTLS (client side)")}
+<h2>Waves</h2><table><tr><th>wave</th><th class=n>plain</th><th class=n>STARTTLS</th>
+<th>first seen</th></tr>{waves}</table>
+<p class=muted>Receiver CPU per message is the CPU the receiver charged to each session
+(<code>tlsstorm.session.cpu_us</code> on its <code>smtp.session</code> spans); see
+docs/methodology.md.</p>
+</body></html>"""
+
+
+def _per_session(mode_summary: dict[str, Any], key: str) -> float:
+    sessions = mode_summary["sessions"]
+    return mode_summary[key] / sessions if sessions else 0.0
+
+
+def _when(unix_s: float | None) -> str:
+    moment = datetime.datetime.fromtimestamp(unix_s, datetime.UTC) if unix_s else \
+        datetime.datetime.now(datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")

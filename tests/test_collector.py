@@ -1,0 +1,276 @@
+"""The collector: real OTLP/HTTP export in, costs per mode out, stored, forwarded, reported."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import threading
+import time
+from typing import ClassVar
+
+import httpx
+import pytest
+from opentelemetry.exporter.otlp.common.http import Compression as JsonCompression
+from opentelemetry.exporter.otlp.json.http.trace_exporter import (
+    OTLPSpanExporter as JsonSpanExporter,
+)
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+    OTLPSpanExporter as ProtobufSpanExporter,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.trace import SpanKind
+
+from tlsstorm.common.telemetry import tracer_provider
+
+PROTOBUF = {"content-type": "application/x-protobuf"}
+
+
+def _provider(exporter, service: str = "tlsstorm-receiver") -> TracerProvider:
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
+
+
+def _emit_sessions(provider: TracerProvider, wave: str = "w1") -> None:
+    """Two receiver sessions as the receiver describes them: one plain, one STARTTLS."""
+    tracer = provider.get_tracer("test")
+    for mode, wire_out, cpu_us in (("plain", 230, 700), ("starttls", 2450, 2100)):
+        start = time.time_ns()
+        session = tracer.start_span("smtp.session", kind=SpanKind.SERVER, start_time=start,
+                                    attributes={"tlsstorm.mode": mode, "smtp.messages": 1,
+                                                "tlsstorm.message.bytes": 2048,
+                                                "tlsstorm.wire.bytes_in": 2160,
+                                                "tlsstorm.wire.bytes_out": wire_out,
+                                                "tlsstorm.session.cpu_us": cpu_us,
+                                                "tlsstorm.wave.id": wave})
+        if mode == "starttls":
+            from opentelemetry import trace
+
+            tracer.start_span("tls.handshake", context=trace.set_span_in_context(session),
+                              start_time=start + 100_000,
+                              attributes={"tlsstorm.side": "server", "tlsstorm.wave.id": wave}
+                              ).end(end_time=start + 1_600_000)
+        session.end(end_time=start + 3_000_000)
+
+
+def _receiver_cost(collector, **params) -> dict:
+    return httpx.get(f"{collector.http}/v1/summary", params=params).json()["receiver"]
+
+
+@pytest.mark.parametrize(("exporter_class", "compression"), [
+    (ProtobufSpanExporter, Compression.NoCompression),
+    (ProtobufSpanExporter, Compression.Gzip),
+    (ProtobufSpanExporter, Compression.Deflate),
+    (JsonSpanExporter, JsonCompression.NONE),
+    (JsonSpanExporter, JsonCompression.GZIP),
+], ids=["protobuf", "protobuf-gzip", "protobuf-deflate", "json", "json-gzip"])
+def test_sdk_otlp_http_exporters_are_ingested(start_collector, exporter_class, compression):
+    collector = start_collector()
+    exporter = exporter_class(endpoint=f"{collector.http}/v1/traces", compression=compression)
+
+    _emit_sessions(_provider(exporter))
+
+    cost = _receiver_cost(collector, wave="w1")
+    assert cost["plain"]["sessions"] == 1 and cost["starttls"]["sessions"] == 1
+    assert cost["starttls"]["handshakes_ok"] == 1
+    assert cost["starttls"]["handshake_ms"]["p50"] == pytest.approx(1.5, rel=0.03)
+    assert cost["plain"]["cpu_ms_per_message"] == pytest.approx(0.7)
+    assert cost["factor"]["cpu_ms_per_message"] == pytest.approx(3.0)
+    assert cost["factor"]["wire_bytes_out_per_message"] == pytest.approx(2450 / 230, rel=1e-3)
+
+
+def _request_bytes() -> bytes:
+    request = ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add()
+    span.trace_id, span.span_id, span.name = b"\x01" * 16, b"\x02" * 8, "smtp.session"
+    span.start_time_unix_nano, span.end_time_unix_nano = 1, 2_000_001
+    return request.SerializeToString()
+
+
+@pytest.mark.parametrize(("body", "headers", "status"), [
+    (b"\xff\xff\xff\xff", PROTOBUF, 400),
+    (_request_bytes()[:-5], PROTOBUF, 400),
+    (b'{"resourceSpans": [', {"content-type": "application/json"}, 400),
+    (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}',
+     {"content-type": "application/json"}, 400),
+    (b"[" * 30_000 + b"]" * 30_000, {"content-type": "application/json"}, 400),
+    (b"not gzip", {**PROTOBUF, "content-encoding": "gzip"}, 400),
+    (gzip.compress(b"\x00" * 70_000), {**PROTOBUF, "content-encoding": "gzip"}, 413),
+    (b"x" * 70_000, PROTOBUF, 413),
+    (_request_bytes(), {"content-type": "text/plain"}, 415),
+    (_request_bytes(), {**PROTOBUF, "content-encoding": "br"}, 415),
+])
+def test_bad_bodies_get_the_otlp_status_and_the_collector_keeps_serving(
+    start_collector, body, headers, status
+):
+    collector = start_collector(max_body_bytes=65_536)
+
+    response = httpx.post(f"{collector.http}/v1/traces", content=body, headers=headers)
+
+    assert response.status_code == status
+    assert response.text
+    good = httpx.post(f"{collector.http}/v1/traces", content=_request_bytes(), headers=PROTOBUF)
+    assert good.status_code == 200
+    metrics = httpx.get(f"{collector.http}/metrics").text
+    assert f'tlsstorm_collector_requests_total{{status="{status}"}} 1.0' in metrics
+
+
+def test_spans_with_bad_ids_are_rejected_as_partial_success(start_collector):
+    collector = start_collector()
+    request = ExportTraceServiceRequest.FromString(_request_bytes())
+    bad = request.resource_spans[0].scope_spans[0].spans.add()
+    bad.trace_id, bad.span_id, bad.name = b"\x01\x02", b"\x03" * 8, "smtp.session"
+
+    response = httpx.post(f"{collector.http}/v1/traces", content=request.SerializeToString(),
+                          headers=PROTOBUF)
+
+    assert response.status_code == 200
+    answer = ExportTraceServiceResponse.FromString(response.content)
+    assert answer.partial_success.rejected_spans == 1
+    assert "trace or span id" in answer.partial_success.error_message
+
+
+class _Capture(http.server.BaseHTTPRequestHandler):
+    """Stands in for Jaeger's OTLP/HTTP port and keeps every body it gets."""
+
+    bodies: ClassVar[list[tuple[bytes, str | None]]] = []
+
+    def do_POST(self):
+        length = int(self.headers["content-length"])
+        type(self).bodies.append((self.rfile.read(length), self.headers["content-encoding"]))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_batches_are_forwarded_byte_identical_and_understood_downstream(
+    start_collector, tmp_path
+):
+    _Capture.bodies = []
+    capture = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Capture)
+    threading.Thread(target=capture.serve_forever, daemon=True).start()
+    first = start_collector(forward_otlp_endpoint=f"http://127.0.0.1:{capture.server_port}")
+    downstream = start_collector(db_path=tmp_path / "downstream.sqlite")
+    relay = start_collector(forward_otlp_endpoint=downstream.http,
+                            db_path=tmp_path / "relay.sqlite")
+    bodies = [_request_bytes(), gzip.compress(_request_bytes())]
+
+    for body, extra in zip(bodies, ({}, {"content-encoding": "gzip"}), strict=True):
+        assert httpx.post(f"{first.http}/v1/traces", content=body,
+                          headers={**PROTOBUF, **extra}).status_code == 200
+    _emit_sessions(_provider(ProtobufSpanExporter(endpoint=f"{relay.http}/v1/traces")))
+    _wait_for(lambda: len(_Capture.bodies) == 2)
+    _wait_for(lambda: _receiver_cost(downstream, wave="w1")["starttls"]["sessions"] == 1)
+    capture.shutdown()
+
+    assert [body for body, _ in _Capture.bodies] == bodies
+    assert [encoding for _, encoding in _Capture.bodies] == [None, "gzip"]
+    assert _receiver_cost(downstream, wave="w1") == _receiver_cost(relay, wave="w1")
+
+
+def _wait_for(condition, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_with_the_forward_target_down_ingest_stays_fast_and_drops_are_counted(start_collector):
+    collector = start_collector(forward_otlp_endpoint="http://127.0.0.1:9", forward_queue=2,
+                                forward_retries=1)
+    slowest = 0.0
+    for _ in range(20):
+        started = time.monotonic()
+        response = httpx.post(f"{collector.http}/v1/traces", content=_request_bytes(),
+                              headers=PROTOBUF)
+        slowest = max(slowest, time.monotonic() - started)
+        assert response.status_code == 200
+
+    forwarder = collector.service.forwarder
+    _wait_for(lambda: forwarder.dropped == 20, timeout=20)
+    assert slowest < 0.25
+    assert forwarder.forwarded == 0
+    metrics = httpx.get(f"{collector.http}/metrics").text
+    assert 'tlsstorm_collector_forward_batches_total{outcome="dropped"} 20.0' in metrics
+
+
+def test_results_survive_a_restart(start_collector):
+    collector = start_collector()
+    _emit_sessions(_provider(ProtobufSpanExporter(endpoint=f"{collector.http}/v1/traces")))
+    before = httpx.get(f"{collector.http}/v1/summary", params={"wave": "w1"}).json()
+    collector.stop()
+
+    restarted = start_collector()
+    after = httpx.get(f"{restarted.http}/v1/summary", params={"wave": "w1"}).json()
+
+    assert after["receiver"] == before["receiver"]
+    assert after["spans"] == before["spans"]
+    assert httpx.get(f"{restarted.http}/v1/waves").json()["waves"][0]["wave"] == "w1"
+
+
+def test_time_window_filters_the_summary(start_collector):
+    collector = start_collector()
+    _emit_sessions(_provider(ProtobufSpanExporter(endpoint=f"{collector.http}/v1/traces")))
+    now = time.time()
+
+    inside = _receiver_cost(collector, since=now - 60, until=now + 60)
+    before = _receiver_cost(collector, until=now - 60)
+
+    assert inside["plain"]["sessions"] == 1
+    assert before["plain"]["sessions"] == 0
+
+
+def test_report_page_has_the_table_and_plots(start_collector):
+    collector = start_collector()
+    _emit_sessions(_provider(ProtobufSpanExporter(endpoint=f"{collector.http}/v1/traces")))
+
+    page = httpx.get(f"{collector.http}/", params={"wave": "w1"})
+
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "receiver CPU ms/msg" in page.text and "3.00x" in page.text
+    assert page.text.count("<svg") == 4
+    assert "no data yet" not in page.text.split("Throughput")[0]
+
+
+def test_wave_summary_equals_the_receivers_own_stats(
+    start_collector, start_receiver, start_sender
+):
+    collector = start_collector()
+    endpoint = f"{collector.http}/v1/traces"
+    receiver = start_receiver(provider=tracer_provider(
+        "tlsstorm-receiver", exporter=ProtobufSpanExporter(endpoint=endpoint)))
+    sender = start_sender(receiver.smtp_port, provider=tracer_provider(
+        "tlsstorm-sender", exporter=ProtobufSpanExporter(endpoint=endpoint)))
+
+    wave_id = httpx.post(f"{sender.http}/v1/waves", json={
+        "rate": 50, "count": 40, "tls_ratio": 0.3, "concurrency": 16}).json()["id"]
+    _wait_for(lambda: httpx.get(f"{sender.http}/v1/waves/{wave_id}").json()["status"]
+              != "running", timeout=60)
+    wave = httpx.get(f"{sender.http}/v1/waves/{wave_id}").json()
+    assert (wave["plain"]["ok"], wave["tls"]["ok"], wave["skipped"]) == (28, 12, 0), wave
+    stats = receiver.wait_sessions(40, timeout=10)
+    assert stats["plain"]["sessions"] + stats["tls"]["sessions"] == 40
+    receiver.service.provider.force_flush()
+    sender.service.provider.force_flush()
+    by_wave = receiver.stats(wave_id)
+    cost = _receiver_cost(collector, wave=wave_id)
+
+    for ours, theirs in (("plain", "plain"), ("starttls", "tls")):
+        assert cost[ours]["sessions"] == by_wave[theirs]["sessions"]
+        assert cost[ours]["messages"] == by_wave[theirs]["messages"]
+        assert cost[ours]["wire_bytes_in"] == by_wave[theirs]["wire_bytes_in"]
+        assert cost[ours]["wire_bytes_out"] == by_wave[theirs]["wire_bytes_out"]
+    assert cost["starttls"]["handshakes_ok"] == by_wave["tls"]["handshakes_ok"] == 12
+    sender_side = httpx.get(f"{collector.http}/v1/summary",
+                            params={"wave": wave_id}).json()["sender"]
+    assert sender_side["starttls"]["messages"] == 12 and sender_side["plain"]["messages"] == 28
