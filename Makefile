@@ -25,7 +25,7 @@ system-deps: ## install the OS tools the tests speak to (openssl CLI), when miss
 	  else echo "install the openssl command-line tool to run every test"; fi; }
 
 lint: install ## ruff over the code, tests and benchmarks
-	$(BIN)/ruff check services tests
+	$(BIN)/ruff check services tests bench
 
 test: install system-deps lint ## lint, then every test (real SMTP, STARTTLS, OTLP on loopback)
 	$(BIN)/python -m pytest

@@ -62,14 +62,16 @@ def _receiver_stats(local: LocalStack, http: httpx.Client, wave: dict[str, Any])
 
 
 def _collector_summary(local: LocalStack, http: httpx.Client, wave_id: str,
-                       sessions: int) -> dict:
-    """The collector's summary of the wave once every receiver session's span has arrived."""
+                       sessions: int, messages: int) -> dict:
+    """The collector's summary of the wave once the spans of every session have arrived."""
     deadline = time.monotonic() + 30
     while True:
         summary = http.get(local.collector_url("/v1/summary"), params={"wave": wave_id}).json()
-        receiver = summary["receiver"]
-        seen = receiver["plain"]["sessions"] + receiver["starttls"]["sessions"]
-        if seen >= sessions or time.monotonic() > deadline:
+        receiver, sender = summary["receiver"], summary["sender"]
+        seen_sessions = receiver["plain"]["sessions"] + receiver["starttls"]["sessions"]
+        seen_messages = sender["plain"]["messages"] + sender["starttls"]["messages"]
+        if (seen_sessions >= sessions and seen_messages >= messages) or \
+                time.monotonic() > deadline:
             return summary
         time.sleep(0.25)
 
@@ -88,7 +90,7 @@ def run_demo(messages: int, tls_ratio: float, rate: float, concurrency: int, siz
             wave = _run_wave(local, http, spec)
             stats = _receiver_stats(local, http, wave)
             sessions = stats["plain"]["sessions"] + stats["tls"]["sessions"]
-            summary = _collector_summary(local, http, wave["id"], sessions)
+            summary = _collector_summary(local, http, wave["id"], sessions, wave["done"])
             report_html = http.get(local.collector_url("/"), params={"wave": wave["id"]}).text
             tls_settings = http.get(local.receiver_url("/v1/tls")).json()
     finally:

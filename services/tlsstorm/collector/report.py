@@ -13,8 +13,8 @@ from tlsstorm.common.histogram import LatencyHistogram
 Row = tuple[str, float | None, float | None, float | None]
 
 
-def cost_rows(cost: dict[str, Any]) -> list[Row]:
-    """(label, plain, STARTTLS, TLS/plain factor) for one role's cost section."""
+def cost_rows(cost: dict[str, Any], receiver: bool = True) -> list[Row]:
+    """(label, plain, STARTTLS, TLS/plain factor) for the receiver's or the sender's side."""
     plain, tls = cost[PLAIN], cost[STARTTLS]
 
     def row(label: str, plain_value, tls_value, comparable: bool = True) -> Row:
@@ -23,19 +23,24 @@ def cost_rows(cost: dict[str, Any]) -> list[Row]:
             factor = tls_value / plain_value
         return label, plain_value, tls_value, factor
 
-    return [
+    rows = [
         row("sessions", plain["sessions"], tls["sessions"], comparable=False),
         row("messages", plain["messages"], tls["messages"], comparable=False),
         row("handshake p50 ms", None, tls["handshake_ms"]["p50"]),
         row("handshake p95 ms", None, tls["handshake_ms"]["p95"]),
         row("handshake p99 ms", None, tls["handshake_ms"]["p99"]),
-        row("session p50 ms", plain["duration_ms"]["p50"], tls["duration_ms"]["p50"]),
+        row("session p50 ms" if receiver else "message p50 ms",
+            plain["duration_ms"]["p50"], tls["duration_ms"]["p50"]),
         row("receiver CPU ms/msg", plain["cpu_ms_per_message"], tls["cpu_ms_per_message"]),
         row("wire bytes in/msg", plain["wire_bytes_in_per_message"],
             tls["wire_bytes_in_per_message"]),
         row("wire bytes out/msg", plain["wire_bytes_out_per_message"],
             tls["wire_bytes_out_per_message"]),
     ]
+    if receiver:
+        return rows
+    # The sender's spans are per message and carry no receiver CPU.
+    return [r for r in rows if r[0] not in ("sessions", "receiver CPU ms/msg")]
 
 
 def cell_text(value: float | None) -> str:
@@ -91,11 +96,11 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}.chart{width:100%;m
 """
 
 
-def _html_table(cost: dict[str, Any], title: str) -> str:
+def _html_table(cost: dict[str, Any], title: str, receiver: bool = True) -> str:
     rows = "".join(
         f"<tr><td>{escape(label)}</td><td class=n>{cell_text(plain)}</td>"
         f"<td class=n>{cell_text(tls)}</td><td class=n>{factor_text(factor)}</td></tr>"
-        for label, plain, tls, factor in cost_rows(cost))
+        for label, plain, tls, factor in cost_rows(cost, receiver))
     return (f"<h2>{escape(title)}</h2><table><tr><th></th><th class=n>plain</th>"
             f"<th class=n>STARTTLS</th><th class=n>TLS/plain</th></tr>{rows}</table>")
 
@@ -140,7 +145,7 @@ def render_html(aggregator: Aggregator, wave: str | None = None, since: float | 
 {line_chart("Throughput (receiver)", throughput, "seconds since start", "sessions/s")}
 {line_chart("p95 session latency (receiver)", p95, "seconds since start", "ms")}
 </div>
-{_html_table(summary["sender"], "Sender: plain vs STARTTLS (client side)")}
+{_html_table(summary["sender"], "Sender: plain vs STARTTLS (client side)", receiver=False)}
 <h2>Waves</h2><table><tr><th>wave</th><th class=n>plain</th><th class=n>STARTTLS</th>
 <th>first seen</th></tr>{waves}</table>
 <p class=muted>Receiver CPU per message is the CPU the receiver charged to each session

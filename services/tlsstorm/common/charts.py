@@ -42,7 +42,7 @@ def _frame(title: str, x_label: str, y_label: str, body: list[str],
         *body,
     ]
     for index, name in enumerate(legend):
-        x = _LEFT + 8 + index * 150
+        x = _LEFT + 8 + index * 135
         parts.append(f'<rect x="{x}" y="{_TOP - 4}" width="10" height="10" '
                      f'fill="{PALETTE[index % len(PALETTE)]}"/>')
         parts.append(f'<text x="{x + 14}" y="{_TOP + 5}" font-size="11">{escape(name)}</text>')
