@@ -26,6 +26,8 @@ class SendRequest(BaseModel):
     size: int = Field(2048, ge=64, le=10 * 1024 * 1024, description="message size in bytes")
     per_connection: int = Field(1, ge=1, le=1000, description="messages per SMTP connection")
     target: str | None = Field(None, max_length=300, description="host:port (default target)")
+    wave: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                             description="label that groups these messages in stats and spans")
 
 
 class _SenderCollector:
@@ -75,7 +77,8 @@ def create_api(service: SenderService) -> FastAPI:
         remaining = request.count
         while remaining:
             batch = min(request.per_connection, remaining)
-            results += await service.client.send(target, request.tls, batch, request.size)
+            results += await service.client.send(target, request.tls, batch, request.size,
+                                                 wave_id=request.wave)
             remaining -= batch
         return {"target": target.label, "results": [result.as_dict() for result in results]}
 

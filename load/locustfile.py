@@ -1,0 +1,53 @@
+"""Locust as the botnet's command and control: spam waves through the tlsstorm sender.
+
+Pick a user class and a shape in the web UI (`--class-picker`); set the TLS ratio, message
+size, messages per connection and target under "Custom parameters".
+
+- SpamViaSender: each task asks the sender's /v1/send for one message (or one connection's
+  worth); the sender's measured phases become rows of their own in Locust's statistics.
+- DirectSmtpBot: a bot without the sender, stdlib smtplib under gevent, for comparison.
+"""
+
+from __future__ import annotations
+
+import os
+
+from locust import HttpUser, constant, task
+from options import next_is_tls
+from reporting import MessageBudget, report_sender_result
+from shapes import ordered_shapes
+from smtp_bot import DirectSmtpBot  # noqa: F401 (a pickable user class)
+
+
+class SpamViaSender(HttpUser):
+    """A bot that drives the tlsstorm sender; Locust's --otel traces flow through it."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        self.budget = MessageBudget.of(self.environment)
+        token = self.environment.parsed_options.api_token
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    @task
+    def send_spam(self) -> None:
+        options = self.environment.parsed_options
+        count = self.budget.take(max(1, options.per_connection))
+        payload = {"tls": next_is_tls(self.environment), "count": count,
+                   "size": options.message_size, "per_connection": options.per_connection}
+        if options.target:
+            payload["target"] = options.target
+        if options.wave_id:
+            payload["wave"] = options.wave_id
+        with self.client.post("/v1/send", json=payload, headers=self.headers,
+                              name="POST /v1/send", catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"{response.status_code}: {response.text[:200]}")
+                return
+            for result in response.json()["results"]:
+                report_sender_result(self.environment, result)
+
+
+# The shape named by TLSSTORM_LOAD_SHAPE (constant, waves, rustock) is the default one;
+# every shape stays pickable in the web UI.
+globals().update(ordered_shapes(os.environ.get("TLSSTORM_LOAD_SHAPE", "constant")))

@@ -1,0 +1,74 @@
+"""The knobs of a spam wave in Locust: command-line flags, LOCUST_* env vars, web UI fields.
+
+The TLS ratio lives in `environment.parsed_options.tls_ratio`. Shapes change it while a test
+runs; in distributed mode the master sends the change to every worker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+from locust import events
+from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
+
+from tlsstorm.sender.waves import is_tls
+
+OPTIONS_MESSAGE = "tlsstorm-options"
+_message_numbers = itertools.count()
+
+
+@events.init_command_line_parser.add_listener
+def add_wave_options(parser) -> None:
+    parser.add_argument("--tls-ratio", type=float, default=0.3, env_var="LOCUST_TLS_RATIO",
+                        include_in_web_ui=True,
+                        help="share of messages sent with STARTTLS, 0 to 1")
+    parser.add_argument("--message-size", type=int, default=2048,
+                        env_var="LOCUST_MESSAGE_SIZE", include_in_web_ui=True,
+                        help="message size in bytes")
+    parser.add_argument("--per-connection", type=int, default=1,
+                        env_var="LOCUST_PER_CONNECTION", include_in_web_ui=True,
+                        help="messages per SMTP connection")
+    parser.add_argument("--target", type=str, default="", env_var="LOCUST_TARGET",
+                        include_in_web_ui=True,
+                        help="SMTP host:port; empty means the sender's own default target")
+    parser.add_argument("--wave-id", type=str, default="", env_var="LOCUST_WAVE_ID",
+                        include_in_web_ui=True,
+                        help="label for these messages in the receiver's and collector's stats")
+    parser.add_argument("--wave-period", type=float, default=60.0, env_var="LOCUST_WAVE_PERIOD",
+                        include_in_web_ui=True, help="SpamWaves: seconds from burst to burst")
+    parser.add_argument("--wave-burst", type=float, default=20.0, env_var="LOCUST_WAVE_BURST",
+                        include_in_web_ui=True, help="SpamWaves: seconds each burst lasts")
+    parser.add_argument("--phase-seconds", type=float, default=60.0,
+                        env_var="LOCUST_PHASE_SECONDS", include_in_web_ui=True,
+                        help="RustockTimeline: seconds per phase (20% -> 30% -> 70% TLS)")
+    parser.add_argument("--smtp-target", type=str, default="127.0.0.1:2525",
+                        env_var="LOCUST_SMTP_TARGET", include_in_web_ui=True,
+                        help="DirectSmtpBot: the receiver's SMTP host:port")
+    parser.add_argument("--max-messages", type=int, default=0, env_var="LOCUST_MAX_MESSAGES",
+                        help="stop after this many messages (0: no limit; single process)")
+    parser.add_argument("--api-token", type=str, default=os.environ.get("TLSSTORM_API_TOKEN", ""),
+                        is_secret=True, help="bearer token for the sender (TLSSTORM_API_TOKEN)")
+
+
+def next_is_tls(environment: Environment) -> bool:
+    """Spread STARTTLS evenly over this process's messages at the current ratio."""
+    ratio = min(max(float(environment.parsed_options.tls_ratio), 0.0), 1.0)
+    return is_tls(next(_message_numbers), ratio)
+
+
+def set_wave_options(environment: Environment, **changes) -> None:
+    """Change options while a test runs, here and on every worker."""
+    vars(environment.parsed_options).update(changes)
+    if isinstance(environment.runner, MasterRunner):
+        environment.runner.send_message(OPTIONS_MESSAGE, changes)
+
+
+@events.init.add_listener
+def listen_for_option_changes(environment: Environment, **_kwargs) -> None:
+    if isinstance(environment.runner, WorkerRunner):
+        def apply(message, **_kwargs) -> None:
+            vars(environment.parsed_options).update(message.data)
+
+        environment.runner.register_message(OPTIONS_MESSAGE, apply)

@@ -1,0 +1,68 @@
+"""A bot without the sender: Python's stdlib smtplib, cooperative under Locust's gevent."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import ssl
+import time
+
+from locust import User, constant, task
+from options import next_is_tls
+from reporting import MessageBudget, SmtpFailure, report_message
+
+from tlsstorm.common.wire import wire_bytes
+from tlsstorm.sender.allowlist import Allowlist, TargetRefused
+from tlsstorm.sender.message import build_message
+
+_CONTEXT = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+_CONTEXT.check_hostname = False
+_CONTEXT.verify_mode = ssl.CERT_NONE  # bots accept any certificate
+
+
+class DirectSmtpBot(User):
+    """Speaks SMTP straight to --smtp-target; held to the same allowlist as the sender."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        self.budget = MessageBudget.of(self.environment)
+        options = self.environment.parsed_options
+        allowlist = Allowlist(
+            [entry for entry in os.environ.get("TLSSTORM_ALLOWED_TARGETS", "").split(",")
+             if entry.strip()], options.smtp_target)
+        try:
+            self.target = allowlist.check_blocking(options.smtp_target)
+        except TargetRefused as refusal:
+            raise SmtpFailure(str(refusal)) from None
+        self.options = options
+
+    @task
+    def send_spam(self) -> None:
+        count = self.budget.take(max(1, self.environment.parsed_options.per_connection))
+        tls = next_is_tls(self.environment)
+        started = time.perf_counter()
+        handshake_ms = failure = None
+        ok, sent_and_received = True, 0
+        body = build_message(self.options.message_size, "bot@tlsstorm.test",
+                             "victim@receiver.tlsstorm.test", None, self.options.wave_id or None)
+        try:
+            with smtplib.SMTP(self.target.address, self.target.port,
+                              local_hostname="bot.tlsstorm.test", timeout=30) as client:
+                client.ehlo()
+                if tls:
+                    handshake_started = time.perf_counter()
+                    client.starttls(context=_CONTEXT)
+                    handshake_ms = (time.perf_counter() - handshake_started) * 1000
+                    client.ehlo()
+                for _ in range(count):
+                    client.sendmail("bot@tlsstorm.test", ["victim@receiver.tlsstorm.test"],
+                                    body)
+                sent_and_received = sum(wire_bytes(client.sock) or (0, 0))
+        except (smtplib.SMTPException, OSError) as error:
+            ok, failure = False, f"{getattr(error, 'smtp_code', '')} {error}".strip()
+        report_message(self.environment, tls=tls, ok=ok,
+                       total_ms=(time.perf_counter() - started) * 1000,
+                       wire_bytes=sent_and_received,
+                       failure=failure, handshake_ms=handshake_ms, direct=True)
+
