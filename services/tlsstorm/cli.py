@@ -64,11 +64,13 @@ def _collector(flags: argparse.Namespace) -> None:
 def _up(flags: argparse.Namespace) -> None:
     from tlsstorm.local import LocalStack
 
-    local = LocalStack()
+    local = LocalStack(with_locust=True)
     local.stack.start()
     print("tlsstorm is up (Ctrl-C stops everything):")
     for name, url in local.urls().items():
         print(f"  {name:<18} {url}")
+    print("open the Locust web UI, set the TLS ratio under 'Custom parameters', press Start;\n"
+          "the receiver's numbers follow in its stats and in the cost report")
     try:
         local.stack.wait()
     finally:

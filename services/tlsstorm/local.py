@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
+import tlsstorm
 from tlsstorm.common.config import CollectorSettings, ReceiverSettings, SenderSettings
-from tlsstorm.stack import Child, Stack
+from tlsstorm.stack import Child, Stack, tlsstorm_command
 
 _ANY = ("0.0.0.0", "::", "")
 # Spans reach the collector within a second, and a burst does not overflow the exporter queue.
 _EXPORT_DEFAULTS = {"OTEL_BSP_SCHEDULE_DELAY": "1000", "OTEL_BSP_MAX_QUEUE_SIZE": "65536",
                     "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2048"}
+# Locust's --otel also exports metrics and logs, and defaults to gRPC; the collector takes traces
+# over OTLP/HTTP.
+_LOCUST_OTEL = {"OTEL_SERVICE_NAME": "locust", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"}
+LOCUST_WEB_PORT = int(os.environ.get("TLSSTORM_LOCUST_WEB_PORT", "8089"))
 
 
 def _reachable(host: str) -> str:
@@ -21,26 +29,57 @@ def _url(host: str, port: int, path: str = "") -> str:
     return f"http://{_reachable(host)}:{port}{path}"
 
 
-class LocalStack:
-    """Collector, receiver and sender as child processes, wired to each other."""
+def locustfile() -> Path:
+    """load/locustfile.py of this checkout, or wherever TLSSTORM_LOCUSTFILE says."""
+    configured = os.environ.get("TLSSTORM_LOCUSTFILE")
+    path = Path(configured) if configured else \
+        Path(tlsstorm.__file__).resolve().parents[2] / "load" / "locustfile.py"
+    if not path.is_file():
+        raise SystemExit(f"no locustfile at {path}: set TLSSTORM_LOCUSTFILE to load/locustfile.py")
+    return path
 
-    def __init__(self) -> None:
+
+class LocalStack:
+    """Collector, receiver, sender (and the Locust web UI) as child processes, wired together."""
+
+    def __init__(self, with_locust: bool = False) -> None:
         self.collector = CollectorSettings()
         self.receiver = ReceiverSettings()
         self.sender = SenderSettings()
         self.receiver_target = f"{_reachable(self.receiver.host)}:{self.receiver.smtp_port}"
-        telemetry = {name: value for name, value in _EXPORT_DEFAULTS.items()
-                     if name not in os.environ}
+        self.telemetry = {name: value for name, value in _EXPORT_DEFAULTS.items()
+                          if name not in os.environ}
+        self.tracing = True
         if not _export_configured_in_env():
-            telemetry["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.collector_url()
-        sender_env = dict(telemetry)
+            self.telemetry["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.collector_url()
+        sender_env = dict(self.telemetry)
         if "TLSSTORM_SENDER_TARGET" not in os.environ:
             sender_env["TLSSTORM_SENDER_TARGET"] = self.receiver_target
-        self.stack = Stack([
-            Child("collector", ["collector"], self.collector_url("/readyz")),
-            Child("receiver", ["receiver"], self.receiver_url("/readyz"), env=telemetry),
-            Child("sender", ["sender"], self.sender_url("/readyz"), env=sender_env),
-        ])
+        children = [
+            Child("collector", tlsstorm_command("collector"), self.collector_url("/readyz")),
+            Child("receiver", tlsstorm_command("receiver"), self.receiver_url("/readyz"),
+                  env=self.telemetry),
+            Child("sender", tlsstorm_command("sender"), self.sender_url("/readyz"),
+                  env=sender_env),
+        ]
+        if with_locust:
+            children.append(Child("locust", self.locust_command(
+                "--class-picker", "--web-host", "127.0.0.1", "--web-port", str(LOCUST_WEB_PORT),
+                "--users", "10", "--spawn-rate", "10", "SpamViaSender"),
+                self.locust_url("/"), env=self.locust_env()))
+        self.stack = Stack(children)
+
+    def locust_command(self, *args: str) -> list[str]:
+        command = [sys.executable, "-m", "locust", "-f", str(locustfile()),
+                   "--host", self.sender_url()]
+        if self.tracing:
+            command.append("--otel")
+        return [*command, *args]
+
+    def locust_env(self) -> dict[str, str]:
+        env = {**self.telemetry, **{k: v for k, v in _LOCUST_OTEL.items() if k not in os.environ}}
+        env.setdefault("LOCUST_SMTP_TARGET", self.receiver_target)
+        return env
 
     def collector_url(self, path: str = "") -> str:
         return _url(self.collector.host, self.collector.http_port, path)
@@ -51,14 +90,21 @@ class LocalStack:
     def sender_url(self, path: str = "") -> str:
         return _url(self.sender.host, self.sender.http_port, path)
 
+    def locust_url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{LOCUST_WEB_PORT}{path}"
+
     def urls(self) -> dict[str, str]:
-        return {
+        urls = {
+            "Locust web UI": self.locust_url("/"),
             "cost report": self.collector_url("/"),
             "receiver SMTP": f"smtp://{self.receiver_target} (STARTTLS offered)",
             "receiver stats": self.receiver_url("/v1/stats"),
             "sender API": self.sender_url("/docs"),
             "collector summary": self.collector_url("/v1/summary"),
         }
+        if not any(child.name == "locust" for child in self.stack.children):
+            del urls["Locust web UI"]
+        return urls
 
 
 def _export_configured_in_env() -> bool:

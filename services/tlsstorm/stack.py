@@ -14,11 +14,17 @@ import httpx
 
 @dataclass
 class Child:
+    """One process of the stack: a command, and the URL that answers 200 once it is ready."""
+
     name: str
-    args: list[str]
+    command: list[str]
     ready_url: str
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+
+
+def tlsstorm_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tlsstorm", *args]
 
 
 class Stack:
@@ -32,10 +38,7 @@ class Stack:
         try:
             for child in self.children:
                 env = {**os.environ, **child.env}
-                child.process = subprocess.Popen(
-                    [sys.executable, "-m", "tlsstorm", *child.args], env=env,
-                    start_new_session=True,
-                )
+                child.process = subprocess.Popen(child.command, env=env, start_new_session=True)
                 self._wait_ready(child)
         except BaseException:
             self.stop()

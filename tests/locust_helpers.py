@@ -1,0 +1,49 @@
+"""Running Locust for real in tests: headless processes, masters and workers, the web UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+LOAD = Path(__file__).resolve().parents[1] / "load"
+LOCUSTFILE = LOAD / "locustfile.py"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TLSSTORM_", "OTEL_", "LOCUST_"))}
+    env.update(extra)
+    return env
+
+
+def locust(*args: str, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *args],
+        env=env or clean_env(), cwd=LOAD, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, **popen)
+
+
+def finish(process: subprocess.Popen, timeout: float = 120) -> str:
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        raise AssertionError(f"locust did not finish in {timeout} s:\n{output[-3000:]}") from None
+    return output
+
+
+def smtp_rows(json_file: Path) -> dict[str, dict]:
+    """Locust's own statistics rows for messages, by name."""
+    return {row["name"]: row for row in json.loads(json_file.read_text())
+            if row["method"] == "SMTP"}
