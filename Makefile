@@ -18,11 +18,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-system-deps: ## install the OS tools the tests speak to (openssl CLI), when missing and root
-	@command -v openssl >/dev/null || { \
+APT_TOOLS := openssl chromium
+
+system-deps: ## install the OS tools the tests speak to (openssl, chromium), when missing and root
+	@missing=""; for tool in $(APT_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl; \
-	  else echo "install the openssl command-line tool to run every test"; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      -o DPkg::Lock::Timeout=600 $$missing; \
+	  else echo "install$$missing (Debian packages) to run every test"; fi; fi
 
 lint: install ## ruff over the code, tests and benchmarks
 	$(BIN)/ruff check services tests bench

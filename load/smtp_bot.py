@@ -46,21 +46,27 @@ class DirectSmtpBot(User):
         ok, sent_and_received = True, 0
         body = build_message(self.options.message_size, "bot@tlsstorm.test",
                              "victim@receiver.tlsstorm.test", None, self.options.wave_id or None)
+        # No `with`: smtplib's __exit__ sends QUIT and can raise, which would swallow the
+        # GreenletExit that Locust uses to stop a user.
+        client = None
         try:
-            with smtplib.SMTP(self.target.address, self.target.port,
-                              local_hostname="bot.tlsstorm.test", timeout=30) as client:
+            client = smtplib.SMTP(self.target.address, self.target.port,
+                                  local_hostname="bot.tlsstorm.test", timeout=30)
+            client.ehlo()
+            if tls:
+                handshake_started = time.perf_counter()
+                client.starttls(context=_CONTEXT)
+                handshake_ms = (time.perf_counter() - handshake_started) * 1000
                 client.ehlo()
-                if tls:
-                    handshake_started = time.perf_counter()
-                    client.starttls(context=_CONTEXT)
-                    handshake_ms = (time.perf_counter() - handshake_started) * 1000
-                    client.ehlo()
-                for _ in range(count):
-                    client.sendmail("bot@tlsstorm.test", ["victim@receiver.tlsstorm.test"],
-                                    body)
-                sent_and_received = sum(wire_bytes(client.sock) or (0, 0))
+            for _ in range(count):
+                client.sendmail("bot@tlsstorm.test", ["victim@receiver.tlsstorm.test"], body)
+            sent_and_received = sum(wire_bytes(client.sock) or (0, 0))
+            client.quit()
         except (smtplib.SMTPException, OSError) as error:
             ok, failure = False, f"{getattr(error, 'smtp_code', '')} {error}".strip()
+        finally:
+            if client is not None:
+                client.close()
         report_message(self.environment, tls=tls, ok=ok,
                        total_ms=(time.perf_counter() - started) * 1000,
                        wire_bytes=sent_and_received,

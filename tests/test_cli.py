@@ -30,6 +30,7 @@ def _stack_env() -> dict[str, str]:
         "TLSSTORM_RECEIVER_HTTP_PORT": str(_free_port()),
         "TLSSTORM_SENDER_HTTP_PORT": str(_free_port()),
         "TLSSTORM_COLLECTOR_HTTP_PORT": str(_free_port()),
+        "TLSSTORM_LOCUST_WEB_PORT": str(_free_port()),
     })
     return env
 
@@ -72,15 +73,16 @@ def test_bad_settings_exit_2_with_one_clear_line(args, env, message):
 def test_up_starts_the_stack_and_ctrl_c_stops_it_cleanly(tmp_path):
     env = _stack_env()
     collector_url = f"http://127.0.0.1:{env['TLSSTORM_COLLECTOR_HTTP_PORT']}"
+    locust_url = f"http://127.0.0.1:{env['TLSSTORM_LOCUST_WEB_PORT']}"
     sender_url = f"http://127.0.0.1:{env['TLSSTORM_SENDER_HTTP_PORT']}"
     receiver_url = f"http://127.0.0.1:{env['TLSSTORM_RECEIVER_HTTP_PORT']}"
     up = subprocess.Popen([sys.executable, "-m", "tlsstorm", "up"], env=env, cwd=tmp_path,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # Locust starts last: then all are up
             try:
-                if httpx.get(f"{sender_url}/readyz").status_code == 200:
+                if httpx.get(locust_url).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
@@ -99,14 +101,14 @@ def test_up_starts_the_stack_and_ctrl_c_stops_it_cleanly(tmp_path):
         output, _ = up.communicate(timeout=30)
 
     assert up.returncode == 0, output
-    assert "tlsstorm is up" in output and receiver_url in output
+    assert "tlsstorm is up" in output and receiver_url in output and locust_url in output
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{sender_url}/healthz")
 
 
 def test_demo_prints_the_plain_versus_tls_table(tmp_path):
     finished = subprocess.run(
-        [sys.executable, "-m", "tlsstorm", "demo", "--messages", "40", "--rate", "100"],
+        [sys.executable, "-m", "tlsstorm", "demo", "--messages", "40", "--users", "4"],
         env=_stack_env(), cwd=tmp_path, capture_output=True, text=True, timeout=180,
     )
 

@@ -78,7 +78,7 @@ def test_tls_ratio_set_in_the_ui_reaches_the_receiver(stack, tmp_path):
             assert time.monotonic() < deadline, f"only {total} sessions"
             time.sleep(0.5)
         assert "running" in page.content()
-        assert httpx.post(f"{locust_url}/stop").status_code == 200
+        assert httpx.post(f"{locust_url}/stop", timeout=60).status_code == 200
         browser.close()
 
     time.sleep(1)

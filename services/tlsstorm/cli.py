@@ -80,8 +80,8 @@ def _up(flags: argparse.Namespace) -> None:
 def _demo(flags: argparse.Namespace) -> None:
     from tlsstorm.demo import run_demo
 
-    run_demo(messages=flags.messages, tls_ratio=flags.tls_ratio, rate=flags.rate,
-             concurrency=flags.concurrency, size=flags.size)
+    run_demo(messages=flags.messages, tls_ratio=flags.tls_ratio, users=flags.users,
+             size=flags.size)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,11 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run the local stack until Ctrl-C")
     up.set_defaults(run=_up)
 
-    demo = commands.add_parser("demo", help="start the stack, send a mixed wave, print costs")
+    demo = commands.add_parser(
+        "demo", help="start the stack, send a mixed wave with headless Locust, print costs")
     demo.add_argument("--messages", type=int, default=200, help="messages in the wave")
     demo.add_argument("--tls-ratio", type=float, default=0.3, help="share sent with STARTTLS")
-    demo.add_argument("--rate", type=float, default=50.0, help="messages per second")
-    demo.add_argument("--concurrency", type=int, default=8, help="connections in flight")
+    demo.add_argument("--users", type=int, default=8, help="Locust users (concurrent bots)")
     demo.add_argument("--size", type=int, default=2048, help="message size in bytes")
     demo.set_defaults(run=_demo)
     return parser
