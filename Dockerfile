@@ -1,0 +1,30 @@
+# One image for every tlsstorm component; each runs with its own command (see charts/tlsstorm).
+# The legacy builder works: no BuildKit-only syntax here.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS build
+# Behind a TLS-intercepting proxy, put its CA bundle in docker/extra-ca/*.crt (make images
+# EXTRA_CA=/etc/ssl/certs/ca-certificates.crt does) and pip will trust it.
+COPY docker/extra-ca/ /tmp/extra-ca/
+RUN python3 -m venv /opt/tlsstorm
+COPY pyproject.toml README.md /src/
+COPY services /src/services
+RUN for bundle in /tmp/extra-ca/*.crt; do \
+      if [ -f "$bundle" ]; then export PIP_CERT="$bundle"; fi; \
+    done; \
+    /opt/tlsstorm/bin/pip install --no-cache-dir --disable-pip-version-check /src \
+    && rm -rf /src
+
+FROM ${BASE_IMAGE}
+COPY --from=build /opt/tlsstorm /opt/tlsstorm
+COPY load /opt/tlsstorm-load
+ENV PATH=/opt/tlsstorm/bin:$PATH \
+    TLSSTORM_LOCUSTFILE=/opt/tlsstorm-load/locustfile.py \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+# Numeric non-root user: Kubernetes can check runAsNonRoot without a passwd entry.
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 2525 8025 8026 8027 8089
+CMD ["tlsstorm", "--help"]

@@ -1,0 +1,126 @@
+{{/*
+What differs between components: command, ports, env, probes, extra volumes. The shared pod
+and Service templates (_objects.tpl) render every component from these.
+*/}}
+
+{{- define "tlsstorm.component.receiver" -}}
+{{- $tls := .Values.components.receiver.tls -}}
+{{- $receiver := .Values.components.receiver -}}
+{{- $secret := include "tlsstorm.receiverTlsSecret" . -}}
+settingsKey: receiver
+command: [tlsstorm, receiver]
+ports:
+  - {name: smtp, port: 2525}
+  - {name: http, port: 8025}
+httpPort: 8025
+env:
+  - {name: TLSSTORM_RECEIVER_HOST, value: "0.0.0.0"}
+  - {name: TLSSTORM_RECEIVER_HOSTNAME, value: {{ include "tlsstorm.name" (dict "root" . "component" "receiver") | quote }}}
+  - {name: TLSSTORM_RECEIVER_CERT_KEY_TYPE, value: {{ $tls.keyType | quote }}}
+  - {name: TLSSTORM_RECEIVER_TLS_MIN_VERSION, value: {{ $tls.minVersion | quote }}}
+  - {name: TLSSTORM_RECEIVER_TLS_MAX_VERSION, value: {{ $tls.maxVersion | quote }}}
+  - {name: TLSSTORM_RECEIVER_SESSION_TICKETS, value: {{ $tls.sessionTickets | quote }}}
+  - {name: TLSSTORM_RECEIVER_REQUIRE_STARTTLS, value: {{ $tls.requireStarttls | quote }}}
+  - {name: TLSSTORM_RECEIVER_HANDSHAKE_TIMEOUT_S, value: {{ $receiver.handshakeTimeoutSeconds | quote }}}
+  - {name: TLSSTORM_RECEIVER_IDLE_TIMEOUT_S, value: {{ $receiver.idleTimeoutSeconds | quote }}}
+  - {name: TLSSTORM_RECEIVER_MAX_MESSAGE_BYTES, value: {{ $receiver.maxMessageBytes | int64 | quote }}}
+  {{- if $secret }}
+  - {name: TLSSTORM_RECEIVER_CERT_FILE, value: /etc/tlsstorm/tls/tls.crt}
+  - {name: TLSSTORM_RECEIVER_KEY_FILE, value: /etc/tlsstorm/tls/tls.key}
+  {{- end }}
+  {{- include "tlsstorm.otelEnv" (dict "root" . "service" "tlsstorm-receiver") | nindent 2 }}
+  {{- include "tlsstorm.tokenEnv" . | nindent 2 }}
+{{- if $secret }}
+volumes:
+  - name: tls
+    secret: {secretName: {{ $secret }}, defaultMode: 0440}
+volumeMounts:
+  - {name: tls, mountPath: /etc/tlsstorm/tls, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{- define "tlsstorm.component.sender" -}}
+settingsKey: sender
+command: [tlsstorm, sender]
+ports:
+  - {name: http, port: 8026}
+httpPort: 8026
+env:
+  - {name: TLSSTORM_SENDER_HOST, value: "0.0.0.0"}
+  - {name: TLSSTORM_SENDER_TARGET, value: {{ include "tlsstorm.receiverTarget" . | quote }}}
+  # Only the in-cluster receiver: the sender is a spam cannon.
+  - {name: TLSSTORM_ALLOWED_TARGETS, value: {{ include "tlsstorm.receiverTarget" . | quote }}}
+  - {name: TLSSTORM_SENDER_MAX_CONCURRENCY, value: {{ .Values.components.sender.maxConcurrency | quote }}}
+  {{- include "tlsstorm.otelEnv" (dict "root" . "service" "tlsstorm-sender") | nindent 2 }}
+  {{- include "tlsstorm.tokenEnv" . | nindent 2 }}
+{{- end -}}
+
+{{- define "tlsstorm.component.collector" -}}
+settingsKey: collector
+command: [tlsstorm, collector]
+ports:
+  - {name: http, port: 8027}
+httpPort: 8027
+env:
+  - {name: TLSSTORM_COLLECTOR_HOST, value: "0.0.0.0"}
+  - {name: TLSSTORM_COLLECTOR_DB_PATH, value: /data/collector.sqlite}
+  - {name: TLSSTORM_COLLECTOR_RETENTION_HOURS, value: {{ .Values.components.collector.retentionHours | quote }}}
+  {{- $forward := .Values.tracing.forwardEndpoint }}
+  {{- if .Values.jaeger.enabled }}
+  {{- $forward = printf "http://%s:4318" (include "tlsstorm.name" (dict "root" . "component" "jaeger")) }}
+  {{- end }}
+  {{- if $forward }}
+  - {name: TLSSTORM_FORWARD_OTLP_ENDPOINT, value: {{ $forward | quote }}}
+  {{- end }}
+volumes:
+  - name: data
+    {{- if .Values.components.collector.persistence.enabled }}
+    persistentVolumeClaim: {claimName: {{ include "tlsstorm.name" (dict "root" . "component" "collector") }}}
+    {{- else }}
+    emptyDir: {}
+    {{- end }}
+volumeMounts:
+  - {name: data, mountPath: /data}
+{{- end -}}
+
+{{- define "tlsstorm.locustEnv" -}}
+{{- $locust := .Values.components.locust -}}
+- {name: LOCUST_TLS_RATIO, value: {{ $locust.tlsRatio | quote }}}
+- {name: LOCUST_MESSAGE_SIZE, value: {{ $locust.messageSize | quote }}}
+- {name: LOCUST_PER_CONNECTION, value: {{ $locust.perConnection | quote }}}
+- {name: LOCUST_SMTP_TARGET, value: {{ include "tlsstorm.receiverTarget" . | quote }}}
+- {name: TLSSTORM_LOAD_SHAPE, value: {{ $locust.shape | quote }}}
+- {name: TLSSTORM_ALLOWED_TARGETS, value: {{ include "tlsstorm.receiverTarget" . | quote }}}
+{{ include "tlsstorm.otelEnv" (dict "root" . "service" "locust") }}
+{{- include "tlsstorm.tokenEnv" . }}
+{{- end -}}
+
+{{- define "tlsstorm.component.locust-master" -}}
+{{- $locust := .Values.components.locust -}}
+settingsKey: locust
+command: [locust, -f, /opt/tlsstorm-load/locustfile.py, --master, --class-picker, --otel,
+          --web-port, "8089", --host, {{ include "tlsstorm.senderUrl" . | quote }},
+          --users, {{ $locust.users | quote }}, --spawn-rate, {{ $locust.spawnRate | quote }}]
+ports:
+  - {name: web, port: 8089}
+  - {name: workers, port: 5557}
+httpPort: 8089
+livenessPath: /
+readinessPath: /
+env:
+  {{- include "tlsstorm.locustEnv" . | nindent 2 }}
+{{- end -}}
+
+{{- define "tlsstorm.component.locust-worker" -}}
+{{- $master := include "tlsstorm.name" (dict "root" . "component" "locust-master") -}}
+settingsKey: locust
+replicas: {{ .Values.components.locust.workers }}
+command: [locust, -f, /opt/tlsstorm-load/locustfile.py, --worker, --otel,
+          --master-host, {{ $master | quote }}]
+ports: []
+# A worker has no port of its own: it is alive and ready while it can reach its master.
+execProbe: [python3, -c, "import socket; socket.create_connection(('{{ $master }}', 5557), 3)"]
+resources: {{ .Values.components.locust.workerResources | toJson }}
+env:
+  {{- include "tlsstorm.locustEnv" . | nindent 2 }}
+{{- end -}}

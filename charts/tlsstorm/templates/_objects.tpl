@@ -1,0 +1,130 @@
+{{/* The Deployment and Service every component gets: one place hardens every pod. */}}
+
+{{- define "tlsstorm.deployment" -}}
+{{- $root := .root -}}
+{{- $spec := .spec -}}
+{{- $settings := include "tlsstorm.settings" (dict "root" $root "key" $spec.settingsKey) | fromYaml -}}
+{{- $names := dict "root" $root "component" .component -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "tlsstorm.name" $names }}
+  labels:
+    {{- include "tlsstorm.labels" $names | nindent 4 }}
+spec:
+  replicas: {{ $spec.replicas | default $settings.replicas }}
+  selector:
+    matchLabels:
+      {{- include "tlsstorm.selectorLabels" $names | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "tlsstorm.labels" $names | nindent 8 }}
+    spec:
+      automountServiceAccountToken: false
+      securityContext:
+        {{- toYaml $settings.podSecurityContext | nindent 8 }}
+      {{- with $settings.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $settings.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $settings.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: {{ .component }}
+          image: {{ include "tlsstorm.image" $root }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          command:
+            {{- toYaml $spec.command | nindent 12 }}
+          {{- with $spec.ports }}
+          ports:
+            {{- range . }}
+            - name: {{ .name }}
+              containerPort: {{ .port }}
+              protocol: TCP
+            {{- end }}
+          {{- end }}
+          env:
+            {{- toYaml $spec.env | nindent 12 }}
+            {{- with $settings.env }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          {{- if $spec.execProbe }}
+          livenessProbe:
+            exec:
+              command:
+                {{- toYaml $spec.execProbe | nindent 16 }}
+            initialDelaySeconds: 10
+            periodSeconds: 20
+            timeoutSeconds: 5
+          readinessProbe:
+            exec:
+              command:
+                {{- toYaml $spec.execProbe | nindent 16 }}
+            periodSeconds: 10
+            timeoutSeconds: 5
+          {{- else }}
+          livenessProbe:
+            httpGet: {path: {{ $spec.livenessPath | default "/healthz" }}, port: {{ $spec.httpPort }}}
+            initialDelaySeconds: 5
+            periodSeconds: 10
+            timeoutSeconds: 3
+          readinessProbe:
+            httpGet: {path: {{ $spec.readinessPath | default "/readyz" }}, port: {{ $spec.httpPort }}}
+            periodSeconds: 5
+            timeoutSeconds: 3
+          {{- end }}
+          resources:
+            {{- toYaml ($spec.resources | default $settings.resources) | nindent 12 }}
+          securityContext:
+            {{- toYaml $settings.securityContext | nindent 12 }}
+          volumeMounts:
+            - {name: tmp, mountPath: /tmp}
+            {{- with $spec.volumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+      volumes:
+        # The root filesystem is read-only; scratch space lives here.
+        - name: tmp
+          emptyDir: {sizeLimit: 64Mi}
+        {{- with $spec.volumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+{{- end -}}
+
+{{- define "tlsstorm.service" -}}
+{{- $names := dict "root" .root "component" .component -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "tlsstorm.name" $names }}
+  labels:
+    {{- include "tlsstorm.labels" $names | nindent 4 }}
+spec:
+  type: ClusterIP
+  selector:
+    {{- include "tlsstorm.selectorLabels" $names | nindent 4 }}
+  ports:
+    {{- range .spec.ports }}
+    - name: {{ .name }}
+      port: {{ .port }}
+      targetPort: {{ .name }}
+      protocol: TCP
+    {{- end }}
+{{- end -}}
+
+{{/* The Secret the receiver serves from, or "" when the receiver makes its own certificate. */}}
+{{- define "tlsstorm.receiverTlsSecret" -}}
+{{- $tls := .Values.components.receiver.tls -}}
+{{- if $tls.existingSecret -}}
+{{- $tls.existingSecret -}}
+{{- else if ne $tls.keyType "rsa4096" -}}
+{{- include "tlsstorm.name" (dict "root" . "component" "receiver-tls") -}}
+{{- end -}}
+{{- end -}}

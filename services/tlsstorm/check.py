@@ -1,0 +1,47 @@
+"""`tlsstorm check`: one plain and one STARTTLS mail through the sender, seen by the collector.
+
+The same check runs as the chart's `helm test` and in the container smoke test.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import httpx
+
+
+def _seen(summary: dict) -> bool:
+    receiver, sender = summary["receiver"], summary["sender"]
+    return (receiver["plain"]["sessions"] >= 1 and receiver["starttls"]["sessions"] >= 1
+            and receiver["starttls"]["handshakes_ok"] >= 1
+            and sender["starttls"]["handshakes_ok"] >= 1)
+
+
+def run_check(sender_url: str, collector_url: str, timeout_s: float) -> int:
+    wave = f"check-{uuid.uuid4().hex[:8]}"
+    token = os.environ.get("TLSSTORM_API_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(timeout=30, headers=headers) as http:
+        for tls in (False, True):
+            response = http.post(f"{sender_url}/v1/send", json={"tls": tls, "wave": wave})
+            response.raise_for_status()
+            result = response.json()["results"][0]
+            mode = "STARTTLS" if tls else "plain"
+            if not result["ok"]:
+                print(f"FAIL: the {mode} message was refused: {result['error']}")
+                return 1
+            print(f"sent one {mode} message: {result['code']} in {result['total_ms']:.1f} ms")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            summary = http.get(f"{collector_url}/v1/summary", params={"wave": wave}).json()
+            if _seen(summary):
+                print(f"OK: the collector holds both sessions of wave {wave}, with the "
+                      "handshake spans of sender and receiver")
+                return 0
+            if time.monotonic() > deadline:
+                print(f"FAIL: after {timeout_s:.0f} s the collector's summary of wave {wave} "
+                      f"lacks a session or a handshake span: {summary['receiver']}")
+                return 1
+            time.sleep(0.5)

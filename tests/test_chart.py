@@ -1,0 +1,243 @@
+"""The Helm chart, checked as far as a machine without a cluster allows: lint, render, validate
+against Kubernetes schemas, and assert what every rendered object must hold."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "tlsstorm"
+HELM = ROOT / ".tools" / "bin" / "helm"
+VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+KUBERNETES_VERSIONS = ("1.30.0", "1.33.0")
+RELEASE = "storm"
+# Rendered output: toYaml's list style and long generated lines are not ours to restyle.
+RENDERED_YAMLLINT = ("{extends: relaxed, rules: {line-length: disable, "
+                     "indentation: {indent-sequences: whatever}}}")
+
+pytestmark = pytest.mark.skipif(
+    not HELM.exists() and os.environ.get("CI") != "true",
+    reason="helm is not in .tools/bin: run `make tools`")
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    home = ROOT / ".tools" / "helm-home"
+    env = {**os.environ, "KUBECONFIG": "/dev/null", "HELM_CACHE_HOME": str(home / "cache"),
+           "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data")}
+    finished = subprocess.run([str(HELM), *args], env=env, capture_output=True, text=True,
+                              timeout=120)
+    if check:
+        assert finished.returncode == 0, finished.stdout + finished.stderr
+    return finished
+
+
+def render(*args: str) -> list[dict]:
+    output = helm("template", RELEASE, str(CHART), "--namespace", "tlsstorm", *args).stdout
+    return [doc for doc in yaml.safe_load_all(output) if doc]
+
+
+@pytest.fixture(scope="module", params=VALUES, ids=[path.stem for path in VALUES])
+def values_file(request) -> Path:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def objects(values_file) -> list[dict]:
+    return render("-f", str(values_file))
+
+
+def _by_kind(objects: list[dict], kind: str) -> dict[str, dict]:
+    return {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == kind}
+
+
+def _env(deployment: dict) -> dict[str, object]:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
+
+
+def _pods(objects: list[dict]):
+    for obj in objects:
+        if obj["kind"] == "Deployment":
+            yield obj["metadata"]["name"], obj["spec"]["template"]["spec"], True
+        elif obj["kind"] == "Pod":
+            yield obj["metadata"]["name"], obj["spec"], False
+
+
+def test_helm_lint_strict(values_file):
+    result = helm("lint", "--strict", str(CHART), "-f", str(values_file))
+
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_rendered_objects_validate_against_kubernetes(values_file, version, tmp_path):
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(helm("template", RELEASE, str(CHART), "-f", str(values_file)).stdout)
+
+    finished = subprocess.run(
+        [shutil.which("kubernetes-validate") or str(ROOT / ".venv/bin/kubernetes-validate"),
+         "--strict", "-k", version, str(rendered)], capture_output=True, text=True, timeout=120)
+
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == 0, output
+    # It exits 0 on kinds or versions it does not know, with a WARN line: that is a failure too.
+    assert "WARN" not in output and "ERROR" not in output, output
+    assert output.count("passed for resource") >= 5
+
+
+def test_every_pod_is_non_root_read_only_and_probed(objects):
+    for name, pod, long_running in _pods(objects):
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert pod["automountServiceAccountToken"] is False, name
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["capabilities"] == {"drop": ["ALL"]}, name
+            assert container["resources"]["limits"]["cpu"], name
+            assert container["resources"]["requests"]["memory"], name
+            if long_running:
+                assert container["livenessProbe"] and container["readinessProbe"], name
+                assert container["imagePullPolicy"] == "IfNotPresent", name
+
+
+def test_probes_of_services_ask_healthz_and_readyz(objects):
+    for name, deployment in _by_kind(objects, "Deployment").items():
+        if name.endswith(("-receiver", "-sender", "-collector")):
+            container = deployment["spec"]["template"]["spec"]["containers"][0]
+            assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_service_ports_match_container_ports(objects):
+    deployments = _by_kind(objects, "Deployment").values()
+    for name, service in _by_kind(objects, "Service").items():
+        selector = service["spec"]["selector"]
+        (deployment,) = [d for d in deployments
+                         if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        container_ports = {port["name"]: port["containerPort"] for container in
+                           deployment["spec"]["template"]["spec"]["containers"]
+                           for port in container.get("ports", [])}
+        for port in service["spec"]["ports"]:
+            assert container_ports.get(port["targetPort"]) == port["port"], (name, port)
+
+
+def test_spans_flow_services_to_collector_to_jaeger(objects, values_file):
+    deployments = _by_kind(objects, "Deployment")
+    collector_url = f"http://{RELEASE}-tlsstorm-collector:8027"
+    for name, deployment in deployments.items():
+        if name.endswith(("-receiver", "-sender", "-locust-master", "-locust-worker")):
+            assert _env(deployment)["OTEL_EXPORTER_OTLP_ENDPOINT"] == collector_url, name
+    forward = _env(deployments[f"{RELEASE}-tlsstorm-collector"]).get(
+        "TLSSTORM_FORWARD_OTLP_ENDPOINT")
+    values = yaml.safe_load(values_file.read_text()) or {}
+    if values.get("jaeger", {}).get("enabled", True):
+        assert forward == f"http://{RELEASE}-tlsstorm-jaeger:4318"
+    else:
+        assert forward == (values.get("tracing", {}).get("forwardEndpoint") or None)
+
+
+def test_locust_values_reach_the_ui_defaults_on_master_and_workers():
+    objects = render("--set", "components.locust.tlsRatio=0.55", "--set",
+                     "components.locust.shape=rustock", "--set", "components.locust.workers=3",
+                     "--set", "components.locust.messageSize=4096")
+    deployments = _by_kind(objects, "Deployment")
+
+    for role in ("locust-master", "locust-worker"):
+        env = _env(deployments[f"{RELEASE}-tlsstorm-{role}"])
+        assert env["LOCUST_TLS_RATIO"] == "0.55"
+        assert env["TLSSTORM_LOAD_SHAPE"] == "rustock"
+        assert env["LOCUST_MESSAGE_SIZE"] == "4096"
+    assert deployments[f"{RELEASE}-tlsstorm-locust-worker"]["spec"]["replicas"] == 3
+    master = deployments[f"{RELEASE}-tlsstorm-locust-master"]["spec"]["template"]["spec"]
+    assert "--class-picker" in master["containers"][0]["command"]
+
+
+def test_sender_may_aim_only_at_the_in_cluster_receiver(objects):
+    sender = _env(_by_kind(objects, "Deployment")[f"{RELEASE}-tlsstorm-sender"])
+
+    assert sender["TLSSTORM_ALLOWED_TARGETS"] == f"{RELEASE}-tlsstorm-receiver:2525"
+    assert sender["TLSSTORM_SENDER_TARGET"] == f"{RELEASE}-tlsstorm-receiver:2525"
+
+
+def test_receiver_certificate_secret_has_the_requested_key_type():
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    for key_type, expected in (("rsa2048", rsa.RSAPublicKey),
+                               ("ecdsa-p256", ec.EllipticCurvePublicKey)):
+        secrets = _by_kind(render("--set", f"components.receiver.tls.keyType={key_type}"),
+                           "Secret")
+        data = secrets[f"{RELEASE}-tlsstorm-receiver-tls"]["data"]
+        cert = x509.load_pem_x509_certificate(base64.b64decode(data["tls.crt"]))
+        assert isinstance(cert.public_key(), expected), key_type
+
+
+def test_network_policies_limit_sender_and_receiver_egress():
+    policies = _by_kind(render(), "NetworkPolicy")
+
+    def egress_components(name: str) -> set[str]:
+        return {peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                for rule in policies[f"{RELEASE}-tlsstorm-{name}"]["spec"]["egress"]
+                for peer in rule.get("to", [])}
+
+    assert egress_components("sender") == {"receiver", "collector"}
+    assert egress_components("receiver") == {"collector"}
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("components.locust.tlsRatio=1.5", "/components/locust/tlsRatio"),
+    ("components.receiver.tls.keyType=dsa", "value must be one of 'rsa2048', 'rsa4096', "
+                                            "'ecdsa-p256'"),
+    ("components.locust.workers=-1", "/components/locust/workers"),
+    ("components.locust.shape=square", "/components/locust/shape"),
+    ("jaeger.image.tag=1.60", "/jaeger/image/tag"),
+    ("components.receiver.tls.minVersion=1.0", "/components/receiver/tls/minVersion"),
+    ("replicas=3", "additional properties 'replicas' not allowed"),
+])
+def test_bad_values_fail_at_install_with_a_clear_message(setting, message):
+    finished = helm("template", RELEASE, str(CHART), "--set", setting, check=False)
+
+    assert finished.returncode != 0
+    assert message in finished.stderr
+
+
+def test_yamllint_on_values_workflows_and_rendered_output(tmp_path):
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(helm("template", RELEASE, str(CHART)).stdout)
+    targets = [CHART / "values.yaml", *VALUES, *sorted((ROOT / ".github/workflows").glob("*.yml")),
+               ROOT / "deploy" / "kind-cluster.yaml", CHART / "Chart.yaml"]
+
+    finished = subprocess.run(
+        [str(ROOT / ".venv/bin/yamllint"), "-c", str(ROOT / ".yamllint"), "-f", "parsable",
+         *map(str, targets)], capture_output=True, text=True, cwd=ROOT)
+    rendered_lint = subprocess.run(
+        [str(ROOT / ".venv/bin/yamllint"), "--strict", "-d", RENDERED_YAMLLINT, "-f", "parsable",
+         str(rendered)], capture_output=True, text=True)
+
+    assert finished.returncode == 0, finished.stdout
+    assert rendered_lint.returncode == 0, rendered_lint.stdout
+
+
+def test_hadolint_on_the_dockerfile():
+    finished = subprocess.run([str(ROOT / ".venv/bin/hadolint"), str(ROOT / "Dockerfile")],
+                              capture_output=True, text=True)
+
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+
+
+def test_actionlint_on_the_workflows():
+    workflows = sorted((ROOT / ".github/workflows").glob("*.yml"))
+    finished = subprocess.run([str(ROOT / ".venv/bin/actionlint"), *map(str, workflows)],
+                              capture_output=True, text=True, cwd=ROOT)
+
+    assert len(workflows) == 2
+    assert finished.returncode == 0, finished.stdout + finished.stderr
