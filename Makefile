@@ -29,10 +29,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-APT_TOOLS := openssl chromium
+APT_TOOLS := openssl chromium dockerd debootstrap
 
-system-deps: ## install the OS tools the tests speak to (openssl, chromium), when missing and root
-	@missing=""; for tool in $(APT_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+system-deps: ## install the OS tools the tests use (openssl, chromium, docker, debootstrap) if root
+	@missing=""; for tool in $(APT_TOOLS); do command -v $$tool >/dev/null || \
+	  missing="$$missing $$( [ $$tool = dockerd ] && echo docker.io || echo $$tool )"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \

@@ -172,13 +172,15 @@ def test_receiver_certificate_secret_has_the_requested_key_type():
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    for key_type, expected in (("rsa2048", rsa.RSAPublicKey),
-                               ("ecdsa-p256", ec.EllipticCurvePublicKey)):
+    for key_type, expected, size in (("rsa2048", rsa.RSAPublicKey, 2048),
+                                     ("rsa4096", rsa.RSAPublicKey, 4096),
+                                     ("ecdsa-p256", ec.EllipticCurvePublicKey, 256)):
         secrets = _by_kind(render("--set", f"components.receiver.tls.keyType={key_type}"),
                            "Secret")
         data = secrets[f"{RELEASE}-tlsstorm-receiver-tls"]["data"]
-        cert = x509.load_pem_x509_certificate(base64.b64decode(data["tls.crt"]))
-        assert isinstance(cert.public_key(), expected), key_type
+        key = x509.load_pem_x509_certificate(base64.b64decode(data["tls.crt"])).public_key()
+        assert isinstance(key, expected), key_type
+        assert key.key_size == size, key_type
 
 
 def test_network_policies_limit_sender_and_receiver_egress():

@@ -119,12 +119,7 @@ spec:
     {{- end }}
 {{- end -}}
 
-{{/* The Secret the receiver serves from, or "" when the receiver makes its own certificate. */}}
+{{/* The Secret the receiver serves its certificate from. */}}
 {{- define "tlsstorm.receiverTlsSecret" -}}
-{{- $tls := .Values.components.receiver.tls -}}
-{{- if $tls.existingSecret -}}
-{{- $tls.existingSecret -}}
-{{- else if ne $tls.keyType "rsa4096" -}}
-{{- include "tlsstorm.name" (dict "root" . "component" "receiver-tls") -}}
-{{- end -}}
+{{- .Values.components.receiver.tls.existingSecret | default (include "tlsstorm.name" (dict "root" . "component" "receiver-tls")) -}}
 {{- end -}}
