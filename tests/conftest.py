@@ -14,36 +14,37 @@ from tlsstorm.receiver.app import ReceiverService
 from tlsstorm.sender.app import SenderService
 
 
-@pytest.fixture
-def start_receiver() -> Iterator[Callable[..., RunningReceiver]]:
+def _starter(build) -> Iterator[Callable[..., Running]]:
+    """A fixture body: start services with `build(**overrides)`; stop them all at teardown."""
     started: list[Running] = []
 
-    def start(provider=None, **overrides) -> RunningReceiver:
-        settings = ReceiverSettings(**{"smtp_port": 0, "http_port": 0, **overrides})
-        running = RunningReceiver(ReceiverService(settings, provider))
+    def start(*args, **overrides) -> Running:
+        running = build(*args, **overrides)
         started.append(running)
         return running
 
     yield start
     for running in reversed(started):
         running.stop()
+
+
+@pytest.fixture
+def start_receiver() -> Iterator[Callable[..., RunningReceiver]]:
+    def build(provider=None, **overrides) -> RunningReceiver:
+        settings = ReceiverSettings(**{"smtp_port": 0, "http_port": 0, **overrides})
+        return RunningReceiver(ReceiverService(settings, provider))
+
+    yield from _starter(build)
 
 
 @pytest.fixture
 def start_sender() -> Iterator[Callable[..., Running]]:
-    started: list[Running] = []
-
-    def start(target_port: int, provider=None, **overrides) -> Running:
+    def build(target_port: int, provider=None, **overrides) -> Running:
         settings = SenderSettings(
-            **{"http_port": 0, "target": f"127.0.0.1:{target_port}", **overrides}
-        )
-        running = Running(SenderService(settings, provider))
-        started.append(running)
-        return running
+            **{"http_port": 0, "target": f"127.0.0.1:{target_port}", **overrides})
+        return Running(SenderService(settings, provider))
 
-    yield start
-    for running in reversed(started):
-        running.stop()
+    yield from _starter(build)
 
 
 @pytest.fixture
@@ -67,17 +68,10 @@ def any_cert_context() -> ssl.SSLContext:
 
 @pytest.fixture
 def start_collector(tmp_path) -> Iterator[Callable[..., Running]]:
-    started: list[Running] = []
-
-    def start(**overrides) -> Running:
+    def build(**overrides) -> Running:
         settings = CollectorSettings(**{
             "http_port": 0, "db_path": tmp_path / "collector.sqlite", "flush_interval_s": 0.2,
             **overrides})
-        running = Running(CollectorService(settings))
-        started.append(running)
-        return running
+        return Running(CollectorService(settings))
 
-    yield start
-    for running in reversed(started):
-        if running.loop.is_running():
-            running.stop()
+    yield from _starter(build)

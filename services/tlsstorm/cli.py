@@ -17,49 +17,32 @@ from tlsstorm.common.config import (
 )
 
 
-def _receiver(flags: argparse.Namespace) -> None:
+def _serve(service) -> None:
     from tlsstorm.common.serve import run_until_signalled
+
+    asyncio.run(run_until_signalled(service))
+
+
+def _receiver(flags: argparse.Namespace) -> None:
     from tlsstorm.common.telemetry import tracer_provider
     from tlsstorm.receiver.app import ReceiverService
 
     settings = load_settings(ReceiverSettings, flags, "tlsstorm receiver")
-    service = ReceiverService(settings, tracer_provider("tlsstorm-receiver"))
-
-    def ready() -> None:
-        print(f"receiver: SMTP {settings.host}:{service.smtp_port} (STARTTLS, "
-              f"{service.key_type}), API http://{settings.host}:{service.http_port}", flush=True)
-
-    asyncio.run(run_until_signalled(service, ready))
+    _serve(ReceiverService(settings, tracer_provider("tlsstorm-receiver")))
 
 
 def _sender(flags: argparse.Namespace) -> None:
-    from tlsstorm.common.serve import run_until_signalled
     from tlsstorm.common.telemetry import tracer_provider
     from tlsstorm.sender.app import SenderService
 
     settings = load_settings(SenderSettings, flags, "tlsstorm sender")
-    service = SenderService(settings, tracer_provider("tlsstorm-sender"))
-
-    def ready() -> None:
-        print(f"sender: API http://{settings.host}:{service.http_port}, target "
-              f"{settings.target}, allowed {', '.join(service.allowlist.entries)}", flush=True)
-
-    asyncio.run(run_until_signalled(service, ready))
+    _serve(SenderService(settings, tracer_provider("tlsstorm-sender")))
 
 
 def _collector(flags: argparse.Namespace) -> None:
     from tlsstorm.collector.app import CollectorService
-    from tlsstorm.common.serve import run_until_signalled
 
-    settings = load_settings(CollectorSettings, flags, "tlsstorm collector")
-    service = CollectorService(settings)
-
-    def ready() -> None:
-        forward = settings.forward_otlp_endpoint or "nowhere"
-        print(f"collector: OTLP/HTTP and report http://{settings.host}:{service.http_port}, "
-              f"results in {settings.db_path}, forwarding to {forward}", flush=True)
-
-    asyncio.run(run_until_signalled(service, ready))
+    _serve(CollectorService(load_settings(CollectorSettings, flags, "tlsstorm collector")))
 
 
 def _up(flags: argparse.Namespace) -> None:

@@ -28,6 +28,12 @@ class CollectorService:
         self._http = HttpServer(create_api(self), self._http_sock)
         self._flusher: asyncio.Task | None = None
 
+    def describe(self) -> str:
+        settings = self.settings
+        return (f"collector: OTLP/HTTP and report http://{settings.host}:{self.http_port}, "
+                f"results in {settings.db_path}, forwarding to "
+                f"{settings.forward_otlp_endpoint or 'nowhere'}")
+
     async def start(self) -> None:
         cells, counters = await asyncio.to_thread(self.store.load)
         self.aggregator.cells.update(cells)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Protocol
 
 import uvicorn
@@ -69,17 +69,16 @@ class HttpServer:
 class Service(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
+    def describe(self) -> str: ...
 
 
-async def run_until_signalled(service: Service, on_ready: Callable[[], Awaitable[None] | None]):
-    """Start the service, report readiness, and stop it cleanly on SIGINT or SIGTERM."""
+async def run_until_signalled(service: Service) -> None:
+    """Start the service, say where it listens, and stop it cleanly on SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await service.start()
-    result = on_ready()
-    if asyncio.iscoroutine(result):
-        await result
+    print(service.describe(), flush=True)
     await stop.wait()
     await service.stop()

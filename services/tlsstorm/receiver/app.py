@@ -56,6 +56,11 @@ class ReceiverService:
         self._http = HttpServer(create_api(self), self._http_sock)
         self._sampler_task: asyncio.Task | None = None
 
+    def describe(self) -> str:
+        host = self.settings.host
+        return (f"receiver: SMTP {host}:{self.smtp_port} (STARTTLS, {self.key_type}), "
+                f"API http://{host}:{self.http_port}")
+
     @property
     def accepting(self) -> bool:
         return self._smtp_server is not None and self._smtp_server.is_serving()

@@ -30,6 +30,10 @@ class SenderService:
             )
         self._http = HttpServer(app, self._http_sock)
 
+    def describe(self) -> str:
+        return (f"sender: API http://{self.settings.host}:{self.http_port}, target "
+                f"{self.settings.target}, allowed {', '.join(self.allowlist.entries)}")
+
     async def start(self) -> None:
         await self._http.start()
 
