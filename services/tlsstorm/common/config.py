@@ -41,6 +41,10 @@ class ReceiverSettings(BaseSettings):
     handshake_timeout_s: float = Field(10.0, gt=0, description="TLS handshake deadline")
     idle_timeout_s: float = Field(30.0, gt=0, description="close a session idle this long")
     max_message_bytes: int = Field(10 * 1024 * 1024, gt=0, description="SIZE limit (552 over)")
+    max_recipients: int = Field(100, ge=1, description="RCPT per message (452 over)")
+    max_connections: int = Field(2000, ge=1, description="open sessions at most (421 over)")
+    max_handshakes: int = Field(256, ge=1, description="TLS handshakes in progress at most "
+                                "(STARTTLS answered 454 over)")
     session_cpu: bool = Field(True, description="meter CPU time per session")
     api_token: str | None = Field(
         None,

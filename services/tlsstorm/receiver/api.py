@@ -9,6 +9,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query
 from tlsstorm import __version__
 from tlsstorm.common.auth import bearer_guard
 from tlsstorm.common.metrics import metrics_response, registry_with
+from tlsstorm.common.serve import BodyLimit
 from tlsstorm.receiver.metrics import ReceiverCollector
 
 if TYPE_CHECKING:
@@ -19,6 +20,7 @@ WaveId = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
 
 def create_api(service: ReceiverService) -> FastAPI:
     app = FastAPI(title="tlsstorm receiver", version=__version__)
+    app.add_middleware(BodyLimit, max_bytes=64 * 1024)
     guarded = [Depends(bearer_guard(service.settings.api_token))]
     registry = registry_with(ReceiverCollector(service.stats))
 
@@ -38,6 +40,8 @@ def create_api(service: ReceiverService) -> FastAPI:
         snapshot = service.stats.snapshot(wave)
         if snapshot is None:
             raise HTTPException(404, detail=f"no session of wave {wave!r} has ended here")
+        snapshot["load"] = {"open_sessions": service.limits.open_sessions,
+                            "handshakes_in_progress": service.limits.handshakes}
         return snapshot
 
     @app.get("/v1/stats/samples")

@@ -13,7 +13,7 @@ from tlsstorm.common.serve import HttpServer, bind, port_of
 from tlsstorm.common.tls import CertificatePair, load_pair, self_signed, server_context, timed
 from tlsstorm.receiver.api import create_api
 from tlsstorm.receiver.session import SessionRecord
-from tlsstorm.receiver.smtp import MeasuredSMTP, SinkHandler
+from tlsstorm.receiver.smtp import MeasuredSMTP, SessionLimits, SinkHandler
 from tlsstorm.receiver.stats import ReceiverStats
 from tlsstorm.receiver.tracing import emit_session_spans
 
@@ -48,6 +48,9 @@ class ReceiverService:
             settings.session_tickets,
         ))
         self._tracer = provider.get_tracer("tlsstorm.receiver") if provider else None
+        self.limits = SessionLimits(settings.max_connections, settings.max_handshakes,
+                                    settings.max_recipients)
+        self._handler = SinkHandler()
         self._smtp_sock = bind(settings.host, settings.smtp_port)
         self._http_sock = bind(settings.host, settings.http_port)
         self.smtp_port = port_of(self._smtp_sock)
@@ -73,10 +76,11 @@ class ReceiverService:
     def _new_session(self) -> MeasuredSMTP:
         settings = self.settings
         return MeasuredSMTP(
-            SinkHandler(),
+            self._handler,
             on_session_end=self._session_ended,
             handshake_timeout_s=settings.handshake_timeout_s,
             meter_cpu=settings.session_cpu,
+            limits=self.limits,
             hostname=settings.hostname,
             ident="tlsstorm",
             tls_context=self.tls_context,

@@ -8,6 +8,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 
@@ -22,6 +23,7 @@ logging.getLogger("mail.log").setLevel(logging.ERROR)
 _TRACEPARENT = b"\ntraceparent:"
 _WAVE = b"\nx-tlsstorm-wave:"
 _HEADER_SCAN_LIMIT = 16 * 1024
+_REPLIES_BEFORE_YIELD = 16
 
 
 def _header(headers: bytes, lowered: bytes, name: bytes) -> str | None:
@@ -34,8 +36,29 @@ def _header(headers: bytes, lowered: bytes, name: bytes) -> str | None:
     return value.decode("ascii", "replace")[:128] or None
 
 
+@dataclass(slots=True)
+class SessionLimits:
+    """Limits shared by every session of one receiver, and what is in use of them."""
+
+    max_connections: int
+    max_handshakes: int
+    max_recipients: int
+    open_sessions: int = 0
+    handshakes: int = 0
+
+
 class SinkHandler:
     """Accepts every message and discards it; it never relays."""
+
+    async def handle_RCPT(self, server: MeasuredSMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= server.limits.max_recipients:
+            if "too_many_recipients" not in server.record.errors:
+                server.record.errors.append("too_many_recipients")
+            return "452 4.5.3 Error: too many recipients"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
 
     async def handle_DATA(self, server: MeasuredSMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
@@ -64,26 +87,37 @@ class MeasuredSMTP(SMTP):
         on_session_end: Callable[[SessionRecord], None],
         handshake_timeout_s: float,
         meter_cpu: bool,
+        limits: SessionLimits,
         **kwargs,
     ) -> None:
         super().__init__(handler, **kwargs)
+        self.limits = limits
+        self._over_limit = False
         self._on_session_end = on_session_end
         self._handshake_timeout_s = handshake_timeout_s
         self._meter_cpu = meter_cpu
         self.record: SessionRecord = SessionRecord(None)
         self._raw_socket = None
         self._finished = False
+        self._replies_since_yield = 0
 
     # -- connection life cycle -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None:
             self.record = SessionRecord(transport.get_extra_info("peername"))
             self._raw_socket = transport.get_extra_info("socket")
+            self.limits.open_sessions += 1
+            self._over_limit = self.limits.open_sessions > self.limits.max_connections
         super().connection_made(transport)
 
     def _handle_client(self):
-        client = super()._handle_client()
+        client = self._refuse() if self._over_limit else super()._handle_client()
         return MeteredCoroutine(client, self.record) if self._meter_cpu else client
+
+    async def _refuse(self) -> None:
+        self.record.errors.append("too_many_connections")
+        await self.push("421 4.3.2 Too many connections, try again later")
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._meter_cpu:
@@ -113,6 +147,7 @@ class MeasuredSMTP(SMTP):
         if self._finished:
             return
         self._finished = True
+        self.limits.open_sessions -= 1
         record = self.record
         record.ended_perf_ns = time.perf_counter_ns()
         if not record.quit and not record.errors:
@@ -127,6 +162,12 @@ class MeasuredSMTP(SMTP):
         self.record.note_reply(response)
         self._writer.write(response + b"\r\n")
         await self._writer.drain()
+        self._replies_since_yield += 1
+        if self._replies_since_yield >= _REPLIES_BEFORE_YIELD:
+            # Pipelined commands arrive already buffered, so the session would run without ever
+            # yielding: let other sessions in now and then (a normal session rarely gets here).
+            self._replies_since_yield = 0
+            await asyncio.sleep(0)
 
     async def smtp_QUIT(self, arg: str) -> None:
         if not arg:
@@ -143,6 +184,21 @@ class MeasuredSMTP(SMTP):
             # RFC 3207 4.2: STARTTLS inside TLS is an error, not a second handshake.
             await self.push("503 5.5.1 Error: TLS already active")
             return
+        if self.envelope is not None and self.envelope.mail_from:
+            await self.push("503 5.5.1 Error: MAIL transaction in progress")
+            return
+        limits = self.limits
+        if limits.handshakes >= limits.max_handshakes:
+            self.record.errors.append("handshake_busy")
+            await self.push("454 4.7.0 TLS not available due to load, try again later")
+            return
+        limits.handshakes += 1
+        try:
+            await self._start_tls()
+        finally:
+            limits.handshakes -= 1
+
+    async def _start_tls(self) -> None:
         record = self.record
         record.tls = True
         await self.push("220 2.0.0 Ready to start TLS")

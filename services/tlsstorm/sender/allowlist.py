@@ -13,6 +13,10 @@ LOOPBACK = ("127.0.0.0/8", "::1/128")
 _RESOLVE_TTL_S = 30.0
 
 
+# host:port, [v6]:port or host: what a target may look like before anything resolves it.
+TARGET_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?$"
+
+
 class TargetRefused(Exception):
     """The target is outside the allowlist or cannot be resolved; nothing was sent."""
 
@@ -78,7 +82,7 @@ class Allowlist:
             return cached
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as error:
+        except (OSError, UnicodeError) as error:
             raise TargetRefused(f"cannot resolve {host!r}: {error}") from None
         return self._remember(host, infos)
 
@@ -88,7 +92,7 @@ class Allowlist:
             return cached
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as error:
+        except (OSError, UnicodeError) as error:
             raise TargetRefused(f"cannot resolve {host!r}: {error}") from None
         return self._remember(host, infos)
 

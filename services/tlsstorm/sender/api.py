@@ -11,7 +11,8 @@ from pydantic import BaseModel, Field
 from tlsstorm import __version__
 from tlsstorm.common.auth import bearer_guard
 from tlsstorm.common.metrics import metrics_response, registry_with
-from tlsstorm.sender.allowlist import Target, TargetRefused
+from tlsstorm.common.serve import BodyLimit
+from tlsstorm.sender.allowlist import TARGET_PATTERN, Target, TargetRefused
 from tlsstorm.sender.waves import Wave, WaveSpec
 
 if TYPE_CHECKING:
@@ -25,7 +26,8 @@ class SendRequest(BaseModel):
     count: int = Field(1, ge=1, le=10_000)
     size: int = Field(2048, ge=64, le=10 * 1024 * 1024, description="message size in bytes")
     per_connection: int = Field(1, ge=1, le=1000, description="messages per SMTP connection")
-    target: str | None = Field(None, max_length=300, description="host:port (default target)")
+    target: str | None = Field(None, max_length=300, pattern=TARGET_PATTERN,
+                               description="host:port (default target)")
     wave: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
                              description="label that groups these messages in stats and spans")
 
@@ -52,6 +54,7 @@ class _SenderCollector:
 
 def create_api(service: SenderService) -> FastAPI:
     app = FastAPI(title="tlsstorm sender", version=__version__)
+    app.add_middleware(BodyLimit, max_bytes=64 * 1024)
     guarded = [Depends(bearer_guard(service.settings.api_token))]
     registry = registry_with(_SenderCollector(service))
 

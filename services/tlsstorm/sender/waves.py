@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from tlsstorm.common.histogram import LatencyHistogram
-from tlsstorm.sender.allowlist import Target
+from tlsstorm.sender.allowlist import TARGET_PATTERN, Target
 from tlsstorm.sender.client import MessageResult, SmtpClient
 
 _KEPT_WAVES = 100
@@ -30,7 +30,8 @@ class WaveSpec(BaseModel):
     concurrency: int = Field(16, ge=1, le=10_000, description="connections in flight at most")
     size: int = Field(2048, ge=64, le=10 * 1024 * 1024, description="message size in bytes")
     per_connection: int = Field(1, ge=1, le=1000, description="messages per SMTP connection")
-    target: str | None = Field(None, max_length=300, description="host:port (default target)")
+    target: str | None = Field(None, max_length=300, pattern=TARGET_PATTERN,
+                               description="host:port (default target)")
 
     @model_validator(mode="after")
     def _count_or_duration(self) -> WaveSpec:
