@@ -113,6 +113,20 @@ def test_direct_smtp_bot_is_held_to_the_allowlist(receiver, tmp_path):
     assert receiver.stats()["plain"]["sessions"] + receiver.stats()["tls"]["sessions"] == 0
 
 
+def test_locust_cannot_aim_the_sender_outside_its_allowlist(receiver, sender, tmp_path):
+    stats_file = tmp_path / "refused.json"
+    run = locust("SpamViaSender", "--headless", "--users", "2", "--spawn-rate", "2",
+                 "--max-messages", "10", "--target", "192.0.2.1:25", "--run-time", "30s",
+                 "--host", sender.http, "--json-file", str(stats_file.with_suffix("")),
+                 "--only-summary")
+    finish(run)
+
+    rows = {row["name"]: row for row in json.loads(stats_file.read_text())}
+    assert rows["POST /v1/send"]["num_requests"] == rows["POST /v1/send"]["num_failures"] > 0
+    assert not smtp_rows(stats_file)  # no message was sent
+    assert receiver.stats()["plain"]["sessions"] + receiver.stats()["tls"]["sessions"] == 0
+
+
 def test_distributed_master_and_workers_agree_with_the_receiver(receiver, sender, tmp_path):
     port = str(free_port())
     stats_file = tmp_path / "distributed.json"

@@ -183,3 +183,16 @@ def test_sender_metrics_count_messages(sender):
     metrics = httpx.get(f"{sender.http}/metrics").text
 
     assert 'tlsstorm_sender_messages_total{mode="tls",result="ok"} 2.0' in metrics
+
+
+def test_allowlist_holds_after_dns_resolution(start_sender, receiver):
+    sender = start_sender(receiver.smtp_port, allowed_targets="10.0.0.0/8,receiver.invalid:2525")
+
+    by_name = httpx.post(f"{sender.http}/v1/send",
+                         json={"tls": False, "target": f"localhost:{receiver.smtp_port}"})
+    wave = httpx.post(f"{sender.http}/v1/waves", json={
+        "rate": 10, "count": 5, "target": f"localhost:{receiver.smtp_port}"})
+
+    assert by_name.status_code == wave.status_code == 403
+    assert "resolves to 127.0.0.1, which is not allowed" in by_name.json()["detail"]
+    assert receiver.stats()["plain"]["sessions"] == 0

@@ -11,7 +11,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -29,9 +29,62 @@ def export_configured() -> bool:
     )
 
 
+class SpanCounts:
+    """Spans from end to export: whatever is lost on the way is counted, never silent."""
+
+    __slots__ = ("dropped", "ended", "exported")
+
+    def __init__(self) -> None:
+        self.ended = 0
+        self.exported = 0
+        self.dropped = 0
+
+
+class _CountingExporter(SpanExporter):
+    def __init__(self, inner: SpanExporter, counts: SpanCounts) -> None:
+        self._inner = inner
+        self._counts = counts
+
+    def export(self, spans) -> SpanExportResult:
+        result = self._inner.export(spans)
+        if result is SpanExportResult.SUCCESS:
+            self._counts.exported += len(spans)
+        else:  # the exporter gave up after its own retries
+            self._counts.dropped += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+class _CountingBatchProcessor(BatchSpanProcessor):
+    def __init__(self, exporter: SpanExporter, counts: SpanCounts) -> None:
+        super().__init__(exporter)
+        self._counts = counts
+
+    def on_end(self, span) -> None:
+        if span.context and span.context.trace_flags.sampled:
+            self._counts.ended += 1
+        super().on_end(span)
+
+
+class CountedTracerProvider(TracerProvider):
+    """A tracer provider whose spans are counted from end to export (see SpanCounts)."""
+
+    def __init__(self, exporter: SpanExporter, resource: Resource) -> None:
+        super().__init__(resource=resource)
+        self.span_counts = SpanCounts()
+        self.add_span_processor(
+            _CountingBatchProcessor(_CountingExporter(exporter, self.span_counts),
+                                    self.span_counts))
+
+
 def tracer_provider(
     service_name: str, exporter: SpanExporter | None = None
-) -> TracerProvider | None:
+) -> CountedTracerProvider | None:
     """A provider exporting over OTLP/HTTP as OTEL_* says, or to `exporter` (tests)."""
     if exporter is None:
         if not export_configured():
@@ -40,9 +93,7 @@ def tracer_provider(
 
         exporter = OTLPSpanExporter()
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
-    provider = TracerProvider(resource=Resource.create(attributes))
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    return provider
+    return CountedTracerProvider(exporter, Resource.create(attributes))
 
 
 def traceparent_of(span: trace.Span) -> str:

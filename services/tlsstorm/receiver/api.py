@@ -8,7 +8,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query
 
 from tlsstorm import __version__
 from tlsstorm.common.auth import bearer_guard
-from tlsstorm.common.metrics import metrics_response, registry_with
+from tlsstorm.common.metrics import SpanCountsCollector, metrics_response, registry_with
 from tlsstorm.common.serve import BodyLimit
 from tlsstorm.receiver.metrics import ReceiverCollector
 
@@ -22,7 +22,8 @@ def create_api(service: ReceiverService) -> FastAPI:
     app = FastAPI(title="tlsstorm receiver", version=__version__)
     app.add_middleware(BodyLimit, max_bytes=64 * 1024)
     guarded = [Depends(bearer_guard(service.settings.api_token))]
-    registry = registry_with(ReceiverCollector(service.stats))
+    registry = registry_with(ReceiverCollector(service.stats),
+                             SpanCountsCollector(service.provider))
 
     @app.get("/healthz")
     def healthz() -> dict:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from tlsstorm import __version__
 from tlsstorm.common.auth import bearer_guard
-from tlsstorm.common.metrics import metrics_response, registry_with
+from tlsstorm.common.metrics import SpanCountsCollector, metrics_response, registry_with
 from tlsstorm.common.serve import BodyLimit
 from tlsstorm.sender.allowlist import TARGET_PATTERN, Target, TargetRefused
 from tlsstorm.sender.waves import Wave, WaveSpec
@@ -56,7 +56,7 @@ def create_api(service: SenderService) -> FastAPI:
     app = FastAPI(title="tlsstorm sender", version=__version__)
     app.add_middleware(BodyLimit, max_bytes=64 * 1024)
     guarded = [Depends(bearer_guard(service.settings.api_token))]
-    registry = registry_with(_SenderCollector(service))
+    registry = registry_with(_SenderCollector(service), SpanCountsCollector(service.provider))
 
     async def allowed(target: str | None) -> Target:
         try:
