@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
 
+from tlsstorm.common.process import rss_bytes
 from tlsstorm.common.telemetry import tracer_provider
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
@@ -311,3 +312,43 @@ def test_collector_restart_mid_wave_loses_at_most_one_percent_and_counts_it(
     assert counts.ended == counts.exported + counts.dropped  # nothing unaccounted for
     metrics = httpx.get(f"{receiver.http}/metrics").text
     assert f'tlsstorm_spans_total{{outcome="dropped"}} {float(counts.dropped)}' in metrics
+
+
+def test_deeply_nested_attribute_values_are_refused(start_collector):
+    collector = start_collector()
+    request = ExportTraceServiceRequest.FromString(_request_bytes())
+    value = request.resource_spans[0].scope_spans[0].spans[0].attributes.add()
+    value.key = "nested"
+    inner = value.value
+    for _ in range(200):  # far past protobuf's recursion limit
+        inner = inner.array_value.values.add()
+    inner.string_value = "deep"
+
+    response = httpx.post(f"{collector.http}/v1/traces", content=request.SerializeToString(),
+                          headers=PROTOBUF)
+
+    assert response.status_code == 400
+    assert httpx.get(f"{collector.http}/healthz").status_code == 200
+
+
+def test_memory_stays_bounded_under_a_flood_of_new_waves(start_collector):
+    collector = start_collector(max_buckets=500)
+    before = rss_bytes()
+    with httpx.Client(base_url=collector.http, headers=PROTOBUF) as client:
+        for number in range(1500):
+            request = ExportTraceServiceRequest()
+            spans = request.resource_spans.add().scope_spans.add()
+            for index in range(20):
+                span = spans.spans.add()
+                span.trace_id, span.span_id = number.to_bytes(16, "big"), (index + 1).to_bytes(
+                    8, "big")
+                span.name = "smtp.session"
+                span.end_time_unix_nano = (int(time.time()) - index) * 10**9
+                attribute = span.attributes.add()
+                attribute.key, attribute.value.string_value = "tlsstorm.wave.id", f"w{number}"
+            assert client.post("/v1/traces", content=request.SerializeToString()).status_code \
+                == 200
+    time.sleep(0.5)  # one flush: retention and the cap apply
+
+    assert len(collector.service.aggregator.cells) <= 500
+    assert rss_bytes() - before < 100 * 1024 * 1024
