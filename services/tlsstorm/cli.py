@@ -68,6 +68,24 @@ def _demo(flags: argparse.Namespace) -> None:
              size=flags.size)
 
 
+def _sweep(flags: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from tlsstorm.sweep.command import run_sweep
+
+    run_sweep(ratios=flags.ratios, rate=flags.rate, messages=flags.messages, size=flags.size,
+              scenario=flags.scenario, capacity_rates=flags.capacity_rates,
+              capacity_seconds=flags.capacity_seconds, slo_p99_ms=flags.slo_p99_ms,
+              output=Path(flags.output))
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a TLS ratio is between 0 and 1, not {text}")
+    return value
+
+
 def _check(flags: argparse.Namespace) -> None:
     from tlsstorm.check import run_check
 
@@ -103,6 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--users", type=int, default=8, help="Locust users (concurrent bots)")
     demo.add_argument("--size", type=int, default=2048, help="message size in bytes")
     demo.set_defaults(run=_demo)
+    sweep = commands.add_parser(
+        "sweep", help="waves at several TLS ratios: CPU fit, capacity, report")
+    sweep.add_argument("--ratios", type=_ratio, nargs="+", help="TLS ratios (default "
+                       "0 0.2 0.3 0.5 0.7 1)")
+    sweep.add_argument("--scenario", choices=["rustock"], help="rustock: 0 -> 20% -> 30% -> 70%")
+    sweep.add_argument("--rate", type=float, default=40.0, help="messages per second per wave")
+    sweep.add_argument("--messages", type=int, default=200, help="messages per wave")
+    sweep.add_argument("--size", type=int, default=2048, help="message size in bytes")
+    sweep.add_argument("--capacity-rates", type=float, nargs="*", default=[],
+                       help="rates to step through per ratio for the capacity curve")
+    sweep.add_argument("--capacity-seconds", type=float, default=5.0, help="seconds per step")
+    sweep.add_argument("--slo-p99-ms", type=float, default=200.0,
+                       help="session p99 a sustained rate must keep")
+    sweep.add_argument("--output", default="results/sweep", help="folder for the report")
+    sweep.set_defaults(run=_sweep)
+
     check = commands.add_parser(
         "check", help="send one plain and one STARTTLS mail; exit 0 once the collector has both")
     check.add_argument("--sender-url", default=os.environ.get(

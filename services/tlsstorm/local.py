@@ -42,16 +42,19 @@ def locustfile() -> Path:
 class LocalStack:
     """Collector, receiver, sender (and the Locust web UI) as child processes, wired together."""
 
-    def __init__(self, with_locust: bool = False) -> None:
+    def __init__(self, with_locust: bool = False, tracing: bool = True) -> None:
         self.collector = CollectorSettings()
         self.receiver = ReceiverSettings()
         self.sender = SenderSettings()
         self.receiver_target = f"{_reachable(self.receiver.host)}:{self.receiver.smtp_port}"
         self.telemetry = {name: value for name, value in _EXPORT_DEFAULTS.items()
                           if name not in os.environ}
-        self.tracing = True
-        if not _export_configured_in_env():
+        # Without tracing (cost sweeps) no span is built: the CPU measured is the SMTP work's.
+        self.tracing = tracing
+        if tracing and not _export_configured_in_env():
             self.telemetry["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.collector_url()
+        if not tracing:
+            self.telemetry["OTEL_SDK_DISABLED"] = "true"
         sender_env = dict(self.telemetry)
         if "TLSSTORM_SENDER_TARGET" not in os.environ:
             sender_env["TLSSTORM_SENDER_TARGET"] = self.receiver_target

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -75,7 +76,8 @@ class ReceiverService:
 
     def _new_session(self) -> MeasuredSMTP:
         settings = self.settings
-        return MeasuredSMTP(
+        started = time.thread_time_ns()
+        session = MeasuredSMTP(
             self._handler,
             on_session_end=self._session_ended,
             handshake_timeout_s=settings.handshake_timeout_s,
@@ -89,6 +91,9 @@ class ReceiverService:
             data_size_limit=settings.max_message_bytes,
             loop=asyncio.get_running_loop(),
         )
+        if settings.session_cpu:
+            session.setup_cpu_ns = time.thread_time_ns() - started
+        return session
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

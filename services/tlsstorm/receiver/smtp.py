@@ -92,6 +92,7 @@ class MeasuredSMTP(SMTP):
     ) -> None:
         super().__init__(handler, **kwargs)
         self.limits = limits
+        self.setup_cpu_ns = 0  # building this protocol object, charged to its session
         self._over_limit = False
         self._on_session_end = on_session_end
         self._handshake_timeout_s = handshake_timeout_s
@@ -101,10 +102,23 @@ class MeasuredSMTP(SMTP):
         self._finished = False
         self._replies_since_yield = 0
 
+    def __dir__(self):
+        """The protocol's command and auth methods only, computed once per class.
+
+        aiosmtpd finds its smtp_* and auth_* methods by reflecting over dir() of every new
+        session: ~100 us per connection, more than a plain session's SMTP work.
+        """
+        cls = type(self)
+        if "_protocol_names" not in cls.__dict__:
+            cls._protocol_names = [name for name in super().__dir__()
+                                   if name.startswith(("smtp_", "auth_"))]
+        return cls._protocol_names
+
     # -- connection life cycle -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None:
             self.record = SessionRecord(transport.get_extra_info("peername"))
+            self.record.cpu_ns = self.setup_cpu_ns
             self._raw_socket = transport.get_extra_info("socket")
             self.limits.open_sessions += 1
             self._over_limit = self.limits.open_sessions > self.limits.max_connections

@@ -1,0 +1,1 @@
+"""`tlsstorm sweep`: the cost of TLS spam across TLS ratios, fitted, plotted and saved."""

@@ -1,0 +1,49 @@
+"""`tlsstorm sweep`: starts the local stack, runs the waves, fits, and writes the report."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+
+from tlsstorm.local import LocalStack
+from tlsstorm.sweep.fit import fit_cost
+from tlsstorm.sweep.report import scenario_lines, text_summary, write_report
+from tlsstorm.sweep.run import SweepRunner
+
+DEFAULT_RATIOS = (0.0, 0.2, 0.3, 0.5, 0.7, 1.0)
+# The seed: Rustock's shift from 20% to 30% to 70% STARTTLS, against all-plain traffic.
+SCENARIOS = {"rustock": (0.0, 0.2, 0.3, 0.7)}
+
+
+def run_sweep(ratios: list[float] | None, rate: float, messages: int, size: int,
+              scenario: str | None, capacity_rates: list[float], capacity_seconds: float,
+              slo_p99_ms: float, output: Path) -> Path:
+    chosen = list(SCENARIOS[scenario] if scenario else ratios or DEFAULT_RATIOS)
+    local = LocalStack(tracing=False)
+    print(f"starting the local stack (receiver {local.receiver_target}) ...")
+    local.stack.start()
+    token = os.environ.get("TLSSTORM_API_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with httpx.Client(timeout=30, headers=headers) as http:
+            runner = SweepRunner(local.sender_url(), local.receiver_url(), http, size=size)
+            runner.wave(0.5, rate, max(20, messages // 10), "warm-up")
+            points = [runner.wave(ratio, rate, messages, f"{ratio:>4.0%} TLS at {rate:g}/s")
+                      for ratio in chosen]
+            capacity = {}
+            if capacity_rates:
+                for ratio in chosen:
+                    capacity[ratio], _ = runner.capacity(ratio, capacity_rates,
+                                                         capacity_seconds, slo_p99_ms)
+    finally:
+        local.stack.stop()
+    fit = fit_cost([(point.tls_ratio, point.cpu_ms_per_message) for point in points])
+    print(text_summary(points, fit, capacity))
+    for line in scenario_lines(points, fit):
+        print(f"  {line}")
+    settings = {"rate": rate, "messages": messages, "size": size, "slo_p99_ms": slo_p99_ms}
+    page = write_report(output, points, fit, capacity, settings, scenario)
+    print(f"report: {page.resolve()} (with waves.csv and sweep.json beside it)")
+    return page

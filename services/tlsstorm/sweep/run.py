@@ -1,0 +1,144 @@
+"""Waves at each TLS ratio through a running sender, measured at the receiver."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class WavePoint:
+    """What one wave cost the receiver."""
+
+    tls_ratio: float
+    rate: float
+    messages: int
+    achieved_rate: float
+    failed: int
+    late: int
+    skipped: int
+    cpu_ms_per_message: float  # receiver CPU charged to the wave's sessions, per message
+    process_cpu_ms_per_message: float  # receiver process CPU over the wave, idle work included
+    plain_cpu_ms: float | None  # CPU charged to plain sessions, per message
+    tls_cpu_ms: float | None  # CPU charged to STARTTLS sessions, per message
+    handshake_p50_ms: float | None
+    handshake_p95_ms: float | None
+    handshake_p99_ms: float | None
+    session_p99_ms: float | None
+    plain_bytes_per_session: float | None
+    tls_bytes_per_session: float | None
+    tls_out_bytes_per_session: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _per(total: float, count: int) -> float | None:
+    return round(total / count, 3) if count else None
+
+
+def _progress(label: str, done: int, total: int) -> None:
+    """A bar redrawn in place on a terminal; in a log, one line when the wave is done."""
+    if not sys.stdout.isatty() and done < total:
+        return
+    width = 30
+    filled = width * done // max(total, 1)
+    end = "" if sys.stdout.isatty() else "\n"
+    sys.stdout.write(f"\r  {label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{end}")
+    sys.stdout.flush()
+
+
+class SweepRunner:
+    """Runs waves through the sender's /v1/waves and reads the receiver's per-wave stats."""
+
+    def __init__(self, sender_url: str, receiver_url: str, http: httpx.Client,
+                 size: int = 2048, concurrency: int = 32) -> None:
+        self.sender_url = sender_url
+        self.receiver_url = receiver_url
+        self.http = http
+        self.size = size
+        self.concurrency = concurrency
+
+    def _cpu_seconds(self) -> float:
+        stats = self.http.get(f"{self.receiver_url}/v1/stats").json()
+        return stats["process"]["cpu_seconds_total"]
+
+    def wave(self, tls_ratio: float, rate: float, messages: int, label: str) -> WavePoint:
+        cpu_before = self._cpu_seconds()
+        response = self.http.post(f"{self.sender_url}/v1/waves", json={
+            "rate": rate, "count": messages, "tls_ratio": tls_ratio,
+            "concurrency": self.concurrency, "size": self.size})
+        response.raise_for_status()
+        wave_id = response.json()["id"]
+        while True:
+            wave = self.http.get(f"{self.sender_url}/v1/waves/{wave_id}").json()
+            _progress(label, wave["done"], wave["total"])
+            if wave["status"] != "running":
+                break
+            time.sleep(0.2)
+        stats = self._wave_stats(wave)
+        cpu = self._cpu_seconds() - cpu_before
+        if sys.stdout.isatty():
+            print()
+        plain, tls = stats["plain"], stats["tls"]
+        received = plain["messages"] + tls["messages"]
+        return WavePoint(
+            tls_ratio=tls_ratio, rate=rate, messages=received,
+            achieved_rate=wave["achieved_rate"] or 0.0,
+            failed=wave["plain"]["failed"] + wave["tls"]["failed"], late=wave["late"],
+            skipped=wave["skipped"],
+            cpu_ms_per_message=round(
+                (plain["session_cpu_seconds"] + tls["session_cpu_seconds"]) * 1000
+                / max(received, 1), 4),
+            process_cpu_ms_per_message=round(cpu * 1000 / max(received, 1), 4),
+            plain_cpu_ms=plain["cpu_ms_per_message"], tls_cpu_ms=tls["cpu_ms_per_message"],
+            handshake_p50_ms=tls["handshake_ms"]["p50"],
+            handshake_p95_ms=tls["handshake_ms"]["p95"],
+            handshake_p99_ms=tls["handshake_ms"]["p99"],
+            session_p99_ms=_p99(plain, tls),
+            plain_bytes_per_session=_per(plain["wire_bytes_in"] + plain["wire_bytes_out"],
+                                         plain["sessions"]),
+            tls_bytes_per_session=_per(tls["wire_bytes_in"] + tls["wire_bytes_out"],
+                                       tls["sessions"]),
+            tls_out_bytes_per_session=_per(tls["wire_bytes_out"], tls["sessions"]),
+        )
+
+    def _wave_stats(self, wave: dict[str, Any]) -> dict[str, Any]:
+        """The receiver's stats of the wave once every accepted message has ended there."""
+        expected = wave["plain"]["ok"] + wave["tls"]["ok"]
+        deadline = time.monotonic() + 15
+        while True:
+            response = self.http.get(f"{self.receiver_url}/v1/stats",
+                                     params={"wave": wave["id"]})
+            if response.status_code == 200:
+                stats = response.json()
+                if stats["plain"]["messages"] + stats["tls"]["messages"] >= expected or \
+                        time.monotonic() > deadline:
+                    return stats
+            elif time.monotonic() > deadline:
+                raise SystemExit(f"the receiver saw nothing of wave {wave['id']}")
+            time.sleep(0.2)
+
+    def capacity(self, tls_ratio: float, rates: list[float], seconds: float,
+                 slo_p99_ms: float) -> tuple[float | None, list[WavePoint]]:
+        """The highest rate whose wave keeps session p99 under the SLO, nothing skipped."""
+        sustained, steps = None, []
+        for rate in rates:
+            point = self.wave(tls_ratio, rate, max(1, int(rate * seconds)),
+                              f"capacity {tls_ratio:.0%} TLS at {rate:g}/s")
+            steps.append(point)
+            within = (point.session_p99_ms or 0) <= slo_p99_ms and point.skipped == 0 \
+                and point.failed == 0 and point.achieved_rate >= 0.9 * rate
+            if not within:
+                break
+            sustained = rate
+        return sustained, steps
+
+
+def _p99(plain: dict[str, Any], tls: dict[str, Any]) -> float | None:
+    values = [mode["session_ms"]["p99"] for mode in (plain, tls) if mode["session_ms"]["p99"]]
+    return max(values) if values else None

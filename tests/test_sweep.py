@@ -1,0 +1,49 @@
+"""`tlsstorm sweep`: the fit recovers known costs, and a short real sweep writes its report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_cli import _stack_env
+from tlsstorm.sweep.fit import fit_cost
+
+
+def test_fit_recovers_plain_and_tls_costs():
+    points = [(ratio, 0.6 * (1 - ratio) + 2.4 * ratio) for ratio in (0, 0.2, 0.3, 0.7, 1)]
+
+    fit = fit_cost(points)
+
+    assert fit.plain_ms == pytest.approx(0.6)
+    assert fit.tls_ms == pytest.approx(2.4)
+    assert fit.factor == pytest.approx(4.0)
+    assert fit.r_squared == pytest.approx(1.0)
+
+
+def test_fit_needs_two_ratios():
+    with pytest.raises(ValueError, match="two or more"):
+        fit_cost([(0.3, 1.0), (0.3, 1.1)])
+
+
+def test_short_sweep_measures_tls_dearer_than_plain_and_writes_the_report(tmp_path):
+    finished = subprocess.run(
+        [sys.executable, "-m", "tlsstorm", "sweep", "--ratios", "0", "0.5", "1",
+         "--messages", "40", "--rate", "50", "--capacity-rates", "40", "--capacity-seconds",
+         "1", "--output", str(tmp_path / "sweep")],
+        env=_stack_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    report = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [wave["tls_ratio"] for wave in report["waves"]] == [0, 0.5, 1]
+    assert all(wave["messages"] == 40 for wave in report["waves"])
+    assert report["fit"]["tls_ms"] > report["fit"]["plain_ms"] > 0
+    assert report["capacity"] == {"0.0": 40.0, "0.5": 40.0, "1.0": 40.0}
+    rows = list(csv.DictReader((tmp_path / "sweep" / "waves.csv").open()))
+    assert len(rows) == 3
+    page = (tmp_path / "sweep" / "index.html").read_text()
+    assert page.count("<svg") == 4 and "TLS/plain" in page
+    assert "fit: CPU ms/msg" in finished.stdout
