@@ -85,6 +85,23 @@ def read_reply(sock) -> bytes:
             return reply
 
 
+def read_replies(sock, count: int) -> list[bytes]:
+    """`count` complete replies to pipelined commands, however the bytes arrive."""
+    buffer, replies, current = b"", [], b""
+    while len(replies) < count:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\r\n")
+        for line in lines:
+            current += line + b"\r\n"
+            if line[3:4] != b"-":  # the last line of a reply
+                replies.append(current)
+                current = b""
+    return replies
+
+
 def starttls_socket(port: int, context: ssl.SSLContext, session=None) -> ssl.SSLSocket:
     """A raw SMTP dialogue up to a completed STARTTLS handshake, resuming `session` if given."""
     import socket

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from tests.helpers import deliver, read_reply
+from tests.helpers import deliver, read_replies, read_reply
 
 MAX_RSS_GROWTH = 150 * 1024 * 1024
 LIMITS = {"idle_timeout_s": 2, "handshake_timeout_s": 1, "max_message_bytes": 5_000_000,
@@ -123,12 +123,9 @@ def idle_connections(port: int, count: int = 500) -> str:
 
 def slowloris_data(port: int) -> str:
     sock = _connect(port)
-    sock.sendall(b"EHLO hostile.test\r\nMAIL FROM:<a@hostile.test>\r\n")
-    read_reply(sock)
-    read_reply(sock)
-    sock.sendall(b"RCPT TO:<b@receiver.test>\r\nDATA\r\n")
-    read_reply(sock)
-    read_reply(sock)
+    sock.sendall(b"EHLO hostile.test\r\nMAIL FROM:<a@hostile.test>\r\n"
+                 b"RCPT TO:<b@receiver.test>\r\nDATA\r\n")
+    read_replies(sock, 4)
     try:
         for _ in range(100):  # one byte every 0.1 s, far slower than any real client
             sock.sendall(b"x")
@@ -140,11 +137,9 @@ def slowloris_data(port: int) -> str:
 
 def huge_data(port: int) -> str:
     sock = _connect(port)
-    sock.sendall(b"EHLO hostile.test\r\nMAIL FROM:<a@hostile.test>\r\nRCPT TO:<b@r.test>\r\n")
-    for _ in range(3):
-        read_reply(sock)
-    sock.sendall(b"DATA\r\n")
-    read_reply(sock)
+    sock.sendall(b"EHLO hostile.test\r\nMAIL FROM:<a@hostile.test>\r\nRCPT TO:<b@r.test>\r\n"
+                 b"DATA\r\n")
+    read_replies(sock, 4)
     line = b"y" * 998 + b"\r\n"
     for _ in range(10_000):  # 10 MB
         sock.sendall(line)
@@ -158,21 +153,14 @@ def huge_data(port: int) -> str:
 def many_recipients(port: int) -> str:
     sock = _connect(port)
     sock.sendall(b"EHLO hostile.test\r\nMAIL FROM:<a@hostile.test>\r\n")
-    read_reply(sock)
-    read_reply(sock)
+    read_replies(sock, 2)
     batch = b"".join(b"RCPT TO:<r%d@receiver.test>\r\n" % n for n in range(10_000))
     sender = threading.Thread(target=sock.sendall, args=(batch,))
     sender.start()
-    received = b""
-    while received.count(b"\r\n") < 10_000:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        received += chunk
-    sender.join()
     replies: dict[str, int] = {}
-    for line in received.splitlines():
-        replies[line[:3].decode()] = replies.get(line[:3].decode(), 0) + 1
+    for reply in read_replies(sock, 10_000):
+        replies[reply[:3].decode()] = replies.get(reply[:3].decode(), 0) + 1
+    sender.join()
     sock.sendall(b"QUIT\r\n")
     read_reply(sock)
     return ", ".join(f"{count} x {code}" for code, count in sorted(replies.items()))
