@@ -115,3 +115,14 @@ def test_stats_reset_and_metrics(receiver, any_cert_context):
     assert receiver.stats()["tls"]["sessions"] == 0
     assert httpx.get(f"{receiver.http}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{receiver.http}/readyz").status_code == 200
+
+
+def test_processing_cost_knobs_charge_each_message(start_receiver):
+    receiver = start_receiver(processing_cpu_us=3000, queue_fsync=True)
+    for _ in range(3):
+        deliver(receiver.smtp_port, tls=False)
+
+    plain = receiver.wait_sessions(3)["plain"]
+
+    assert plain["messages"] == 3
+    assert plain["cpu_ms_per_message"] >= 3.0  # the filtering work is the session's

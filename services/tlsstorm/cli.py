@@ -76,7 +76,8 @@ def _sweep(flags: argparse.Namespace) -> None:
     run_sweep(ratios=flags.ratios, rate=flags.rate, messages=flags.messages, size=flags.size,
               scenario=flags.scenario, capacity_rates=flags.capacity_rates,
               capacity_seconds=flags.capacity_seconds, slo_p99_ms=flags.slo_p99_ms,
-              output=Path(flags.output))
+              output=Path(flags.output), processing_cpu_us=flags.processing_cpu_us,
+              queue_fsync=flags.queue_fsync)
 
 
 def _ratio(text: str) -> float:
@@ -134,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--capacity-seconds", type=float, default=5.0, help="seconds per step")
     sweep.add_argument("--slo-p99-ms", type=float, default=200.0,
                        help="session p99 a sustained rate must keep")
+    sweep.add_argument("--processing-cpu-us", type=int, default=0,
+                       help="receiver CPU work per message (a content filter's cost)")
+    sweep.add_argument("--queue-fsync", action="store_true",
+                       help="the receiver writes and fsyncs each message, as an MTA queues it")
     sweep.add_argument("--output", default="results/sweep", help="folder for the report")
     sweep.set_defaults(run=_sweep)
 

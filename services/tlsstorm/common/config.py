@@ -40,12 +40,17 @@ class ReceiverSettings(BaseSettings):
     require_starttls: bool = Field(False, description="refuse MAIL before STARTTLS (530)")
     handshake_timeout_s: float = Field(10.0, gt=0, description="TLS handshake deadline")
     idle_timeout_s: float = Field(30.0, gt=0, description="close a session idle this long")
+    data_timeout_s: float = Field(60.0, gt=0, description="a whole DATA phase must end in this")
     max_message_bytes: int = Field(10 * 1024 * 1024, gt=0, description="SIZE limit (552 over)")
     max_recipients: int = Field(100, ge=1, description="RCPT per message (452 over)")
     max_connections: int = Field(2000, ge=1, description="open sessions at most (421 over)")
     max_handshakes: int = Field(256, ge=1, description="TLS handshakes in progress at most "
                                 "(STARTTLS answered 454 over)")
     session_cpu: bool = Field(True, description="meter CPU time per session")
+    processing_cpu_us: int = Field(0, ge=0, le=1_000_000, description="CPU work per message, "
+                                   "standing in for spam/virus filtering")
+    queue_fsync: bool = Field(False, description="write and fsync each message to a queue file "
+                              "(in a worker thread), as an MTA queues it")
     api_token: str | None = Field(
         None,
         validation_alias=AliasChoices("api_token", "TLSSTORM_API_TOKEN"),

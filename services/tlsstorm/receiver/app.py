@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import ssl
+import tempfile
 import time
+from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -51,7 +54,10 @@ class ReceiverService:
         self._tracer = provider.get_tracer("tlsstorm.receiver") if provider else None
         self.limits = SessionLimits(settings.max_connections, settings.max_handshakes,
                                     settings.max_recipients)
-        self._handler = SinkHandler()
+        queue_dir = None
+        if settings.queue_fsync:
+            queue_dir = Path(tempfile.mkdtemp(prefix="tlsstorm-queue-"))
+        self._handler = SinkHandler(settings.processing_cpu_us, queue_dir)
         self._smtp_sock = bind(settings.host, settings.smtp_port)
         self._http_sock = bind(settings.host, settings.http_port)
         self.smtp_port = port_of(self._smtp_sock)
@@ -81,6 +87,7 @@ class ReceiverService:
             self._handler,
             on_session_end=self._session_ended,
             handshake_timeout_s=settings.handshake_timeout_s,
+            data_timeout_s=settings.data_timeout_s,
             meter_cpu=settings.session_cpu,
             limits=self.limits,
             hostname=settings.hostname,
@@ -107,5 +114,7 @@ class ReceiverService:
         await self._http.stop()
         if self._smtp_server is not None:
             self._smtp_server.close()
+        if self._handler.queue_dir is not None:
+            shutil.rmtree(self._handler.queue_dir, ignore_errors=True)
         if self.provider is not None:
             self.provider.shutdown()

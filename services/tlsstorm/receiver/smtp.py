@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto as sslproto
+import hashlib
 import logging
+import os
 import ssl
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 
@@ -36,6 +40,23 @@ def _header(headers: bytes, lowered: bytes, name: bytes) -> str | None:
     return value.decode("ascii", "replace")[:128] or None
 
 
+def _busy(content: bytes, cpu_ns: int) -> None:
+    """Spend `cpu_ns` of this thread's CPU hashing the message, as a content filter would."""
+    deadline = time.thread_time_ns() + cpu_ns
+    while time.thread_time_ns() < deadline:
+        hashlib.sha256(content[:65536]).digest()
+
+
+def _queue_and_discard(queue_dir: Path, content: bytes) -> None:
+    handle, name = tempfile.mkstemp(dir=queue_dir, prefix="msg-")
+    try:
+        os.write(handle, content)
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+        os.unlink(name)
+
+
 @dataclass(slots=True)
 class SessionLimits:
     """Limits shared by every session of one receiver, and what is in use of them."""
@@ -48,7 +69,16 @@ class SessionLimits:
 
 
 class SinkHandler:
-    """Accepts every message and discards it; it never relays."""
+    """Accepts every message and discards it; it never relays.
+
+    Optionally it first does what a real MTA does with a message (processing_cpu_us of CPU
+    work, a queue file written and fsynced), so TLS's share of a server's cost can be studied
+    at realistic filtering costs.
+    """
+
+    def __init__(self, processing_cpu_us: int = 0, queue_dir: Path | None = None) -> None:
+        self.processing_cpu_ns = processing_cpu_us * 1000
+        self.queue_dir = queue_dir
 
     async def handle_RCPT(self, server: MeasuredSMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -74,6 +104,10 @@ class SinkHandler:
             record.traceparents.append(traceparent)
         if record.wave_id is None:
             record.wave_id = _header(headers, lowered, _WAVE)
+        if self.processing_cpu_ns:
+            _busy(content, self.processing_cpu_ns)
+        if self.queue_dir is not None:
+            await asyncio.to_thread(_queue_and_discard, self.queue_dir, content)
         return "250 2.0.0 OK: message accepted and discarded"
 
 
@@ -86,11 +120,14 @@ class MeasuredSMTP(SMTP):
         *,
         on_session_end: Callable[[SessionRecord], None],
         handshake_timeout_s: float,
+        data_timeout_s: float,
         meter_cpu: bool,
         limits: SessionLimits,
         **kwargs,
     ) -> None:
         super().__init__(handler, **kwargs)
+        self._data_timeout_s = data_timeout_s
+        self._in_data = False
         self.limits = limits
         self.setup_cpu_ns = 0  # building this protocol object, charged to its session
         self._over_limit = False
@@ -146,8 +183,17 @@ class MeasuredSMTP(SMTP):
         self._raw_socket = None
 
     def _timeout_cb(self) -> None:
-        self.record.errors.append("idle_timeout")
+        self.record.errors.append("data_timeout" if self._in_data else "idle_timeout")
         super()._timeout_cb()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        # One deadline for the whole DATA phase: a slowloris cannot keep it open byte by byte.
+        self._reset_timeout(self._data_timeout_s)
+        self._in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._in_data = False
 
     def connection_lost(self, error: Exception | None) -> None:
         # After a successful STARTTLS the raw transport's protocol has read the counters

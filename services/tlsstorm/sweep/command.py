@@ -19,8 +19,12 @@ SCENARIOS = {"rustock": (0.0, 0.2, 0.3, 0.7)}
 
 def run_sweep(ratios: list[float] | None, rate: float, messages: int, size: int,
               scenario: str | None, capacity_rates: list[float], capacity_seconds: float,
-              slo_p99_ms: float, output: Path) -> Path:
+              slo_p99_ms: float, output: Path, processing_cpu_us: int = 0,
+              queue_fsync: bool = False) -> Path:
     chosen = list(SCENARIOS[scenario] if scenario else ratios or DEFAULT_RATIOS)
+    # The receiver child reads its processing cost from the environment it inherits.
+    os.environ["TLSSTORM_RECEIVER_PROCESSING_CPU_US"] = str(processing_cpu_us)
+    os.environ["TLSSTORM_RECEIVER_QUEUE_FSYNC"] = str(queue_fsync).lower()
     local = LocalStack(tracing=False)
     print(f"starting the local stack (receiver {local.receiver_target}) ...")
     local.stack.start()
@@ -43,7 +47,8 @@ def run_sweep(ratios: list[float] | None, rate: float, messages: int, size: int,
     print(text_summary(points, fit, capacity))
     for line in scenario_lines(points, fit):
         print(f"  {line}")
-    settings = {"rate": rate, "messages": messages, "size": size, "slo_p99_ms": slo_p99_ms}
+    settings = {"rate": rate, "messages": messages, "size": size, "slo_p99_ms": slo_p99_ms,
+                "processing_cpu_us": processing_cpu_us, "queue_fsync": queue_fsync}
     page = write_report(output, points, fit, capacity, settings, scenario)
     print(f"report: {page.resolve()} (with waves.csv and sweep.json beside it)")
     return page
