@@ -1,0 +1,118 @@
+"""Receiver CPU per plain and STARTTLS session next to its anchor: `openssl s_server`'s CPU per
+full handshake with the same certificate; and the sender's CPU per message beside the receiver's.
+
+Usage: python bench/receiver_cost.py [--messages 400] [--rate 100] [--key-type rsa2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from machine import machine_note, process_cpu_seconds  # bench/ is on sys.path as a script
+from tlsstorm.common.tls import self_signed
+from tlsstorm.local import LocalStack
+from tlsstorm.sweep.run import SweepRunner
+
+TARGET_EXTRA_OVER_OPENSSL = 1.3
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def openssl_handshake_cpu_us(cert: Path, key: Path, seconds: float) -> tuple[float, int]:
+    """Server CPU per full handshake of `openssl s_server`, driven by `openssl s_time -new`."""
+    port = _free_port()
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(cert),
+         "-key", str(key), "-www", "-quiet", "-no_ticket"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        before = process_cpu_seconds(server.pid)
+        timed = subprocess.run(
+            ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
+             "-time", str(int(seconds))], capture_output=True, text=True, timeout=seconds + 30)
+        cpu = process_cpu_seconds(server.pid) - before
+    finally:
+        server.terminate()
+        server.wait(10)
+    match = re.search(r"(\d+) connections in [\d.]+s", timed.stdout)
+    if not match:
+        raise SystemExit(f"openssl s_time said: {timed.stdout[-500:]}{timed.stderr[-500:]}")
+    handshakes = int(match.group(1))
+    return cpu * 1e6 / handshakes, handshakes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=400)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--key-type", default="rsa2048",
+                        choices=["rsa2048", "rsa4096", "ecdsa-p256"])
+    flags = parser.parse_args()
+    if not shutil.which("openssl"):
+        raise SystemExit("the openssl command-line tool is needed for the anchor")
+    with tempfile.TemporaryDirectory() as folder:
+        pair = self_signed("receiver.tlsstorm.test", flags.key_type)
+        cert, key = Path(folder, "cert.pem"), Path(folder, "key.pem")
+        cert.write_bytes(pair.cert_pem)
+        key.write_bytes(pair.key_pem)
+        anchor_us, handshakes = openssl_handshake_cpu_us(cert, key, seconds=5)
+        os.environ.update({
+            "TLSSTORM_RECEIVER_CERT_FILE": str(cert), "TLSSTORM_RECEIVER_KEY_FILE": str(key),
+            "TLSSTORM_RECEIVER_SESSION_TICKETS": "false",
+            "TLSSTORM_RECEIVER_SMTP_PORT": str(_free_port()),
+            "TLSSTORM_RECEIVER_HTTP_PORT": str(_free_port()),
+            "TLSSTORM_SENDER_HTTP_PORT": str(_free_port()),
+            "TLSSTORM_COLLECTOR_HTTP_PORT": str(_free_port()),
+            "TLSSTORM_COLLECTOR_DB_PATH": str(Path(folder, "collector.sqlite")),
+        })
+        local = LocalStack(tracing=False)
+        local.stack.start()
+        try:
+            sender_pid = next(c.process.pid for c in local.stack.children if c.name == "sender")
+            with httpx.Client(timeout=30) as http:
+                runner = SweepRunner(local.sender_url(), local.receiver_url(), http)
+                runner.wave(0.5, flags.rate, 100, "warm-up")
+                measured = {}
+                for ratio, mode in ((0.0, "plain"), (1.0, "STARTTLS")):
+                    sender_before = process_cpu_seconds(sender_pid)
+                    point = runner.wave(ratio, flags.rate, flags.messages, f"{mode:>8}")
+                    sender_ms = (process_cpu_seconds(sender_pid) - sender_before) * 1000 / \
+                        point.messages
+                    measured[mode] = (point, sender_ms)
+        finally:
+            local.stack.stop()
+    plain, plain_sender = measured["plain"]
+    tls, tls_sender = measured["STARTTLS"]
+    extra_us = (tls.cpu_ms_per_message - plain.cpu_ms_per_message) * 1000
+    print(f"machine: {machine_note()}")
+    print(f"certificate {flags.key_type}, TLS 1.3, no tickets; waves of {flags.messages} "
+          f"messages at {flags.rate:g}/s, one message per session")
+    print(f"anchor: openssl s_server {anchor_us:,.0f} us CPU per full handshake "
+          f"({handshakes} handshakes by s_time -new)")
+    for name, point, sender_ms in (("plain", plain, plain_sender), ("STARTTLS", tls, tls_sender)):
+        print(f"receiver {name:>8}: {point.cpu_ms_per_message * 1000:,.0f} us per session charged "
+              f"to the session, {point.process_cpu_ms_per_message * 1000:,.0f} us process CPU; "
+              f"sender {sender_ms * 1000:,.0f} us per message")
+    print(f"receiver's extra CPU for STARTTLS: {extra_us:,.0f} us = "
+          f"{extra_us / anchor_us:.2f}x openssl's handshake (target <= "
+          f"{TARGET_EXTRA_OVER_OPENSSL}x)")
+    print(f"receiver TLS/plain factor: {tls.cpu_ms_per_message / plain.cpu_ms_per_message:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
