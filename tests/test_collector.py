@@ -61,6 +61,16 @@ def _emit_sessions(provider: TracerProvider, wave: str = "w1") -> None:
         session.end(end_time=start + 3_000_000)
 
 
+def _exporting_to(collector_url: str, start_receiver, start_sender):
+    """A receiver and a sender whose real OTLP/HTTP exporters send to the collector."""
+    endpoint = f"{collector_url}/v1/traces"
+    receiver = start_receiver(provider=tracer_provider(
+        "tlsstorm-receiver", exporter=ProtobufSpanExporter(endpoint=endpoint)))
+    sender = start_sender(receiver.smtp_port, provider=tracer_provider(
+        "tlsstorm-sender", exporter=ProtobufSpanExporter(endpoint=endpoint)))
+    return receiver, sender
+
+
 def _receiver_cost(collector, **params) -> dict:
     return httpx.get(f"{collector.http}/v1/summary", params=params).json()["receiver"]
 
@@ -247,11 +257,7 @@ def test_wave_summary_equals_the_receivers_own_stats(
     start_collector, start_receiver, start_sender
 ):
     collector = start_collector()
-    endpoint = f"{collector.http}/v1/traces"
-    receiver = start_receiver(provider=tracer_provider(
-        "tlsstorm-receiver", exporter=ProtobufSpanExporter(endpoint=endpoint)))
-    sender = start_sender(receiver.smtp_port, provider=tracer_provider(
-        "tlsstorm-sender", exporter=ProtobufSpanExporter(endpoint=endpoint)))
+    receiver, sender = _exporting_to(collector.http, start_receiver, start_sender)
 
     wave_id = httpx.post(f"{sender.http}/v1/waves", json={
         "rate": 50, "count": 40, "tls_ratio": 0.3, "concurrency": 16}).json()["id"]
@@ -282,11 +288,7 @@ def test_collector_restart_mid_wave_loses_at_most_one_percent_and_counts_it(
 ):
     collector = start_collector(db_path=tmp_path / "durable.sqlite")
     port = collector.service.http_port
-    endpoint = f"http://127.0.0.1:{port}/v1/traces"
-    receiver = start_receiver(provider=tracer_provider(
-        "tlsstorm-receiver", exporter=ProtobufSpanExporter(endpoint=endpoint)))
-    sender = start_sender(receiver.smtp_port, provider=tracer_provider(
-        "tlsstorm-sender", exporter=ProtobufSpanExporter(endpoint=endpoint)))
+    receiver, sender = _exporting_to(collector.http, start_receiver, start_sender)
 
     wave_id = httpx.post(f"{sender.http}/v1/waves", json={
         "rate": 50, "count": 300, "tls_ratio": 0.3, "concurrency": 16}).json()["id"]

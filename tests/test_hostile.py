@@ -91,28 +91,25 @@ def _tls(port: int) -> ssl.SSLSocket:
     return context.wrap_socket(_after_starttls_ready(port), server_hostname="receiver")
 
 
-def starttls_twice(port: int) -> str:
-    sock = _tls(port)
-    sock.sendall(b"EHLO hostile.test\r\n")
-    read_reply(sock)
-    sock.sendall(b"STARTTLS\r\n")
+def _reply_to(sock: socket.socket, command: bytes, after: tuple[bytes, ...] = ()) -> str:
+    """The reply to `command`, sent once each of `after` is answered; then QUIT."""
+    for line in after:
+        sock.sendall(line)
+        read_reply(sock)
+    sock.sendall(command)
     reply = read_reply(sock)
     sock.sendall(b"QUIT\r\n")
     read_reply(sock)
     return reply.decode().strip()
+
+
+def starttls_twice(port: int) -> str:
+    return _reply_to(_tls(port), b"STARTTLS\r\n", after=(b"EHLO hostile.test\r\n",))
 
 
 def starttls_after_mail(port: int) -> str:
-    sock = _connect(port)
-    sock.sendall(b"EHLO hostile.test\r\n")
-    read_reply(sock)
-    sock.sendall(b"MAIL FROM:<a@hostile.test>\r\n")
-    read_reply(sock)
-    sock.sendall(b"STARTTLS\r\n")
-    reply = read_reply(sock)
-    sock.sendall(b"QUIT\r\n")
-    read_reply(sock)
-    return reply.decode().strip()
+    return _reply_to(_connect(port), b"STARTTLS\r\n",
+                     after=(b"EHLO hostile.test\r\n", b"MAIL FROM:<a@hostile.test>\r\n"))
 
 
 def idle_connections(port: int, count: int = 500) -> str:
@@ -167,12 +164,7 @@ def many_recipients(port: int) -> str:
 
 
 def long_command_line(port: int) -> str:
-    sock = _connect(port)
-    sock.sendall(b"EHLO " + b"h" * 5000 + b"\r\n")
-    reply = read_reply(sock)
-    sock.sendall(b"QUIT\r\n")
-    read_reply(sock)
-    return reply.decode().strip()
+    return _reply_to(_connect(port), b"EHLO " + b"h" * 5000 + b"\r\n")
 
 
 def nul_and_invalid_utf8(port: int) -> str:

@@ -16,8 +16,9 @@ from tlsstorm.common.process import ProcessSampler
 from tlsstorm.common.serve import HttpServer, bind, port_of
 from tlsstorm.common.tls import CertificatePair, load_pair, self_signed, server_context, timed
 from tlsstorm.receiver.api import create_api
-from tlsstorm.receiver.session import SessionRecord
-from tlsstorm.receiver.smtp import MeasuredSMTP, SessionLimits, SinkHandler
+from tlsstorm.receiver.handler import SinkHandler
+from tlsstorm.receiver.session import SessionLimits, SessionRecord
+from tlsstorm.receiver.smtp import MeasuredSMTP
 from tlsstorm.receiver.stats import ReceiverStats
 from tlsstorm.receiver.tracing import emit_session_spans
 

@@ -5,9 +5,21 @@ from __future__ import annotations
 import asyncio
 import collections.abc
 import time
+from dataclasses import dataclass
 from typing import Any
 
 _thread_cpu_ns = time.thread_time_ns
+
+
+@dataclass(slots=True)
+class SessionLimits:
+    """Limits shared by every session of one receiver, and what is in use of them."""
+
+    max_connections: int
+    max_handshakes: int
+    max_recipients: int
+    open_sessions: int = 0
+    handshakes: int = 0
 
 
 class SessionRecord:
