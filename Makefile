@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-APT_TOOLS := openssl chromium dockerd debootstrap
+APT_TOOLS := openssl chromium dockerd debootstrap tcpdump
 
 system-deps: ## install the OS tools the tests use (openssl, chromium, docker, debootstrap) if root
 	@missing=""; for tool in $(APT_TOOLS); do command -v $$tool >/dev/null || \

@@ -1,0 +1,104 @@
+"""Fidelity: the receiver's wire bytes agree with a packet capture, and the two ends' handshake
+timings nest as a network round trip says they must."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tlsstorm.common.telemetry import tracer_provider
+
+TCPDUMP = shutil.which("tcpdump")
+
+
+def _payload_bytes(pcap: Path, server_port: int) -> tuple[int, int]:
+    """(to server, from server) TCP payload bytes in a pcap of the loopback interface."""
+    data = pcap.read_bytes()
+    magic = struct.unpack_from("<I", data, 0)[0]
+    endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
+    link_type = struct.unpack_from(endian + "I", data, 20)[0]
+    link_header = {1: 14, 113: 16, 276: 20}[link_type]  # Ethernet, Linux SLL, SLL2
+    offset, to_server, from_server = 24, 0, 0
+    while offset + 16 <= len(data):
+        captured = struct.unpack_from(endian + "I", data, offset + 8)[0]
+        packet = data[offset + 16: offset + 16 + captured]
+        offset += 16 + captured
+        ip = packet[link_header:]
+        if not ip or ip[0] >> 4 != 4:
+            continue
+        ip_header = (ip[0] & 0x0F) * 4
+        total = struct.unpack_from("!H", ip, 2)[0]
+        tcp = ip[ip_header:]
+        source, destination = struct.unpack_from("!HH", tcp, 0)
+        payload = total - ip_header - (tcp[12] >> 4) * 4
+        if destination == server_port:
+            to_server += payload
+        elif source == server_port:
+            from_server += payload
+    return to_server, from_server
+
+
+@pytest.mark.skipif(not TCPDUMP and os.environ.get("CI") != "true",
+                    reason="tcpdump is not installed (make system-deps installs it)")
+def test_wire_bytes_agree_with_a_packet_capture_within_two_percent(sender, receiver, tmp_path):
+    pcap = tmp_path / "smtp.pcap"
+    capture = subprocess.Popen(
+        [TCPDUMP or "tcpdump", "-i", "lo", "-U", "--immediate-mode", "-w", str(pcap), "-s", "128",
+         f"tcp port {receiver.smtp_port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)  # tcpdump is listening
+    for tls in (False, True, True, False):
+        response = httpx.post(f"{sender.http}/v1/send", json={"tls": tls, "count": 2},
+                              timeout=30)
+        assert response.status_code == 200
+    stats = receiver.wait_sessions(4)
+    time.sleep(0.5)
+    capture.terminate()
+    capture.wait(10)
+
+    to_server, from_server = _payload_bytes(pcap, receiver.smtp_port)
+    counted_in = stats["plain"]["wire_bytes_in"] + stats["tls"]["wire_bytes_in"]
+    counted_out = stats["plain"]["wire_bytes_out"] + stats["tls"]["wire_bytes_out"]
+    assert to_server > 0 and from_server > 0
+    assert counted_in == pytest.approx(to_server, rel=0.02)
+    assert counted_out == pytest.approx(from_server, rel=0.02)
+
+
+def test_client_and_server_handshake_times_agree(
+    start_receiver, start_sender
+):
+    exporter = InMemorySpanExporter()
+    receiver = start_receiver(provider=tracer_provider("tlsstorm-receiver", exporter=exporter))
+    sender = start_sender(receiver.smtp_port,
+                          provider=tracer_provider("tlsstorm-sender", exporter=exporter))
+    httpx.post(f"{sender.http}/v1/send", json={"tls": True, "count": 5}, timeout=30)
+    receiver.wait_sessions(5)
+    receiver.service.provider.force_flush()
+    sender.service.provider.force_flush()
+
+    spans = {span.context.span_id: span for span in exporter.get_finished_spans()}
+    by_message: dict[int, dict[str, object]] = {}  # smtp.send span id -> side -> handshake
+    for span in spans.values():
+        if span.name != "tls.handshake":
+            continue
+        parent = spans[span.parent.span_id]
+        send_id = parent.parent.span_id if parent.name == "smtp.session" else parent.context.span_id
+        by_message.setdefault(send_id, {})[span.attributes["tlsstorm.side"]] = span
+    pairs = [(sides["client"], sides["server"]) for sides in by_message.values()
+             if len(sides) == 2]
+
+    assert len(pairs) == 5
+    for client, server in pairs:
+        # The server is done when the client's Finished arrives, after the client is done; the
+        # two durations differ by about a round trip (on loopback: scheduling dominates).
+        assert server.end_time >= client.end_time
+        server_ns = server.end_time - server.start_time
+        client_ns = client.end_time - client.start_time
+        assert abs(server_ns - client_ns) < 5_000_000
