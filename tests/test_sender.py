@@ -196,3 +196,37 @@ def test_allowlist_holds_after_dns_resolution(start_sender, receiver):
     assert by_name.status_code == wave.status_code == 403
     assert "resolves to 127.0.0.1, which is not allowed" in by_name.json()["detail"]
     assert receiver.stats()["plain"]["sessions"] == 0
+
+
+def test_resuming_sender_resumes_the_previous_tls_session(sender, receiver):
+    first = httpx.post(f"{sender.http}/v1/send", json={"tls": True, "resume": True},
+                       timeout=30).json()["results"][0]
+    second = httpx.post(f"{sender.http}/v1/send", json={"tls": True, "resume": True},
+                        timeout=30).json()["results"][0]
+    fresh = httpx.post(f"{sender.http}/v1/send", json={"tls": True}, timeout=30).json()
+
+    assert (first["tls_resumed"], second["tls_resumed"]) == (False, True)
+    assert fresh["results"][0]["tls_resumed"] is False
+    assert receiver.wait_sessions(3)["tls"]["handshakes_resumed"] == 1
+
+
+def test_refused_starttls_goes_on_in_plain_and_rejected_clients_get_554(
+    start_receiver, start_sender
+):
+    refusing = start_receiver(refuse_starttls_from="127.0.0.0/8")
+    rejecting = start_receiver(reject_from="127.0.0.1/32")
+    to_refusing = start_sender(refusing.smtp_port)
+    to_rejecting = start_sender(rejecting.smtp_port)
+
+    refused = httpx.post(f"{to_refusing.http}/v1/send", json={"tls": True},
+                         timeout=30).json()["results"][0]
+    rejected = httpx.post(f"{to_rejecting.http}/v1/send", json={"tls": True},
+                          timeout=30).json()["results"][0]
+
+    assert refused["ok"] is True and refused["tls_refused"] is True
+    assert refused["tls_version"] is None
+    stats = refusing.wait_sessions(1)
+    assert stats["plain"]["messages"] == 1 and stats["tls"]["sessions"] == 0
+    assert stats["plain"]["errors"]["starttls_refused"] == 1
+    assert rejected["ok"] is False and rejected["code"] == 554
+    assert rejecting.wait_sessions(1)["plain"]["errors"]["rejected_at_connect"] == 1

@@ -47,3 +47,29 @@ def test_short_sweep_measures_tls_dearer_than_plain_and_writes_the_report(tmp_pa
     page = (tmp_path / "sweep" / "index.html").read_text()
     assert page.count("<svg") == 4 and "TLS/plain" in page
     assert "fit: CPU ms/msg" in finished.stdout
+
+
+def test_mitigation_matrix_rows_run_side_by_side(tmp_path):
+    finished = subprocess.run(
+        [sys.executable, "-m", "tlsstorm", "sweep", "--matrix", "baseline,refuse,reject",
+         "--messages", "30", "--rate", "50", "--output", str(tmp_path / "sweep")],
+        env=_stack_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    rows = {row["key"]: row for row in
+            json.loads((tmp_path / "matrix" / "matrix.json").read_text())["rows"]}
+    assert set(rows) == {"baseline", "refuse", "reject"}
+    # Refusing STARTTLS removes the handshake: a "TLS" message costs what a plain one does.
+    assert rows["baseline"]["tls_ms"] > 1.5 * rows["baseline"]["plain_ms"]
+    assert rows["refuse"]["tls_ms"] < rows["baseline"]["tls_ms"]
+    assert rows["refuse"]["tls_out_bytes_per_session"] is None
+    assert "saving" in finished.stdout
+
+
+def test_unknown_matrix_row_is_a_clear_error(tmp_path):
+    finished = subprocess.run(
+        [sys.executable, "-m", "tlsstorm", "sweep", "--matrix", "baseline,magic"],
+        env=_stack_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    assert finished.returncode != 0
+    assert "unknown rows ['magic']" in finished.stderr

@@ -73,6 +73,16 @@ def _sweep(flags: argparse.Namespace) -> None:
 
     from tlsstorm.sweep.command import run_sweep
 
+    if flags.matrix:
+        from tlsstorm.sweep.matrix import ROWS, run_matrix
+
+        keys = flags.matrix.split(",") if flags.matrix != "all" else list(ROWS)
+        unknown = [key for key in keys if key not in ROWS]
+        if unknown:
+            raise SystemExit(f"--matrix: unknown rows {unknown}; choose from {', '.join(ROWS)}")
+        run_matrix(keys, flags.rate, flags.messages, flags.size,
+                   Path(flags.output).with_name("matrix"))
+        return
     run_sweep(ratios=flags.ratios, rate=flags.rate, messages=flags.messages, size=flags.size,
               scenario=flags.scenario, capacity_rates=flags.capacity_rates,
               capacity_seconds=flags.capacity_seconds, slo_p99_ms=flags.slo_p99_ms,
@@ -139,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="receiver CPU work per message (a content filter's cost)")
     sweep.add_argument("--queue-fsync", action="store_true",
                        help="the receiver writes and fsyncs each message, as an MTA queues it")
+    sweep.add_argument("--matrix", metavar="ROWS", help="the mitigation matrix instead: 'all' or "
+                       "a comma list of baseline,ecdsa,rsa4096,tls12,resume,batch,refuse,reject")
     sweep.add_argument("--output", default="results/sweep", help="folder for the report")
     sweep.set_defaults(run=_sweep)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -46,6 +47,10 @@ class ReceiverSettings(BaseSettings):
     max_connections: int = Field(2000, ge=1, description="open sessions at most (421 over)")
     max_handshakes: int = Field(256, ge=1, description="TLS handshakes in progress at most "
                                 "(STARTTLS answered 454 over)")
+    refuse_starttls_from: CommaList = Field(
+        default_factory=list, description="CIDRs whose STARTTLS is answered 454 (they stay plain)")
+    reject_from: CommaList = Field(
+        default_factory=list, description="CIDRs rejected with 554 at connect, before any TLS")
     session_cpu: bool = Field(True, description="meter CPU time per session")
     processing_cpu_us: int = Field(0, ge=0, le=1_000_000, description="CPU work per message, "
                                    "standing in for spam/virus filtering")
@@ -63,6 +68,21 @@ class ReceiverSettings(BaseSettings):
         minimum = info.data.get("tls_min_version")
         if minimum and float(value) < float(minimum):
             raise ValueError(f"tls_max_version {value} is below tls_min_version {minimum}")
+        return value
+
+    @field_validator("refuse_starttls_from", "reject_from", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("refuse_starttls_from", "reject_from")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an address or CIDR") from None
         return value
 
     @field_validator("key_file")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc
+import ipaddress
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +19,27 @@ class SessionLimits:
     max_connections: int
     max_handshakes: int
     max_recipients: int
+    # Pre-TLS policy, as postscreen-like defences apply it to known spam sources.
+    refuse_starttls_from: tuple = ()
+    reject_from: tuple = ()
     open_sessions: int = 0
     handshakes: int = 0
+
+    @staticmethod
+    def _listed(address: str, networks: tuple) -> bool:
+        if not networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in networks)
+
+    def refuses_starttls(self, address: str) -> bool:
+        return self._listed(address, self.refuse_starttls_from)
+
+    def rejects(self, address: str) -> bool:
+        return self._listed(address, self.reject_from)
 
 
 class SessionRecord:

@@ -48,6 +48,7 @@ class MeasuredSMTP(SMTP):
         self.limits = limits
         self.setup_cpu_ns = 0  # building this protocol object, charged to its session
         self._over_limit = False
+        self._rejected = False
         self._on_session_end = on_session_end
         self._handshake_timeout_s = handshake_timeout_s
         self._meter_cpu = meter_cpu
@@ -76,15 +77,23 @@ class MeasuredSMTP(SMTP):
             self._raw_socket = transport.get_extra_info("socket")
             self.limits.open_sessions += 1
             self._over_limit = self.limits.open_sessions > self.limits.max_connections
+            self._rejected = self.limits.rejects(self.record.client_address)
         super().connection_made(transport)
 
     def _handle_client(self):
-        client = self._refuse() if self._over_limit else super()._handle_client()
+        if self._rejected:
+            client = self._refuse("rejected_at_connect", "554 5.7.1 Service unavailable; "
+                                  "client host blocked")
+        elif self._over_limit:
+            client = self._refuse("too_many_connections",
+                                  "421 4.3.2 Too many connections, try again later")
+        else:
+            client = super()._handle_client()
         return MeteredCoroutine(client, self.record) if self._meter_cpu else client
 
-    async def _refuse(self) -> None:
-        self.record.errors.append("too_many_connections")
-        await self.push("421 4.3.2 Too many connections, try again later")
+    async def _refuse(self, kind: str, reply: str) -> None:
+        self.record.errors.append(kind)
+        await self.push(reply)
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -165,6 +174,10 @@ class MeasuredSMTP(SMTP):
             await self.push("503 5.5.1 Error: MAIL transaction in progress")
             return
         limits = self.limits
+        if limits.refuses_starttls(self.record.client_address):
+            self.record.errors.append("starttls_refused")
+            await self.push("454 4.7.0 TLS not available")
+            return
         if limits.handshakes >= limits.max_handshakes:
             self.record.errors.append("handshake_busy")
             await self.push("454 4.7.0 TLS not available due to load, try again later")

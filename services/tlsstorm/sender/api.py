@@ -26,6 +26,7 @@ class SendRequest(BaseModel):
     count: int = Field(1, ge=1, le=10_000)
     size: int = Field(2048, ge=64, le=10 * 1024 * 1024, description="message size in bytes")
     per_connection: int = Field(1, ge=1, le=1000, description="messages per SMTP connection")
+    resume: bool = Field(False, description="resume the previous TLS session (tickets)")
     target: str | None = Field(None, max_length=300, pattern=TARGET_PATTERN,
                                description="host:port (default target)")
     wave: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
@@ -81,7 +82,7 @@ def create_api(service: SenderService) -> FastAPI:
         while remaining:
             batch = min(request.per_connection, remaining)
             results += await service.client.send(target, request.tls, batch, request.size,
-                                                 wave_id=request.wave)
+                                                 wave_id=request.wave, resume=request.resume)
             remaining -= batch
         return {"target": target.label, "results": [result.as_dict() for result in results]}
 

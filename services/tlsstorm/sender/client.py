@@ -15,7 +15,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from tlsstorm.common import attributes as attr
 from tlsstorm.common.config import SenderSettings
 from tlsstorm.common.telemetry import traceparent_of
-from tlsstorm.common.tls import TimedSSLObject, client_context, timed
+from tlsstorm.common.tls import (
+    ResumingSSLObject,
+    TimedSSLObject,
+    client_context,
+    resuming,
+    timed,
+)
 from tlsstorm.common.wire import wire_bytes
 from tlsstorm.sender.allowlist import Target
 from tlsstorm.sender.message import build_message
@@ -39,6 +45,7 @@ class MessageResult:
     cipher: str | None = None
     tls_resumed: bool | None = None
     cert_verified: bool | None = None
+    tls_refused: bool = False  # the server answered STARTTLS 454; the message went plain
     error: str | None = None
 
     def as_dict(self) -> dict:
@@ -83,21 +90,31 @@ class SmtpClient:
         self.settings = settings
         self.verify = settings.ca_file is not None
         self.tls_context = timed(client_context(settings.ca_file))
+        self.resuming_context = resuming(client_context(settings.ca_file))
         self.tracer = provider.get_tracer("tlsstorm.sender") if provider else None
         self.totals = SendTotals()
 
     async def send(
-        self, target: Target, tls: bool, count: int, size: int, wave_id: str | None = None
+        self, target: Target, tls: bool, count: int, size: int, wave_id: str | None = None,
+        resume: bool = False,
     ) -> list[MessageResult]:
-        """Send `count` messages over one connection; one result per message, failed or not."""
-        results = await _Session(self, target, tls, wave_id).run(count, size)
+        """Send `count` messages over one connection; one result per message, failed or not.
+
+        With `resume`, the TLS handshake offers the session of the previous connection to the
+        same server (tickets), as a resuming client would.
+        """
+        context = self.resuming_context if resume else self.tls_context
+        results = await _Session(self, target, tls, wave_id, context).run(count, size)
         self.totals.add(tls, results)
         return results
 
 
 class _Session:
-    def __init__(self, client: SmtpClient, target: Target, tls: bool, wave_id: str | None):
+    def __init__(self, client: SmtpClient, target: Target, tls: bool, wave_id: str | None,
+                 tls_context) -> None:
         self.client = client
+        self.tls_context = tls_context
+        self.tls_refused = False
         self.settings = client.settings
         self.target = target
         self.tls = tls
@@ -130,7 +147,7 @@ class _Session:
         settings = self.settings
         self.smtp = aiosmtplib.SMTP(
             hostname=self.target.address, port=self.target.port,
-            local_hostname=settings.helo_name, tls_context=self.client.tls_context,
+            local_hostname=settings.helo_name, tls_context=self.tls_context,
             start_tls=False, use_tls=False, timeout=settings.timeout_s,
         )
         started = time.perf_counter()
@@ -139,11 +156,17 @@ class _Session:
         self.socket = self.smtp.transport.get_extra_info("socket")
         await self._step("smtp.ehlo", self.smtp.ehlo())
         if self.tls:
-            await self._step(
-                "smtp.starttls",
-                self.smtp.starttls(server_hostname=self.target.host,
-                                   tls_context=self.client.tls_context),
-            )
+            try:
+                await self._step(
+                    "smtp.starttls",
+                    self.smtp.starttls(server_hostname=self.target.host,
+                                       tls_context=self.tls_context),
+                )
+            except aiosmtplib.SMTPResponseException as refusal:
+                if refusal.code != _TLS_NOT_AVAILABLE:
+                    raise
+                self.tls_refused = True  # as opportunistic bots do: carry on in plain text
+                return
             self.ssl_object = self.smtp.transport.get_extra_info("ssl_object")
             await self._step("smtp.ehlo", self.smtp.ehlo())
 
@@ -181,6 +204,8 @@ class _Session:
         """Best effort: the last message was accepted whatever happens to QUIT."""
         with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
             await self._step("smtp.quit", self.smtp.execute_command(b"QUIT"))
+        if isinstance(self.ssl_object, ResumingSSLObject):
+            self.ssl_object.remember_session()
 
     async def _message(self, size: int, span: trace.Span | None) -> MessageResult:
         settings = self.settings
@@ -203,6 +228,7 @@ class _Session:
     def _close_message(self, result: MessageResult, span: trace.Span | None) -> None:
         """Charge the interval since the last checkpoint to this message and start a new one."""
         first = not self.results
+        result.tls_refused = self.tls_refused
         previous, now = self.mark, self._checkpoint()
         result.total_ms = (now.perf_ns - previous.perf_ns) / 1e6
         result.bytes_received = now.received - previous.received
@@ -273,6 +299,9 @@ class _Session:
                                           start_time=started, attributes=handshake_attributes)
             handshake.end(end_time=started + int(self.ssl_object.handshake_ms * 1e6))
         span.end(end_time=now.wall_ns)
+
+
+_TLS_NOT_AVAILABLE = 454
 
 
 def _describe(failure: BaseException) -> str:

@@ -30,6 +30,7 @@ class WaveSpec(BaseModel):
     concurrency: int = Field(16, ge=1, le=10_000, description="connections in flight at most")
     size: int = Field(2048, ge=64, le=10 * 1024 * 1024, description="message size in bytes")
     per_connection: int = Field(1, ge=1, le=1000, description="messages per SMTP connection")
+    resume: bool = Field(False, description="resume the previous TLS session (tickets)")
     target: str | None = Field(None, max_length=300, pattern=TARGET_PATTERN,
                                description="host:port (default target)")
 
@@ -128,7 +129,7 @@ class Wave:
     async def _send(self, tls: bool, batch: int) -> None:
         try:
             results = await self.client.send(
-                self.target, tls, batch, self.spec.size, wave_id=self.id
+                self.target, tls, batch, self.spec.size, wave_id=self.id, resume=self.spec.resume
             )
         finally:
             self.in_flight -= 1
