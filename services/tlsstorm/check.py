@@ -5,11 +5,12 @@ The same check runs as the chart's `helm test` and in the container smoke test.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
 import httpx
+
+from tlsstorm.common.auth import bearer_headers
 
 
 def _seen(summary: dict) -> bool:
@@ -21,9 +22,7 @@ def _seen(summary: dict) -> bool:
 
 def run_check(sender_url: str, collector_url: str, timeout_s: float) -> int:
     wave = f"check-{uuid.uuid4().hex[:8]}"
-    token = os.environ.get("TLSSTORM_API_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with httpx.Client(timeout=30, headers=headers) as http:
+    with httpx.Client(timeout=30, headers=bearer_headers()) as http:
         for tls in (False, True):
             response = http.post(f"{sender_url}/v1/send", json={"tls": tls, "wave": wave})
             response.raise_for_status()

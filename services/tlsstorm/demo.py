@@ -14,12 +14,8 @@ from typing import Any
 import httpx
 
 from tlsstorm.collector.report import outbound_sentence, text_table
+from tlsstorm.common.auth import bearer_headers
 from tlsstorm.local import LocalStack
-
-
-def _headers() -> dict[str, str]:
-    token = os.environ.get("TLSSTORM_API_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _run_locust_wave(local: LocalStack, messages: int, tls_ratio: float, users: int,
@@ -76,7 +72,7 @@ def run_demo(messages: int, tls_ratio: float, users: int, size: int) -> None:
         print(f"Locust (headless) sends {messages} messages of {size} bytes through the sender "
               f"with {users} users, {tls_ratio:.0%} STARTTLS")
         wave = _run_locust_wave(local, messages, tls_ratio, users, size)
-        with httpx.Client(timeout=30, headers=_headers()) as http:
+        with httpx.Client(timeout=30, headers=bearer_headers()) as http:
             stats = _receiver_stats(local, http, wave)
             sessions = stats["plain"]["sessions"] + stats["tls"]["sessions"]
             summary = _collector_summary(local, http, wave["id"], sessions, messages)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import os
 
 from fastapi import Header, HTTPException, status
 
@@ -22,3 +23,9 @@ def bearer_guard(token: str | None):
             )
 
     return check
+
+
+def bearer_headers() -> dict[str, str]:
+    """What a client of our own APIs sends: the token from TLSSTORM_API_TOKEN, if any."""
+    token = os.environ.get("TLSSTORM_API_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 
+from tlsstorm.common.auth import bearer_headers
 from tlsstorm.local import LocalStack
 from tlsstorm.sweep.fit import fit_cost
 from tlsstorm.sweep.report import scenario_lines, text_summary, write_report
@@ -28,10 +29,8 @@ def run_sweep(ratios: list[float] | None, rate: float, messages: int, size: int,
     local = LocalStack(tracing=False)
     print(f"starting the local stack (receiver {local.receiver_target}) ...")
     local.stack.start()
-    token = os.environ.get("TLSSTORM_API_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with httpx.Client(timeout=30, headers=headers) as http:
+        with httpx.Client(timeout=30, headers=bearer_headers()) as http:
             runner = SweepRunner(local.sender_url(), local.receiver_url(), http, size=size)
             runner.wave(0.5, rate, max(20, messages // 10), "warm-up")
             points = [runner.wave(ratio, rate, messages, f"{ratio:>4.0%} TLS at {rate:g}/s")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from tlsstorm.common.auth import bearer_headers
 from tlsstorm.common.charts import bar_chart
 from tlsstorm.local import LocalStack
 from tlsstorm.sweep.run import SweepRunner
@@ -79,7 +80,7 @@ def run_row(key: str, rate: float, messages: int, size: int) -> RowResult:
         print(f"{row.label}: starting the stack ...")
         local.stack.start()
         try:
-            with httpx.Client(timeout=30) as http:
+            with httpx.Client(timeout=30, headers=bearer_headers()) as http:
                 runner = SweepRunner(local.sender_url(), local.receiver_url(), http, size=size)
                 runner.wave(0.5, rate, max(10, messages // 10), "  warm-up",
                             **row.sender_options)
