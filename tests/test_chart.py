@@ -243,3 +243,13 @@ def test_actionlint_on_the_workflows():
 
     assert len(workflows) == 2
     assert finished.returncode == 0, finished.stdout + finished.stderr
+
+
+def test_notes_tell_the_port_forwards_and_the_first_steps():
+    notes = helm("install", RELEASE, str(CHART), "--dry-run=client", "--namespace",
+                 "tlsstorm").stdout.split("NOTES:", 1)[1]
+
+    assert f"port-forward svc/{RELEASE}-tlsstorm-locust-master 8089:8089" in notes
+    assert f"port-forward svc/{RELEASE}-tlsstorm-jaeger 16686:16686" in notes
+    assert f"port-forward svc/{RELEASE}-tlsstorm-collector 8027:8027" in notes
+    assert "Custom parameters" in notes and f"helm test {RELEASE}" in notes

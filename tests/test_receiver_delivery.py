@@ -29,6 +29,8 @@ def test_stdlib_smtplib_plain_and_starttls_are_counted_per_mode(receiver, any_ce
     assert 0 < stats["tls"]["handshake_ms"]["p50"] <= stats["tls"]["handshake_ms"]["p99"]
     assert stats["plain"]["handshake_ms"]["count"] == 0
     assert stats["plain"]["errors"] == {} and stats["tls"]["errors"] == {}
+    # Per plain session: 220 greeting, 250 EHLO (one final line each), MAIL, RCPT, DATA, 221.
+    assert stats["plain"]["replies"] == {"220": 3, "221": 3, "250": 12, "354": 3}
     assert stats["process"]["cpu_seconds"] > 0 and stats["process"]["rss_bytes"] > 0
 
 

@@ -111,6 +111,8 @@ class SessionRecord:
         return self.started_ns + (self.ended_perf_ns - self.started_perf_ns)
 
     def note_reply(self, reply: bytes) -> None:
+        if reply[3:4] == b"-":  # not the last line of a multi-line reply
+            return
         code = reply[:3].decode("ascii", "replace")
         self.replies[code] = self.replies.get(code, 0) + 1
         if code.startswith("5"):

@@ -19,7 +19,7 @@ class ModeStats:
 
     __slots__ = (
         "cpu_ns", "errors", "handshake_ms", "handshakes_failed", "handshakes_ok",
-        "handshakes_resumed", "message_bytes", "messages", "session_ms", "sessions",
+        "handshakes_resumed", "message_bytes", "messages", "replies", "session_ms", "sessions",
         "wire_bytes_in", "wire_bytes_out",
     )
 
@@ -36,6 +36,7 @@ class ModeStats:
         self.wire_bytes_out = 0
         self.cpu_ns = 0
         self.errors: collections.Counter[str] = collections.Counter()
+        self.replies: collections.Counter[str] = collections.Counter()
 
     def add(self, record: SessionRecord) -> None:
         self.sessions += 1
@@ -55,6 +56,7 @@ class ModeStats:
                 self.handshakes_failed += 1
         for kind in record.errors:
             self.errors[kind] += 1
+        self.replies.update(record.replies)
 
     def as_dict(self) -> dict[str, Any]:
         per_message = self.messages or None
@@ -74,6 +76,7 @@ class ModeStats:
                 round(self.cpu_ns / 1e6 / per_message, 4) if per_message else None
             ),
             "errors": dict(self.errors),
+            "replies": dict(sorted(self.replies.items())),
         }
 
 
