@@ -29,13 +29,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-APT_TOOLS := openssl chromium dockerd debootstrap tcpdump
+APT_TOOLS := openssl chromium dockerd debootstrap tcpdump postfix
 
-system-deps: ## install the OS tools the tests use (openssl, chromium, docker, debootstrap) if root
+system-deps: ## as root: the Debian tools the tests use (openssl, chromium, docker, postfix, ...)
 	@missing=""; for tool in $(APT_TOOLS); do command -v $$tool >/dev/null || \
 	  missing="$$missing $$( [ $$tool = dockerd ] && echo docker.io || echo $$tool )"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	      -o DPkg::Lock::Timeout=600 $$missing; \
 	  else echo "install$$missing (Debian packages) to run every test"; fi; fi

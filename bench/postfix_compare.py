@@ -1,0 +1,134 @@
+"""Our receiver and Postfix's smtpd, same machine, same certificate, same sender waves: CPU per
+plain and per STARTTLS session, and the TLS/plain factor each shows. The receiver must not
+distort the factor a real MTA shows (target: within 25%).
+
+Needs Debian's postfix (and root): scripts/postfix-sink.sh runs an instance of its own.
+Usage: python bench/postfix_compare.py [--messages 300] [--rate 60] [--key-type rsa2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from machine import machine_note, process_cpu_seconds  # bench/ is on sys.path as a script
+from tlsstorm.common.tls import self_signed
+from tlsstorm.local import LocalStack
+from tlsstorm.sweep.run import SweepRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def smtpd_cpu_seconds(port: int) -> dict[int, float]:
+    """CPU of every smtpd process serving the sink's port, by pid."""
+    cpu = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if command.startswith(f"smtpd -n 127.0.0.1:{port} "):
+            cpu[int(entry.name)] = process_cpu_seconds(int(entry.name))
+    return cpu
+
+
+def postfix_wave(runner: SweepRunner, port: int, tls_ratio: float, rate: float,
+                 messages: int) -> float:
+    """smtpd CPU microseconds per session of one wave aimed at Postfix."""
+    before = smtpd_cpu_seconds(port)
+    response = runner.http.post(f"{runner.sender_url}/v1/waves", json={
+        "rate": rate, "count": messages, "tls_ratio": tls_ratio, "concurrency": 64,
+        "target": f"127.0.0.1:{port}"})
+    response.raise_for_status()
+    wave_id = response.json()["id"]
+    while True:
+        wave = runner.http.get(f"{runner.sender_url}/v1/waves/{wave_id}").json()
+        if wave["status"] != "running":
+            break
+        time.sleep(0.2)
+    after = smtpd_cpu_seconds(port)
+    cpu = sum(after[pid] - before.get(pid, 0.0) for pid in after)
+    ok = wave["plain"]["ok"] + wave["tls"]["ok"]
+    if ok < messages:
+        raise SystemExit(f"Postfix accepted {ok} of {messages} ({wave['skipped']} skipped, "
+                         f"errors {wave['errors']})")
+    return cpu * 1e6 / messages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=300)
+    parser.add_argument("--rate", type=float, default=60.0)
+    parser.add_argument("--key-type", default="rsa2048",
+                        choices=["rsa2048", "rsa4096", "ecdsa-p256"])
+    flags = parser.parse_args()
+    postfix_port = _free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        pair = self_signed("receiver.tlsstorm.test", flags.key_type)
+        cert, key = Path(folder, "cert.pem"), Path(folder, "key.pem")
+        cert.write_bytes(pair.cert_pem)
+        key.write_bytes(pair.key_pem)
+        subprocess.run(["bash", str(ROOT / "scripts/postfix-sink.sh"), "start",
+                        str(postfix_port), str(cert), str(key)], check=True,
+                       stdout=subprocess.DEVNULL)
+        os.environ.update({
+            "TLSSTORM_RECEIVER_CERT_FILE": str(cert), "TLSSTORM_RECEIVER_KEY_FILE": str(key),
+            "TLSSTORM_RECEIVER_SESSION_TICKETS": "false",
+            "TLSSTORM_RECEIVER_SMTP_PORT": str(_free_port()),
+            "TLSSTORM_RECEIVER_HTTP_PORT": str(_free_port()),
+            "TLSSTORM_SENDER_HTTP_PORT": str(_free_port()),
+            "TLSSTORM_COLLECTOR_HTTP_PORT": str(_free_port()),
+            "TLSSTORM_COLLECTOR_DB_PATH": str(Path(folder, "collector.sqlite")),
+        })
+        local = LocalStack(tracing=False)
+        local.stack.start()
+        try:
+            with httpx.Client(timeout=60) as http:
+                runner = SweepRunner(local.sender_url(), local.receiver_url(), http)
+                runner.wave(0.5, flags.rate, 100, "warm-up")
+                postfix_wave(runner, postfix_port, 0.5, flags.rate, 100)
+                ours = {ratio: runner.wave(ratio, flags.rate, flags.messages,
+                                           f"receiver {ratio:.0%} TLS")
+                        for ratio in (0.0, 1.0)}
+                theirs = {ratio: postfix_wave(runner, postfix_port, ratio, flags.rate,
+                                              flags.messages) for ratio in (0.0, 1.0)}
+        finally:
+            local.stack.stop()
+            subprocess.run(["bash", str(ROOT / "scripts/postfix-sink.sh"), "stop"], check=False)
+    print(f"machine: {machine_note()}")
+    print(f"certificate {flags.key_type}, {flags.messages} messages per wave at "
+          f"{flags.rate:g}/s, one message per session, no session resumption")
+    rows = {
+        "tlsstorm receiver (process)": [ours[r].process_cpu_ms_per_message * 1000
+                                        for r in (0.0, 1.0)],
+        "tlsstorm receiver (sessions)": [ours[r].cpu_ms_per_message * 1000 for r in (0.0, 1.0)],
+        "Postfix smtpd": [theirs[0.0], theirs[1.0]],
+    }
+    print(f"{'':<30}{'plain us':>10}{'TLS us':>10}{'extra us':>10}{'TLS/plain':>11}")
+    for name, (plain, tls) in rows.items():
+        print(f"{name:<30}{plain:>10,.0f}{tls:>10,.0f}{tls - plain:>10,.0f}{tls / plain:>10.2f}x")
+    ours_factor = rows["tlsstorm receiver (sessions)"][1] / rows["tlsstorm receiver (sessions)"][0]
+    postfix_factor = theirs[1.0] / theirs[0.0]
+    print(f"the receiver's factor is {ours_factor / postfix_factor:.2f}x Postfix's "
+          f"(target within 25%: {0.75 <= ours_factor / postfix_factor <= 1.25})")
+    print(f"plain session: receiver {rows['tlsstorm receiver (sessions)'][0] / theirs[0.0]:.2f}x "
+          "Postfix smtpd's CPU (target <= 1.5x)")
+
+
+if __name__ == "__main__":
+    main()
