@@ -260,7 +260,7 @@ def test_wave_summary_equals_the_receivers_own_stats(
     receiver, sender = _exporting_to(collector.http, start_receiver, start_sender)
 
     wave_id = httpx.post(f"{sender.http}/v1/waves", json={
-        "rate": 50, "count": 40, "tls_ratio": 0.3, "concurrency": 16}).json()["id"]
+        "rate": 50, "count": 40, "tls_ratio": 0.3, "concurrency": 64}).json()["id"]
     _wait_for(lambda: httpx.get(f"{sender.http}/v1/waves/{wave_id}").json()["status"]
               != "running", timeout=60)
     wave = httpx.get(f"{sender.http}/v1/waves/{wave_id}").json()
@@ -291,7 +291,7 @@ def test_collector_restart_mid_wave_loses_at_most_one_percent_and_counts_it(
     receiver, sender = _exporting_to(collector.http, start_receiver, start_sender)
 
     wave_id = httpx.post(f"{sender.http}/v1/waves", json={
-        "rate": 50, "count": 300, "tls_ratio": 0.3, "concurrency": 16}).json()["id"]
+        "rate": 50, "count": 300, "tls_ratio": 0.3, "concurrency": 64}).json()["id"]
     time.sleep(2)
     collector.stop()  # killed mid-wave: exporters must retry
     time.sleep(2)

@@ -46,14 +46,15 @@ def test_plain_send_is_really_plain(sender, receiver):
 
 
 def test_wave_sends_exactly_the_tls_ratio_and_the_receiver_agrees(sender, receiver):
+    # Room enough that nothing is skipped even on a busy machine (skips are tested below).
     accepted = httpx.post(f"{sender.http}/v1/waves", json={
-        "rate": 200, "count": 50, "tls_ratio": 0.3, "concurrency": 8, "size": 1024})
+        "rate": 100, "count": 50, "tls_ratio": 0.3, "concurrency": 64, "size": 1024})
     assert accepted.status_code == 202
     wave = _wait_wave(sender, accepted.json()["id"])
 
     assert wave["status"] == "completed"
-    assert (wave["tls"]["ok"], wave["plain"]["ok"]) == (15, 35)
     assert wave["skipped"] == 0
+    assert (wave["tls"]["ok"], wave["plain"]["ok"]) == (15, 35)
     stats = receiver.wait_sessions(50)
     by_wave = receiver.stats(wave["id"])
     assert by_wave["tls"]["messages"] == 15 and by_wave["plain"]["messages"] == 35

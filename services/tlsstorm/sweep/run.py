@@ -58,7 +58,7 @@ class SweepRunner:
     """Runs waves through the sender's /v1/waves and reads the receiver's per-wave stats."""
 
     def __init__(self, sender_url: str, receiver_url: str, http: httpx.Client,
-                 size: int = 2048, concurrency: int = 32) -> None:
+                 size: int = 2048, concurrency: int = 64) -> None:
         self.sender_url = sender_url
         self.receiver_url = receiver_url
         self.http = http
