@@ -7,34 +7,23 @@ Usage: python bench/receiver_cost.py [--messages 400] [--rate 100] [--key-type r
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
-from machine import machine_note, process_cpu_seconds  # bench/ is on sys.path as a script
-from tlsstorm.common.tls import self_signed
-from tlsstorm.local import LocalStack
-from tlsstorm.sweep.run import SweepRunner
+from fixtures import certificate_files, free_port, stack_environment  # bench/ is on sys.path
+from machine import machine_note, process_cpu_seconds
+from tlsstorm.sweep.run import stack_runner
 
 TARGET_EXTRA_OVER_OPENSSL = 1.3
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def openssl_handshake_cpu_us(cert: Path, key: Path, seconds: float) -> tuple[float, int]:
     """Server CPU per full handshake of `openssl s_server`, driven by `openssl s_time -new`."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(cert),
          "-key", str(key), "-www", "-quiet", "-no_ticket"],
@@ -66,36 +55,19 @@ def main() -> None:
     if not shutil.which("openssl"):
         raise SystemExit("the openssl command-line tool is needed for the anchor")
     with tempfile.TemporaryDirectory() as folder:
-        pair = self_signed("receiver.tlsstorm.test", flags.key_type)
-        cert, key = Path(folder, "cert.pem"), Path(folder, "key.pem")
-        cert.write_bytes(pair.cert_pem)
-        key.write_bytes(pair.key_pem)
+        cert, key = certificate_files(Path(folder), flags.key_type)
         anchor_us, handshakes = openssl_handshake_cpu_us(cert, key, seconds=5)
-        os.environ.update({
-            "TLSSTORM_RECEIVER_CERT_FILE": str(cert), "TLSSTORM_RECEIVER_KEY_FILE": str(key),
-            "TLSSTORM_RECEIVER_SESSION_TICKETS": "false",
-            "TLSSTORM_RECEIVER_SMTP_PORT": str(_free_port()),
-            "TLSSTORM_RECEIVER_HTTP_PORT": str(_free_port()),
-            "TLSSTORM_SENDER_HTTP_PORT": str(_free_port()),
-            "TLSSTORM_COLLECTOR_HTTP_PORT": str(_free_port()),
-            "TLSSTORM_COLLECTOR_DB_PATH": str(Path(folder, "collector.sqlite")),
-        })
-        local = LocalStack(tracing=False)
-        local.stack.start()
-        try:
-            sender_pid = next(c.process.pid for c in local.stack.children if c.name == "sender")
-            with httpx.Client(timeout=30) as http:
-                runner = SweepRunner(local.sender_url(), local.receiver_url(), http)
-                runner.wave(0.5, flags.rate, 100, "warm-up")
-                measured = {}
-                for ratio, mode in ((0.0, "plain"), (1.0, "STARTTLS")):
-                    sender_before = process_cpu_seconds(sender_pid)
-                    point = runner.wave(ratio, flags.rate, flags.messages, f"{mode:>8}")
-                    sender_ms = (process_cpu_seconds(sender_pid) - sender_before) * 1000 / \
-                        point.messages
-                    measured[mode] = (point, sender_ms)
-        finally:
-            local.stack.stop()
+        with stack_runner(overrides=stack_environment(Path(folder), cert, key)) as runner:
+            sender_pid = next(child.process.pid for child in runner.stack.stack.children
+                              if child.name == "sender")
+            runner.wave(0.5, flags.rate, 100, "warm-up")
+            measured = {}
+            for ratio, mode in ((0.0, "plain"), (1.0, "STARTTLS")):
+                sender_before = process_cpu_seconds(sender_pid)
+                point = runner.wave(ratio, flags.rate, flags.messages, f"{mode:>8}")
+                sender_ms = (process_cpu_seconds(sender_pid) - sender_before) * 1000 / \
+                    point.messages
+                measured[mode] = (point, sender_ms)
     plain, plain_sender = measured["plain"]
     tls, tls_sender = measured["STARTTLS"]
     extra_us = (tls.cpu_ms_per_message - plain.cpu_ms_per_message) * 1000

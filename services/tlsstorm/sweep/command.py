@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import httpx
-
-from tlsstorm.common.auth import bearer_headers
-from tlsstorm.local import LocalStack
 from tlsstorm.sweep.fit import fit_cost
 from tlsstorm.sweep.report import scenario_lines, text_summary, write_report
-from tlsstorm.sweep.run import SweepRunner
+from tlsstorm.sweep.run import stack_runner
 
 DEFAULT_RATIOS = (0.0, 0.2, 0.3, 0.5, 0.7, 1.0)
 # The seed: Rustock's shift from 20% to 30% to 70% STARTTLS, against all-plain traffic.
@@ -23,25 +18,17 @@ def run_sweep(ratios: list[float] | None, rate: float, messages: int, size: int,
               slo_p99_ms: float, output: Path, processing_cpu_us: int = 0,
               queue_fsync: bool = False) -> Path:
     chosen = list(SCENARIOS[scenario] if scenario else ratios or DEFAULT_RATIOS)
-    # The receiver child reads its processing cost from the environment it inherits.
-    os.environ["TLSSTORM_RECEIVER_PROCESSING_CPU_US"] = str(processing_cpu_us)
-    os.environ["TLSSTORM_RECEIVER_QUEUE_FSYNC"] = str(queue_fsync).lower()
-    local = LocalStack(tracing=False)
-    print(f"starting the local stack (receiver {local.receiver_target}) ...")
-    local.stack.start()
-    try:
-        with httpx.Client(timeout=30, headers=bearer_headers()) as http:
-            runner = SweepRunner(local.sender_url(), local.receiver_url(), http, size=size)
-            runner.wave(0.5, rate, max(20, messages // 10), "warm-up")
-            points = [runner.wave(ratio, rate, messages, f"{ratio:>4.0%} TLS at {rate:g}/s")
-                      for ratio in chosen]
-            capacity = {}
-            if capacity_rates:
-                for ratio in chosen:
-                    capacity[ratio], _ = runner.capacity(ratio, capacity_rates,
-                                                         capacity_seconds, slo_p99_ms)
-    finally:
-        local.stack.stop()
+    processing = {"TLSSTORM_RECEIVER_PROCESSING_CPU_US": str(processing_cpu_us),
+                  "TLSSTORM_RECEIVER_QUEUE_FSYNC": str(queue_fsync).lower()}
+    with stack_runner(size, processing) as runner:
+        runner.wave(0.5, rate, max(20, messages // 10), "warm-up")
+        points = [runner.wave(ratio, rate, messages, f"{ratio:>4.0%} TLS at {rate:g}/s")
+                  for ratio in chosen]
+        capacity = {}
+        if capacity_rates:
+            for ratio in chosen:
+                capacity[ratio], _ = runner.capacity(ratio, capacity_rates, capacity_seconds,
+                                                     slo_p99_ms)
     fit = fit_cost([(point.tls_ratio, point.cpu_ms_per_message) for point in points])
     print(text_summary(points, fit, capacity))
     for line in scenario_lines(points, fit):

@@ -7,20 +7,13 @@ the saving against the baseline follow from them.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from html import escape
 from pathlib import Path
 
-import httpx
-
-from tlsstorm.common.auth import bearer_headers
 from tlsstorm.common.charts import bar_chart
-from tlsstorm.local import LocalStack
-from tlsstorm.sweep.run import SweepRunner
+from tlsstorm.sweep.run import stack_runner
 
 RUSTOCK_RATIO = 0.7
 
@@ -59,35 +52,12 @@ class RowResult:
         return (1 - RUSTOCK_RATIO) * self.plain_ms + RUSTOCK_RATIO * self.tls_ms
 
 
-@contextlib.contextmanager
-def _environment(overrides: dict[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in overrides}
-    os.environ.update(overrides)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def run_row(key: str, rate: float, messages: int, size: int) -> RowResult:
     row = ROWS[key]
-    with _environment(row.receiver_env):
-        local = LocalStack(tracing=False)
-        print(f"{row.label}: starting the stack ...")
-        local.stack.start()
-        try:
-            with httpx.Client(timeout=30, headers=bearer_headers()) as http:
-                runner = SweepRunner(local.sender_url(), local.receiver_url(), http, size=size)
-                runner.wave(0.5, rate, max(10, messages // 10), "  warm-up",
-                            **row.sender_options)
-                plain = runner.wave(0.0, rate, messages, "  all plain", **row.sender_options)
-                tls = runner.wave(1.0, rate, messages, "  all STARTTLS", **row.sender_options)
-        finally:
-            local.stack.stop()
+    with stack_runner(size, row.receiver_env, label=row.label) as runner:
+        runner.wave(0.5, rate, max(10, messages // 10), "  warm-up", **row.sender_options)
+        plain = runner.wave(0.0, rate, messages, "  all plain", **row.sender_options)
+        tls = runner.wave(1.0, rate, messages, "  all STARTTLS", **row.sender_options)
     return RowResult(key, row.label, round(plain.session_cpu_ms / plain.attempted, 4),
                      round(tls.session_cpu_ms / tls.attempted, 4), tls.tls_out_bytes_per_session)
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
+
+from tlsstorm.common.auth import bearer_headers
+from tlsstorm.local import LocalStack
 
 
 @dataclass
@@ -58,10 +64,11 @@ class SweepRunner:
     """Runs waves through the sender's /v1/waves and reads the receiver's per-wave stats."""
 
     def __init__(self, sender_url: str, receiver_url: str, http: httpx.Client,
-                 size: int = 2048, concurrency: int = 64) -> None:
+                 size: int = 2048, concurrency: int = 64, stack: LocalStack | None = None) -> None:
         self.sender_url = sender_url
         self.receiver_url = receiver_url
         self.http = http
+        self.stack = stack
         self.size = size
         self.concurrency = concurrency
 
@@ -147,3 +154,35 @@ class SweepRunner:
 def _p99(plain: dict[str, Any], tls: dict[str, Any]) -> float | None:
     values = [mode["session_ms"]["p99"] for mode in (plain, tls) if mode["session_ms"]["p99"]]
     return max(values) if values else None
+
+
+@contextlib.contextmanager
+def environment(overrides: dict[str, str]) -> Iterator[None]:
+    """os.environ with `overrides` for the duration (child processes inherit it)."""
+    saved = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def stack_runner(size: int = 2048, overrides: dict[str, str] | None = None,
+                 label: str = "the local stack") -> Iterator[SweepRunner]:
+    """The local stack, tracing off (no span is built, so CPU is the SMTP work's), started
+    with `overrides` in its environment, and a runner aimed at it; all stops on exit."""
+    with environment(overrides or {}):
+        local = LocalStack(tracing=False)
+        print(f"{label}: starting (receiver {local.receiver_target}) ...")
+        local.stack.start()
+    try:
+        with httpx.Client(timeout=30, headers=bearer_headers()) as http:
+            yield SweepRunner(local.sender_url(), local.receiver_url(), http, size=size,
+                              stack=local)
+    finally:
+        local.stack.stop()

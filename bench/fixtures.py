@@ -1,0 +1,35 @@
+"""What the benchmarks set up alike: one certificate on disk and a stack environment on free
+loopback ports serving it (tickets off: every handshake is a full one)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from tlsstorm.common.tls import self_signed
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def certificate_files(folder: Path, key_type: str) -> tuple[Path, Path]:
+    pair = self_signed("receiver.tlsstorm.test", key_type)
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    cert.write_bytes(pair.cert_pem)
+    key.write_bytes(pair.key_pem)
+    return cert, key
+
+
+def stack_environment(folder: Path, cert: Path, key: Path) -> dict[str, str]:
+    return {
+        "TLSSTORM_RECEIVER_CERT_FILE": str(cert), "TLSSTORM_RECEIVER_KEY_FILE": str(key),
+        "TLSSTORM_RECEIVER_SESSION_TICKETS": "false",
+        "TLSSTORM_RECEIVER_SMTP_PORT": str(free_port()),
+        "TLSSTORM_RECEIVER_HTTP_PORT": str(free_port()),
+        "TLSSTORM_SENDER_HTTP_PORT": str(free_port()),
+        "TLSSTORM_COLLECTOR_HTTP_PORT": str(free_port()),
+        "TLSSTORM_COLLECTOR_DB_PATH": str(folder / "collector.sqlite"),
+    }
