@@ -68,6 +68,12 @@ def main() -> None:
                 sender_ms = (process_cpu_seconds(sender_pid) - sender_before) * 1000 / \
                     point.messages
                 measured[mode] = (point, sender_ms)
+        # The same waves with tracing on: spans built and exported to the collector.
+        with stack_runner(overrides=stack_environment(Path(folder), cert, key),
+                          label="the local stack, tracing on", tracing=True) as runner:
+            runner.wave(0.5, flags.rate, 100, "warm-up")
+            traced = {mode: runner.wave(ratio, flags.rate, flags.messages, f"{mode:>8} traced")
+                      for ratio, mode in ((0.0, "plain"), (1.0, "STARTTLS"))}
     plain, plain_sender = measured["plain"]
     tls, tls_sender = measured["STARTTLS"]
     extra_us = (tls.cpu_ms_per_message - plain.cpu_ms_per_message) * 1000
@@ -84,6 +90,10 @@ def main() -> None:
           f"{extra_us / anchor_us:.2f}x openssl's handshake (target <= "
           f"{TARGET_EXTRA_OVER_OPENSSL}x)")
     print(f"receiver TLS/plain factor: {tls.cpu_ms_per_message / plain.cpu_ms_per_message:.2f}x")
+    for mode, (point, _) in measured.items():
+        on, off = traced[mode].process_cpu_ms_per_message, point.process_cpu_ms_per_message
+        print(f"tracing on vs off, {mode}: receiver process CPU {off * 1000:,.0f} -> "
+              f"{on * 1000:,.0f} us per message ({on / off - 1:+.0%}; target <= +10%)")
 
 
 if __name__ == "__main__":

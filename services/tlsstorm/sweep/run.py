@@ -173,11 +173,12 @@ def environment(overrides: dict[str, str]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def stack_runner(size: int = 2048, overrides: dict[str, str] | None = None,
-                 label: str = "the local stack") -> Iterator[SweepRunner]:
-    """The local stack, tracing off (no span is built, so CPU is the SMTP work's), started
-    with `overrides` in its environment, and a runner aimed at it; all stops on exit."""
+                 label: str = "the local stack", tracing: bool = False) -> Iterator[SweepRunner]:
+    """The local stack, by default with tracing off (no span is built, so CPU is the SMTP
+    work's), started with `overrides` in its environment, and a runner aimed at it; all stops
+    on exit."""
     with environment(overrides or {}):
-        local = LocalStack(tracing=False)
+        local = LocalStack(tracing=tracing)
         print(f"{label}: starting (receiver {local.receiver_target}) ...")
         local.stack.start()
     try:
