@@ -8,19 +8,38 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 KeyType = Literal["rsa2048", "rsa4096", "ecdsa-p256"]
 TlsVersionName = Literal["1.2", "1.3"]
 Port = Annotated[int, Field(ge=0, le=65535)]
-CommaList = Annotated[list[str], NoDecode]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _split_commas(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
+
+
+def _networks(value: object) -> object:
+    """A comma list (or list) of addresses or CIDRs, parsed once, host bits allowed."""
+    entries = _split_commas(value)
+    if not isinstance(entries, list):
+        return entries
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an address or CIDR") from None
+    return networks
+
+
+# Env values are comma lists, not JSON: NoDecode keeps pydantic-settings from parsing them.
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
+NetworkList = Annotated[list[Network], NoDecode, BeforeValidator(_networks)]
 
 
 class ReceiverSettings(BaseSettings):
@@ -47,9 +66,9 @@ class ReceiverSettings(BaseSettings):
     max_connections: int = Field(2000, ge=1, description="open sessions at most (421 over)")
     max_handshakes: int = Field(256, ge=1, description="TLS handshakes in progress at most "
                                 "(STARTTLS answered 454 over)")
-    refuse_starttls_from: CommaList = Field(
+    refuse_starttls_from: NetworkList = Field(
         default_factory=list, description="CIDRs whose STARTTLS is answered 454 (they stay plain)")
-    reject_from: CommaList = Field(
+    reject_from: NetworkList = Field(
         default_factory=list, description="CIDRs rejected with 554 at connect, before any TLS")
     session_cpu: bool = Field(True, description="meter CPU time per session")
     processing_cpu_us: int = Field(0, ge=0, le=1_000_000, description="CPU work per message, "
@@ -68,21 +87,6 @@ class ReceiverSettings(BaseSettings):
         minimum = info.data.get("tls_min_version")
         if minimum and float(value) < float(minimum):
             raise ValueError(f"tls_max_version {value} is below tls_min_version {minimum}")
-        return value
-
-    @field_validator("refuse_starttls_from", "reject_from", mode="before")
-    @classmethod
-    def _split_networks(cls, value: object) -> object:
-        return _split_commas(value)
-
-    @field_validator("refuse_starttls_from", "reject_from")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for entry in value:
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                raise ValueError(f"{entry!r} is not an address or CIDR") from None
         return value
 
     @field_validator("key_file")
@@ -117,11 +121,6 @@ class SenderSettings(BaseSettings):
         validation_alias=AliasChoices("api_token", "TLSSTORM_API_TOKEN"),
         description="bearer token required by endpoints that start load",
     )
-
-    @field_validator("allowed_targets", mode="before")
-    @classmethod
-    def _split_allowed(cls, value: object) -> object:
-        return _split_commas(value)
 
 
 class CollectorSettings(BaseSettings):

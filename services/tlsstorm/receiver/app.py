@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import shutil
 import ssl
 import tempfile
@@ -36,10 +35,6 @@ def _key_type_of(pair: CertificatePair) -> str:
     return type(key).__name__
 
 
-def _networks(entries: list[str]) -> tuple:
-    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
-
-
 class ReceiverService:
     """Owns the listeners, the TLS context (built once) and the stats."""
 
@@ -60,8 +55,8 @@ class ReceiverService:
         self._tracer = provider.get_tracer("tlsstorm.receiver") if provider else None
         self.limits = SessionLimits(
             settings.max_connections, settings.max_handshakes, settings.max_recipients,
-            refuse_starttls_from=_networks(settings.refuse_starttls_from),
-            reject_from=_networks(settings.reject_from))
+            refuse_starttls_from=tuple(settings.refuse_starttls_from),
+            reject_from=tuple(settings.reject_from))
         queue_dir = None
         if settings.queue_fsync:
             queue_dir = Path(tempfile.mkdtemp(prefix="tlsstorm-queue-"))
