@@ -47,8 +47,7 @@ class MeasuredSMTP(SMTP):
         self._in_data = False
         self.limits = limits
         self.setup_cpu_ns = 0  # building this protocol object, charged to its session
-        self._over_limit = False
-        self._rejected = False
+        self._refusal: tuple[str, str] | None = None  # (counted as, reply) when refused at connect
         self._on_session_end = on_session_end
         self._handshake_timeout_s = handshake_timeout_s
         self._meter_cpu = meter_cpu
@@ -76,19 +75,16 @@ class MeasuredSMTP(SMTP):
             self.record.cpu_ns = self.setup_cpu_ns
             self._raw_socket = transport.get_extra_info("socket")
             self.limits.open_sessions += 1
-            self._over_limit = self.limits.open_sessions > self.limits.max_connections
-            self._rejected = self.limits.rejects(self.record.client_address)
+            if self.limits.rejects(self.record.client_address):
+                self._refusal = ("rejected_at_connect",
+                                 "554 5.7.1 Service unavailable; client host blocked")
+            elif self.limits.open_sessions > self.limits.max_connections:
+                self._refusal = ("too_many_connections",
+                                 "421 4.3.2 Too many connections, try again later")
         super().connection_made(transport)
 
     def _handle_client(self):
-        if self._rejected:
-            client = self._refuse("rejected_at_connect", "554 5.7.1 Service unavailable; "
-                                  "client host blocked")
-        elif self._over_limit:
-            client = self._refuse("too_many_connections",
-                                  "421 4.3.2 Too many connections, try again later")
-        else:
-            client = super()._handle_client()
+        client = self._refuse(*self._refusal) if self._refusal else super()._handle_client()
         return MeteredCoroutine(client, self.record) if self._meter_cpu else client
 
     async def _refuse(self, kind: str, reply: str) -> None:
