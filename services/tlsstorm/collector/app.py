@@ -14,6 +14,9 @@ from tlsstorm.collector.store import Store
 from tlsstorm.common.config import CollectorSettings
 from tlsstorm.common.serve import HttpServer, bind, port_of
 
+# The aggregator's span counters that survive a restart with the cells.
+_STORED_COUNTERS = ("spans_received", "spans_aggregated", "spans_rejected")
+
 
 class CollectorService:
     def __init__(self, settings: CollectorSettings) -> None:
@@ -37,9 +40,8 @@ class CollectorService:
     async def start(self) -> None:
         cells, counters = await asyncio.to_thread(self.store.load)
         self.aggregator.cells.update(cells)
-        self.aggregator.spans_received = counters.get("spans_received", 0)
-        self.aggregator.spans_aggregated = counters.get("spans_aggregated", 0)
-        self.aggregator.spans_rejected = counters.get("spans_rejected", 0)
+        for name in _STORED_COUNTERS:
+            setattr(self.aggregator, name, counters.get(name, 0))
         self.loaded = True
         if self.settings.forward_otlp_endpoint:
             self.forwarder = Forwarder(self.settings.forward_otlp_endpoint,
@@ -54,9 +56,7 @@ class CollectorService:
         dropped = aggregator.evict()
         changed = [(key, _dumps(aggregator.cells[key].to_json())) for key in aggregator.dirty]
         aggregator.dirty.clear()
-        counters = {"spans_received": aggregator.spans_received,
-                    "spans_aggregated": aggregator.spans_aggregated,
-                    "spans_rejected": aggregator.spans_rejected}
+        counters = {name: getattr(aggregator, name) for name in _STORED_COUNTERS}
         await asyncio.to_thread(self.store.save, changed, dropped, counters)
 
     async def _flush_forever(self) -> None:
