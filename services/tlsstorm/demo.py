@@ -16,6 +16,7 @@ import httpx
 from tlsstorm.collector.report import outbound_sentence, text_table
 from tlsstorm.common.auth import bearer_headers
 from tlsstorm.local import LocalStack
+from tlsstorm.sweep.run import receiver_wave_stats
 
 
 def _run_locust_wave(local: LocalStack, messages: int, tls_ratio: float, users: int,
@@ -34,18 +35,11 @@ def _run_locust_wave(local: LocalStack, messages: int, tls_ratio: float, users: 
 
 
 def _receiver_stats(local: LocalStack, http: httpx.Client, wave: dict[str, Any]) -> dict:
-    """The receiver's view of the wave, once every session of it has ended there."""
-    deadline = time.monotonic() + 10
-    while True:
-        response = http.get(local.receiver_url("/v1/stats"), params={"wave": wave["id"]})
-        if response.status_code == 200:
-            stats = response.json()
-            if stats["plain"]["messages"] + stats["tls"]["messages"] >= wave["messages"] \
-                    or time.monotonic() > deadline:
-                return stats
-        elif time.monotonic() > deadline:
-            raise SystemExit(f"the receiver saw no session of wave {wave['id']}")
-        time.sleep(0.2)
+    """The receiver's view of the wave, once every message of it has arrived there."""
+    stats = receiver_wave_stats(http, local.receiver_url(), wave["id"], wave["messages"], 10)
+    if stats is None:
+        raise SystemExit(f"the receiver saw no session of wave {wave['id']}")
+    return stats
 
 
 def _collector_summary(local: LocalStack, http: httpx.Client, wave_id: str,

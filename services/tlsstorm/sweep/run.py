@@ -119,21 +119,11 @@ class SweepRunner:
         )
 
     def _wave_stats(self, wave: dict[str, Any]) -> dict[str, Any]:
-        """The receiver's stats of the wave once every session of it has ended there."""
+        """The receiver's stats of the wave once every accepted message has arrived there."""
         expected = wave["plain"]["ok"] + wave["tls"]["ok"]
-        deadline = time.monotonic() + 15
-        while True:
-            response = self.http.get(f"{self.receiver_url}/v1/stats",
-                                     params={"wave": wave["id"]})
-            if response.status_code == 200:
-                stats = response.json()
-                if stats["plain"]["messages"] + stats["tls"]["messages"] >= expected or \
-                        time.monotonic() > deadline:
-                    return stats
-            elif time.monotonic() > deadline:
-                # Sessions rejected before MAIL carry no wave header: the whole receiver's.
-                return self.http.get(f"{self.receiver_url}/v1/stats").json()
-            time.sleep(0.2)
+        stats = receiver_wave_stats(self.http, self.receiver_url, wave["id"], expected, 15)
+        # Sessions rejected before MAIL carry no wave header: then the whole receiver's.
+        return stats or self.http.get(f"{self.receiver_url}/v1/stats").json()
 
     def capacity(self, tls_ratio: float, rates: list[float], seconds: float,
                  slo_p99_ms: float) -> tuple[float | None, list[WavePoint]]:
@@ -149,6 +139,23 @@ class SweepRunner:
                 break
             sustained = rate
         return sustained, steps
+
+
+def receiver_wave_stats(http: httpx.Client, receiver_url: str, wave_id: str, messages: int,
+                        timeout_s: float) -> dict[str, Any] | None:
+    """The receiver's stats of a wave once `messages` of it have arrived (at the deadline, as
+    they are); None when no session of the wave ever ended there."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = http.get(f"{receiver_url}/v1/stats", params={"wave": wave_id})
+        if response.status_code == 200:
+            stats = response.json()
+            if stats["plain"]["messages"] + stats["tls"]["messages"] >= messages or \
+                    time.monotonic() > deadline:
+                return stats
+        elif time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
 
 
 def _p99(plain: dict[str, Any], tls: dict[str, Any]) -> float | None:
