@@ -28,6 +28,9 @@ _STRING_ATTRIBUTES = {attr.MODE: "mode", attr.WAVE_ID: "wave", attr.ERROR_TYPE: 
 _STATUS_ERROR = 2
 
 CellKey = tuple[str, str, str, str, int]  # wave, service, role, mode, unix second
+# A cell's counters, which merge by addition and are stored as they are.
+_SUMS = ("sessions", "messages", "message_bytes", "wire_in", "wire_out", "cpu_us",
+         "handshakes_ok", "handshakes_failed")
 
 
 class Cell:
@@ -50,8 +53,7 @@ class Cell:
         self.handshake_ms = LatencyHistogram()
 
     def merge(self, other: Cell) -> None:
-        for name in ("sessions", "messages", "message_bytes", "wire_in", "wire_out", "cpu_us",
-                     "handshakes_ok", "handshakes_failed"):
+        for name in _SUMS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for kind, count in other.errors.items():
             self.errors[kind] = self.errors.get(kind, 0) + count
@@ -60,10 +62,7 @@ class Cell:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "sessions": self.sessions, "messages": self.messages,
-            "message_bytes": self.message_bytes, "wire_in": self.wire_in,
-            "wire_out": self.wire_out, "cpu_us": self.cpu_us,
-            "handshakes_ok": self.handshakes_ok, "handshakes_failed": self.handshakes_failed,
+            **{name: getattr(self, name) for name in _SUMS},
             "errors": self.errors,
             "duration_ms": _histogram_json(self.duration_ms),
             "handshake_ms": _histogram_json(self.handshake_ms),
@@ -72,8 +71,7 @@ class Cell:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Cell:
         cell = cls()
-        for name in ("sessions", "messages", "message_bytes", "wire_in", "wire_out", "cpu_us",
-                     "handshakes_ok", "handshakes_failed"):
+        for name in _SUMS:
             setattr(cell, name, int(data.get(name, 0)))
         cell.errors = {str(k): int(v) for k, v in data.get("errors", {}).items()}
         cell.duration_ms = _histogram_from(data.get("duration_ms", {}))
