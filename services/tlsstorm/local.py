@@ -8,6 +8,7 @@ from pathlib import Path
 
 import tlsstorm
 from tlsstorm.common.config import CollectorSettings, ReceiverSettings, SenderSettings
+from tlsstorm.common.telemetry import endpoint_configured
 from tlsstorm.stack import Child, Stack, tlsstorm_command
 
 _ANY = ("0.0.0.0", "::", "")
@@ -51,7 +52,7 @@ class LocalStack:
                           if name not in os.environ}
         # Without tracing (cost sweeps) no span is built: the CPU measured is the SMTP work's.
         self.tracing = tracing
-        if tracing and not _export_configured_in_env():
+        if tracing and not endpoint_configured():
             self.telemetry["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.collector_url()
         if not tracing:
             self.telemetry["OTEL_SDK_DISABLED"] = "true"
@@ -108,8 +109,3 @@ class LocalStack:
         if not any(child.name == "locust" for child in self.stack.children):
             del urls["Locust web UI"]
         return urls
-
-
-def _export_configured_in_env() -> bool:
-    return any(name in os.environ for name in (
-        "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
