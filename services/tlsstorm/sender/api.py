@@ -6,29 +6,22 @@ from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI, HTTPException, status
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from tlsstorm import __version__
 from tlsstorm.common.auth import bearer_guard
 from tlsstorm.common.metrics import SpanCountsCollector, metrics_response, registry_with
 from tlsstorm.common.serve import BodyLimit
-from tlsstorm.sender.allowlist import TARGET_PATTERN, Target, TargetRefused
-from tlsstorm.sender.waves import Wave, WaveSpec
+from tlsstorm.sender.allowlist import Target, TargetRefused
+from tlsstorm.sender.waves import DeliveryOptions, Wave, WaveSpec
 
 if TYPE_CHECKING:
     from tlsstorm.sender.app import SenderService
 
 
-class SendRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-
+class SendRequest(DeliveryOptions):
     tls: bool = Field(description="use STARTTLS (else a truly plain session)")
     count: int = Field(1, ge=1, le=10_000)
-    size: int = Field(2048, ge=64, le=10 * 1024 * 1024, description="message size in bytes")
-    per_connection: int = Field(1, ge=1, le=1000, description="messages per SMTP connection")
-    resume: bool = Field(False, description="resume the previous TLS session (tickets)")
-    target: str | None = Field(None, max_length=300, pattern=TARGET_PATTERN,
-                               description="host:port (default target)")
     wave: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
                              description="label that groups these messages in stats and spans")
 

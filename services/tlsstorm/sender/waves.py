@@ -18,21 +18,26 @@ from tlsstorm.sender.client import MessageResult, SmtpClient
 _KEPT_WAVES = 100
 
 
-class WaveSpec(BaseModel):
-    """A wave: `count` messages, or as many as `rate` gives in `duration_s`."""
+class DeliveryOptions(BaseModel):
+    """How each message goes out, for single sends and waves alike."""
 
     model_config = {"extra": "forbid"}
+
+    size: int = Field(2048, ge=64, le=10 * 1024 * 1024, description="message size in bytes")
+    per_connection: int = Field(1, ge=1, le=1000, description="messages per SMTP connection")
+    resume: bool = Field(False, description="resume the previous TLS session (tickets)")
+    target: str | None = Field(None, max_length=300, pattern=TARGET_PATTERN,
+                               description="host:port (default target)")
+
+
+class WaveSpec(DeliveryOptions):
+    """A wave: `count` messages, or as many as `rate` gives in `duration_s`."""
 
     rate: float = Field(gt=0, le=10_000, description="messages per second, kept open-loop")
     count: int | None = Field(None, ge=1, le=1_000_000)
     duration_s: float | None = Field(None, gt=0, le=86_400)
     tls_ratio: float = Field(0.0, ge=0, le=1, description="share of messages sent with STARTTLS")
     concurrency: int = Field(16, ge=1, le=10_000, description="connections in flight at most")
-    size: int = Field(2048, ge=64, le=10 * 1024 * 1024, description="message size in bytes")
-    per_connection: int = Field(1, ge=1, le=1000, description="messages per SMTP connection")
-    resume: bool = Field(False, description="resume the previous TLS session (tickets)")
-    target: str | None = Field(None, max_length=300, pattern=TARGET_PATTERN,
-                               description="host:port (default target)")
 
     @model_validator(mode="after")
     def _count_or_duration(self) -> WaveSpec:
