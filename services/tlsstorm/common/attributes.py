@@ -34,3 +34,18 @@ def tls_version_number(openssl_name: str | None) -> str | None:
     if not openssl_name:
         return None
     return openssl_name.removeprefix("TLSv")
+
+
+def handshake_attributes(side: str, established: bool, tls_version: str | None,
+                         cipher: str | None, resumed: bool, wave_id: str | None) -> dict:
+    """A tls.handshake span's attributes, the same from either side of the handshake."""
+    attributes = {
+        TLS_ESTABLISHED: established,
+        TLS_PROTOCOL_VERSION: tls_version_number(tls_version) or "",
+        TLS_CIPHER: cipher or "",
+        TLS_RESUMED: resumed,
+        SIDE: side,
+    }
+    if wave_id:
+        attributes[WAVE_ID] = wave_id
+    return attributes

@@ -49,21 +49,14 @@ def emit_session_spans(
         start_time=record.started_ns, attributes=attributes,
     )
     if record.handshake_ok is not None:
-        handshake_attributes = {
-            attr.TLS_ESTABLISHED: bool(record.handshake_ok),
-            attr.TLS_PROTOCOL_VERSION: attr.tls_version_number(record.tls_version) or "",
-            attr.TLS_CIPHER: record.cipher or "",
-            attr.TLS_RESUMED: record.resumed,
-            attr.SIDE: "server",
-        }
-        if record.wave_id:
-            handshake_attributes[attr.WAVE_ID] = record.wave_id
         handshake = tracer.start_span(
             attr.SPAN_HANDSHAKE,
             context=trace.set_span_in_context(session),
             kind=SpanKind.INTERNAL,
             start_time=record.handshake_started_ns,
-            attributes=handshake_attributes,
+            attributes=attr.handshake_attributes(
+                "server", bool(record.handshake_ok), record.tls_version, record.cipher,
+                record.resumed, record.wave_id),
         )
         if not record.handshake_ok:
             handshake.set_status(Status(StatusCode.ERROR, record.errors[0]))

@@ -286,17 +286,11 @@ class _Session:
                                   ).end(end_time=phase.ended_ns)
         if first and self.ssl_object is not None and self.ssl_object.handshake_ms is not None:
             started = self.ssl_object.handshake_started_ns
-            handshake_attributes = {
-                attr.TLS_ESTABLISHED: True,
-                attr.TLS_PROTOCOL_VERSION: attr.tls_version_number(result.tls_version) or "",
-                attr.TLS_CIPHER: result.cipher or "",
-                attr.TLS_RESUMED: bool(result.tls_resumed),
-                attr.SIDE: "client",
-            }
-            if self.wave_id:
-                handshake_attributes[attr.WAVE_ID] = self.wave_id
-            handshake = tracer.start_span(attr.SPAN_HANDSHAKE, context=context,
-                                          start_time=started, attributes=handshake_attributes)
+            handshake = tracer.start_span(
+                attr.SPAN_HANDSHAKE, context=context, start_time=started,
+                attributes=attr.handshake_attributes(
+                    "client", True, result.tls_version, result.cipher, bool(result.tls_resumed),
+                    self.wave_id))
             handshake.end(end_time=started + int(self.ssl_object.handshake_ms * 1e6))
         span.end(end_time=now.wall_ns)
 
