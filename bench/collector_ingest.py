@@ -16,7 +16,6 @@ import argparse
 import http.server
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 import httpx
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from fixtures import free_port
 from machine import machine_note, process_cpu_seconds  # bench/ is on sys.path as a script
 
 TARGET_SPANS_PER_CORE = 20_000
@@ -46,12 +46,6 @@ class _Capture(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _spans_in(body: bytes) -> int:
     request = ExportTraceServiceRequest.FromString(body)
     return sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
@@ -61,10 +55,10 @@ def capture_wave(messages: int, workdir: Path) -> tuple[list[bytes], dict[str, f
     capture = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Capture)
     threading.Thread(target=capture.serve_forever, daemon=True).start()
     os.environ.update({
-        "TLSSTORM_COLLECTOR_HTTP_PORT": str(_free_port()),
-        "TLSSTORM_RECEIVER_SMTP_PORT": str(_free_port()),
-        "TLSSTORM_RECEIVER_HTTP_PORT": str(_free_port()),
-        "TLSSTORM_SENDER_HTTP_PORT": str(_free_port()),
+        "TLSSTORM_COLLECTOR_HTTP_PORT": str(free_port()),
+        "TLSSTORM_RECEIVER_SMTP_PORT": str(free_port()),
+        "TLSSTORM_RECEIVER_HTTP_PORT": str(free_port()),
+        "TLSSTORM_SENDER_HTTP_PORT": str(free_port()),
         "TLSSTORM_COLLECTOR_DB_PATH": str(workdir / "capture.sqlite"),
         "TLSSTORM_FORWARD_OTLP_ENDPOINT": f"http://127.0.0.1:{capture.server_port}",
     })
@@ -99,7 +93,7 @@ def capture_wave(messages: int, workdir: Path) -> tuple[list[bytes], dict[str, f
 
 
 def replay(bodies: list[bytes], total_spans: int, workdir: Path) -> dict[str, float]:
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "tlsstorm", "collector", "--http-port", str(port),
                "--db-path", str(workdir / "bench.sqlite")]
     if shutil.which("taskset") and (os.cpu_count() or 1) > 1:

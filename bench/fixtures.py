@@ -1,12 +1,24 @@
-"""What the benchmarks set up alike: one certificate on disk and a stack environment on free
-loopback ports serving it (tickets off: every handshake is a full one)."""
+"""What the benchmarks set up alike: their flags, one certificate on disk, and a stack
+environment on free loopback ports serving it (tickets off: every handshake is a full one)."""
 
 from __future__ import annotations
 
+import argparse
 import socket
+import typing
 from pathlib import Path
 
+from tlsstorm.common.config import KeyType
 from tlsstorm.common.tls import self_signed
+
+
+def wave_arguments(doc: str, messages: int, rate: float) -> argparse.Namespace:
+    """The flags of a benchmark that sends waves with one certificate: size, pace, key type."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=messages)
+    parser.add_argument("--rate", type=float, default=rate)
+    parser.add_argument("--key-type", default="rsa2048", choices=typing.get_args(KeyType))
+    return parser.parse_args()
 
 
 def free_port() -> int:

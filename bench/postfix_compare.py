@@ -8,13 +8,17 @@ Usage: python bench/postfix_compare.py [--messages 300] [--rate 60] [--key-type 
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from fixtures import certificate_files, free_port, stack_environment  # bench/ is on sys.path
+from fixtures import (  # bench/ is on sys.path
+    certificate_files,
+    free_port,
+    stack_environment,
+    wave_arguments,
+)
 from machine import machine_note, process_cpu_seconds
 from tlsstorm.sweep.run import SweepRunner, stack_runner
 
@@ -62,12 +66,7 @@ def postfix_wave(runner: SweepRunner, port: int, tls_ratio: float, rate: float,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=300)
-    parser.add_argument("--rate", type=float, default=60.0)
-    parser.add_argument("--key-type", default="rsa2048",
-                        choices=["rsa2048", "rsa4096", "ecdsa-p256"])
-    flags = parser.parse_args()
+    flags = wave_arguments(__doc__, messages=300, rate=60.0)
     postfix_port = free_port()
     with tempfile.TemporaryDirectory() as folder:
         cert, key = certificate_files(Path(folder), flags.key_type)

@@ -6,7 +6,6 @@ Usage: python bench/receiver_cost.py [--messages 400] [--rate 100] [--key-type r
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import subprocess
@@ -14,7 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from fixtures import certificate_files, free_port, stack_environment  # bench/ is on sys.path
+from fixtures import (  # bench/ is on sys.path
+    certificate_files,
+    free_port,
+    stack_environment,
+    wave_arguments,
+)
 from machine import machine_note, process_cpu_seconds
 from tlsstorm.sweep.run import stack_runner
 
@@ -46,12 +50,7 @@ def openssl_handshake_cpu_us(cert: Path, key: Path, seconds: float) -> tuple[flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=400)
-    parser.add_argument("--rate", type=float, default=100.0)
-    parser.add_argument("--key-type", default="rsa2048",
-                        choices=["rsa2048", "rsa4096", "ecdsa-p256"])
-    flags = parser.parse_args()
+    flags = wave_arguments(__doc__, messages=400, rate=100.0)
     if not shutil.which("openssl"):
         raise SystemExit("the openssl command-line tool is needed for the anchor")
     with tempfile.TemporaryDirectory() as folder:
