@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto as sslproto
 import logging
+import re
 import ssl
 import time
 from collections.abc import Callable
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 
 from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
@@ -26,6 +29,11 @@ from tlsstorm.receiver.session import (
 logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 _REPLIES_BEFORE_YIELD = 16
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+# <dot-atom@domain>, what nearly every client sends: read without the email package's parser.
+_PLAIN_ANGLE_ADDRESS = re.compile(
+    rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*(?![ \t(])(.*)",
+    re.DOTALL)
 
 
 class MeasuredSMTP(SMTP):
@@ -55,6 +63,7 @@ class MeasuredSMTP(SMTP):
         self._raw_socket = None
         self._finished = False
         self._replies_since_yield = 0
+        self._continuation_lines: list[bytes] = []
 
     def __dir__(self):
         """The protocol's command and auth methods only, computed once per class.
@@ -142,6 +151,15 @@ class MeasuredSMTP(SMTP):
             status, str
         ) else status
         self.record.note_reply(response)
+        if response[3:4] == b"-":
+            # A multi-line reply (EHLO's) goes out in one write, as an MTA sends it: aiosmtpd
+            # pushes it line by line, which cost a syscall, and after STARTTLS a TLS record
+            # with its own encryption, per line.
+            self._continuation_lines.append(response)
+            return
+        if self._continuation_lines:
+            response = b"\r\n".join((*self._continuation_lines, response))
+            self._continuation_lines.clear()
         self._writer.write(response + b"\r\n")
         await self._writer.drain()
         self._replies_since_yield += 1
@@ -150,6 +168,32 @@ class MeasuredSMTP(SMTP):
             # yielding: let other sessions in now and then (a normal session rarely gets here).
             self._replies_since_yield = 0
             await asyncio.sleep(0)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parse, same results, at a tenth of the cost for plain addresses:
+        it defined a typing class on every call and ran the email package's full parser
+        (together ~45 us per MAIL and per RCPT)."""
+        if not arg:
+            return "", ""
+        plain = _PLAIN_ANGLE_ADDRESS.fullmatch(arg.lstrip())
+        if plain is not None:
+            addr_spec, rest = plain.groups()
+        else:
+            addr_spec, rest = self._parse_address(arg)
+            if addr_spec is None:
+                return None, None
+        if self.local_part_limit and len(addr_spec.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return addr_spec, rest
+
+    @staticmethod
+    def _parse_address(arg: str) -> tuple[str | None, str | None]:
+        parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
+        try:
+            address, rest = parse(arg)
+        except HeaderParseError:
+            return None, None
+        return address.addr_spec, rest
 
     async def smtp_QUIT(self, arg: str) -> None:
         if not arg:
