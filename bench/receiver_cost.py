@@ -1,32 +1,37 @@
-"""Receiver CPU per plain and STARTTLS session next to its anchor: `openssl s_server`'s CPU per
-full handshake with the same certificate; and the sender's CPU per message beside the receiver's.
+"""Receiver and sender CPU per plain and per STARTTLS message next to the anchor, `openssl
+s_server`'s CPU per full handshake with the same certificate; tracing on vs off. Every figure is
+the mean of --repeat runs with its 95% confidence interval; ratios are taken run by run.
 
-Usage: python bench/receiver_cost.py [--messages 400] [--rate 100] [--key-type rsa2048]
+Usage: python bench/receiver_cost.py [--messages 400] [--rate 200] [--repeat 5]
+                                     [--key-types rsa2048,ecdsa-p256]
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import shutil
 import subprocess
 import tempfile
 import time
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 
-from fixtures import (  # bench/ is on sys.path
-    certificate_files,
-    free_port,
-    stack_environment,
-    wave_arguments,
-)
+from fixtures import certificate_files, free_port, stack_environment  # bench/ is on sys.path
 from machine import machine_note, process_cpu_seconds
-from tlsstorm.sweep.run import stack_runner
+from stats import mean_ci, shown
+from tlsstorm.common.config import KeyType
+from tlsstorm.sweep.run import SweepRunner, stack_runner
 
+MODES = ((0.0, "plain"), (1.0, "STARTTLS"))
 TARGET_EXTRA_OVER_OPENSSL = 1.3
+TARGET_TRACING_OVERHEAD = 0.10
 
 
-def openssl_handshake_cpu_us(cert: Path, key: Path, seconds: float) -> tuple[float, int]:
-    """Server CPU per full handshake of `openssl s_server`, driven by `openssl s_time -new`."""
+def openssl_handshake_cpu_us(cert: Path, key: Path, seconds: int) -> float:
+    """Server CPU per full handshake of `openssl s_server`, driven by `openssl s_time -new`
+    (handshakes only: without -www, s_time transfers no data)."""
     port = free_port()
     server = subprocess.Popen(
         ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(cert),
@@ -37,7 +42,7 @@ def openssl_handshake_cpu_us(cert: Path, key: Path, seconds: float) -> tuple[flo
         before = process_cpu_seconds(server.pid)
         timed = subprocess.run(
             ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
-             "-time", str(int(seconds))], capture_output=True, text=True, timeout=seconds + 30)
+             "-time", str(seconds)], capture_output=True, text=True, timeout=seconds + 30)
         cpu = process_cpu_seconds(server.pid) - before
     finally:
         server.terminate()
@@ -45,54 +50,120 @@ def openssl_handshake_cpu_us(cert: Path, key: Path, seconds: float) -> tuple[flo
     match = re.search(r"(\d+) connections in [\d.]+s", timed.stdout)
     if not match:
         raise SystemExit(f"openssl s_time said: {timed.stdout[-500:]}{timed.stderr[-500:]}")
-    handshakes = int(match.group(1))
-    return cpu * 1e6 / handshakes, handshakes
+    return cpu * 1e6 / int(match.group(1))
+
+
+@dataclass
+class Costs:
+    """Microseconds of CPU per message of one wave, in one mode."""
+
+    receiver_session: float  # charged to the receiver's sessions
+    receiver_process: float  # the receiver process's, all of it
+    sender_process: float
+
+
+def measure(runner: SweepRunner, flags: argparse.Namespace, label: str) -> dict[str, list[Costs]]:
+    """--repeat rounds of one plain and one STARTTLS wave, after a warm-up."""
+    sender_pid = next(child.process.pid for child in runner.stack.stack.children
+                      if child.name == "sender")
+    runner.wave(0.5, flags.rate, 100, "warm-up")
+    costs: dict[str, list[Costs]] = {mode: [] for _, mode in MODES}
+    for round_number in range(1, flags.repeat + 1):
+        for ratio, mode in MODES:
+            sender_before = process_cpu_seconds(sender_pid)
+            point = runner.wave(ratio, flags.rate, flags.messages,
+                                f"{label} {mode:>8} {round_number}/{flags.repeat}")
+            sender_us = (process_cpu_seconds(sender_pid) - sender_before) * 1e6 / point.messages
+            costs[mode].append(Costs(point.cpu_ms_per_message * 1000,
+                                     point.process_cpu_ms_per_message * 1000, sender_us))
+    return costs
+
+
+def ratios(numerators: list[float], denominators: list[float]) -> list[float]:
+    return [top / bottom for top, bottom in zip(numerators, denominators, strict=True)]
+
+
+def report(key_type: str, anchor: list[float], off: dict[str, list[Costs]],
+           on: dict[str, list[Costs]]) -> None:
+    def column(costs: dict[str, list[Costs]], mode: str, name: str) -> list[float]:
+        return [getattr(cost, name) for cost in costs[mode]]
+
+    print(f"\n== certificate {key_type} ==")
+    print(f"anchor: openssl s_server {shown(anchor, 'us')} CPU per full handshake")
+    print(f"{'CPU per message (us)':<34}{'plain':>20}{'STARTTLS':>20}{'TLS/plain':>16}")
+    rows = [("receiver, charged to sessions", off, "receiver_session"),
+            ("receiver process", off, "receiver_process"),
+            ("sender process", off, "sender_process"),
+            ("receiver process, tracing on", on, "receiver_process"),
+            ("sender process, tracing on", on, "sender_process")]
+    for name, costs, field in rows:
+        plain, tls = column(costs, "plain", field), column(costs, "STARTTLS", field)
+        print(f"{name:<34}{shown(plain):>20}{shown(tls):>20}"
+              f"{shown(ratios(tls, plain), 'x', 2):>16}")
+    for field, what in (("receiver_session", "charged to sessions"),
+                        ("receiver_process", "process")):
+        extra = [tls - plain for tls, plain in zip(column(off, "STARTTLS", field),
+                                                   column(off, "plain", field), strict=True)]
+        over = ratios(extra, anchor)
+        verdict = _verdict(over, TARGET_EXTRA_OVER_OPENSSL)
+        print(f"receiver's extra CPU for STARTTLS ({what}): {shown(extra, 'us')} = "
+              f"{shown(over, 'x', 2)} openssl's handshake "
+              f"(target <= {TARGET_EXTRA_OVER_OPENSSL}x: {verdict})")
+    for _, mode in MODES:
+        share = ratios(column(off, mode, "sender_process"), column(off, mode, "receiver_process"))
+        print(f"sender / receiver process CPU, {mode}: {shown(share, 'x', 2)} "
+              f"(target <= 1: {_verdict(share, 1.0)})")
+    for name in ("receiver_process", "sender_process"):
+        for _, mode in MODES:
+            growth = [ratio - 1 for ratio in ratios(column(on, mode, name),
+                                                      column(off, mode, name))]
+            mean, half = mean_ci(growth)
+            print(f"tracing on vs off, {name.replace('_', ' ')}, {mode}: {mean:+.0%} +- "
+                  f"{half:.0%} (target <= +{TARGET_TRACING_OVERHEAD:.0%}: "
+                  f"{_verdict(growth, TARGET_TRACING_OVERHEAD)})")
+
+
+def _verdict(values: list[float], limit: float) -> str:
+    """Met, not met, or undecided when the confidence interval straddles the limit."""
+    mean, half = mean_ci(values)
+    if mean + half <= limit:
+        return "met"
+    if mean - half > limit:
+        return "not met"
+    return "within noise of the target"
 
 
 def main() -> None:
-    flags = wave_arguments(__doc__, messages=400, rate=100.0)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=400)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--key-types", default="rsa2048,ecdsa-p256")
+    flags = parser.parse_args()
+    key_types = flags.key_types.split(",")
+    unknown = set(key_types) - set(typing.get_args(KeyType))
+    if unknown:
+        parser.error(f"unknown key types {sorted(unknown)}; choose from {typing.get_args(KeyType)}")
     if not shutil.which("openssl"):
         raise SystemExit("the openssl command-line tool is needed for the anchor")
-    with tempfile.TemporaryDirectory() as folder:
-        cert, key = certificate_files(Path(folder), flags.key_type)
-        anchor_us, handshakes = openssl_handshake_cpu_us(cert, key, seconds=5)
-        with stack_runner(overrides=stack_environment(Path(folder), cert, key)) as runner:
-            sender_pid = next(child.process.pid for child in runner.stack.stack.children
-                              if child.name == "sender")
-            runner.wave(0.5, flags.rate, 100, "warm-up")
-            measured = {}
-            for ratio, mode in ((0.0, "plain"), (1.0, "STARTTLS")):
-                sender_before = process_cpu_seconds(sender_pid)
-                point = runner.wave(ratio, flags.rate, flags.messages, f"{mode:>8}")
-                sender_ms = (process_cpu_seconds(sender_pid) - sender_before) * 1000 / \
-                    point.messages
-                measured[mode] = (point, sender_ms)
-        # The same waves with tracing on: spans built and exported to the collector.
-        with stack_runner(overrides=stack_environment(Path(folder), cert, key),
-                          label="the local stack, tracing on", tracing=True) as runner:
-            runner.wave(0.5, flags.rate, 100, "warm-up")
-            traced = {mode: runner.wave(ratio, flags.rate, flags.messages, f"{mode:>8} traced")
-                      for ratio, mode in ((0.0, "plain"), (1.0, "STARTTLS"))}
-    plain, plain_sender = measured["plain"]
-    tls, tls_sender = measured["STARTTLS"]
-    extra_us = (tls.cpu_ms_per_message - plain.cpu_ms_per_message) * 1000
-    print(f"machine: {machine_note()}")
-    print(f"certificate {flags.key_type}, TLS 1.3, no tickets; waves of {flags.messages} "
-          f"messages at {flags.rate:g}/s, one message per session")
-    print(f"anchor: openssl s_server {anchor_us:,.0f} us CPU per full handshake "
-          f"({handshakes} handshakes by s_time -new)")
-    for name, point, sender_ms in (("plain", plain, plain_sender), ("STARTTLS", tls, tls_sender)):
-        print(f"receiver {name:>8}: {point.cpu_ms_per_message * 1000:,.0f} us per session charged "
-              f"to the session, {point.process_cpu_ms_per_message * 1000:,.0f} us process CPU; "
-              f"sender {sender_ms * 1000:,.0f} us per message")
-    print(f"receiver's extra CPU for STARTTLS: {extra_us:,.0f} us = "
-          f"{extra_us / anchor_us:.2f}x openssl's handshake (target <= "
-          f"{TARGET_EXTRA_OVER_OPENSSL}x)")
-    print(f"receiver TLS/plain factor: {tls.cpu_ms_per_message / plain.cpu_ms_per_message:.2f}x")
-    for mode, (point, _) in measured.items():
-        on, off = traced[mode].process_cpu_ms_per_message, point.process_cpu_ms_per_message
-        print(f"tracing on vs off, {mode}: receiver process CPU {off * 1000:,.0f} -> "
-              f"{on * 1000:,.0f} us per message ({on / off - 1:+.0%}; target <= +10%)")
+    results = []
+    for key_type in key_types:
+        with tempfile.TemporaryDirectory() as folder:
+            cert, key = certificate_files(Path(folder), key_type)
+            anchor = [openssl_handshake_cpu_us(cert, key, seconds=3) for _ in range(flags.repeat)]
+            environment = stack_environment(Path(folder), cert, key)
+            with stack_runner(overrides=environment) as runner:
+                off = measure(runner, flags, f"{key_type}")
+            with stack_runner(overrides=environment, label="the local stack, tracing on",
+                              tracing=True) as runner:
+                on = measure(runner, flags, f"{key_type} traced")
+        results.append((key_type, anchor, off, on))
+    print(f"\nmachine: {machine_note()}")
+    print(f"TLS 1.3, no tickets (every handshake full); {flags.repeat} rounds of waves of "
+          f"{flags.messages} messages at {flags.rate:g}/s, one message per session; "
+          "mean +- 95% confidence interval")
+    for result in results:
+        report(*result)
 
 
 if __name__ == "__main__":

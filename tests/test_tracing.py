@@ -13,13 +13,12 @@ from tests.helpers import deliver, starttls_socket
 from tlsstorm.common.telemetry import tracer_provider
 
 
-@pytest.fixture
-def traced(start_receiver, start_sender):
+def _traced_stack(start_receiver, start_sender, **sender_settings):
     exporter = InMemorySpanExporter()
     receiver_provider = tracer_provider("tlsstorm-receiver", exporter=exporter)
     sender_provider = tracer_provider("tlsstorm-sender", exporter=exporter)
     receiver = start_receiver(provider=receiver_provider)
-    sender = start_sender(receiver.smtp_port, provider=sender_provider)
+    sender = start_sender(receiver.smtp_port, provider=sender_provider, **sender_settings)
 
     def spans(minimum: int):
         receiver.wait_sessions(minimum)
@@ -28,6 +27,12 @@ def traced(start_receiver, start_sender):
         return exporter.get_finished_spans()
 
     return receiver, sender, spans
+
+
+@pytest.fixture
+def traced(start_receiver, start_sender):
+    """Receiver and sender exporting to one in-memory exporter, with a span per SMTP command."""
+    return _traced_stack(start_receiver, start_sender, trace_commands=True)
 
 
 def _named(spans, name: str, service: str):
@@ -65,6 +70,17 @@ def test_receiver_session_is_child_of_sender_send_and_both_time_the_handshake(tr
     http_server = [s for s in finished if s.kind is SpanKind.SERVER
                    and s.resource.attributes["service.name"] == "tlsstorm-sender"]
     assert send.parent.span_id in {s.context.span_id for s in http_server}
+
+
+def test_by_default_smtp_commands_are_not_spans_of_their_own(start_receiver, start_sender):
+    _, sender, spans = _traced_stack(start_receiver, start_sender)
+    httpx.post(f"{sender.http}/v1/send", json={"tls": True}, timeout=30)
+
+    finished = spans(1)
+
+    (send,) = _named(finished, "smtp.send", "tlsstorm-sender")
+    children = {s.name for s in finished if s.parent and s.parent.span_id == send.context.span_id}
+    assert children == {"tls.handshake", "smtp.session"}
 
 
 def test_plain_send_has_no_handshake_span(traced):

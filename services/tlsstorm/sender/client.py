@@ -124,6 +124,7 @@ class _Session:
         self.ssl_object: TimedSSLObject | None = None
         self.smtp: aiosmtplib.SMTP | None = None
         self.connect_ms: float | None = None
+        self.trace_commands = client.tracer is not None and self.settings.trace_commands
         self.mark: _Checkpoint = self._checkpoint()
 
     def _checkpoint(self) -> _Checkpoint:
@@ -131,13 +132,12 @@ class _Session:
         received, sent = counted or (0, 0)
         return _Checkpoint(time.perf_counter_ns(), time.time_ns(), received, sent)
 
-    def _phase(self, name: str) -> _Phase:
+    async def _step(self, name: str, awaitable):
+        """One SMTP command, timed as a phase (a span of its own) when commands are traced."""
+        if not self.trace_commands:
+            return await awaitable
         phase = _Phase(name, time.time_ns())
         self.mark.phases.append(phase)
-        return phase
-
-    async def _step(self, name: str, awaitable):
-        phase = self._phase(name)
         try:
             return await awaitable
         finally:
