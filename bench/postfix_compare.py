@@ -25,8 +25,8 @@ from pathlib import Path
 
 from fixtures import certificate_files, free_port, stack_environment  # bench/ is on sys.path
 from machine import machine_note, process_cpu_seconds
-from stats import mean_ci, shown
 from tlsstorm.common.config import KeyType
+from tlsstorm.common.intervals import mean_ci, shown
 from tlsstorm.sweep.run import SweepRunner, stack_runner
 
 ROOT = Path(__file__).resolve().parents[1]

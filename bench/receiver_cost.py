@@ -2,7 +2,7 @@
 s_server`'s CPU per full handshake with the same certificate; tracing on vs off. Every figure is
 the mean of --repeat runs with its 95% confidence interval; ratios are taken run by run.
 
-Usage: python bench/receiver_cost.py [--messages 400] [--rate 200] [--repeat 5]
+Usage: python bench/receiver_cost.py [--messages 1000] [--rate 200] [--repeat 5]
                                      [--key-types rsa2048,ecdsa-p256]
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import ssl
 import subprocess
 import tempfile
 import time
@@ -20,8 +21,9 @@ from pathlib import Path
 
 from fixtures import certificate_files, free_port, stack_environment  # bench/ is on sys.path
 from machine import machine_note, process_cpu_seconds
-from stats import mean_ci, shown
 from tlsstorm.common.config import KeyType
+from tlsstorm.common.intervals import mean_ci, shown
+from tlsstorm.common.tls import client_context, load_pair, server_context
 from tlsstorm.sweep.run import SweepRunner, stack_runner
 
 MODES = ((0.0, "plain"), (1.0, "STARTTLS"))
@@ -29,9 +31,9 @@ TARGET_EXTRA_OVER_OPENSSL = 1.3
 TARGET_TRACING_OVERHEAD = 0.10
 
 
-def openssl_handshake_cpu_us(cert: Path, key: Path, seconds: int) -> float:
+def openssl_handshake_cpu_us(cert: Path, key: Path, seconds: int) -> tuple[float, float]:
     """Server CPU per full handshake of `openssl s_server`, driven by `openssl s_time -new`
-    (handshakes only: without -www, s_time transfers no data)."""
+    (handshakes only: without -www, s_time transfers no data), and handshakes per second."""
     port = free_port()
     server = subprocess.Popen(
         ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(cert),
@@ -47,10 +49,37 @@ def openssl_handshake_cpu_us(cert: Path, key: Path, seconds: int) -> float:
     finally:
         server.terminate()
         server.wait(10)
-    match = re.search(r"(\d+) connections in [\d.]+s", timed.stdout)
+    match = re.search(r"(\d+) connections in ([\d.]+)s", timed.stdout)
     if not match:
         raise SystemExit(f"openssl s_time said: {timed.stdout[-500:]}{timed.stderr[-500:]}")
-    return cpu * 1e6 / int(match.group(1))
+    handshakes = int(match.group(1))
+    return cpu * 1e6 / handshakes, handshakes / float(match.group(2))
+
+
+def in_process_handshake_cpu_us(cert: Path, key: Path, handshakes: int = 300) -> float:
+    """Server-side thread CPU per full handshake done by Python's ssl module over memory BIOs:
+    the OpenSSL work the receiver cannot avoid, without sockets, event loop or SMTP."""
+    server_side = server_context(load_pair(cert, key), session_tickets=False)
+    client_side = client_context()
+    spent_ns = 0
+    for _ in range(handshakes):
+        to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+        client = client_side.wrap_bio(to_client, to_server)
+        server = server_side.wrap_bio(to_server, to_client, server_side=True)
+        done = {client: False, server: False}
+        while not all(done.values()):
+            for end in (client, server):
+                if done[end]:
+                    continue
+                started = time.thread_time_ns()
+                try:
+                    end.do_handshake()
+                    done[end] = True
+                except ssl.SSLWantReadError:
+                    pass
+                if end is server:
+                    spent_ns += time.thread_time_ns() - started
+    return spent_ns / 1000 / handshakes
 
 
 @dataclass
@@ -83,13 +112,16 @@ def ratios(numerators: list[float], denominators: list[float]) -> list[float]:
     return [top / bottom for top, bottom in zip(numerators, denominators, strict=True)]
 
 
-def report(key_type: str, anchor: list[float], off: dict[str, list[Costs]],
-           on: dict[str, list[Costs]]) -> None:
+def report(key_type: str, openssl: list[tuple[float, float]], in_process: list[float],
+           off: dict[str, list[Costs]], on: dict[str, list[Costs]]) -> None:
     def column(costs: dict[str, list[Costs]], mode: str, name: str) -> list[float]:
         return [getattr(cost, name) for cost in costs[mode]]
 
     print(f"\n== certificate {key_type} ==")
-    print(f"anchor: openssl s_server {shown(anchor, 'us')} CPU per full handshake")
+    anchor = [cpu_us for cpu_us, _ in openssl]
+    print(f"anchor: openssl s_server {shown(anchor, 'us')} CPU per full handshake, "
+          f"{shown([per_second for _, per_second in openssl])} handshakes/s from s_time; the "
+          f"same handshake in Python's ssl over memory BIOs {shown(in_process, 'us')} (server)")
     print(f"{'CPU per message (us)':<34}{'plain':>20}{'STARTTLS':>20}{'TLS/plain':>16}")
     rows = [("receiver, charged to sessions", off, "receiver_session"),
             ("receiver process", off, "receiver_process"),
@@ -100,6 +132,10 @@ def report(key_type: str, anchor: list[float], off: dict[str, list[Costs]],
         plain, tls = column(costs, "plain", field), column(costs, "STARTTLS", field)
         print(f"{name:<34}{shown(plain):>20}{shown(tls):>20}"
               f"{shown(ratios(tls, plain), 'x', 2):>16}")
+    per_core = [[1e6 / cost for cost in column(off, mode, "receiver_process")]
+                for _, mode in MODES]
+    print(f"receiver sessions/s per core (1 s over process CPU per session): plain "
+          f"{shown(per_core[0])}, STARTTLS {shown(per_core[1])}")
     for field, what in (("receiver_session", "charged to sessions"),
                         ("receiver_process", "process")):
         extra = [tls - plain for tls, plain in zip(column(off, "STARTTLS", field),
@@ -108,7 +144,8 @@ def report(key_type: str, anchor: list[float], off: dict[str, list[Costs]],
         verdict = _verdict(over, TARGET_EXTRA_OVER_OPENSSL)
         print(f"receiver's extra CPU for STARTTLS ({what}): {shown(extra, 'us')} = "
               f"{shown(over, 'x', 2)} openssl's handshake "
-              f"(target <= {TARGET_EXTRA_OVER_OPENSSL}x: {verdict})")
+              f"(target <= {TARGET_EXTRA_OVER_OPENSSL}x: {verdict}); beyond OpenSSL's own "
+              f"work: {shown([e - h for e, h in zip(extra, in_process, strict=True)], 'us')}")
     for _, mode in MODES:
         share = ratios(column(off, mode, "sender_process"), column(off, mode, "receiver_process"))
         print(f"sender / receiver process CPU, {mode}: {shown(share, 'x', 2)} "
@@ -135,7 +172,7 @@ def _verdict(values: list[float], limit: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=400)
+    parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--key-types", default="rsa2048,ecdsa-p256")
@@ -150,14 +187,16 @@ def main() -> None:
     for key_type in key_types:
         with tempfile.TemporaryDirectory() as folder:
             cert, key = certificate_files(Path(folder), key_type)
-            anchor = [openssl_handshake_cpu_us(cert, key, seconds=3) for _ in range(flags.repeat)]
+            openssl = [openssl_handshake_cpu_us(cert, key, seconds=3)
+                       for _ in range(flags.repeat)]
+            in_process = [in_process_handshake_cpu_us(cert, key) for _ in range(flags.repeat)]
             environment = stack_environment(Path(folder), cert, key)
             with stack_runner(overrides=environment) as runner:
                 off = measure(runner, flags, f"{key_type}")
             with stack_runner(overrides=environment, label="the local stack, tracing on",
                               tracing=True) as runner:
                 on = measure(runner, flags, f"{key_type} traced")
-        results.append((key_type, anchor, off, on))
+        results.append((key_type, openssl, in_process, off, on))
     print(f"\nmachine: {machine_note()}")
     print(f"TLS 1.3, no tickets (every handshake full); {flags.repeat} rounds of waves of "
           f"{flags.messages} messages at {flags.rate:g}/s, one message per session; "

@@ -52,18 +52,22 @@ def test_short_sweep_measures_tls_dearer_than_plain_and_writes_the_report(tmp_pa
 def test_mitigation_matrix_rows_run_side_by_side(tmp_path):
     finished = subprocess.run(
         [sys.executable, "-m", "tlsstorm", "sweep", "--matrix", "baseline,refuse,reject",
-         "--messages", "30", "--rate", "50", "--output", str(tmp_path / "sweep")],
+         "--messages", "30", "--rate", "50", "--rounds", "2", "--output", str(tmp_path / "sweep")],
         env=_stack_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     rows = {row["key"]: row for row in
             json.loads((tmp_path / "matrix" / "matrix.json").read_text())["rows"]}
     assert set(rows) == {"baseline", "refuse", "reject"}
+    assert all(len(row["plain_ms_rounds"]) == len(row["tls_ms_rounds"]) == 2
+               for row in rows.values())
+    assert rows["baseline"]["tls_ms"] == pytest.approx(
+        sum(rows["baseline"]["tls_ms_rounds"]) / 2, abs=1e-3)
     # Refusing STARTTLS removes the handshake: a "TLS" message costs what a plain one does.
     assert rows["baseline"]["tls_ms"] > 1.5 * rows["baseline"]["plain_ms"]
     assert rows["refuse"]["tls_ms"] < rows["baseline"]["tls_ms"]
     assert rows["refuse"]["tls_out_bytes_per_session"] is None
-    assert "saving" in finished.stdout
+    assert "saving" in finished.stdout and "+- " in finished.stdout
 
 
 def test_unknown_matrix_row_is_a_clear_error(tmp_path):

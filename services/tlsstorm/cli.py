@@ -81,7 +81,7 @@ def _sweep(flags: argparse.Namespace) -> None:
         if unknown:
             raise SystemExit(f"--matrix: unknown rows {unknown}; choose from {', '.join(ROWS)}")
         run_matrix(keys, flags.rate, flags.messages, flags.size,
-                   Path(flags.output).with_name("matrix"))
+                   Path(flags.output).with_name("matrix"), rounds=flags.rounds)
         return
     run_sweep(ratios=flags.ratios, rate=flags.rate, messages=flags.messages, size=flags.size,
               scenario=flags.scenario, capacity_rates=flags.capacity_rates,
@@ -94,6 +94,13 @@ def _ratio(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"a TLS ratio is between 0 and 1, not {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, not {text}")
     return value
 
 
@@ -151,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the receiver writes and fsyncs each message, as an MTA queues it")
     sweep.add_argument("--matrix", metavar="ROWS", help="the mitigation matrix instead: 'all' or "
                        "a comma list of baseline,ecdsa,rsa4096,tls12,resume,batch,refuse,reject")
+    sweep.add_argument("--rounds", type=_positive_int, default=1,
+                       help="with --matrix: rounds per row, shown as mean +- 95%% interval")
     sweep.add_argument("--output", default="results/sweep", help="folder for the report")
     sweep.set_defaults(run=_sweep)
 

@@ -1,8 +1,9 @@
 """The mitigation matrix: the same waves across receiver (and client) settings, side by side.
 
-Each row restarts the local stack with its settings, runs an all-plain and an all-STARTTLS wave,
-and gives the receiver's CPU per attempted message for each; the cost at Rustock's 70% TLS and
-the saving against the baseline follow from them.
+Each row restarts the local stack with its settings, runs rounds of an all-plain and an
+all-STARTTLS wave, and gives the receiver's CPU per attempted message for each (the mean of the
+rounds, with its 95% interval); the cost at Rustock's 70% TLS and the saving against the
+baseline, round by round, follow from them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from html import escape
 from pathlib import Path
 
 from tlsstorm.common.charts import bar_chart
+from tlsstorm.common.intervals import mean_ci, shown
 from tlsstorm.sweep.run import stack_runner
 
 RUSTOCK_RATIO = 0.7
@@ -43,49 +45,73 @@ ROWS = {
 class RowResult:
     key: str
     label: str
-    plain_ms: float  # receiver CPU per attempted message, all plain
-    tls_ms: float  # receiver CPU per attempted message, all STARTTLS
+    plain_ms_rounds: list[float]  # receiver CPU per attempted message, all plain, per round
+    tls_ms_rounds: list[float]  # the same, all STARTTLS
     tls_out_bytes_per_session: float | None
 
     @property
-    def at_rustock_ms(self) -> float:
-        return (1 - RUSTOCK_RATIO) * self.plain_ms + RUSTOCK_RATIO * self.tls_ms
+    def plain_ms(self) -> float:
+        return round(mean_ci(self.plain_ms_rounds)[0], 4)
+
+    @property
+    def tls_ms(self) -> float:
+        return round(mean_ci(self.tls_ms_rounds)[0], 4)
+
+    @property
+    def at_rustock_rounds(self) -> list[float]:
+        return [(1 - RUSTOCK_RATIO) * plain + RUSTOCK_RATIO * tls
+                for plain, tls in zip(self.plain_ms_rounds, self.tls_ms_rounds, strict=True)]
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "plain_ms": self.plain_ms, "tls_ms": self.tls_ms,
+                "at_rustock_ms": round(mean_ci(self.at_rustock_rounds)[0], 4)}
 
 
-def run_row(key: str, rate: float, messages: int, size: int) -> RowResult:
+def run_row(key: str, rate: float, messages: int, size: int, rounds: int) -> RowResult:
     row = ROWS[key]
+    plain_ms, tls_ms = [], []
     with stack_runner(size, row.receiver_env, label=row.label) as runner:
         runner.wave(0.5, rate, max(10, messages // 10), "  warm-up", **row.sender_options)
-        plain = runner.wave(0.0, rate, messages, "  all plain", **row.sender_options)
-        tls = runner.wave(1.0, rate, messages, "  all STARTTLS", **row.sender_options)
-    return RowResult(key, row.label, round(plain.session_cpu_ms / plain.attempted, 4),
-                     round(tls.session_cpu_ms / tls.attempted, 4), tls.tls_out_bytes_per_session)
+        for number in range(1, rounds + 1):
+            plain = runner.wave(0.0, rate, messages, f"  all plain {number}/{rounds}",
+                                **row.sender_options)
+            tls = runner.wave(1.0, rate, messages, f"  all STARTTLS {number}/{rounds}",
+                              **row.sender_options)
+            plain_ms.append(round(plain.session_cpu_ms / plain.attempted, 4))
+            tls_ms.append(round(tls.session_cpu_ms / tls.attempted, 4))
+    return RowResult(key, row.label, plain_ms, tls_ms, tls.tls_out_bytes_per_session)
 
 
-def run_matrix(keys: list[str], rate: float, messages: int, size: int, output: Path) -> Path:
-    results = [run_row(key, rate, messages, size) for key in keys]
+def run_matrix(keys: list[str], rate: float, messages: int, size: int, output: Path,
+               rounds: int = 1) -> Path:
+    results = [run_row(key, rate, messages, size, rounds) for key in keys]
     baseline = next((r for r in results if r.key == "baseline"), results[0])
-    lines = [f"{'setting':<40}{'plain ms':>9}{'TLS ms':>9}{'TLS/plain':>10}"
-             f"{'at 70% TLS':>11}{'saving':>8}"]
+    lines = [f"{'setting':<40}{'plain ms':>16}{'TLS ms':>16}{'TLS/plain':>10}"
+             f"{'at 70% TLS':>11}{'saving':>12}"]
     for result in results:
-        saving = 1 - result.at_rustock_ms / baseline.at_rustock_ms
+        savings = [100 * (1 - ours / theirs) for ours, theirs in
+                   zip(result.at_rustock_rounds, baseline.at_rustock_rounds, strict=True)]
         factor = result.tls_ms / result.plain_ms if result.plain_ms else float("nan")
-        lines.append(f"{result.label:<40}{result.plain_ms:>9.3f}{result.tls_ms:>9.3f}"
-                     f"{factor:>9.2f}x{result.at_rustock_ms:>11.3f}{saving:>8.0%}")
+        lines.append(f"{result.label:<40}{shown(result.plain_ms_rounds, digits=3):>16}"
+                     f"{shown(result.tls_ms_rounds, digits=3):>16}{factor:>9.2f}x"
+                     f"{mean_ci(result.at_rustock_rounds)[0]:>11.3f}{shown(savings, '%'):>12}")
+    if rounds > 1:
+        lines.append(f"mean +- 95% interval of {rounds} rounds; savings round by round")
     table = "\n".join(lines)
     print(table)
     output.mkdir(parents=True, exist_ok=True)
     (output / "matrix.json").write_text(json.dumps(
-        {"rate": rate, "messages": messages, "size": size, "rustock_ratio": RUSTOCK_RATIO,
-         "rows": [{**asdict(r), "at_rustock_ms": r.at_rustock_ms} for r in results]}, indent=2))
+        {"rate": rate, "messages": messages, "size": size, "rounds": rounds,
+         "rustock_ratio": RUSTOCK_RATIO, "rows": [r.as_dict() for r in results]}, indent=2))
     chart = bar_chart("Receiver CPU per message at 70% STARTTLS", [r.key for r in results],
-                      {"ms": [r.at_rustock_ms for r in results]}, "CPU ms per message")
+                      {"ms": [mean_ci(r.at_rustock_rounds)[0] for r in results]},
+                      "CPU ms per message")
     page = output / "index.html"
     page.write_text(f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>tlsstorm mitigation matrix</title><style>body{{font-family:system-ui,sans-serif;
 margin:2rem auto;max-width:1000px}}.chart{{width:100%;max-width:760px}}</style></head><body>
-<h1>Mitigation matrix</h1><p>{messages} messages per wave at {rate:g}/s, {size} bytes;
-CPU the receiver charged to sessions, per attempted message.</p>
+<h1>Mitigation matrix</h1><p>{messages} messages per wave at {rate:g}/s, {size} bytes,
+{rounds} round(s) per row; CPU the receiver charged to sessions, per attempted message.</p>
 <pre>{escape(table)}</pre>{chart}<p>Raw data: <a href="matrix.json">matrix.json</a></p>
 </body></html>""")
     print(f"report: {page.resolve()}")

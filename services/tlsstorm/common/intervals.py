@@ -1,5 +1,5 @@
-"""Repeated measurements as a mean with a 95% confidence interval: on a shared VM a single run
-of these benchmarks moves by +-25%, so one figure alone says little."""
+"""Repeated measurements as a mean with a 95% confidence interval: on a shared VM one run of a
+wave or a benchmark moves by +-25%, so one figure alone says little."""
 
 from __future__ import annotations
 
