@@ -87,14 +87,14 @@ def run_matrix(keys: list[str], rate: float, messages: int, size: int, output: P
     results = [run_row(key, rate, messages, size, rounds) for key in keys]
     baseline = next((r for r in results if r.key == "baseline"), results[0])
     lines = [f"{'setting':<40}{'plain ms':>16}{'TLS ms':>16}{'TLS/plain':>10}"
-             f"{'at 70% TLS':>11}{'saving':>12}"]
+             f"{'at 70% TLS':>11}{'saving':>14}"]
     for result in results:
         savings = [100 * (1 - ours / theirs) for ours, theirs in
                    zip(result.at_rustock_rounds, baseline.at_rustock_rounds, strict=True)]
         factor = result.tls_ms / result.plain_ms if result.plain_ms else float("nan")
         lines.append(f"{result.label:<40}{shown(result.plain_ms_rounds, digits=3):>16}"
                      f"{shown(result.tls_ms_rounds, digits=3):>16}{factor:>9.2f}x"
-                     f"{mean_ci(result.at_rustock_rounds)[0]:>11.3f}{shown(savings, '%'):>12}")
+                     f"{mean_ci(result.at_rustock_rounds)[0]:>11.3f}{shown(savings, '%'):>14}")
     if rounds > 1:
         lines.append(f"mean +- 95% interval of {rounds} rounds; savings round by round")
     table = "\n".join(lines)

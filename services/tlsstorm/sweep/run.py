@@ -79,6 +79,9 @@ class SweepRunner:
     def wave(self, tls_ratio: float, rate: float, messages: int, label: str,
              **sender_options) -> WavePoint:
         """One wave; sender_options (per_connection, resume) go into its spec."""
+        # The receiver's totals then count this wave alone: they stand in for the wave's own
+        # stats when its sessions were refused before MAIL, so never carried its header.
+        self.http.post(f"{self.receiver_url}/v1/stats/reset").raise_for_status()
         cpu_before = self._cpu_seconds()
         response = self.http.post(f"{self.sender_url}/v1/waves", json={
             "rate": rate, "count": messages, "tls_ratio": tls_ratio,
@@ -122,7 +125,7 @@ class SweepRunner:
         """The receiver's stats of the wave once every accepted message has arrived there."""
         expected = wave["plain"]["ok"] + wave["tls"]["ok"]
         stats = receiver_wave_stats(self.http, self.receiver_url, wave["id"], expected, 15)
-        # Sessions rejected before MAIL carry no wave header: then the whole receiver's.
+        # Sessions rejected before MAIL carry no wave header: then the receiver's totals.
         return stats or self.http.get(f"{self.receiver_url}/v1/stats").json()
 
     def capacity(self, tls_ratio: float, rates: list[float], seconds: float,
