@@ -1,6 +1,11 @@
-"""Where the receiver's and the sender's CPU goes, per plain and per STARTTLS message: py-spy
-samples both processes during one wave of each mode; each sample is put in a category by its
-innermost Python frame, and the categories are shown as shares and as microseconds per message.
+"""Where the receiver's and the sender's CPU goes, per plain and per STARTTLS message, during
+one wave of each mode, seen two ways:
+- perf (when installed): CPU samples of each process by library: the Python interpreter,
+  OpenSSL, the kernel, libc; the split py-spy cannot give.
+- py-spy: the innermost Python frame of each sample, put in a category (SMTP library, event
+  loop, socket calls, TLS, tlsstorm's own code, ...). Samples inside epoll_wait are left out:
+  py-spy counts a runnable thread there as busy, and perf shows the kernel's share is no larger
+  in those waves than in any other.
 
 The collapsed stacks are kept (results/profiles/*.txt: open them in speedscope.app or feed them
 to flamegraph.pl) for a closer look than the categories give.
@@ -10,6 +15,7 @@ Usage: python bench/profile_sessions.py [--messages 1500] [--rate 200] [--key-ty
 from __future__ import annotations
 
 import collections
+import re
 import shutil
 import signal
 import subprocess
@@ -24,6 +30,7 @@ from tlsstorm.sweep.run import stack_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_PER_SECOND = 250
+MODES = ((0.0, "plain"), (1.0, "starttls"))
 
 # An innermost frame in one of these functions is (nearly all) a system call.
 SOCKET_CALLS = {
@@ -32,13 +39,11 @@ SOCKET_CALLS = {
     "_SelectorSocketTransport._read_ready__data_received", "socket.getsockopt",
     "wire_bytes", "socket.recv", "socket.send", "socket.sendall",
 }
+EPOLL_WAIT = "selectors.py:468"
 # (category, path fragments of the innermost frame's file); the first match wins.
 CATEGORIES = (
     ("TLS: handshake and records (OpenSSL via ssl)", ("ssl.py",)),
     ("TLS: asyncio's record plumbing (sslproto)", ("asyncio/sslproto.py",)),
-    # Runnable inside epoll_wait: woken and waiting for a core (2 cores, 2 busy processes), or
-    # the kernel's wake-up work; py-spy cannot tell which, so it stands on its own.
-    ("runnable in epoll_wait (waiting for a core)", ("selectors.py:468",)),
     ("event loop (asyncio, selectors)", ("asyncio/", "selectors.py", "contextvars")),
     ("SMTP protocol (aiosmtpd, aiosmtplib, email)", ("aiosmtpd/", "aiosmtplib/", "email/")),
     ("tlsstorm's own code", ("tlsstorm/",)),
@@ -47,6 +52,9 @@ CATEGORIES = (
      ("fastapi/", "starlette/", "uvicorn/", "h11/", "httpx/", "httpcore/", "anyio/",
       "pydantic")),
 )
+# perf's shared objects, grouped.
+LIBRARIES = (("Python interpreter", "libpython"), ("OpenSSL", "libcrypto"), ("OpenSSL", "libssl"),
+             ("kernel", "[kernel"), ("libc", "libc.so"))
 
 
 def category(frame: str) -> str:
@@ -59,34 +67,63 @@ def category(frame: str) -> str:
     return "other Python (stdlib, inspect, abc, ...)"
 
 
-def categorised(collapsed: Path) -> collections.Counter[str]:
-    """Samples per category, from py-spy's collapsed-stack output."""
+def python_categories(collapsed: Path) -> collections.Counter[str]:
+    """Samples per category from py-spy's collapsed stacks, epoll_wait left out."""
     counts: collections.Counter[str] = collections.Counter()
     for line in collapsed.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
-        counts[category(stack.rsplit(";", 1)[-1])] += int(samples)
+        innermost = stack.rsplit(";", 1)[-1]
+        if EPOLL_WAIT not in innermost:
+            counts[category(innermost)] += int(samples)
     return counts
 
 
-def profiled_wave(runner, pids: dict[str, int], ratio: float, flags, out: Path,
-                  mode: str) -> dict[str, tuple[collections.Counter[str], float]]:
-    """Samples by category and process CPU microseconds per message, per service."""
-    files = {name: out / f"{mode}-{name}.txt" for name in pids}
-    spies = [subprocess.Popen(
-        [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
-         "--pid", str(pid), "--rate", str(SAMPLES_PER_SECOND), "--format", "raw",
-         "--nonblocking", "--output", str(files[name])],
+def library_shares(recording: Path) -> collections.Counter[str]:
+    """Percent of perf's samples per library group."""
+    report = subprocess.run(
+        ["perf", "report", "--input", str(recording), "--stdio", "--no-children",
+         "--sort", "dso", "-g", "none"], capture_output=True, text=True, check=True).stdout
+    shares: collections.Counter[str] = collections.Counter()
+    for percent, library in re.findall(r"^\s+([\d.]+)%\s+(\S+)", report, re.MULTILINE):
+        group = next((name for name, prefix in LIBRARIES if library.startswith(prefix)),
+                     "other (extension modules)")
+        shares[group] += float(percent)
+    return shares
+
+
+def profiled_wave(runner, pids: dict[str, int], ratio: float, flags, out: Path, mode: str):
+    """Per service: (py-spy categories, perf library shares or None, process CPU us/message)."""
+    stacks = {name: out / f"{mode}-{name}.txt" for name in pids}
+    recordings = {name: out / f"{mode}-{name}.perf" for name in pids}
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    samplers = [subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--rate", str(SAMPLES_PER_SECOND), "--format",
+         "raw", "--nonblocking", "--output", str(stacks[name])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name, pid in pids.items()]
-    time.sleep(1.0)  # py-spy attaches
+    if shutil.which("perf"):
+        samplers += [subprocess.Popen(
+            ["perf", "record", "--event", "cpu-clock", "--freq", "999", "--pid", str(pid),
+             "--output", str(recordings[name])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name, pid in pids.items()]
+    time.sleep(1.0)  # the samplers attach
     before = {name: process_cpu_seconds(pid) for name, pid in pids.items()}
     point = runner.wave(ratio, flags.rate, flags.messages, f"{mode:>8} profiled")
     cpu_us = {name: (process_cpu_seconds(pid) - before[name]) * 1e6 / point.messages
               for name, pid in pids.items()}
-    for spy in spies:
-        spy.send_signal(signal.SIGINT)
-    for spy in spies:
-        spy.wait(30)
-    return {name: (categorised(files[name]), cpu_us[name]) for name in pids}
+    for sampler in samplers:
+        sampler.send_signal(signal.SIGINT)
+    for sampler in samplers:
+        sampler.wait(60)
+    return {name: (python_categories(stacks[name]),
+                   library_shares(recordings[name]) if recordings[name].exists() else None,
+                   cpu_us[name]) for name in pids}
+
+
+def table(title: str, names: list[str], columns: list[dict[str, str]]) -> None:
+    """One row per name, one column per mode (plain, STARTTLS)."""
+    print(f"{title:<58}{'plain':>16}{'STARTTLS':>16}")
+    for name in names:
+        print(f"{name:<58}" + "".join(f"{column.get(name, ''):>16}" for column in columns))
 
 
 def main() -> None:
@@ -100,26 +137,29 @@ def main() -> None:
             pids = {child.name: child.process.pid for child in runner.stack.stack.children
                     if child.name in ("receiver", "sender")}
             runner.wave(0.5, flags.rate, 200, "warm-up")
-            for ratio, mode in ((0.0, "plain"), (1.0, "starttls")):
+            for ratio, mode in MODES:
                 profiles[mode] = profiled_wave(runner, pids, ratio, flags, out, mode)
     print(f"\nmachine: {machine_note()}")
     print(f"certificate {flags.key_type}, TLS 1.3, no tickets; {flags.messages} messages per "
-          f"wave at {flags.rate:g}/s; py-spy at {SAMPLES_PER_SECOND} samples/s (its own cost "
-          "shows in the process CPU); collapsed stacks in results/profiles/")
+          f"wave at {flags.rate:g}/s; perf at 999 Hz, py-spy at {SAMPLES_PER_SECOND} Hz (its "
+          "own cost shows in the process CPU); stacks in results/profiles/")
     for service in ("receiver", "sender"):
-        print(f"\n{service}: share of samples, and us per message (share x process CPU)")
-        names = sorted({name for mode in profiles for name in profiles[mode][service][0]})
-        print(f"{'':<58}{'plain':>16}{'STARTTLS':>16}")
-        for name in sorted(names, key=lambda n: -profiles["starttls"][service][0][n]):
-            cells = []
-            for mode in ("plain", "starttls"):
-                counts, cpu_us = profiles[mode][service]
-                share = counts[name] / max(sum(counts.values()), 1)
-                cells.append(f"{share:5.1%} {share * cpu_us:6,.0f}")
-            print(f"{name:<58}{cells[0]:>16}{cells[1]:>16}")
-        totals = [f"{profiles[mode][service][1]:,.0f} us" for mode in ("plain", "starttls")]
-        print(f"{'process CPU per message':<58}{totals[0]:>16}{totals[1]:>16}")
-
+        by_mode = {mode: profiles[mode][service] for _, mode in MODES}
+        print(f"\n{service}: process CPU per message "
+              + ", ".join(f"{mode} {by_mode[mode][2]:,.0f} us" for _, mode in MODES))
+        if all(libraries is not None for _, libraries, _ in by_mode.values()):
+            names = sorted({n for _, libraries, _ in by_mode.values() for n in libraries},
+                           key=lambda n: -by_mode["starttls"][1][n])
+            table("by library (perf): share, us per message", names, [
+                {name: f"{share:5.1f}% {share * cpu_us / 100:6,.0f}"
+                 for name, share in libraries.items()}
+                for _, libraries, cpu_us in by_mode.values()])
+        names = sorted({n for counts, _, _ in by_mode.values() for n in counts},
+                       key=lambda n: -by_mode["starttls"][0][n])
+        table("by Python frame (py-spy): share outside epoll_wait", names, [
+            {name: f"{samples / max(sum(counts.values()), 1):6.1%}"
+             for name, samples in counts.items()}
+            for counts, _, _ in by_mode.values()])
 
 if __name__ == "__main__":
     main()
