@@ -7,8 +7,8 @@ one wave of each mode, seen two ways:
   py-spy counts a runnable thread there as busy, and perf shows the kernel's share is no larger
   in those waves than in any other.
 
-The collapsed stacks are kept (results/profiles/*.txt: open them in speedscope.app or feed them
-to flamegraph.pl) for a closer look than the categories give.
+The collapsed stacks are kept (results/profiles/*.txt under the current directory: open them in
+speedscope.app or feed them to flamegraph.pl) for a closer look than the categories give.
 Usage: python bench/profile_sessions.py [--messages 1500] [--rate 200] [--key-type rsa2048]
 """
 
@@ -28,7 +28,6 @@ from fixtures import certificate_files, stack_environment, wave_arguments  # ben
 from machine import machine_note, process_cpu_seconds
 from tlsstorm.sweep.run import stack_runner
 
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_PER_SECOND = 250
 MODES = ((0.0, "plain"), (1.0, "starttls"))
 
@@ -128,7 +127,7 @@ def table(title: str, names: list[str], columns: list[dict[str, str]]) -> None:
 
 def main() -> None:
     flags = wave_arguments(__doc__, messages=1500, rate=200.0)
-    out = ROOT / "results" / "profiles"
+    out = Path("results") / "profiles"
     out.mkdir(parents=True, exist_ok=True)
     profiles = {}
     with tempfile.TemporaryDirectory() as folder:

@@ -1,0 +1,71 @@
+"""The benchmarks run end to end and print each figure beside its anchor and target. Tiny runs:
+what is checked is that every figure is there and well formed, never how fast anything is."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import _stack_env
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURE = r"[\d,]+(?:\.\d+)? \+- [\d,]+(?:\.\d+)?"  # a mean and its interval, "1,234 +- 56"
+
+
+def _bench(tmp_path: Path, script: str, *flags: str) -> str:
+    finished = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *flags], cwd=tmp_path, env=_stack_env(),
+        capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    return finished.stdout
+
+
+def test_receiver_cost_prints_every_figure_beside_its_anchor(tmp_path):
+    out = _bench(tmp_path, "receiver_cost.py", "--repeat", "2", "--messages", "60",
+                 "--key-types", "ecdsa-p256")
+
+    assert re.search(rf"openssl s_server {FIGURE} us CPU per full handshake", out), out
+    assert re.search(rf"Python's ssl over memory BIOs {FIGURE} us", out), out
+    for row in ("receiver, charged to sessions", "receiver process", "sender process",
+                "receiver process, tracing on", "sender process, tracing on"):
+        assert re.search(rf"^{re.escape(row)} +{FIGURE} +{FIGURE} +{FIGURE} x$", out,
+                         re.MULTILINE), row
+    assert re.search(r"extra CPU for STARTTLS \(charged to sessions\).*target <= 1\.3x: "
+                     r"(met|not met|within noise of the target)", out), out
+    assert out.count("(target <= 1: ") == 2
+    assert out.count("tracing on vs off,") == 4
+
+
+def test_profile_sessions_splits_the_cpu_of_both_services(tmp_path):
+    out = _bench(tmp_path, "profile_sessions.py", "--messages", "150", "--key-type",
+                 "ecdsa-p256")
+
+    for service in ("receiver", "sender"):
+        assert re.search(rf"^{service}: process CPU per message plain [\d,]+ us, starttls",
+                         out, re.MULTILINE), out
+    assert "TLS: handshake and records (OpenSSL via ssl)" in out
+    if shutil.which("perf"):
+        assert re.search(r"^OpenSSL .*\d+\.\d% +[\d,]+$", out, re.MULTILINE), out
+    stacks = sorted(path.name for path in (tmp_path / "results" / "profiles").glob("*.txt"))
+    assert stacks == ["plain-receiver.txt", "plain-sender.txt", "starttls-receiver.txt",
+                      "starttls-sender.txt"]
+
+
+@pytest.mark.skipif(
+    (not shutil.which("postfix") or os.geteuid() != 0) and os.environ.get("CI") != "true",
+    reason="Debian's postfix and root are needed (make system-deps installs postfix)")
+def test_postfix_compare_puts_both_servers_side_by_side(tmp_path):
+    out = _bench(tmp_path, "postfix_compare.py", "--repeat", "2", "--messages", "40",
+                 "--rate", "40", "--key-type", "ecdsa-p256")
+
+    for row in ("Postfix smtpd", "receiver, process", "receiver, charged"):
+        assert re.search(rf"^{re.escape(row)} +{FIGURE} +{FIGURE} +{FIGURE}$", out,
+                         re.MULTILINE), row
+    assert out.count("/ Postfix's: ") == 4
+    assert "plain session from smtp-source, receiver CPU charged to sessions / smtpd's" in out
