@@ -69,3 +69,11 @@ def test_postfix_compare_puts_both_servers_side_by_side(tmp_path):
                          re.MULTILINE), row
     assert out.count("/ Postfix's: ") == 4
     assert "plain session from smtp-source, receiver CPU charged to sessions / smtpd's" in out
+
+
+def test_span_cost_splits_building_from_encoding(tmp_path):
+    out = _bench(tmp_path, "span_cost.py", "--sessions", "200")
+
+    for mode, spans in (("plain", 1), ("STARTTLS", 2)):
+        assert re.search(rf"{mode} session, {spans} span\(s\): build and end +[\d.]+ us, OTLP "
+                         r"encoding +[\d.]+ us", out), out

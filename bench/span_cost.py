@@ -1,0 +1,63 @@
+"""What tracing costs the receiver per session, split in two: building and ending the session's
+spans (OpenTelemetry's SDK) and encoding them for OTLP/HTTP (its protobuf encoder), the work
+the batch exporter's thread does. Thread CPU, in-process, no network.
+
+Usage: python bench/span_cost.py [--sessions 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from google.protobuf.internal import api_implementation
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from machine import machine_note  # bench/ is on sys.path
+from tlsstorm.common.telemetry import tracer_provider
+from tlsstorm.receiver.session import SessionRecord
+from tlsstorm.receiver.tracing import emit_session_spans
+
+
+def finished_session(tls: bool) -> SessionRecord:
+    """A session record as the receiver hands it over: one 2 KiB message, QUIT, a wave."""
+    record = SessionRecord(("127.0.0.1", 40000))
+    record.tls, record.quit = tls, True
+    record.messages, record.message_bytes, record.wave_id = 1, 2048, "bench"
+    record.traceparents.append("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    if tls:
+        record.handshake_ok, record.tls_version = True, "TLSv1.3"
+        record.cipher, record.resumed = "TLS_AES_256_GCM_SHA384", False
+        record.handshake_started_ns, record.handshake_ms = time.time_ns(), 2.0
+    record.ended_perf_ns = record.started_perf_ns + 5_000_000
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=2000)
+    sessions = parser.parse_args().sessions
+    exporter = InMemorySpanExporter()
+    provider = tracer_provider("tlsstorm-receiver", exporter=exporter)
+    tracer = provider.get_tracer("bench")
+    print(f"machine: {machine_note()}; protobuf backend {api_implementation.Type()}")
+    for tls in (False, True):
+        records = [finished_session(tls) for _ in range(sessions)]
+        started = time.thread_time_ns()
+        for record in records:
+            emit_session_spans(tracer, record, "receiver.tlsstorm.test", 2525)
+        built_us = (time.thread_time_ns() - started) / 1000 / sessions
+        provider.force_flush()
+        spans = exporter.get_finished_spans()
+        exporter.clear()
+        started = time.thread_time_ns()
+        encode_spans(spans).SerializeToString()
+        encoded_us = (time.thread_time_ns() - started) / 1000 / sessions
+        print(f"{'STARTTLS' if tls else 'plain':>8} session, {len(spans) // sessions} span(s): "
+              f"build and end {built_us:5.1f} us, OTLP encoding {encoded_us:5.1f} us, "
+              f"together {built_us + encoded_us:5.1f} us")
+
+
+if __name__ == "__main__":
+    main()
