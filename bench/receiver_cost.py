@@ -1,6 +1,7 @@
-"""Receiver and sender CPU per plain and per STARTTLS message next to the anchor, `openssl
-s_server`'s CPU per full handshake with the same certificate; tracing on vs off. Every figure is
-the mean of --repeat runs with its 95% confidence interval; ratios are taken run by run.
+"""Receiver and sender CPU per plain and per STARTTLS message next to two anchors with the same
+certificate: `openssl s_server`'s CPU per full handshake, and the same handshake done in-process
+by Python's ssl; tracing on vs off; each issue-6 target with a verdict. Every figure is the mean
+of --repeat rounds with its 95% confidence interval; ratios are taken round by round.
 
 Usage: python bench/receiver_cost.py [--messages 1000] [--rate 200] [--repeat 5]
                                      [--key-types rsa2048,ecdsa-p256]
