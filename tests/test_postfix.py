@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -46,3 +47,23 @@ def test_sender_delivers_plain_and_starttls_mail_to_postfix(start_sender, postfi
     assert results[0]["tls_version"] is None
     assert results[1]["tls_version"] in ("TLSv1.2", "TLSv1.3")
     assert results[1]["bytes_received"] > results[0]["bytes_received"] + 300  # its certificate
+
+
+def _tls_wave_mean_ms(sender, count: int) -> float:
+    accepted = httpx.post(f"{sender.http}/v1/waves", json={
+        "rate": 20, "count": count, "tls_ratio": 1.0, "concurrency": 16}).json()
+    while (wave := httpx.get(f"{sender.http}/v1/waves/{accepted['id']}").json())[
+            "status"] == "running":
+        time.sleep(0.2)
+    assert wave["tls"]["ok"] == count, wave
+    return wave["tls"]["total_ms"]["mean"]
+
+
+def test_quick_acks_spare_starttls_sessions_the_delayed_ack_stall(start_sender, postfix_port):
+    """Postfix sends TLS 1.3 session tickets and its next reply as separate segments; a client
+    that delays its ACK for the first makes the second wait ~40 ms (Nagle) in many sessions."""
+    delayed = _tls_wave_mean_ms(start_sender(postfix_port), 40)
+    quick = _tls_wave_mean_ms(start_sender(postfix_port, quick_ack=True), 40)
+
+    assert delayed > quick + 5, (delayed, quick)
+    assert quick < 12, quick
