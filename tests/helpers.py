@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import ssl
+import struct
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -124,3 +128,38 @@ def finish_session(tls_sock: ssl.SSLSocket) -> ssl.SSLSession | None:
     read_reply(tls_sock)
     tls_sock.close()
     return session
+
+
+@dataclass(frozen=True)
+class TcpPacket:
+    seconds: float
+    source_port: int
+    destination_port: int
+    seq: int
+    ack: int
+    flags: int
+    payload: int
+
+
+def tcp_packets(pcap: Path) -> Iterator[TcpPacket]:
+    """The IPv4 TCP packets of a pcap file (tcpdump -w, any Linux link type), in order."""
+    data = pcap.read_bytes()
+    magic = struct.unpack_from("<I", data, 0)[0]
+    endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
+    fraction = 1e-9 if magic in (0xA1B23C4D, 0x4D3CB2A1) else 1e-6
+    link_type = struct.unpack_from(endian + "I", data, 20)[0]
+    link_header = {1: 14, 113: 16, 276: 20}[link_type]  # Ethernet, Linux SLL, SLL2
+    offset = 24
+    while offset + 16 <= len(data):
+        whole, part, captured = struct.unpack_from(endian + "III", data, offset)
+        packet = data[offset + 16: offset + 16 + captured]
+        offset += 16 + captured
+        ip = packet[link_header:]
+        if not ip or ip[0] >> 4 != 4:
+            continue
+        ip_header = (ip[0] & 0x0F) * 4
+        total = struct.unpack_from("!H", ip, 2)[0]
+        tcp = ip[ip_header:]
+        source, destination, seq, ack = struct.unpack_from("!HHII", tcp, 0)
+        yield TcpPacket(whole + part * fraction, source, destination, seq, ack, tcp[13],
+                        total - ip_header - (tcp[12] >> 4) * 4)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import httpx
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests.helpers import tcp_packets
 from tlsstorm.common.telemetry import tracer_provider
 
 TCPDUMP = shutil.which("tcpdump")
@@ -21,28 +21,12 @@ TCPDUMP = shutil.which("tcpdump")
 
 def _payload_bytes(pcap: Path, server_port: int) -> tuple[int, int]:
     """(to server, from server) TCP payload bytes in a pcap of the loopback interface."""
-    data = pcap.read_bytes()
-    magic = struct.unpack_from("<I", data, 0)[0]
-    endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
-    link_type = struct.unpack_from(endian + "I", data, 20)[0]
-    link_header = {1: 14, 113: 16, 276: 20}[link_type]  # Ethernet, Linux SLL, SLL2
-    offset, to_server, from_server = 24, 0, 0
-    while offset + 16 <= len(data):
-        captured = struct.unpack_from(endian + "I", data, offset + 8)[0]
-        packet = data[offset + 16: offset + 16 + captured]
-        offset += 16 + captured
-        ip = packet[link_header:]
-        if not ip or ip[0] >> 4 != 4:
-            continue
-        ip_header = (ip[0] & 0x0F) * 4
-        total = struct.unpack_from("!H", ip, 2)[0]
-        tcp = ip[ip_header:]
-        source, destination = struct.unpack_from("!HH", tcp, 0)
-        payload = total - ip_header - (tcp[12] >> 4) * 4
-        if destination == server_port:
-            to_server += payload
-        elif source == server_port:
-            from_server += payload
+    to_server = from_server = 0
+    for packet in tcp_packets(pcap):
+        if packet.destination_port == server_port:
+            to_server += packet.payload
+        elif packet.source_port == server_port:
+            from_server += packet.payload
     return to_server, from_server
 
 
