@@ -74,19 +74,20 @@ _TCP_ACK = 0x10
 
 @pytest.mark.skipif(not shutil.which("tcpdump") and os.environ.get("CI") != "true",
                     reason="tcpdump is not installed (make system-deps installs it)")
-@pytest.mark.parametrize("quick_ack", [True, False])
 def test_quick_acks_spare_starttls_sessions_the_delayed_ack_stall(
-        start_sender, postfix_port, tmp_path, quick_ack):
+        start_sender, postfix_port, tmp_path):
     """Postfix sends TLS 1.3 session tickets and its next reply as separate segments; a client
     that delays its ACK for the first makes the second wait ~40 ms (Nagle). With quick ACKs
-    the kernel acknowledges every segment as it arrives, however busy the machine."""
+    the kernel acknowledges every segment as it arrives, however busy the machine. (Without
+    them, 40 sessions here showed a 42-45 ms delayed ACK when the machine was quiet, none
+    under load: the stall depends on timing, the quick ACK does not.)"""
     pcap = tmp_path / "postfix.pcap"
     capture = subprocess.Popen(
         [shutil.which("tcpdump") or "tcpdump", "-i", "lo", "-U", "--immediate-mode", "-w",
          str(pcap), "-s", "96", f"tcp port {postfix_port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # tcpdump is listening
-    sender = start_sender(postfix_port, quick_ack=quick_ack)
+    sender = start_sender(postfix_port, quick_ack=True)
     accepted = httpx.post(f"{sender.http}/v1/waves", json={
         "rate": 20, "count": 40, "tls_ratio": 1.0, "concurrency": 16}).json()
     while (wave := httpx.get(f"{sender.http}/v1/waves/{accepted['id']}").json())[
@@ -97,8 +98,4 @@ def test_quick_acks_spare_starttls_sessions_the_delayed_ack_stall(
     capture.wait(10)
 
     assert wave["tls"]["ok"] == 40, wave
-    longest = _longest_ack_delay_s(pcap, postfix_port)
-    if quick_ack:  # 3-6 ms at most here
-        assert longest < 0.020, longest
-    else:  # the stall the option is for: delayed ACKs (Linux holds them up to 40 ms)
-        assert longest > 0.030, longest
+    assert _longest_ack_delay_s(pcap, postfix_port) < 0.020  # 3-6 ms at most here
