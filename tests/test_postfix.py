@@ -50,6 +50,9 @@ def test_sender_delivers_plain_and_starttls_mail_to_postfix(start_sender, postfi
     assert results[1]["bytes_received"] > results[0]["bytes_received"] + 300  # its certificate
 
 
+_TCP_ACK = 0x10
+
+
 def _longest_ack_delay_s(pcap: Path, server_port: int) -> float:
     """The longest the client took to acknowledge a segment of data from the server."""
     waiting: dict[int, list[tuple[float, int]]] = {}  # client port -> (sent at, end seq)
@@ -67,9 +70,6 @@ def _longest_ack_delay_s(pcap: Path, server_port: int) -> float:
                     still.append((sent_at, end))
             waiting[packet.source_port] = still
     return longest
-
-
-_TCP_ACK = 0x10
 
 
 @pytest.mark.skipif(not shutil.which("tcpdump") and os.environ.get("CI") != "true",
