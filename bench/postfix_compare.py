@@ -104,14 +104,8 @@ def smtp_source(messages: int, rate: float, size: int):
 def sender_wave(runner: SweepRunner, messages: int, rate: float, tls_ratio: float = 1.0):
     """Sessions from our sender's /v1/waves aimed at a port; returns the messages accepted."""
     def drive(port: int) -> int:
-        response = runner.http.post(f"{runner.sender_url}/v1/waves", json={
-            "rate": rate, "count": messages, "tls_ratio": tls_ratio, "concurrency": 64,
-            "size": runner.size, "target": f"127.0.0.1:{port}"})
-        response.raise_for_status()
-        wave_id = response.json()["id"]
-        while (wave := runner.http.get(f"{runner.sender_url}/v1/waves/{wave_id}").json())[
-                "status"] == "running":
-            time.sleep(0.2)
+        wave = runner.send_wave(tls_ratio, rate, messages, f"  {tls_ratio:.0%} TLS to :{port}",
+                                target=f"127.0.0.1:{port}")
         accepted = wave["plain"]["ok"] + wave["tls"]["ok"]
         if accepted < messages:
             print(f"  {accepted} of {messages} accepted ({wave['skipped']} skipped by the "

@@ -83,21 +83,9 @@ class SweepRunner:
         # stats when its sessions were refused before MAIL, so never carried its header.
         self.http.post(f"{self.receiver_url}/v1/stats/reset").raise_for_status()
         cpu_before = self._cpu_seconds()
-        response = self.http.post(f"{self.sender_url}/v1/waves", json={
-            "rate": rate, "count": messages, "tls_ratio": tls_ratio,
-            "concurrency": self.concurrency, "size": self.size, **sender_options})
-        response.raise_for_status()
-        wave_id = response.json()["id"]
-        while True:
-            wave = self.http.get(f"{self.sender_url}/v1/waves/{wave_id}").json()
-            _progress(label, wave["done"], wave["total"])
-            if wave["status"] != "running":
-                break
-            time.sleep(0.2)
+        wave = self.send_wave(tls_ratio, rate, messages, label, **sender_options)
         stats = self._wave_stats(wave)
         cpu = self._cpu_seconds() - cpu_before
-        if sys.stdout.isatty():
-            print()
         plain, tls = stats["plain"], stats["tls"]
         received = plain["messages"] + tls["messages"]
         session_cpu_ms = (plain["session_cpu_seconds"] + tls["session_cpu_seconds"]) * 1000
@@ -120,6 +108,25 @@ class SweepRunner:
                                        tls["sessions"]),
             tls_out_bytes_per_session=_per(tls["wire_bytes_out"], tls["sessions"]),
         )
+
+    def send_wave(self, tls_ratio: float, rate: float, messages: int, label: str,
+                  **sender_options) -> dict[str, Any]:
+        """One wave through the sender, with a progress bar; the sender's account of it once
+        done. sender_options (per_connection, resume, target) go into its spec."""
+        response = self.http.post(f"{self.sender_url}/v1/waves", json={
+            "rate": rate, "count": messages, "tls_ratio": tls_ratio,
+            "concurrency": self.concurrency, "size": self.size, **sender_options})
+        response.raise_for_status()
+        wave_id = response.json()["id"]
+        while True:
+            wave = self.http.get(f"{self.sender_url}/v1/waves/{wave_id}").json()
+            _progress(label, wave["done"], wave["total"])
+            if wave["status"] != "running":
+                break
+            time.sleep(0.2)
+        if sys.stdout.isatty():
+            print()
+        return wave
 
     def _wave_stats(self, wave: dict[str, Any]) -> dict[str, Any]:
         """The receiver's stats of the wave once every accepted message has arrived there."""
