@@ -67,7 +67,7 @@ def capture_wave(messages: int, workdir: Path) -> tuple[list[bytes], dict[str, f
     local = LocalStack()
     local.stack.start()
     try:
-        receiver_pid, sender_pid = (c.process.pid for c in local.stack.children[1:])
+        receiver_pid, sender_pid = local.stack.pid("receiver"), local.stack.pid("sender")
         cpu_before = process_cpu_seconds(receiver_pid), process_cpu_seconds(sender_pid)
         wave = httpx.post(local.sender_url("/v1/waves"), json={
             "rate": 100, "count": messages, "tls_ratio": 0.3, "concurrency": 16}).json()

@@ -94,8 +94,7 @@ class Costs:
 
 def measure(runner: SweepRunner, flags: argparse.Namespace, label: str) -> dict[str, list[Costs]]:
     """--repeat rounds of one plain and one STARTTLS wave, after a warm-up."""
-    sender_pid = next(child.process.pid for child in runner.stack.stack.children
-                      if child.name == "sender")
+    sender_pid = runner.stack.stack.pid("sender")
     runner.wave(0.5, flags.rate, 100, "warm-up")
     costs: dict[str, list[Costs]] = {mode: [] for _, mode in MODES}
     for round_number in range(1, flags.repeat + 1):

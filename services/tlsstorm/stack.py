@@ -44,6 +44,11 @@ class Stack:
             self.stop()
             raise
 
+    def pid(self, name: str) -> int:
+        """The process id of a started child, by name (benchmarks read its CPU from /proc)."""
+        return next(child.process.pid for child in self.children
+                    if child.name == name and child.process is not None)
+
     def _wait_ready(self, child: Child) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
