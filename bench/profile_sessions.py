@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from fixtures import certificate_files, stack_environment, wave_arguments  # bench/ on sys.path
 from machine import machine_note, process_cpu_seconds
@@ -66,19 +67,20 @@ def category(frame: str) -> str:
     return "other Python (stdlib, inspect, abc, ...)"
 
 
-def python_categories(collapsed: Path) -> collections.Counter[str]:
-    """Samples per category from py-spy's collapsed stacks, epoll_wait left out."""
+def python_shares(collapsed: Path) -> dict[str, float]:
+    """Share of py-spy's samples per category, from its collapsed stacks, epoll_wait left out."""
     counts: collections.Counter[str] = collections.Counter()
     for line in collapsed.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
         innermost = stack.rsplit(";", 1)[-1]
         if EPOLL_WAIT not in innermost:
             counts[category(innermost)] += int(samples)
-    return counts
+    total = max(sum(counts.values()), 1)
+    return {name: samples / total for name, samples in counts.items()}
 
 
-def library_shares(recording: Path) -> collections.Counter[str]:
-    """Percent of perf's samples per library group."""
+def library_shares(recording: Path) -> dict[str, float]:
+    """Share of perf's samples per library group."""
     report = subprocess.run(
         ["perf", "report", "--input", str(recording), "--stdio", "--no-children",
          "--sort", "dso", "-g", "none"], capture_output=True, text=True, check=True).stdout
@@ -86,12 +88,21 @@ def library_shares(recording: Path) -> collections.Counter[str]:
     for percent, library in re.findall(r"^\s+([\d.]+)%\s+(\S+)", report, re.MULTILINE):
         group = next((name for name, prefix in LIBRARIES if library.startswith(prefix)),
                      "other (extension modules)")
-        shares[group] += float(percent)
-    return shares
+        shares[group] += float(percent) / 100
+    return dict(shares)
 
 
-def profiled_wave(runner, pids: dict[str, int], ratio: float, flags, out: Path, mode: str):
-    """Per service: (py-spy categories, perf library shares or None, process CPU us/message)."""
+class Profile(NamedTuple):
+    """One service during one wave."""
+
+    python: dict[str, float]  # share of py-spy's samples per category
+    libraries: dict[str, float] | None  # share of perf's samples per library (None: no perf)
+    cpu_us: float  # process CPU per message
+
+
+def profiled_wave(runner, pids: dict[str, int], ratio: float, flags, out: Path,
+                  mode: str) -> dict[str, Profile]:
+    """Each service's profile during one wave."""
     stacks = {name: out / f"{mode}-{name}.txt" for name in pids}
     recordings = {name: out / f"{mode}-{name}.perf" for name in pids}
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -113,16 +124,27 @@ def profiled_wave(runner, pids: dict[str, int], ratio: float, flags, out: Path, 
         sampler.send_signal(signal.SIGINT)
     for sampler in samplers:
         sampler.wait(60)
-    return {name: (python_categories(stacks[name]),
-                   library_shares(recordings[name]) if recordings[name].exists() else None,
-                   cpu_us[name]) for name in pids}
+    return {name: Profile(
+        python_shares(stacks[name]),
+        library_shares(recordings[name]) if recordings[name].exists() else None,
+        cpu_us[name]) for name in pids}
 
 
-def table(title: str, names: list[str], columns: list[dict[str, str]]) -> None:
-    """One row per name, one column per mode (plain, STARTTLS)."""
+def table(title: str, shares: list[dict[str, float]], cpu_us: list[float] | None) -> None:
+    """One row per name, the largest in STARTTLS first; one column per mode (plain, STARTTLS):
+    the share, and with `cpu_us` the microseconds per message it stands for."""
     print(f"{title:<58}{'plain':>16}{'STARTTLS':>16}")
-    for name in names:
-        print(f"{name:<58}" + "".join(f"{column.get(name, ''):>16}" for column in columns))
+    for name in sorted(set().union(*shares), key=lambda name: -shares[-1].get(name, 0.0)):
+        cells = []
+        for mode, mode_shares in enumerate(shares):
+            share = mode_shares.get(name)
+            if share is None:
+                cells.append("")
+            elif cpu_us is None:
+                cells.append(f"{share:6.1%}")
+            else:
+                cells.append(f"{share:6.1%} {share * cpu_us[mode]:6,.0f}")
+        print(f"{name:<58}" + "".join(f"{cell:>16}" for cell in cells))
 
 
 def main() -> None:
@@ -133,8 +155,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         cert, key = certificate_files(Path(folder), flags.key_type)
         with stack_runner(overrides=stack_environment(Path(folder), cert, key)) as runner:
-            pids = {child.name: child.process.pid for child in runner.stack.stack.children
-                    if child.name in ("receiver", "sender")}
+            pids = {name: runner.stack.stack.pid(name) for name in ("receiver", "sender")}
             runner.wave(0.5, flags.rate, 200, "warm-up")
             for ratio, mode in MODES:
                 profiles[mode] = profiled_wave(runner, pids, ratio, flags, out, mode)
@@ -143,22 +164,16 @@ def main() -> None:
           f"wave at {flags.rate:g}/s; perf at 999 Hz, py-spy at {SAMPLES_PER_SECOND} Hz (its "
           "own cost shows in the process CPU); stacks in results/profiles/")
     for service in ("receiver", "sender"):
-        by_mode = {mode: profiles[mode][service] for _, mode in MODES}
+        by_mode = [profiles[mode][service] for _, mode in MODES]
         print(f"\n{service}: process CPU per message "
-              + ", ".join(f"{mode} {by_mode[mode][2]:,.0f} us" for _, mode in MODES))
-        if all(libraries is not None for _, libraries, _ in by_mode.values()):
-            names = sorted({n for _, libraries, _ in by_mode.values() for n in libraries},
-                           key=lambda n: -by_mode["starttls"][1][n])
-            table("by library (perf): share, us per message", names, [
-                {name: f"{share:5.1f}% {share * cpu_us / 100:6,.0f}"
-                 for name, share in libraries.items()}
-                for _, libraries, cpu_us in by_mode.values()])
-        names = sorted({n for counts, _, _ in by_mode.values() for n in counts},
-                       key=lambda n: -by_mode["starttls"][0][n])
-        table("by Python frame (py-spy): share outside epoll_wait", names, [
-            {name: f"{samples / max(sum(counts.values()), 1):6.1%}"
-             for name, samples in counts.items()}
-            for counts, _, _ in by_mode.values()])
+              + ", ".join(f"{mode} {profile.cpu_us:,.0f} us"
+                          for (_, mode), profile in zip(MODES, by_mode, strict=True)))
+        if all(profile.libraries is not None for profile in by_mode):
+            table("by library (perf): share, us per message",
+                  [profile.libraries for profile in by_mode],
+                  [profile.cpu_us for profile in by_mode])
+        table("by Python frame (py-spy): share outside epoll_wait",
+              [profile.python for profile in by_mode], None)
 
 if __name__ == "__main__":
     main()
