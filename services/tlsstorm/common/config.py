@@ -119,8 +119,9 @@ class SenderSettings(BaseSettings):
         False, description="a span per SMTP command under smtp.send (more detail in traces; "
         "about 20% more sender CPU per plain message)")
     quick_ack: bool = Field(
-        False, description="TCP_QUICKACK before each reply is read: no 40 ms delayed-ACK "
-        "stalls against servers that answer in several segments (Postfix after STARTTLS)")
+        False, description="TCP_QUICKACK after each command is written, so replies are ACKed "
+        "at once: no 40 ms delayed-ACK stalls against servers that answer in several "
+        "segments (Postfix after STARTTLS)")
     max_concurrency: int = Field(256, ge=1, le=10_000, description="cap on wave concurrency")
     api_token: str | None = Field(
         None,
