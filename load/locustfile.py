@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 
-from locust import HttpUser, constant, task
+from locust import HttpUser, constant, events, task
+from locust.env import Environment
 from options import next_is_tls
 from reporting import MessageBudget, report_sender_result
-from shapes import ordered_shapes
+from shapes import ordered_shapes, preselect_in_web_ui
 from smtp_bot import DirectSmtpBot  # noqa: F401 (a pickable user class)
 
 
@@ -48,6 +49,12 @@ class SpamViaSender(HttpUser):
                 report_sender_result(self.environment, result)
 
 
-# The shape named by TLSSTORM_LOAD_SHAPE (constant, waves, rustock) is the default one;
-# every shape stays pickable in the web UI.
-globals().update(ordered_shapes(os.environ.get("TLSSTORM_LOAD_SHAPE", "constant")))
+# The shape named by TLSSTORM_LOAD_SHAPE (constant, waves, rustock) is the default one, first in
+# the web UI's list; every shape stays pickable there.
+DEFAULT_SHAPE = os.environ.get("TLSSTORM_LOAD_SHAPE", "constant")
+globals().update(ordered_shapes(DEFAULT_SHAPE))
+
+
+@events.init.add_listener
+def preselect_default_shape(environment: Environment, **_kwargs) -> None:
+    preselect_in_web_ui(environment, DEFAULT_SHAPE)

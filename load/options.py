@@ -11,6 +11,7 @@ import os
 
 from locust import events
 from locust.env import Environment
+from locust.rpc import Message
 from locust.runners import MasterRunner, WorkerRunner
 
 from tlsstorm.sender.waves import is_tls
@@ -47,7 +48,8 @@ def add_wave_options(parser) -> None:
                         env_var="LOCUST_SMTP_TARGET", include_in_web_ui=True,
                         help="DirectSmtpBot: the receiver's SMTP host:port")
     parser.add_argument("--max-messages", type=int, default=0, env_var="LOCUST_MAX_MESSAGES",
-                        help="stop after this many messages (0: no limit; single process)")
+                        help="stop the run after this many messages (0: no limit); each Locust "
+                        "process counts its own, so with workers the limit is per worker")
     parser.add_argument("--api-token", type=str, default=os.environ.get("TLSSTORM_API_TOKEN", ""),
                         is_secret=True, help="bearer token for the sender (TLSSTORM_API_TOKEN)")
 
@@ -65,10 +67,15 @@ def set_wave_options(environment: Environment, **changes) -> None:
         environment.runner.send_message(OPTIONS_MESSAGE, changes)
 
 
+def _apply_option_changes(environment: Environment, msg: Message, **_kwargs) -> None:
+    """A worker takes the master's changes (Locust calls listeners with `environment`, `msg`).
+
+    A worker that joins mid-run gets the current options in its spawn message instead.
+    """
+    vars(environment.parsed_options).update(msg.data)
+
+
 @events.init.add_listener
 def listen_for_option_changes(environment: Environment, **_kwargs) -> None:
     if isinstance(environment.runner, WorkerRunner):
-        def apply(message, **_kwargs) -> None:
-            vars(environment.parsed_options).update(message.data)
-
-        environment.runner.register_message(OPTIONS_MESSAGE, apply)
+        environment.runner.register_message(OPTIONS_MESSAGE, _apply_option_changes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import gevent
+from locust import events
 from locust.env import Environment
 from locust.exception import StopUser
 
@@ -44,11 +45,13 @@ def report_sender_result(environment: Environment, result: dict[str, Any]) -> No
 class MessageBudget:
     """--max-messages: reserve before sending, so exactly that many go out, then end the run.
 
-    Users stop themselves once the budget is spent; a watcher ends the run when the last one
-    has finished its message (ending it from a user would stop the others twice).
+    A budget lives for one run: each run (a web UI Start, a worker's first spawn) reads the
+    limit afresh. Users stop themselves once it is spent; a watcher ends the run when the last
+    one has finished its message (ending it from a user would stop the others twice): headless,
+    Locust quits; with the web UI, the run stops and the UI stays up for the next one.
     """
 
-    _by_environment: dict[int, MessageBudget] = {}  # noqa: RUF012 (one per process)
+    _current: dict[int, MessageBudget] = {}  # noqa: RUF012 (this process's run, per environment)
 
     def __init__(self, environment: Environment) -> None:
         self.environment = environment
@@ -57,11 +60,14 @@ class MessageBudget:
         self.watcher: gevent.Greenlet | None = None
 
     @classmethod
+    def start_run(cls, environment: Environment, **_kwargs) -> None:
+        cls._current[id(environment)] = cls(environment)
+
+    @classmethod
     def of(cls, environment: Environment) -> MessageBudget:
-        key = id(environment)
-        if key not in cls._by_environment:
-            cls._by_environment[key] = cls(environment)
-        return cls._by_environment[key]
+        if id(environment) not in cls._current:
+            cls.start_run(environment)
+        return cls._current[id(environment)]
 
     def take(self, wanted: int) -> int:
         """How many of `wanted` messages may go now; stops the user once none may."""
@@ -79,4 +85,10 @@ class MessageBudget:
         runner = self.environment.runner
         while runner.user_count:
             gevent.sleep(0.1)
-        runner.quit()
+        if self.environment.web_ui is not None:
+            runner.stop()
+        else:
+            runner.quit()
+
+
+events.test_start.add_listener(MessageBudget.start_run)

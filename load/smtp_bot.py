@@ -8,8 +8,9 @@ import ssl
 import time
 
 from locust import User, constant, task
+from locust.exception import StopUser
 from options import next_is_tls
-from reporting import MessageBudget, SmtpFailure, report_message
+from reporting import MessageBudget, report_message
 
 from tlsstorm.common.wire import wire_bytes
 from tlsstorm.sender.allowlist import Allowlist, TargetRefused
@@ -31,14 +32,21 @@ class DirectSmtpBot(User):
         allowlist = Allowlist(
             [entry for entry in os.environ.get("TLSSTORM_ALLOWED_TARGETS", "").split(",")
              if entry.strip()], options.smtp_target)
+        self.refusal: str | None = None
         try:
             self.target = allowlist.check_blocking(options.smtp_target)
         except TargetRefused as refusal:
-            raise SmtpFailure(str(refusal)) from None
+            self.refusal = str(refusal)
         self.options = options
 
     @task
     def send_spam(self) -> None:
+        if self.refusal:
+            # A failure row says why; the bot stops quietly (StopUser in a task, unlike in
+            # on_start, is not logged as an error).
+            report_message(self.environment, tls=False, ok=False, total_ms=0.0, wire_bytes=0,
+                           failure=self.refusal, handshake_ms=None, direct=True)
+            raise StopUser()
         count = self.budget.take(max(1, self.environment.parsed_options.per_connection))
         tls = next_is_tls(self.environment)
         started = time.perf_counter()

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+from tlsstorm.common.telemetry import tracer_provider
 from tlsstorm.receiver.app import ReceiverService
 
 
@@ -40,6 +42,16 @@ class Running:
     @property
     def http(self) -> str:
         return f"http://127.0.0.1:{self.service.http_port}"
+
+
+def exporting_to(collector_url: str, start_receiver, start_sender):
+    """A receiver and a sender whose real OTLP/HTTP exporters send to the collector."""
+    endpoint = f"{collector_url}/v1/traces"
+    receiver = start_receiver(provider=tracer_provider(
+        "tlsstorm-receiver", exporter=OTLPSpanExporter(endpoint=endpoint)))
+    sender = start_sender(receiver.smtp_port, provider=tracer_provider(
+        "tlsstorm-sender", exporter=OTLPSpanExporter(endpoint=endpoint)))
+    return receiver, sender
 
 
 class RunningReceiver(Running):

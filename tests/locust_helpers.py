@@ -33,14 +33,30 @@ def locust(*args: str, env: dict[str, str] | None = None, **popen) -> subprocess
         text=True, **popen)
 
 
-def finish(process: subprocess.Popen, timeout: float = 120) -> str:
+def finish(process: subprocess.Popen, timeout: float = 120, errors_expected: bool = False) -> str:
+    """Locust's output once it has ended; an exception or ERROR line in it fails the test."""
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         output, _ = process.communicate()
         raise AssertionError(f"locust did not finish in {timeout} s:\n{output[-3000:]}") from None
+    if not errors_expected:
+        assert_no_errors(output)
     return output
+
+
+def error_lines(log: str) -> list[str]:
+    """Lines of a Locust log that report an exception or an error (Locust logs them as
+    `... ERROR/<logger>: ...` and prints tracebacks of greenlets and handlers)."""
+    return [line for line in log.splitlines()
+            if "Traceback (most recent call last)" in line or "ERROR/" in line
+            or line.startswith(("Exception", "TypeError", "AttributeError", "KeyError"))]
+
+
+def assert_no_errors(log: str) -> None:
+    errors = error_lines(log)
+    assert not errors, "Locust logged errors:\n" + "\n".join(errors) + "\n\n" + log[-4000:]
 
 
 def smtp_rows(json_file: Path) -> dict[str, dict]:

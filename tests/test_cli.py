@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -119,3 +120,49 @@ def test_demo_prints_the_plain_versus_tls_table(tmp_path):
     assert "agrees with the collector" in finished.stdout
     assert (tmp_path / "results" / "demo-latest.json").exists()
     assert "<svg" in (tmp_path / "results" / "report.html").read_text()
+
+
+def _subcommands(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            yield from action.choices.items()
+
+
+def test_every_subcommand_renders_its_help_with_placeholders_that_say_what_goes_there():
+    parser = build_parser()
+    subcommands = dict(_subcommands(parser))
+    helps = {name: sub.format_help() for name, sub in subcommands.items()}
+
+    assert set(helps) >= {"receiver", "sender", "collector", "up", "demo", "sweep", "check"}
+    for name, sub in subcommands.items():
+        # argparse's own placeholder is the flag's name in capitals: every value flag sets one.
+        unnamed = [action.option_strings for action in sub._actions
+                   if action.option_strings and action.nargs != 0 and action.metavar is None
+                   and action.choices is None]
+        assert not unnamed, (name, unnamed)
+    assert "--smtp-port PORT" in helps["receiver"]
+    assert "--cert-key-type {rsa2048,rsa4096,ecdsa-p256}" in helps["receiver"]
+    assert "--idle-timeout-s SECONDS" in helps["receiver"]
+    assert "--tls-ratio RATIO" in helps["demo"]
+
+
+@pytest.mark.parametrize("command", ["receiver", "sender", "collector", "demo", "sweep"])
+def test_help_runs_from_the_shell(command):
+    finished = subprocess.run([sys.executable, "-m", "tlsstorm", command, "--help"],
+                              capture_output=True, text=True, timeout=60)
+
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.startswith(f"usage: tlsstorm {command}")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--messages", "0"], "--messages: at least 1, not 0"),
+    (["--tls-ratio", "1.5"], "a TLS ratio is between 0 and 1, not 1.5"),
+    (["--tls-ratio", "lots"], "not a number: 'lots'"),
+])
+def test_demo_refuses_values_it_cannot_honour(args, message):
+    finished = subprocess.run([sys.executable, "-m", "tlsstorm", "demo", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    assert finished.returncode == 2
+    assert message in finished.stderr

@@ -27,8 +27,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
 
+from tests.helpers import exporting_to
 from tlsstorm.common.process import rss_bytes
-from tlsstorm.common.telemetry import tracer_provider
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
 
@@ -59,16 +59,6 @@ def _emit_sessions(provider: TracerProvider, wave: str = "w1") -> None:
                               attributes={"tlsstorm.side": "server", "tlsstorm.wave.id": wave}
                               ).end(end_time=start + 1_600_000)
         session.end(end_time=start + 3_000_000)
-
-
-def _exporting_to(collector_url: str, start_receiver, start_sender):
-    """A receiver and a sender whose real OTLP/HTTP exporters send to the collector."""
-    endpoint = f"{collector_url}/v1/traces"
-    receiver = start_receiver(provider=tracer_provider(
-        "tlsstorm-receiver", exporter=ProtobufSpanExporter(endpoint=endpoint)))
-    sender = start_sender(receiver.smtp_port, provider=tracer_provider(
-        "tlsstorm-sender", exporter=ProtobufSpanExporter(endpoint=endpoint)))
-    return receiver, sender
 
 
 def _receiver_cost(collector, **params) -> dict:
@@ -257,7 +247,7 @@ def test_wave_summary_equals_the_receivers_own_stats(
     start_collector, start_receiver, start_sender
 ):
     collector = start_collector()
-    receiver, sender = _exporting_to(collector.http, start_receiver, start_sender)
+    receiver, sender = exporting_to(collector.http, start_receiver, start_sender)
 
     wave_id = httpx.post(f"{sender.http}/v1/waves", json={
         "rate": 50, "count": 40, "tls_ratio": 0.3, "concurrency": 64}).json()["id"]
@@ -288,7 +278,7 @@ def test_collector_restart_mid_wave_loses_at_most_one_percent_and_counts_it(
 ):
     collector = start_collector(db_path=tmp_path / "durable.sqlite")
     port = collector.service.http_port
-    receiver, sender = _exporting_to(collector.http, start_receiver, start_sender)
+    receiver, sender = exporting_to(collector.http, start_receiver, start_sender)
 
     wave_id = httpx.post(f"{sender.http}/v1/waves", json={
         "rate": 50, "count": 300, "tls_ratio": 0.3, "concurrency": 64}).json()["id"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import itertools
 import json
 import subprocess
 import sys
@@ -11,10 +12,12 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+import httpx
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from tests.helpers import exporting_to
 from tests.locust_helpers import clean_env, finish, free_port, locust, smtp_rows
 from tlsstorm.common.telemetry import tracer_provider
 
@@ -103,13 +106,17 @@ def test_direct_smtp_bot_speaks_to_the_receiver_without_the_sender(receiver, tmp
 
 
 def test_direct_smtp_bot_is_held_to_the_allowlist(receiver, tmp_path):
+    stats_file = tmp_path / "refused.json"
     run = locust("DirectSmtpBot", "--headless", "--users", "1", "--spawn-rate", "1",
                  "--smtp-target", f"127.0.0.1:{receiver.smtp_port}", "--run-time", "3s",
-                 "--only-summary",
+                 "--json-file", str(stats_file.with_suffix("")), "--only-summary",
+                 "--csv", str(tmp_path / "refused"),
                  env=clean_env(TLSSTORM_ALLOWED_TARGETS="127.0.0.1:1"))
-    output = finish(run)
+    finish(run)
 
-    assert "not allowed" in output
+    row = smtp_rows(stats_file)["SMTP plain (direct)"]
+    assert row["num_failures"] == row["num_requests"] == 1
+    assert "not allowed" in (tmp_path / "refused_failures.csv").read_text()
     assert receiver.stats()["plain"]["sessions"] + receiver.stats()["tls"]["sessions"] == 0
 
 
@@ -127,28 +134,99 @@ def test_locust_cannot_aim_the_sender_outside_its_allowlist(receiver, sender, tm
     assert receiver.stats()["plain"]["sessions"] + receiver.stats()["tls"]["sessions"] == 0
 
 
-def test_distributed_master_and_workers_agree_with_the_receiver(receiver, sender, tmp_path):
+def _distributed(*master_args: str, workers: int = 2, env: dict[str, str] | None = None,
+                 timeout: float = 120) -> str:
+    """A headless master and its workers, run to the end; every log must be free of errors."""
     port = str(free_port())
-    stats_file = tmp_path / "distributed.json"
     master = locust("SpamViaSender", "--master", "--master-bind-port", port, "--headless",
-                    "--expect-workers", "2", "--users", "6", "--spawn-rate", "6",
-                    "--run-time", "5s", "--stop-timeout", "10", "--tls-ratio", "0.7",
-                    "--wave-id", "dist", "--host", sender.http,
-                    "--json-file", str(stats_file.with_suffix("")), "--only-summary")
-    workers = [locust("--worker", "--master-port", port) for _ in range(2)]
-    output = finish(master)
-    for worker in workers:
+                    "--expect-workers", str(workers), "--stop-timeout", "10", "--only-summary",
+                    *master_args, env=env)
+    # Workers start with Locust's defaults: what they use comes from the master.
+    started = [locust("--worker", "--master-port", port, env=env) for _ in range(workers)]
+    output = finish(master, timeout=timeout)
+    for worker in started:
         finish(worker, timeout=30)
-
     assert master.returncode == 0, output[-3000:]
+    return output
+
+
+def test_distributed_master_and_workers_agree_with_the_receiver(receiver, sender, tmp_path):
+    stats_file = tmp_path / "distributed.json"
+    _distributed("--users", "6", "--spawn-rate", "6", "--run-time", "5s", "--tls-ratio", "0.7",
+                 "--wave-id", "dist", "--host", sender.http,
+                 "--json-file", str(stats_file.with_suffix("")))
+
     rows = smtp_rows(stats_file)
     sent = sum(row["num_requests"] for row in rows.values())
     assert all(row["num_failures"] == 0 for row in rows.values())
     stats = receiver.stats("dist")
     total, share = _share(stats)
     assert total == sent > 20
-    # Workers started with the default 0.3: 0.7 reached them from the master.
+    # Workers started with the default 0.3: 0.7 reached them in the spawn message's options.
     assert share == pytest.approx(0.7, abs=0.1)
+
+
+@pytest.fixture
+def traced(start_collector, start_receiver, start_sender):
+    """Collector, receiver and sender, the last two exporting their spans to the first."""
+    collector = start_collector()
+    receiver, sender = exporting_to(collector.http, start_receiver, start_sender)
+    return collector, receiver, sender
+
+
+def _collector_waves(collector, receiver, prefix: str) -> dict[str, dict]:
+    """The collector's waves named `prefix...`, once it holds every session the receiver saw."""
+    totals = receiver.stats()
+    ended = totals["plain"]["sessions"] + totals["tls"]["sessions"]
+    deadline = time.monotonic() + 15
+    while True:
+        waves = {wave["wave"]: wave for wave in
+                 httpx.get(f"{collector.http}/v1/waves").json()["waves"]
+                 if wave["wave"].startswith(prefix)}
+        seen = sum(wave["plain"] + wave["starttls"] for wave in waves.values())
+        if seen >= ended or time.monotonic() > deadline:
+            return waves
+        time.sleep(0.3)
+
+
+def _in_order(waves: list[dict]) -> bool:
+    """No wave's sessions go on after the next one's began (within the second the label changed
+    in): a worker that kept an old label would send under it for the rest of the run."""
+    return all(earlier["last_unix_s"] <= later["first_unix_s"]
+               for earlier, later in itertools.pairwise(waves))
+
+
+def test_rustock_timeline_moves_the_tls_share_on_every_worker(traced):
+    collector, receiver, sender = traced
+    _distributed("--users", "6", "--spawn-rate", "6", "--phase-seconds", "4",
+                 "--wave-id", "drk", "--host", sender.http,
+                 env=clean_env(TLSSTORM_LOAD_SHAPE="rustock"))
+
+    names = [f"drk-phase{phase}-tls{round(ratio * 100)}"
+             for phase, ratio in ((1, 0.2), (2, 0.3), (3, 0.7))]
+    for name, ratio in zip(names, (0.2, 0.3, 0.7), strict=True):
+        total, share = _share(receiver.stats(name))
+        assert total >= 50, (name, total)
+        assert share == pytest.approx(ratio, abs=0.05), (name, share)
+    waves = _collector_waves(collector, receiver, "drk")
+    assert sorted(waves) == names
+    assert _in_order([waves[name] for name in names])
+
+
+def test_spam_waves_bursts_reach_every_worker(traced):
+    collector, receiver, sender = traced
+    _distributed("--users", "6", "--spawn-rate", "6", "--wave-period", "4",
+                 "--wave-burst", "2", "--run-time", "10s", "--tls-ratio", "0.5",
+                 "--wave-id", "dsw", "--host", sender.http,
+                 env=clean_env(TLSSTORM_LOAD_SHAPE="waves"))
+
+    waves = _collector_waves(collector, receiver, "dsw")
+    assert sorted(waves) == ["dsw-burst1", "dsw-burst2", "dsw-burst3"]
+    bursts = [waves[f"dsw-burst{n}"] for n in (1, 2, 3)]
+    assert all(burst["plain"] and burst["starttls"] for burst in bursts), bursts
+    # A burst lasts 2 s of each 4: nothing is sent in the silent half of a period.
+    assert all(burst["last_unix_s"] - burst["first_unix_s"] <= 3 for burst in bursts), bursts
+    assert _in_order(bursts)
 
 
 class _OtlpCapture(http.server.BaseHTTPRequestHandler):

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.locust_helpers import clean_env, free_port
+from tests.locust_helpers import assert_no_errors, clean_env, free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BROWSER_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -27,63 +27,146 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def stack(tmp_path):
-    ports = {name: str(free_port()) for name in (
-        "TLSSTORM_RECEIVER_SMTP_PORT", "TLSSTORM_RECEIVER_HTTP_PORT",
-        "TLSSTORM_SENDER_HTTP_PORT", "TLSSTORM_COLLECTOR_HTTP_PORT", "TLSSTORM_LOCUST_WEB_PORT")}
-    up = subprocess.Popen([sys.executable, "-m", "tlsstorm", "up"], env=clean_env(**ports),
-                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
-    locust_url = f"http://127.0.0.1:{ports['TLSSTORM_LOCUST_WEB_PORT']}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(locust_url).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert up.poll() is None and time.monotonic() < deadline, up.stdout.read()
-        time.sleep(0.3)
-    yield locust_url, f"http://127.0.0.1:{ports['TLSSTORM_RECEIVER_HTTP_PORT']}"
-    up.send_signal(signal.SIGINT)
-    up.communicate(timeout=60)
+def start_stack(tmp_path):
+    """`tlsstorm up` on free ports; its log (Locust's included) must hold no error at the end."""
+    started: list[subprocess.Popen] = []
 
-
-def test_tls_ratio_set_in_the_ui_reaches_the_receiver(stack, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    locust_url, receiver_url = stack
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        page.goto(locust_url)
-        page.get_by_role("button", name="Custom parameters").click()
-        page.fill('input[name="tlsRatio"]', "0.7")
-        page.fill('input[name="waveId"]', "browser")
-        page.fill('input[name="userCount"]', "6")
-        page.fill('input[name="spawnRate"]', "6")
-        # TLSSTORM_UPDATE_SCREENSHOTS=1 refreshes the one in docs/.
-        screenshot = DOCS_SCREENSHOT if os.environ.get("TLSSTORM_UPDATE_SCREENSHOTS") == "1" \
-            else tmp_path / "locust-ui.png"
-        page.screenshot(path=str(screenshot), full_page=True)
-        page.get_by_role("button", name="Start").click()
-
+    def start(**env: str) -> tuple[str, str]:
+        ports = {name: str(free_port()) for name in (
+            "TLSSTORM_RECEIVER_SMTP_PORT", "TLSSTORM_RECEIVER_HTTP_PORT",
+            "TLSSTORM_SENDER_HTTP_PORT", "TLSSTORM_COLLECTOR_HTTP_PORT",
+            "TLSSTORM_LOCUST_WEB_PORT")}
+        up = subprocess.Popen([sys.executable, "-m", "tlsstorm", "up"],
+                              env=clean_env(**ports, **env), cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        started.append(up)
+        locust_url = f"http://127.0.0.1:{ports['TLSSTORM_LOCUST_WEB_PORT']}"
         deadline = time.monotonic() + 90
         while True:
-            response = httpx.get(f"{receiver_url}/v1/stats", params={"wave": "browser"})
-            stats = response.json() if response.status_code == 200 else None
-            total = stats["plain"]["sessions"] + stats["tls"]["sessions"] if stats else 0
-            if total >= 100:
-                break
-            assert time.monotonic() < deadline, f"only {total} sessions"
-            time.sleep(0.5)
-        assert "running" in page.content()
-        assert httpx.post(f"{locust_url}/stop", timeout=60).status_code == 200
+            try:
+                if httpx.get(locust_url).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert up.poll() is None and time.monotonic() < deadline, up.stdout.read()
+            time.sleep(0.3)
+        return locust_url, f"http://127.0.0.1:{ports['TLSSTORM_RECEIVER_HTTP_PORT']}"
+
+    yield start
+    for up in started:
+        up.send_signal(signal.SIGINT)
+        log, _ = up.communicate(timeout=60)
+        assert_no_errors(log)
+
+
+@pytest.fixture
+def browser_page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        yield browser.new_page(viewport={"width": 1280, "height": 1400})
         browser.close()
 
+
+def _wave(receiver_url: str, wave: str) -> dict | None:
+    """The receiver's stats of one wave, or None if it saw no session of it."""
+    response = httpx.get(f"{receiver_url}/v1/stats", params={"wave": wave})
+    return response.json() if response.status_code == 200 else None
+
+
+def _modes(stats: dict | None) -> tuple[dict, dict] | None:
+    """A wave's plain and STARTTLS counters (its process figures move with time)."""
+    return (stats["plain"], stats["tls"]) if stats else None
+
+
+def _sessions(stats: dict | None) -> int:
+    return stats["plain"]["sessions"] + stats["tls"]["sessions"] if stats else 0
+
+
+def _wait_for_sessions(receiver_url: str, wave: str, count: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while (seen := _sessions(_wave(receiver_url, wave))) < count:
+        assert time.monotonic() < deadline, f"only {seen} sessions of {wave}"
+        time.sleep(0.3)
+
+
+def _start(page, fields: dict[str, str]) -> None:
+    """Fill the swarm form (a first run's page, or the dialog behind New) and press Start."""
+    custom = page.get_by_role("button", name="Custom parameters")
+    if custom.count() and not page.locator('input[name="waveId"]').is_visible():
+        custom.click()
+    for name, value in fields.items():
+        page.fill(f'input[name="{name}"]', value)
+    page.get_by_role("button", name="Start").click()
+
+
+def _wait_until_stopped(page, locust_url: str, timeout: float = 60) -> None:
+    """Until Locust's state is stopped (it ends itself, or after POST /stop); New shows then."""
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"{locust_url}/stats/requests").json()["state"] != "stopped":
+        assert time.monotonic() < deadline, "the run did not stop"
+        time.sleep(0.3)
+    page.get_by_role("button", name="New").wait_for(timeout=10_000)
+
+
+def test_two_ui_runs_in_a_row_make_two_separate_waves(start_stack, browser_page, tmp_path):
+    locust_url, receiver_url = start_stack()
+    page = browser_page
+    page.goto(locust_url)
+    # TLSSTORM_UPDATE_SCREENSHOTS=1 refreshes the one in docs/.
+    screenshot = DOCS_SCREENSHOT if os.environ.get("TLSSTORM_UPDATE_SCREENSHOTS") == "1" \
+        else tmp_path / "locust-ui.png"
+    page.get_by_role("button", name="Custom parameters").click()
+    page.screenshot(path=str(screenshot), full_page=True)
+
+    _start(page, {"tlsRatio": "0.7", "waveId": "ui-one", "userCount": "6", "spawnRate": "6"})
+    _wait_for_sessions(receiver_url, "ui-one", 100)
+    assert "running" in page.content()
+    assert httpx.post(f"{locust_url}/stop", timeout=60).status_code == 200
+    _wait_until_stopped(page, locust_url)
     time.sleep(1)
-    stats = httpx.get(f"{receiver_url}/v1/stats", params={"wave": "browser"}).json()
-    total = stats["plain"]["sessions"] + stats["tls"]["sessions"]
-    assert total >= 100
-    assert stats["tls"]["sessions"] / total == pytest.approx(0.7, abs=0.1)
-    assert stats["tls"]["handshakes_ok"] == stats["tls"]["sessions"]
+    first = _wave(receiver_url, "ui-one")
+
+    # The second run: another wave id, another ratio, and a message budget that ends it.
+    page.get_by_role("button", name="New").click()
+    _start(page, {"tlsRatio": "0.2", "waveId": "ui-two", "maxMessages": "50"})
+    _wait_until_stopped(page, locust_url)
+    time.sleep(1)
+
+    assert _sessions(first) >= 100
+    assert first["tls"]["sessions"] / _sessions(first) == pytest.approx(0.7, abs=0.1)
+    assert first["tls"]["handshakes_ok"] == first["tls"]["sessions"]
+    second = _wave(receiver_url, "ui-two")
+    assert (second["plain"]["messages"], second["tls"]["messages"]) == (40, 10)
+    assert _modes(_wave(receiver_url, "ui-one")) == _modes(first)  # nothing of run 2 joined run 1
+
+
+def test_rustock_preselected_restarts_from_its_first_phase(start_stack, browser_page):
+    locust_url, receiver_url = start_stack(TLSSTORM_LOAD_SHAPE="rustock")
+    page = browser_page
+    page.goto(locust_url)
+    assert page.locator('select[name="shapeClass"]').input_value() == "RustockTimeline"
+
+    # Run 1 is stopped in its first phase ...
+    _start(page, {"waveId": "ui-rk1", "phaseSeconds": "30", "userCount": "4",
+                  "spawnRate": "4"})
+    _wait_for_sessions(receiver_url, "ui-rk1-phase1-tls20", 20)
+    assert httpx.post(f"{locust_url}/stop", timeout=60).status_code == 200
+    _wait_until_stopped(page, locust_url)
+    time.sleep(1)
+    stopped_run = _wave(receiver_url, "ui-rk1-phase1-tls20")
+
+    # ... run 2 starts again from 20% under its own wave id, and the shape ends it.
+    page.get_by_role("button", name="New").click()
+    assert page.locator('select[name="shapeClass"]').input_value() == "RustockTimeline"
+    _start(page, {"waveId": "ui-rk2", "phaseSeconds": "3"})
+    _wait_until_stopped(page, locust_url)
+    time.sleep(1)
+
+    for phase, ratio in ((1, 0.2), (2, 0.3), (3, 0.7)):
+        stats = _wave(receiver_url, f"ui-rk2-phase{phase}-tls{round(ratio * 100)}")
+        assert _sessions(stats) >= 20, (phase, stats)
+        assert stats["tls"]["sessions"] / _sessions(stats) == pytest.approx(ratio, abs=0.05)
+    assert _modes(_wave(receiver_url, "ui-rk1-phase1-tls20")) == _modes(stopped_run)
+    assert _wave(receiver_url, "ui-rk1-phase2-tls30") is None

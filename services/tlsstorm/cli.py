@@ -90,17 +90,31 @@ def _sweep(flags: argparse.Namespace) -> None:
               queue_fsync=flags.queue_fsync)
 
 
+def _number(text: str, kind: type = float):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
 def _ratio(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"a TLS ratio is between 0 and 1, not {text}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"at least 1, not {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"more than 0, not {text}")
     return value
 
 
@@ -134,42 +148,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo", help="start the stack, send a mixed wave with headless Locust, print costs")
-    demo.add_argument("--messages", type=int, default=200, help="messages in the wave")
-    demo.add_argument("--tls-ratio", type=float, default=0.3, help="share sent with STARTTLS")
-    demo.add_argument("--users", type=int, default=8, help="Locust users (concurrent bots)")
-    demo.add_argument("--size", type=int, default=2048, help="message size in bytes")
+    demo.add_argument("--messages", type=_positive_int, default=200, metavar="N",
+                      help="messages in the wave (at least 1)")
+    demo.add_argument("--tls-ratio", type=_ratio, default=0.3, metavar="RATIO",
+                      help="share sent with STARTTLS, 0 to 1")
+    demo.add_argument("--users", type=_positive_int, default=8, metavar="N",
+                      help="Locust users (concurrent bots)")
+    demo.add_argument("--size", type=_positive_int, default=2048, metavar="BYTES",
+                      help="message size in bytes")
     demo.set_defaults(run=_demo)
     sweep = commands.add_parser(
         "sweep", help="waves at several TLS ratios: CPU fit, capacity, report")
-    sweep.add_argument("--ratios", type=_ratio, nargs="+", help="TLS ratios (default "
-                       "0 0.2 0.3 0.5 0.7 1)")
-    sweep.add_argument("--scenario", choices=["rustock"], help="rustock: 0 -> 20% -> 30% -> 70%")
-    sweep.add_argument("--rate", type=float, default=40.0, help="messages per second per wave")
-    sweep.add_argument("--messages", type=int, default=200, help="messages per wave")
-    sweep.add_argument("--size", type=int, default=2048, help="message size in bytes")
-    sweep.add_argument("--capacity-rates", type=float, nargs="*", default=[],
+    sweep.add_argument("--ratios", type=_ratio, nargs="+", metavar="RATIO",
+                       help="TLS ratios (default 0 0.2 0.3 0.5 0.7 1)")
+    sweep.add_argument("--scenario", choices=["rustock"], help="rustock: 0 -> 20%% -> 30%% -> 70%%")
+    sweep.add_argument("--rate", type=_positive_float, default=40.0, metavar="MSGS_PER_S",
+                       help="messages per second per wave")
+    sweep.add_argument("--messages", type=_positive_int, default=200, metavar="N",
+                       help="messages per wave")
+    sweep.add_argument("--size", type=_positive_int, default=2048, metavar="BYTES",
+                       help="message size in bytes")
+    sweep.add_argument("--capacity-rates", type=_positive_float, nargs="*", default=[],
+                       metavar="MSGS_PER_S",
                        help="rates to step through per ratio for the capacity curve")
-    sweep.add_argument("--capacity-seconds", type=float, default=5.0, help="seconds per step")
-    sweep.add_argument("--slo-p99-ms", type=float, default=200.0,
+    sweep.add_argument("--capacity-seconds", type=_positive_float, default=5.0,
+                       metavar="SECONDS", help="seconds per step")
+    sweep.add_argument("--slo-p99-ms", type=_positive_float, default=200.0, metavar="MS",
                        help="session p99 a sustained rate must keep")
-    sweep.add_argument("--processing-cpu-us", type=int, default=0,
+    sweep.add_argument("--processing-cpu-us", type=int, default=0, metavar="MICROSECONDS",
                        help="receiver CPU work per message (a content filter's cost)")
     sweep.add_argument("--queue-fsync", action="store_true",
                        help="the receiver writes and fsyncs each message, as an MTA queues it")
     sweep.add_argument("--matrix", metavar="ROWS", help="the mitigation matrix instead: 'all' or "
                        "a comma list of baseline,ecdsa,rsa4096,tls12,resume,batch,refuse,reject")
-    sweep.add_argument("--rounds", type=_positive_int, default=1,
+    sweep.add_argument("--rounds", type=_positive_int, default=1, metavar="N",
                        help="with --matrix: rounds per row, shown as mean +- 95%% interval")
-    sweep.add_argument("--output", default="results/sweep", help="folder for the report")
+    sweep.add_argument("--output", default="results/sweep", metavar="DIR",
+                       help="folder for the report")
     sweep.set_defaults(run=_sweep)
 
     check = commands.add_parser(
         "check", help="send one plain and one STARTTLS mail; exit 0 once the collector has both")
     check.add_argument("--sender-url", default=os.environ.get(
-        "TLSSTORM_CHECK_SENDER_URL", "http://127.0.0.1:8026"), help="the sender's API")
+        "TLSSTORM_CHECK_SENDER_URL", "http://127.0.0.1:8026"), metavar="URL",
+        help="the sender's API")
     check.add_argument("--collector-url", default=os.environ.get(
-        "TLSSTORM_CHECK_COLLECTOR_URL", "http://127.0.0.1:8027"), help="the collector's API")
-    check.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for spans")
+        "TLSSTORM_CHECK_COLLECTOR_URL", "http://127.0.0.1:8027"), metavar="URL",
+        help="the collector's API")
+    check.add_argument("--timeout", type=_positive_float, default=60.0, metavar="SECONDS",
+                       help="seconds to wait for spans")
     check.set_defaults(run=_check)
     return parser
 

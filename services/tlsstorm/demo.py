@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -97,6 +98,14 @@ def run_demo(messages: int, tls_ratio: float, users: int, size: int) -> None:
     report.write_text(report_html)
     print(f"\nHTML report with plots: {report.resolve()}")
     print(f"raw figures: {(results / 'demo-latest.json').resolve()}")
-    if received != messages or not agrees or not (stats["plain"]["messages"]
-                                                   and stats["tls"]["messages"]):
-        sys.exit(1)
+    problems = []
+    if received != messages:
+        problems.append(f"the receiver accepted {received} of {messages} messages")
+    if not agrees:
+        problems.append("the receiver and the collector count different sessions")
+    expected_tls = math.floor(messages * tls_ratio)  # Locust spreads STARTTLS exactly so
+    if stats["tls"]["messages"] != expected_tls:
+        problems.append(f"{stats['tls']['messages']} STARTTLS messages arrived where "
+                        f"{expected_tls} were sent")
+    if problems:
+        sys.exit("tlsstorm demo: " + "; ".join(problems))

@@ -6,7 +6,7 @@ import argparse
 import ipaddress
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args, get_origin
 
 from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -155,6 +155,28 @@ def _flag(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+# Placeholders for values whose type alone does not say what goes there.
+_METAVARS_BY_SUFFIX = (("_port", "PORT"), ("_s", "SECONDS"), ("_us", "MICROSECONDS"),
+                       ("_bytes", "BYTES"), ("_file", "FILE"), ("_path", "FILE"),
+                       ("_endpoint", "URL"), ("target", "HOST:PORT"), ("host", "ADDRESS"),
+                       ("_token", "TOKEN"))
+
+
+def _metavar(name: str, field) -> str:
+    """What goes in a flag's value: its choices, or a word for its kind (PORT, SECONDS...)."""
+    annotation = field.annotation
+    if get_origin(annotation) is Literal:
+        return "{" + ",".join(map(str, get_args(annotation))) + "}"
+    if annotation is bool:
+        return "{true,false}"
+    if get_origin(annotation) is list:
+        return "TARGET[,TARGET...]" if "targets" in name else "CIDR[,CIDR...]"
+    for suffix, metavar in _METAVARS_BY_SUFFIX:
+        if name.endswith(suffix):
+            return metavar
+    return {int: "N", float: "NUMBER"}.get(annotation, "TEXT")
+
+
 def add_flags(parser: argparse.ArgumentParser, settings_class: type[BaseSettings]) -> None:
     """One flag per settings field, so every env var has a flag of the same name."""
     prefix = settings_class.model_config.get("env_prefix", "")
@@ -164,12 +186,13 @@ def add_flags(parser: argparse.ArgumentParser, settings_class: type[BaseSettings
         if aliases:
             env = aliases[-1]
         default = field.default if field.default_factory is None else field.default_factory()
+        description = (field.description or "").replace("%", "%%")  # argparse formats help
         parser.add_argument(
             _flag(name),
             dest=name,
             default=argparse.SUPPRESS,
-            metavar="VALUE",
-            help=f"{field.description} [env {env}, default {default!r}]",
+            metavar=_metavar(name, field),
+            help=f"{description} [env {env}, default {default!r}]",
         )
 
 
