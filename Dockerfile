@@ -7,12 +7,14 @@ FROM ${BASE_IMAGE} AS build
 # EXTRA_CA=/etc/ssl/certs/ca-certificates.crt does) and pip will trust it.
 COPY docker/extra-ca/ /tmp/extra-ca/
 RUN python3 -m venv /opt/tlsstorm
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md requirements.lock /src/
 COPY services /src/services
+# requirements.lock pins every package: pip downloads one version of each, no backtracking.
 RUN for bundle in /tmp/extra-ca/*.crt; do \
       if [ -f "$bundle" ]; then export PIP_CERT="$bundle"; fi; \
     done; \
-    /opt/tlsstorm/bin/pip install --no-cache-dir --disable-pip-version-check /src \
+    /opt/tlsstorm/bin/pip install --no-cache-dir --disable-pip-version-check \
+      --constraint /src/requirements.lock /src \
     && rm -rf /src
 
 FROM ${BASE_IMAGE}

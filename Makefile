@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps tools lint test demo up clean \
+.PHONY: help install python-venv lock system-deps tools lint test demo up clean \
         images kind-up kind-load deploy port-forward undeploy kind-down minikube-load
 
 # Cluster path (kind or minikube): the image is tagged with the git SHA.
@@ -21,13 +22,31 @@ KUBECTL    ?= $(shell command -v kubectl 2>/dev/null || echo .tools/bin/kubectl)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv and install tlsstorm (editable) with its dev tools
+install: $(STAMP) ## create .venv and install tlsstorm (editable) with its dev tools, as locked
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
+	@$(MAKE) --no-print-directory python-venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --constraint $(LOCK) -e '.[dev]'
 	touch $(STAMP)
+
+python-venv: ## Debian's python3 lacks venv until python3-venv is installed: as root, install it
+	@if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing python3-venv (Debian package), which $(PYTHON) -m venv needs"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      -o DPkg::Lock::Timeout=600 python3-venv; \
+	  else \
+	    echo "tlsstorm needs Python's venv module. Run: sudo apt-get install -y python3-venv"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+lock: install ## refresh requirements.lock from pyproject.toml (uv pip compile), then reinstall
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --native-tls --quiet -o $(LOCK)
+	$(BIN)/pip install --quiet --constraint $(LOCK) -e '.[dev]'
 
 APT_TOOLS := openssl chromium dockerd debootstrap tcpdump postfix
 
