@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import re
 import threading
 import time
 from typing import ClassVar
@@ -39,11 +40,11 @@ def _provider(exporter, service: str = "tlsstorm-receiver") -> TracerProvider:
     return provider
 
 
-def _emit_sessions(provider: TracerProvider, wave: str = "w1") -> None:
+def _emit_sessions(provider: TracerProvider, wave: str = "w1", ago_s: float = 0) -> None:
     """Two receiver sessions as the receiver describes them: one plain, one STARTTLS."""
     tracer = provider.get_tracer("test")
     for mode, wire_out, cpu_us in (("plain", 230, 700), ("starttls", 2450, 2100)):
-        start = time.time_ns()
+        start = time.time_ns() - int(ago_s * 1e9)
         session = tracer.start_span("smtp.session", kind=SpanKind.SERVER, start_time=start,
                                     attributes={"tlsstorm.mode": mode, "smtp.messages": 1,
                                                 "tlsstorm.message.bytes": 2048,
@@ -241,6 +242,43 @@ def test_report_page_has_the_table_and_plots(start_collector):
     assert "receiver CPU ms/msg" in page.text and "3.00x" in page.text
     assert page.text.count("<svg") == 4
     assert "no data yet" not in page.text.split("Throughput")[0]
+
+
+def test_a_gap_in_traffic_shows_as_zero_sessions_not_a_slope(start_collector):
+    collector = start_collector()
+    provider = _provider(ProtobufSpanExporter(endpoint=f"{collector.http}/v1/traces"))
+    _emit_sessions(provider, wave="gap", ago_s=20)
+    _emit_sessions(provider, wave="gap")
+
+    _wait_for(lambda: collector.service.aggregator.has_wave("gap"))
+    timeline = collector.service.aggregator.timeline("gap")
+    plain = timeline.series["plain"]
+    assert len(plain) in (20, 21, 22) and timeline.bin_seconds == 1
+    assert plain[0][1] == plain[-1][1] == 1
+    silent = plain[2:-2]
+    assert all(rate == 0 and p95 is None for _, rate, p95 in silent)
+    page = httpx.get(f"{collector.http}/", params={"wave": "gap"}).text
+    # The p95 line breaks over the silence: one dot at each end, no line across.
+    p95_chart = page.split('aria-label="p95 session latency')[1].split("</svg>")[0]
+    assert p95_chart.count("<circle") == 4 and "<polyline" not in p95_chart
+
+
+def test_unknown_wave_is_404_and_sessions_without_a_wave_have_their_own_page(start_collector):
+    collector = start_collector()
+    _emit_sessions(_provider(ProtobufSpanExporter(endpoint=f"{collector.http}/v1/traces")),
+                   wave="")
+    _wait_for(lambda: collector.service.aggregator.has_wave(""))
+
+    missing = httpx.get(f"{collector.http}/v1/summary", params={"wave": "nope"})
+    assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+    assert httpx.get(f"{collector.http}/", params={"wave": "nope"}).status_code == 404
+    page = httpx.get(f"{collector.http}/", params={"wave": ""}).text
+    assert "sessions without a wave id" in page and "all waves;" not in page
+    base = collector.http
+    assert f'href="{base}/v1/summary?wave="' in page  # the JSON link keeps the filter
+    assert f'href="{base}/?wave=">(no wave id)' in page
+    # Every link is absolute: a saved copy opened as a file still reaches the collector.
+    assert not re.search(r'href="[/?]', page)
 
 
 def test_wave_summary_equals_the_receivers_own_stats(

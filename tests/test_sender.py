@@ -156,6 +156,15 @@ def test_bad_send_payloads_get_a_4xx_with_a_reason(sender, payload):
     assert httpx.get(f"{sender.http}/healthz").status_code == 200
 
 
+@pytest.mark.parametrize("path", ["/v1/send", "/v1/waves"])
+def test_a_body_that_is_not_json_is_a_400_with_a_reason(sender, path):
+    response = httpx.post(f"{sender.http}{path}", content=b'{"tls": tru',
+                          headers={"content-type": "application/json"})
+
+    assert response.status_code == 400
+    assert response.json()["detail"] == "the request body is not valid JSON"
+
+
 def test_wave_needs_exactly_one_of_count_or_duration(sender):
     both = httpx.post(f"{sender.http}/v1/waves", json={"rate": 1, "count": 1, "duration_s": 1})
     neither = httpx.post(f"{sender.http}/v1/waves", json={"rate": 1})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import subprocess
 
 import httpx
 import pytest
@@ -70,11 +71,15 @@ def test_client_below_minimum_version_fails_handshake_and_is_counted(
     assert stats["tls"]["errors"]["handshake_failed"] == 1
 
 
-@pytest.mark.parametrize(("tickets", "resumed"), [(True, True), (False, False)])
+@pytest.mark.parametrize(("tickets", "version", "resumed"), [
+    (True, ssl.TLSVersion.TLSv1_3, True), (False, ssl.TLSVersion.TLSv1_3, False),
+    (True, ssl.TLSVersion.TLSv1_2, True), (False, ssl.TLSVersion.TLSv1_2, False),
+], ids=["tickets-1.3", "off-1.3", "tickets-1.2", "off-1.2-no-session-id-cache-either"])
 def test_session_tickets_allow_resumption_only_when_on(
-    start_receiver, any_cert_context, tickets, resumed
+    start_receiver, any_cert_context, tickets, version, resumed
 ):
     receiver = start_receiver(session_tickets=tickets)
+    any_cert_context.maximum_version = version
 
     session = finish_session(starttls_socket(receiver.smtp_port, any_cert_context))
     second = starttls_socket(receiver.smtp_port, any_cert_context, session=session)
@@ -117,3 +122,23 @@ def test_self_signed_is_accepted_without_a_ca_and_the_result_says_so(sender):
 
     assert result["results"][0]["ok"] is True
     assert result["results"][0]["cert_verified"] is False
+
+
+@pytest.mark.parametrize("tickets", [True, False])
+def test_openssl_s_client_resumes_by_tls12_session_only_when_tickets_are_on(
+    start_receiver, tmp_path, tickets
+):
+    receiver = start_receiver(session_tickets=tickets)
+    session_file = tmp_path / "session.pem"
+
+    def s_client(*args: str) -> str:
+        return subprocess.run(
+            ["openssl", "s_client", "-starttls", "smtp", "-connect",
+             f"127.0.0.1:{receiver.smtp_port}", "-tls1_2", *args],
+            input="QUIT\r\n", capture_output=True, text=True, timeout=30).stdout
+
+    s_client("-sess_out", str(session_file))
+    second = s_client("-sess_in", str(session_file))
+
+    assert ("Reused, TLSv1.2" in second) is tickets, second[-1500:]
+    assert receiver.wait_sessions(2)["tls"]["handshakes_resumed"] == (1 if tickets else 0)

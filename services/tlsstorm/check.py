@@ -34,13 +34,15 @@ def run_check(sender_url: str, collector_url: str, timeout_s: float) -> int:
             print(f"sent one {mode} message: {result['code']} in {result['total_ms']:.1f} ms")
         deadline = time.monotonic() + timeout_s
         while True:
-            summary = http.get(f"{collector_url}/v1/summary", params={"wave": wave}).json()
-            if _seen(summary):
+            response = http.get(f"{collector_url}/v1/summary", params={"wave": wave})
+            summary = response.json() if response.status_code == 200 else None
+            if summary and _seen(summary):
                 print(f"OK: the collector holds both sessions of wave {wave}, with the "
                       "handshake spans of sender and receiver")
                 return 0
             if time.monotonic() > deadline:
                 print(f"FAIL: after {timeout_s:.0f} s the collector's summary of wave {wave} "
-                      f"lacks a session or a handshake span: {summary['receiver']}")
+                      "lacks a session or a handshake span: "
+                      f"{summary['receiver'] if summary else response.text}")
                 return 1
             time.sleep(0.5)

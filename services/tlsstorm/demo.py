@@ -48,7 +48,14 @@ def _collector_summary(local: LocalStack, http: httpx.Client, wave_id: str,
     """The collector's summary of the wave once the spans of every session have arrived."""
     deadline = time.monotonic() + 30
     while True:
-        summary = http.get(local.collector_url("/v1/summary"), params={"wave": wave_id}).json()
+        response = http.get(local.collector_url("/v1/summary"), params={"wave": wave_id})
+        if response.status_code == 404:  # no span of the wave has arrived yet
+            if time.monotonic() > deadline:
+                raise SystemExit(f"tlsstorm demo: no span of wave {wave_id} reached the "
+                                 "collector in 30 s")
+            time.sleep(0.25)
+            continue
+        summary = response.json()
         receiver, sender = summary["receiver"], summary["sender"]
         seen_sessions = receiver["plain"]["sessions"] + receiver["starttls"]["sessions"]
         seen_messages = sender["plain"]["messages"] + sender["starttls"]["messages"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import collections
+import math
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -31,6 +32,14 @@ CellKey = tuple[str, str, str, str, int]  # wave, service, role, mode, unix seco
 # A cell's counters, which merge by addition and are stored as they are.
 _SUMS = ("sessions", "messages", "message_bytes", "wire_in", "wire_out", "cpu_us",
          "handshakes_ok", "handshakes_failed")
+
+
+class Timeline(NamedTuple):
+    """Receiver sessions over time: per mode, (seconds from start, sessions/s, p95 ms)."""
+
+    start_unix_s: int
+    bin_seconds: int
+    series: dict[str, list[tuple[int, float, float | None]]]
 
 
 class Cell:
@@ -211,6 +220,9 @@ class Aggregator:
             self.dirty.discard(key)
         return dropped
 
+    def has_wave(self, wave: str) -> bool:
+        return any(key[0] == wave for key in self.cells)
+
     def select(self, wave: str | None, since: float | None, until: float | None):
         for key, cell in self.cells.items():
             if wave is not None and key[0] != wave:
@@ -258,16 +270,35 @@ class Aggregator:
         return sorted(found.values(), key=lambda entry: entry["first_unix_s"], reverse=True)
 
     def timeline(self, wave: str | None = None, since: float | None = None,
-                 until: float | None = None) -> dict[str, list[tuple[int, int, float | None]]]:
-        """Per receiver mode: (second, sessions, p95 session ms)."""
+                 until: float | None = None, max_points: int = 600) -> Timeline:
+        """Per receiver mode, sessions/s and p95 session ms in bins of equal width.
+
+        Every bin from the first session to the last is there, the empty ones with 0 sessions
+        and no p95, so a chart shows silence as silence rather than joining the busy seconds.
+        Bins are one second wide until the span needs more than `max_points` of them.
+        """
         per_second: dict[tuple[str, int], Cell] = collections.defaultdict(Cell)
         for (_, _, role, mode, second), cell in self.select(wave, since, until):
             if role == RECEIVER:
                 per_second[mode, second].merge(cell)
-        series: dict[str, list[tuple[int, int, float | None]]] = {PLAIN: [], STARTTLS: []}
-        for (mode, second), cell in sorted(per_second.items(), key=lambda item: item[0][1]):
-            series[mode].append((second, cell.sessions, cell.duration_ms.percentile(0.95)))
-        return series
+        if not per_second:
+            return Timeline(0, 1, {PLAIN: [], STARTTLS: []})
+        first = min(second for _, second in per_second)
+        last = max(second for _, second in per_second)
+        width = max(1, math.ceil((last - first + 1) / max_points))
+        bins = (last - first) // width + 1
+        binned: dict[tuple[str, int], Cell] = collections.defaultdict(Cell)
+        for (mode, second), cell in per_second.items():
+            binned[mode, (second - first) // width].merge(cell)
+        series: dict[str, list[tuple[int, float, float | None]]] = {}
+        for mode in (PLAIN, STARTTLS):
+            points = []
+            for index in range(bins):
+                cell = binned.get((mode, index))
+                points.append((index * width, cell.sessions / width if cell else 0.0,
+                               cell.duration_ms.percentile(0.95) if cell else None))
+            series[mode] = points
+        return Timeline(first, width, series)
 
     def distributions(self, wave: str | None = None, since: float | None = None,
                       until: float | None = None) -> dict[str, LatencyHistogram]:

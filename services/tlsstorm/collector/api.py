@@ -8,9 +8,9 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from tlsstorm import __version__
 from tlsstorm.collector import otlp
-from tlsstorm.collector.report import render_html
+from tlsstorm.collector.report import not_found_html, render_html
+from tlsstorm.common.api import service_app
 from tlsstorm.common.metrics import metrics_response, registry_with
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class _CollectorMetrics:
 
 
 def create_api(service: CollectorService) -> FastAPI:
-    app = FastAPI(title="tlsstorm collector", version=__version__)
+    app = service_app("tlsstorm collector")
     registry = registry_with(_CollectorMetrics(service))
     limit = service.settings.max_body_bytes
 
@@ -84,9 +84,16 @@ def create_api(service: CollectorService) -> FastAPI:
         return Response(otlp.encode_response(encoding, rejected, reason),
                         media_type=encoding.media_type)
 
+    def known(wave: str | None) -> None:
+        if wave is not None and not service.aggregator.has_wave(wave):
+            raise HTTPException(404, detail=f"no span of wave {wave!r} has arrived here "
+                                "(GET /v1/waves lists the waves)")
+
     @app.get("/v1/summary")
     def summary(wave: WaveFilter = None, since: Since = None, until: Until = None) -> dict:
-        """Plain vs STARTTLS costs per role, with TLS/plain factors; filter by wave and time."""
+        """Plain vs STARTTLS costs per role, with TLS/plain factors; filter by wave and time
+        (`wave=` with no value: the sessions that carry no wave id)."""
+        known(wave)
         return service.aggregator.summary(wave, since, until)
 
     @app.get("/v1/waves")
@@ -94,9 +101,14 @@ def create_api(service: CollectorService) -> FastAPI:
         return {"waves": service.aggregator.waves()}
 
     @app.get("/", response_class=HTMLResponse)
-    def report(wave: WaveFilter = None, since: Since = None, until: Until = None) -> str:
-        """The HTML cost report with its plots."""
-        return render_html(service.aggregator, wave, since, until)
+    def report(request: Request, wave: WaveFilter = None, since: Since = None,
+               until: Until = None) -> HTMLResponse:
+        """The HTML cost report with its plots; its links are absolute, so a saved copy still
+        reaches the collector."""
+        base_url = str(request.base_url).rstrip("/")
+        if wave is not None and not service.aggregator.has_wave(wave):
+            return HTMLResponse(not_found_html(wave, base_url), status_code=404)
+        return HTMLResponse(render_html(service.aggregator, wave, since, until, base_url))
 
     @app.get("/healthz")
     def healthz() -> dict:

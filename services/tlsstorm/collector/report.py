@@ -105,18 +105,25 @@ def _html_table(cost: dict[str, Any], title: str, receiver: bool = True) -> str:
             f"<th class=n>STARTTLS</th><th class=n>TLS/plain</th></tr>{rows}</table>")
 
 
+def _scope(wave: str | None) -> str:
+    if wave is None:
+        return "all waves"
+    return f"wave {escape(wave)}" if wave else "sessions without a wave id"
+
+
 def render_html(aggregator: Aggregator, wave: str | None = None, since: float | None = None,
-                until: float | None = None) -> str:
+                until: float | None = None, base_url: str = "") -> str:
+    """The report; links start with `base_url` (the collector's address) so that a saved copy
+    opened as a file still reaches the collector."""
     summary = aggregator.summary(wave, since, until)
     receiver = summary["receiver"]
     timeline = aggregator.timeline(wave, since, until)
-    start = min((points[0][0] for points in timeline.values() if points), default=0)
-    throughput = {f"{mode} sessions/s": [(second - start, sessions)
-                                         for second, sessions, _ in points]
-                  for mode, points in timeline.items()}
-    p95 = {f"{mode} p95 ms": [(second - start, value) for second, _, value in points
-                              if value is not None]
-           for mode, points in timeline.items()}
+    throughput = {f"{mode} sessions/s": [(offset, rate) for offset, rate, _ in points]
+                  for mode, points in timeline.series.items()}
+    # A bin without sessions has no p95: the line breaks there instead of bridging it.
+    p95 = {f"{mode} p95 ms": [(offset, value) for offset, _, value in points]
+           for mode, points in timeline.series.items()}
+    per_bin = "" if timeline.bin_seconds == 1 else f" (bins of {timeline.bin_seconds} s)"
     distributions = {name: _distribution(histogram)
                      for name, histogram in aggregator.distributions(wave, since, until).items()}
     bytes_chart = bar_chart(
@@ -125,25 +132,26 @@ def render_html(aggregator: Aggregator, wave: str | None = None, since: float | 
          "out": [_per_session(receiver[mode], "wire_bytes_out") for mode in (PLAIN, STARTTLS)]},
         "bytes")
     waves = "".join(
-        f'<tr><td><a href="?wave={escape(entry["wave"])}">{escape(entry["wave"] or "(none)")}'
+        f'<tr><td><a href="{base_url}/?wave={escape(entry["wave"])}">'
+        f'{escape(entry["wave"] or "(no wave id)")}'
         f'</a></td><td class=n>{entry[PLAIN]:,}</td><td class=n>{entry[STARTTLS]:,}</td>'
         f'<td>{_when(entry["first_unix_s"])}</td></tr>' for entry in aggregator.waves()[:50])
     sentence = outbound_sentence(receiver)
-    scope = f"wave {escape(wave)}" if wave else "all waves"
-    json_link = "/v1/summary" + (f"?wave={escape(wave)}" if wave else "")
+    json_link = f"{base_url}/v1/summary" + (f"?wave={escape(wave)}" if wave is not None else "")
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>tlsstorm cost report</title><style>{_STYLE}</style></head><body>
 <h1>What STARTTLS spam costs the receiver</h1>
-<p class=muted>{scope}; {summary['spans']['aggregated']:,} spans aggregated
+<p class=muted>{_scope(wave)}; {summary['spans']['aggregated']:,} spans aggregated
 ({summary['spans']['received']:,} received); generated {_when(None)}.
-<a href="/">all waves</a> · <a href="{json_link}">JSON</a></p>
+<a href="{base_url}/">all waves</a> · <a href="{json_link}">JSON</a></p>
 {_html_table(receiver, "Receiver: plain vs STARTTLS")}
 <p>{escape(sentence or "No STARTTLS session yet.")}</p>
 <div class=grid>
 {line_chart("Latency distribution", distributions, "milliseconds (log)", "share", log_x=True)}
 {bytes_chart}
-{line_chart("Throughput (receiver)", throughput, "seconds since start", "sessions/s")}
-{line_chart("p95 session latency (receiver)", p95, "seconds since start", "ms")}
+{line_chart("Throughput (receiver)", throughput, "seconds since start" + per_bin,
+            "sessions/s")}
+{line_chart("p95 session latency (receiver)", p95, "seconds since start" + per_bin, "ms")}
 </div>
 {_html_table(summary["sender"], "Sender: plain vs STARTTLS (client side)", receiver=False)}
 <h2>Waves</h2><table><tr><th>wave</th><th class=n>plain</th><th class=n>STARTTLS</th>
@@ -163,3 +171,11 @@ def _when(unix_s: float | None) -> str:
     moment = datetime.datetime.fromtimestamp(unix_s, datetime.UTC) if unix_s else \
         datetime.datetime.now(datetime.UTC)
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def not_found_html(wave: str, base_url: str) -> str:
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>tlsstorm: no '
+            f'such wave</title><style>{_STYLE}</style></head><body><h1>No wave '
+            f'{escape(wave)!s}</h1><p>No span of wave {escape(wave)} has arrived at this '
+            f'collector. <a href="{base_url}/">All waves</a> lists the ones that have.</p>'
+            '</body></html>')

@@ -62,10 +62,14 @@ def _y_axis(y_max: float, plot_h: float) -> list[str]:
     return lines
 
 
-def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label: str,
+def line_chart(title: str, series: dict[str, list[tuple[float, float | None]]], x_label: str,
                y_label: str, log_x: bool = False) -> str:
-    """Lines over a shared x axis; log_x for latency distributions."""
-    points = [point for values in series.values() for point in values]
+    """Lines over a shared x axis; log_x for latency distributions.
+
+    A point whose y is None breaks its line (no value there), and a lone point is drawn as a
+    dot, so nothing is drawn where there was nothing to measure.
+    """
+    points = [(x, y) for values in series.values() for x, y in values if y is not None]
     if not points:
         return _frame(title, x_label, y_label, ['<text x="50%" y="50%" text-anchor="middle">'
                                                  'no data yet</text>'], [])
@@ -88,12 +92,30 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label
         body.append(f'<text x="{x:.1f}" y="{_HEIGHT - _BOTTOM + 14}" text-anchor="middle" '
                     f'font-size="10">{_label(shown)}</text>')
     for index, values in enumerate(series.values()):
-        coordinates = " ".join(
-            f"{_LEFT + plot_w * (fx(x) - x_min) / (x_max - x_min):.1f},"
-            f"{_TOP + 12 + plot_h * (1 - y / y_max):.1f}" for x, y in values)
-        body.append(f'<polyline fill="none" stroke-width="2" '
-                    f'stroke="{PALETTE[index % len(PALETTE)]}" points="{coordinates}"/>')
+        colour = PALETTE[index % len(PALETTE)]
+        for segment in _segments(values):
+            coordinates = [(_LEFT + plot_w * (fx(x) - x_min) / (x_max - x_min),
+                            _TOP + 12 + plot_h * (1 - y / y_max)) for x, y in segment]
+            if len(coordinates) == 1:
+                (cx, cy), = coordinates
+                body.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3" fill="{colour}"/>')
+                continue
+            joined = " ".join(f"{x:.1f},{y:.1f}" for x, y in coordinates)
+            body.append(f'<polyline fill="none" stroke-width="2" stroke="{colour}" '
+                        f'points="{joined}"/>')
     return _frame(title, x_label, y_label, body, list(series))
+
+
+def _segments(values: list[tuple[float, float | None]]) -> list[list[tuple[float, float]]]:
+    """Runs of consecutive points that have a value."""
+    segments: list[list[tuple[float, float]]] = [[]]
+    for x, y in values:
+        if y is None:
+            if segments[-1]:
+                segments.append([])
+        else:
+            segments[-1].append((x, y))
+    return [segment for segment in segments if segment]
 
 
 def bar_chart(title: str, categories: list[str], series: dict[str, list[float]],

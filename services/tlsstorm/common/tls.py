@@ -98,7 +98,32 @@ def server_context(
     else:
         context.options |= ssl.OP_NO_TICKET
         context.num_tickets = 0
+        _turn_off_session_cache(context)
     return context
+
+
+_SSL_CTRL_SET_SESS_CACHE_MODE, _SSL_CTRL_GET_SESS_CACHE_MODE = 44, 45  # OpenSSL's ssl.h
+_SSL_SESS_CACHE_OFF = 0
+
+
+def _turn_off_session_cache(context: ssl.SSLContext) -> None:
+    """No resumption at all: without tickets, TLS 1.2 clients still resume by session ID from
+    the server's cache, which Python's ssl keeps on and offers no setting for.
+
+    OpenSSL's SSL_CTX_set_session_cache_mode is a macro over SSL_CTX_ctrl, reached through the
+    library the ssl module is linked with; the SSL_CTX is the first field after the object
+    header of CPython's SSLContext (stable since 3.x). The mode is read back to be sure.
+    """
+    import _ssl
+    import ctypes
+
+    ctrl = ctypes.CDLL(_ssl.__file__).SSL_CTX_ctrl
+    ctrl.restype = ctypes.c_long
+    ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    ssl_ctx = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+    ctrl(ssl_ctx, _SSL_CTRL_SET_SESS_CACHE_MODE, _SSL_SESS_CACHE_OFF, None)
+    if ctrl(ssl_ctx, _SSL_CTRL_GET_SESS_CACHE_MODE, 0, None) != _SSL_SESS_CACHE_OFF:
+        raise RuntimeError("could not turn off OpenSSL's session cache")
 
 
 def client_context(ca_file: Path | None = None) -> ssl.SSLContext:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Query
 
-from tlsstorm import __version__
+from tlsstorm.common.api import service_app
 from tlsstorm.common.auth import bearer_guard
 from tlsstorm.common.metrics import SpanCountsCollector, metrics_response, registry_with
 from tlsstorm.common.serve import BodyLimit
@@ -19,7 +19,7 @@ WaveId = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
 
 
 def create_api(service: ReceiverService) -> FastAPI:
-    app = FastAPI(title="tlsstorm receiver", version=__version__)
+    app = service_app("tlsstorm receiver")
     app.add_middleware(BodyLimit, max_bytes=64 * 1024)
     guarded = [Depends(bearer_guard(service.settings.api_token))]
     registry = registry_with(ReceiverCollector(service.stats),

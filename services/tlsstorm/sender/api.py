@@ -8,7 +8,7 @@ from fastapi import Depends, FastAPI, HTTPException, status
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import Field
 
-from tlsstorm import __version__
+from tlsstorm.common.api import service_app
 from tlsstorm.common.auth import bearer_guard
 from tlsstorm.common.metrics import SpanCountsCollector, metrics_response, registry_with
 from tlsstorm.common.serve import BodyLimit
@@ -47,7 +47,7 @@ class _SenderCollector:
 
 
 def create_api(service: SenderService) -> FastAPI:
-    app = FastAPI(title="tlsstorm sender", version=__version__)
+    app = service_app("tlsstorm sender")
     app.add_middleware(BodyLimit, max_bytes=64 * 1024)
     guarded = [Depends(bearer_guard(service.settings.api_token))]
     registry = registry_with(_SenderCollector(service), SpanCountsCollector(service.provider))

@@ -12,7 +12,7 @@ from typing import Any
 
 from tlsstorm.common.charts import bar_chart, line_chart
 from tlsstorm.sweep.fit import CostFit
-from tlsstorm.sweep.run import WavePoint
+from tlsstorm.sweep.run import Capacity, WavePoint
 
 
 def _mean(values: list[float | None]) -> float:
@@ -40,16 +40,18 @@ def scenario_lines(points: list[WavePoint], fit: CostFit) -> list[str]:
 
 
 def text_summary(points: list[WavePoint], fit: CostFit,
-                 capacity: dict[float, float | None]) -> str:
+                 capacity: dict[float, Capacity]) -> str:
     lines = [f"{'TLS ratio':>9} {'msgs':>6} {'msg/s':>7} {'CPU ms/msg':>11} {'hs p50':>7} "
              f"{'hs p99':>7} {'sess p99':>8} {'capacity':>9}"]
     for point in points:
-        sustained = capacity.get(point.tls_ratio)
         lines.append(
             f"{point.tls_ratio:>9.0%} {point.messages:>6} {point.achieved_rate:>7.1f} "
             f"{point.cpu_ms_per_message:>11.3f} {_cell(point.handshake_p50_ms):>7} "
             f"{_cell(point.handshake_p99_ms):>7} {_cell(point.session_p99_ms):>8} "
-            f"{_cell(sustained) if point.tls_ratio in capacity else '':>9}")
+            f"{capacity[point.tls_ratio].text() if point.tls_ratio in capacity else '':>9}")
+    if any(found.lower_bound for found in capacity.values()):
+        lines.append("capacity >=N: every rate tried held the SLO, so N is a lower bound; "
+                     "N-M: N held, M did not")
     lines.append(f"fit: CPU ms/msg = {fit.plain_ms:.3f} x plain + {fit.tls_ms:.3f} x TLS "
                  f"(TLS/plain {fit.factor:.2f}x, R^2 {fit.r_squared:.3f})")
     return "\n".join(lines)
@@ -60,7 +62,7 @@ def _cell(value: float | None) -> str:
 
 
 def write_report(folder: Path, points: list[WavePoint], fit: CostFit,
-                 capacity: dict[float, float | None], settings: dict[str, Any],
+                 capacity: dict[float, Capacity], settings: dict[str, Any],
                  scenario: str | None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "waves.csv").open("w", newline="") as table:
@@ -71,7 +73,7 @@ def write_report(folder: Path, points: list[WavePoint], fit: CostFit,
         "settings": settings, "scenario": scenario,
         "fit": {"plain_ms": fit.plain_ms, "tls_ms": fit.tls_ms, "factor": fit.factor,
                 "r_squared": fit.r_squared},
-        "capacity": {str(ratio): rate for ratio, rate in capacity.items()},
+        "capacity": {str(ratio): found.as_dict() for ratio, found in capacity.items()},
         "waves": [point.as_dict() for point in points]}, indent=2))
     ratios = [point.tls_ratio for point in points]
     cpu_chart = line_chart(
@@ -92,8 +94,12 @@ def write_report(folder: Path, points: list[WavePoint], fit: CostFit,
                       _mean([p.tls_bytes_per_session for p in points])]}, "bytes")
     capacity_chart = line_chart(
         f"Capacity (session p99 <= {settings.get('slo_p99_ms')} ms)",
-        {"messages/s": [(ratio * 100, rate) for ratio, rate in sorted(capacity.items())
-                        if rate is not None]},
+        {"sustained (a rate above failed)": [
+            (ratio * 100, found.sustained if not found.lower_bound else None)
+            for ratio, found in sorted(capacity.items())],
+         "at least (no rate tried failed)": [
+            (ratio * 100, found.sustained if found.lower_bound else None)
+            for ratio, found in sorted(capacity.items())]},
         "% of messages with STARTTLS", "messages per second") if capacity else ""
     rows = "".join(
         f"<tr><td class=n>{p.tls_ratio:.0%}</td><td class=n>{p.messages}</td>"

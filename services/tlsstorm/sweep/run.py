@@ -136,8 +136,9 @@ class SweepRunner:
         return stats or self.http.get(f"{self.receiver_url}/v1/stats").json()
 
     def capacity(self, tls_ratio: float, rates: list[float], seconds: float,
-                 slo_p99_ms: float) -> tuple[float | None, list[WavePoint]]:
-        """The highest rate whose wave keeps session p99 under the SLO, nothing skipped."""
+                 slo_p99_ms: float) -> tuple[Capacity, list[WavePoint]]:
+        """The highest rate whose wave keeps session p99 under the SLO, nothing skipped, and
+        the first rate that did not (if any was tried)."""
         sustained, steps = None, []
         for rate in rates:
             point = self.wave(tls_ratio, rate, max(1, int(rate * seconds)),
@@ -146,9 +147,33 @@ class SweepRunner:
             within = (point.session_p99_ms or 0) <= slo_p99_ms and point.skipped == 0 \
                 and point.failed == 0 and point.achieved_rate >= 0.9 * rate
             if not within:
-                break
+                return Capacity(sustained, rate), steps
             sustained = rate
-        return sustained, steps
+        return Capacity(sustained, None), steps
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What the capacity steps found: the highest rate that held (`sustained`) and the first
+    that failed. When none failed the capacity is only known to be at least `sustained`."""
+
+    sustained: float | None
+    failed_at: float | None
+
+    @property
+    def lower_bound(self) -> bool:
+        return self.failed_at is None
+
+    def text(self) -> str:
+        if self.sustained is None:
+            return f"<{self.failed_at:g}"
+        if self.lower_bound:
+            return f">={self.sustained:g}"
+        return f"{self.sustained:g}-{self.failed_at:g}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sustained": self.sustained, "failed_at": self.failed_at,
+                "lower_bound": self.lower_bound}
 
 
 def receiver_wave_stats(http: httpx.Client, receiver_url: str, wave_id: str, messages: int,
