@@ -51,7 +51,7 @@ class DirectSmtpBot(User):
         tls = next_is_tls(self.environment)
         started = time.perf_counter()
         handshake_ms = failure = None
-        ok, sent_and_received = True, 0
+        delivered, sent_and_received = 0, 0
         body = build_message(self.options.message_size, "bot@tlsstorm.test",
                              "victim@receiver.tlsstorm.test", None, self.options.wave_id or None)
         # No `with`: smtplib's __exit__ sends QUIT and can raise, which would swallow the
@@ -68,15 +68,22 @@ class DirectSmtpBot(User):
                 client.ehlo()
             for _ in range(count):
                 client.sendmail("bot@tlsstorm.test", ["victim@receiver.tlsstorm.test"], body)
+                delivered += 1
             sent_and_received = sum(wire_bytes(client.sock) or (0, 0))
             client.quit()
         except (smtplib.SMTPException, OSError) as error:
-            ok, failure = False, f"{getattr(error, 'smtp_code', '')} {error}".strip()
+            failure = f"{getattr(error, 'smtp_code', '')} {error}".strip()
         finally:
             if client is not None:
                 client.close()
-        report_message(self.environment, tls=tls, ok=ok,
-                       total_ms=(time.perf_counter() - started) * 1000,
-                       wire_bytes=sent_and_received,
-                       failure=failure, handshake_ms=handshake_ms, direct=True)
-
+        # One row per message, as the sender's results give them: the connection's time and
+        # bytes shared out over its messages; the message that failed, if one did, as a failure.
+        per_message_ms = (time.perf_counter() - started) * 1000 / max(delivered, 1)
+        for index in range(delivered):
+            report_message(self.environment, tls=tls, ok=True, total_ms=per_message_ms,
+                           wire_bytes=sent_and_received // max(delivered, 1), failure=None,
+                           handshake_ms=handshake_ms if index == 0 else None, direct=True)
+        if failure is not None:
+            report_message(self.environment, tls=tls, ok=False, total_ms=per_message_ms,
+                           wire_bytes=0, failure=failure,
+                           handshake_ms=handshake_ms if not delivered else None, direct=True)

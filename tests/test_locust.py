@@ -88,21 +88,27 @@ def test_max_messages_sends_exactly_that_many_at_the_exact_ratio(receiver, sende
     assert (stats["tls"]["messages"], stats["plain"]["messages"]) == (10, 30)
 
 
-def test_direct_smtp_bot_speaks_to_the_receiver_without_the_sender(receiver, tmp_path):
+@pytest.mark.parametrize("per_connection", [1, 5])
+def test_direct_smtp_bot_speaks_to_the_receiver_without_the_sender(
+    receiver, tmp_path, per_connection
+):
     stats_file = tmp_path / "direct.json"
     run = locust("DirectSmtpBot", "--headless", "--users", "2", "--spawn-rate", "2",
                  "--max-messages", "20", "--tls-ratio", "0.5", "--wave-id", "direct",
+                 "--per-connection", str(per_connection),
                  "--smtp-target", f"127.0.0.1:{receiver.smtp_port}", "--run-time", "60s",
                  "--stop-timeout", "10", "--json-file", str(stats_file.with_suffix("")),
                  "--only-summary")
     output = finish(run)
 
     assert run.returncode == 0, output[-3000:]
-    rows = smtp_rows(stats_file)
+    rows = smtp_rows(stats_file)  # one row per message, however many share a connection
     assert rows["SMTP STARTTLS (direct)"]["num_requests"] == 10
+    assert rows["SMTP plain (direct)"]["num_requests"] == 10
     assert rows["SMTP plain (direct)"]["num_failures"] == 0
     stats = receiver.stats("direct")
     assert (stats["tls"]["messages"], stats["plain"]["messages"]) == (10, 10)
+    assert stats["tls"]["sessions"] == 10 // per_connection
 
 
 def test_direct_smtp_bot_is_held_to_the_allowlist(receiver, tmp_path):

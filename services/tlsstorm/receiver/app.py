@@ -31,7 +31,9 @@ def _key_type_of(pair: CertificatePair) -> str:
     if isinstance(key, rsa.RSAPublicKey):
         return f"rsa{key.key_size}"
     if isinstance(key, ec.EllipticCurvePublicKey):
-        return f"ecdsa-{key.curve.name}"
+        # The names the settings use (ecdsa-p256), not OpenSSL's (secp256r1).
+        return {"secp256r1": "ecdsa-p256", "secp384r1": "ecdsa-p384"}.get(
+            key.curve.name, f"ecdsa-{key.curve.name}")
     return type(key).__name__
 
 

@@ -36,6 +36,9 @@ _PLAIN_ANGLE_ADDRESS = re.compile(
     re.DOTALL)
 
 
+_AUTH_MECHANISMS = ("LOGIN", "PLAIN")
+
+
 class MeasuredSMTP(SMTP):
     """One instance per connection; fills a SessionRecord and hands it over at the end."""
 
@@ -50,7 +53,8 @@ class MeasuredSMTP(SMTP):
         limits: SessionLimits,
         **kwargs,
     ) -> None:
-        super().__init__(handler, **kwargs)
+        # A sink authenticates nobody: no AUTH mechanism (AUTH is answered 504), none announced.
+        super().__init__(handler, auth_exclude_mechanism=_AUTH_MECHANISMS, **kwargs)
         self._data_timeout_s = data_timeout_s
         self._in_data = False
         self.limits = limits
@@ -150,6 +154,8 @@ class MeasuredSMTP(SMTP):
         response = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") if isinstance(
             status, str
         ) else status
+        if response.startswith(b"250-AUTH"):
+            return  # aiosmtpd announces AUTH after STARTTLS even with no mechanism left
         self.record.note_reply(response)
         if response[3:4] == b"-":
             # A multi-line reply (EHLO's) goes out in one write, as an MTA sends it: aiosmtpd
