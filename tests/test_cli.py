@@ -122,6 +122,18 @@ def test_demo_prints_the_plain_versus_tls_table(tmp_path):
     assert "<svg" in (tmp_path / "results" / "report.html").read_text()
 
 
+def test_demo_with_every_message_over_starttls_ends_well(tmp_path):
+    finished = subprocess.run(
+        [sys.executable, "-m", "tlsstorm", "demo", "--messages", "20", "--users", "4",
+         "--tls-ratio", "1"],
+        env=_stack_env(), cwd=tmp_path, capture_output=True, text=True, timeout=180,
+    )
+
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    lines = {line.split("  ")[0]: line for line in finished.stdout.splitlines()}
+    assert lines["sessions"].split()[1:3] == ["0", "20"]
+
+
 def _subcommands(parser: argparse.ArgumentParser):
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):

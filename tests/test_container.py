@@ -4,7 +4,9 @@ environment and certificate, on the host's loopback; one plain and one STARTTLS 
 from __future__ import annotations
 
 import base64
+import collections
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -48,6 +50,14 @@ def image() -> str:
         env["EXTRA_CA"] = str(HOST_CA_BUNDLE)
     built = _run("bash", "scripts/build-image.sh", env=env, timeout=1800)
     assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
+    # requirements.lock pins every package: pip fetches one version of each, no backtracking.
+    fetched = collections.Counter(
+        match.group(1).lower().replace("_", "-") for match in re.finditer(
+            r"(?:Downloading|Using cached) ([A-Za-z0-9_.-]+?)-\d[^-\s]*[-.]", built.stdout))
+    if fetched:
+        assert max(fetched.values()) == 1, fetched.most_common(5)
+    else:  # the install step came from Docker's cache, built (and checked) before
+        assert "Using cache" in built.stdout, built.stdout[-4000:]
     yield f"tlsstorm:{tag}"
     _run("docker", "rmi", f"tlsstorm:{tag}")
 
