@@ -33,7 +33,7 @@ def locust(*args: str, env: dict[str, str] | None = None, **popen) -> subprocess
         text=True, **popen)
 
 
-def finish(process: subprocess.Popen, timeout: float = 120, errors_expected: bool = False) -> str:
+def finish(process: subprocess.Popen, timeout: float = 120) -> str:
     """Locust's output once it has ended; an exception or ERROR line in it fails the test."""
     try:
         output, _ = process.communicate(timeout=timeout)
@@ -41,8 +41,7 @@ def finish(process: subprocess.Popen, timeout: float = 120, errors_expected: boo
         process.kill()
         output, _ = process.communicate()
         raise AssertionError(f"locust did not finish in {timeout} s:\n{output[-3000:]}") from None
-    if not errors_expected:
-        assert_no_errors(output)
+    assert_no_errors(output)
     return output
 
 

@@ -35,9 +35,8 @@ _SUMS = ("sessions", "messages", "message_bytes", "wire_in", "wire_out", "cpu_us
 
 
 class Timeline(NamedTuple):
-    """Receiver sessions over time: per mode, (seconds from start, sessions/s, p95 ms)."""
+    """Receiver sessions over time: per mode, (seconds from the first, sessions/s, p95 ms)."""
 
-    start_unix_s: int
     bin_seconds: int
     series: dict[str, list[tuple[int, float, float | None]]]
 
@@ -282,7 +281,7 @@ class Aggregator:
             if role == RECEIVER:
                 per_second[mode, second].merge(cell)
         if not per_second:
-            return Timeline(0, 1, {PLAIN: [], STARTTLS: []})
+            return Timeline(1, {PLAIN: [], STARTTLS: []})
         first = min(second for _, second in per_second)
         last = max(second for _, second in per_second)
         width = max(1, math.ceil((last - first + 1) / max_points))
@@ -298,7 +297,7 @@ class Aggregator:
                 points.append((index * width, cell.sessions / width if cell else 0.0,
                                cell.duration_ms.percentile(0.95) if cell else None))
             series[mode] = points
-        return Timeline(first, width, series)
+        return Timeline(width, series)
 
     def distributions(self, wave: str | None = None, since: float | None = None,
                       until: float | None = None) -> dict[str, LatencyHistogram]:

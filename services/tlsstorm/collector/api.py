@@ -84,16 +84,17 @@ def create_api(service: CollectorService) -> FastAPI:
         return Response(otlp.encode_response(encoding, rejected, reason),
                         media_type=encoding.media_type)
 
-    def known(wave: str | None) -> None:
-        if wave is not None and not service.aggregator.has_wave(wave):
-            raise HTTPException(404, detail=f"no span of wave {wave!r} has arrived here "
-                                "(GET /v1/waves lists the waves)")
+    def unknown(wave: str | None) -> bool:
+        """A wave filter naming a wave of which no span has arrived (404 on every route)."""
+        return wave is not None and not service.aggregator.has_wave(wave)
 
     @app.get("/v1/summary")
     def summary(wave: WaveFilter = None, since: Since = None, until: Until = None) -> dict:
         """Plain vs STARTTLS costs per role, with TLS/plain factors; filter by wave and time
         (`wave=` with no value: the sessions that carry no wave id)."""
-        known(wave)
+        if unknown(wave):
+            raise HTTPException(404, detail=f"no span of wave {wave!r} has arrived here "
+                                "(GET /v1/waves lists the waves)")
         return service.aggregator.summary(wave, since, until)
 
     @app.get("/v1/waves")
@@ -106,7 +107,7 @@ def create_api(service: CollectorService) -> FastAPI:
         """The HTML cost report with its plots; its links are absolute, so a saved copy still
         reaches the collector."""
         base_url = str(request.base_url).rstrip("/")
-        if wave is not None and not service.aggregator.has_wave(wave):
+        if unknown(wave):
             return HTMLResponse(not_found_html(wave, base_url), status_code=404)
         return HTMLResponse(render_html(service.aggregator, wave, since, until, base_url))
 

@@ -176,6 +176,6 @@ def _when(unix_s: float | None) -> str:
 def not_found_html(wave: str, base_url: str) -> str:
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>tlsstorm: no '
             f'such wave</title><style>{_STYLE}</style></head><body><h1>No wave '
-            f'{escape(wave)!s}</h1><p>No span of wave {escape(wave)} has arrived at this '
+            f'{escape(wave)}</h1><p>No span of wave {escape(wave)} has arrived at this '
             f'collector. <a href="{base_url}/">All waves</a> lists the ones that have.</p>'
             '</body></html>')
