@@ -7,6 +7,7 @@ runs; in distributed mode the master sends the change to every worker.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 
 from locust import events
@@ -17,6 +18,10 @@ from locust.runners import MasterRunner, WorkerRunner
 from tlsstorm.sender.waves import is_tls
 
 OPTIONS_MESSAGE = "tlsstorm-options"
+OPTIONS_REQUEST = "tlsstorm-options-request"
+# The options shapes change while a test runs (the rest are fixed when it starts).
+LIVE_OPTIONS = ("tls_ratio", "wave_id")
+logger = logging.getLogger(__name__)
 _message_numbers = itertools.count()
 
 
@@ -62,20 +67,38 @@ def next_is_tls(environment: Environment) -> bool:
 
 def set_wave_options(environment: Environment, **changes) -> None:
     """Change options while a test runs, here and on every worker."""
+    unknown = set(changes) - set(LIVE_OPTIONS)
+    if unknown:
+        raise ValueError(f"only {LIVE_OPTIONS} change while a test runs, not {sorted(unknown)}")
     vars(environment.parsed_options).update(changes)
     if isinstance(environment.runner, MasterRunner):
         environment.runner.send_message(OPTIONS_MESSAGE, changes)
 
 
 def _apply_option_changes(environment: Environment, msg: Message, **_kwargs) -> None:
-    """A worker takes the master's changes (Locust calls listeners with `environment`, `msg`).
-
-    A worker that joins mid-run gets the current options in its spawn message instead.
-    """
+    """A worker takes the master's changes (Locust calls listeners with `environment`, `msg`)."""
     vars(environment.parsed_options).update(msg.data)
+    logger.info("wave options from the master: %s",
+                ", ".join(f"{name}={value}" for name, value in sorted(msg.data.items())))
+
+
+def _answer_with_current_options(environment: Environment, msg: Message, **_kwargs) -> None:
+    """The master tells a worker that just set up its listener what the options are now."""
+    current = {name: getattr(environment.parsed_options, name) for name in LIVE_OPTIONS}
+    environment.runner.send_message(OPTIONS_MESSAGE, current, client_id=msg.node_id)
 
 
 @events.init.add_listener
 def listen_for_option_changes(environment: Environment, **_kwargs) -> None:
-    if isinstance(environment.runner, WorkerRunner):
-        environment.runner.register_message(OPTIONS_MESSAGE, _apply_option_changes)
+    """Workers follow the master's option changes, including those made before they listened.
+
+    A worker is connected, and handles the master's messages, before Locust fires `init`: a
+    worker joining mid-run can miss a change sent in between (Locust drops a message with no
+    listener). So once listening, it asks the master for the current options.
+    """
+    runner = environment.runner
+    if isinstance(runner, MasterRunner):
+        runner.register_message(OPTIONS_REQUEST, _answer_with_current_options)
+    elif isinstance(runner, WorkerRunner):
+        runner.register_message(OPTIONS_MESSAGE, _apply_option_changes)
+        runner.send_message(OPTIONS_REQUEST)

@@ -26,9 +26,10 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def locust(*args: str, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
+def locust(*args: str, env: dict[str, str] | None = None, locustfile: Path = LOCUSTFILE,
+           **popen) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *args],
+        [sys.executable, "-m", "locust", "-f", str(locustfile), *args],
         env=env or clean_env(), cwd=LOAD, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, **popen)
 

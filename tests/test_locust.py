@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import itertools
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -20,6 +21,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from tests.helpers import exporting_to
 from tests.locust_helpers import clean_env, finish, free_port, locust, smtp_rows
 from tlsstorm.common.telemetry import tracer_provider
+
+SLOW_WORKER = Path(__file__).parent / "slow_worker_locustfile.py"
 
 
 def _ticks(name: str, times: list[float], **options) -> list[dict]:
@@ -217,6 +220,34 @@ def test_rustock_timeline_moves_the_tls_share_on_every_worker(traced):
     waves = _collector_waves(collector, receiver, "drk")
     assert sorted(waves) == names
     assert _in_order([waves[name] for name in names])
+
+
+def test_a_worker_joining_mid_run_catches_up_with_a_change_it_could_not_hear(
+    receiver, sender
+):
+    """The worker is connected, so the master sends it phase 2's change, while its start-up
+    has not yet set up the listener; once listening it asks, and follows phase 2, then 3."""
+    port = str(free_port())
+    env = clean_env(TLSSTORM_LOAD_SHAPE="rustock")
+    master = locust("SpamViaSender", "--master", "--master-bind-port", port, "--headless",
+                    "--expect-workers", "1", "--stop-timeout", "10", "--only-summary",
+                    "--users", "4", "--spawn-rate", "4", "--phase-seconds", "4",
+                    "--wave-id", "late", "--host", sender.http, env=env)
+    first = locust("--worker", "--master-port", port, env=env)
+    time.sleep(4)  # the run starts once the first worker is in (about 2 s): now in phase 1
+    slow = locust("--worker", "--master-port", port, locustfile=SLOW_WORKER,
+                  env={**env, "SLOW_INIT_S": "3"})
+    output = finish(master)
+    finish(first, timeout=30)
+    slow_log = finish(slow, timeout=30)
+
+    assert master.returncode == 0, output[-3000:]
+    assert "to 2 ready workers" in output, output[-3000:]
+    heard = re.findall(r"wave options from the master: .*wave_id=(late-phase\d)", slow_log)
+    assert heard[-2:] == ["late-phase2", "late-phase3"], slow_log[-3000:]
+    for phase, ratio in ((1, 0.2), (2, 0.3), (3, 0.7)):
+        total, share = _share(receiver.stats(f"late-phase{phase}-tls{round(ratio * 100)}"))
+        assert total >= 50 and share == pytest.approx(ratio, abs=0.05), (phase, total, share)
 
 
 def test_spam_waves_bursts_reach_every_worker(traced):
