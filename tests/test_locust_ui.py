@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.locust_helpers import assert_no_errors, clean_env, free_port
+from tests.locust_helpers import assert_no_errors, clean_env, finish, free_port, locust
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BROWSER_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -170,3 +170,43 @@ def test_rustock_preselected_restarts_from_its_first_phase(start_stack, browser_
         assert stats["tls"]["sessions"] / _sessions(stats) == pytest.approx(ratio, abs=0.05)
     assert _modes(_wave(receiver_url, "ui-rk1-phase1-tls20")) == _modes(stopped_run)
     assert _wave(receiver_url, "ui-rk1-phase2-tls30") is None
+
+
+def test_distributed_rustock_from_the_ui_twice(receiver, sender, browser_page):
+    """As the chart runs Locust: a master with the web UI and the class picker, two workers;
+    the preselected Rustock timeline, started from the browser, twice in a row."""
+    web_port, master_port = str(free_port()), str(free_port())
+    env = clean_env(TLSSTORM_LOAD_SHAPE="rustock")
+    master = locust("--master", "--master-bind-port", master_port, "--class-picker",
+                    "--web-host", "127.0.0.1", "--web-port", web_port, "--host", sender.http,
+                    "--users", "6", "--spawn-rate", "6", env=env)
+    workers = [locust("--worker", "--master-port", master_port, env=env) for _ in range(2)]
+    locust_url = f"http://127.0.0.1:{web_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the UI is up and both workers are in
+            try:
+                if len(httpx.get(f"{locust_url}/stats/requests").json()["workers"]) == 2:
+                    break
+            except (httpx.HTTPError, KeyError):
+                pass
+            assert time.monotonic() < deadline, "the master or its workers did not come up"
+            time.sleep(0.3)
+        page = browser_page
+        page.goto(locust_url)
+        for run in ("ui-d1", "ui-d2"):
+            if run == "ui-d2":
+                page.get_by_role("button", name="New").click()
+            assert page.locator('select[name="shapeClass"]').input_value() == "RustockTimeline"
+            _start(page, {"waveId": run, "phaseSeconds": "3"})
+            _wait_until_stopped(page, locust_url)
+            time.sleep(1)
+            for phase, ratio in ((1, 0.2), (2, 0.3), (3, 0.7)):
+                stats = _wave(receiver.http, f"{run}-phase{phase}-tls{round(ratio * 100)}")
+                assert _sessions(stats) >= 20, (run, phase, stats)
+                share = stats["tls"]["sessions"] / _sessions(stats)
+                assert share == pytest.approx(ratio, abs=0.05), (run, phase, share)
+    finally:
+        master.send_signal(signal.SIGINT)  # the master tells its workers to quit
+        for process in (master, *workers):
+            finish(process, timeout=60)  # fails on an error in any of their logs
