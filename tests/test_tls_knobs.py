@@ -140,5 +140,23 @@ def test_openssl_s_client_resumes_by_tls12_session_only_when_tickets_are_on(
     second = s_client("-sess_in", str(session_file))
 
     assert ("Reused, TLSv1.2" in second) is tickets, second[-1500:]
-    if not tickets:
-        assert receiver.wait_sessions(2)["tls"]["handshakes_resumed"] == 0
+    assert receiver.wait_sessions(2)["tls"]["handshakes_resumed"] == (1 if tickets else 0)
+
+
+def test_every_handshake_counts_though_the_client_quits_right_after_it(
+    start_receiver, tmp_path
+):
+    """openssl s_client sends QUIT and leaves as soon as its handshake ends. After a resumed
+    TLS 1.2 handshake its Finished, QUIT and close arrive together: the receiver's task could
+    be cancelled before it resumed from the handshake, which was done and paid for."""
+    receiver = start_receiver()
+    session_file = tmp_path / "session.pem"
+    for attempt in range(101):
+        subprocess.run(["openssl", "s_client", "-starttls", "smtp", "-connect",
+                        f"127.0.0.1:{receiver.smtp_port}", "-tls1_2",
+                        "-sess_in" if attempt else "-sess_out", str(session_file)],
+                       input="QUIT\r\n", capture_output=True, text=True, timeout=30, check=True)
+
+    tls = receiver.wait_sessions(101)["tls"]
+    assert (tls["sessions"], tls["handshakes_ok"], tls["handshakes_failed"],
+            tls["handshakes_resumed"]) == (101, 101, 0, 100)

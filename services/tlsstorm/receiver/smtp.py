@@ -254,16 +254,27 @@ class MeasuredSMTP(SMTP):
         try:
             await waiter
         except asyncio.CancelledError:
+            # aiosmtpd cancels this task when the client leaves. A client that quits right
+            # after its handshake can leave before the task resumes: the handshake was done
+            # and paid for all the same, so it is counted.
+            if waiter.done() and not waiter.cancelled():
+                self._record_handshake(waiter, tls_protocol, started_ns, started_perf)
             raise
-        except Exception as error:
-            elapsed_s = time.perf_counter() - started_perf
-            self._handshake_failed(error, started_ns, elapsed_s)
-            raise TLSSetupException() from error
-        ssl_object = self.transport.get_extra_info("ssl_object")
-        if ssl_object is None:  # the peer left mid-handshake without an error being raised
-            elapsed_s = time.perf_counter() - started_perf
-            self._handshake_failed(ConnectionResetError(), started_ns, elapsed_s)
-            raise TLSSetupException()
+        except Exception:
+            pass  # the waiter holds the error, recorded next
+        if not self._record_handshake(waiter, tls_protocol, started_ns, started_perf):
+            raise TLSSetupException() from waiter.exception()
+
+    def _record_handshake(self, waiter: asyncio.Future, tls_protocol: sslproto.SSLProtocol,
+                          started_ns: int, started_perf: float) -> bool:
+        """The handshake's outcome, from its finished waiter, into the record; True if done."""
+        error = waiter.exception()
+        ssl_object = tls_protocol._get_extra_info("ssl_object") if error is None else None
+        if ssl_object is None:  # failed, or the peer left mid-handshake without an error
+            self._handshake_failed(error or ConnectionResetError(), started_ns,
+                                   time.perf_counter() - started_perf)
+            return False
+        record = self.record
         record.handshake_ok = True
         if isinstance(ssl_object, TimedSSLObject) and ssl_object.handshake_ms is not None:
             record.handshake_started_ns = ssl_object.handshake_started_ns
@@ -275,6 +286,7 @@ class MeasuredSMTP(SMTP):
         cipher = ssl_object.cipher()
         record.cipher = cipher[0] if cipher else None
         record.resumed = ssl_object.session_reused
+        return True
 
     def _handshake_failed(self, error: BaseException, started_ns: int, elapsed_s: float) -> None:
         record = self.record
