@@ -9,7 +9,7 @@ import typing
 from pathlib import Path
 
 from tlsstorm.common.config import KeyType
-from tlsstorm.common.tls import self_signed
+from tlsstorm.common.pki import self_signed
 
 
 def wave_arguments(doc: str, messages: int, rate: float) -> argparse.Namespace:

@@ -24,7 +24,8 @@ from fixtures import certificate_files, free_port, stack_environment  # bench/ i
 from machine import machine_note, process_cpu_seconds
 from tlsstorm.common.config import KeyType
 from tlsstorm.common.intervals import mean_ci, shown
-from tlsstorm.common.tls import client_context, load_pair, server_context
+from tlsstorm.common.pki import load_pair
+from tlsstorm.common.tls import client_context, server_context
 from tlsstorm.sweep.run import SweepRunner, stack_runner
 
 MODES = ((0.0, "plain"), (1.0, "STARTTLS"))

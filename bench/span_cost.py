@@ -46,7 +46,8 @@ def main() -> None:
         records = [finished_session(tls) for _ in range(sessions)]
         started = time.thread_time_ns()
         for record in records:
-            emit_session_spans(tracer, record, "receiver.tlsstorm.test", 2525)
+            emit_session_spans(tracer, record, "receiver.tlsstorm.test", 2525,
+                               "leaf rsa2048 1,384 B + intermediate rsa2048 1,380 B")
         built_us = (time.thread_time_ns() - started) / 1000 / sessions
         provider.force_flush()
         spans = exporter.get_finished_spans()

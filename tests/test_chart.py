@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tlsstorm.sender.allowlist import Target
+
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "tlsstorm"
 HELM = ROOT / ".tools" / "bin" / "helm"
@@ -168,19 +170,78 @@ def test_sender_may_aim_only_at_the_in_cluster_receiver(objects):
     assert sender["TLSSTORM_SENDER_TARGET"] == f"{RELEASE}-tlsstorm-receiver:2525"
 
 
-def test_receiver_certificate_secret_has_the_requested_key_type():
+def test_receiver_secret_holds_the_root_or_the_self_signed_certificate_asked_for():
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    for key_type, expected, size in (("rsa2048", rsa.RSAPublicKey, 2048),
-                                     ("rsa4096", rsa.RSAPublicKey, 4096),
-                                     ("ecdsa-p256", ec.EllipticCurvePublicKey, 256)):
-        secrets = _by_kind(render("--set", f"components.receiver.tls.keyType={key_type}"),
+    for shape, key_type, expected, size in (
+            ("chain", "rsa2048", rsa.RSAPublicKey, 2048),
+            ("chain", "rsa4096", rsa.RSAPublicKey, 4096),
+            ("chain", "ecdsa-p256", ec.EllipticCurvePublicKey, 256),
+            ("self-signed", "rsa2048", rsa.RSAPublicKey, 2048),
+            ("self-signed", "rsa4096", rsa.RSAPublicKey, 4096),
+            ("self-signed", "ecdsa-p256", ec.EllipticCurvePublicKey, 256)):
+        setting = "rootKeyType" if shape == "chain" else "keyType"
+        secrets = _by_kind(render("--set", f"components.receiver.tls.shape={shape}",
+                                  "--set", f"components.receiver.tls.{setting}={key_type}"),
                            "Secret")
-        data = secrets[f"{RELEASE}-tlsstorm-receiver-tls"]["data"]
-        key = x509.load_pem_x509_certificate(base64.b64decode(data["tls.crt"])).public_key()
-        assert isinstance(key, expected), key_type
-        assert key.key_size == size, key_type
+        if shape == "chain":
+            secret = secrets[f"{RELEASE}-tlsstorm-receiver-ca"]
+            certificate = x509.load_pem_x509_certificate(
+                base64.b64decode(secret["data"]["ca.crt"]))
+            assert certificate.extensions.get_extension_for_class(
+                x509.BasicConstraints).value.ca, key_type
+            assert f"{RELEASE}-tlsstorm-receiver-tls" not in secrets
+        else:
+            secret = secrets[f"{RELEASE}-tlsstorm-receiver-tls"]
+            assert secret["type"] == "kubernetes.io/tls"
+            certificate = x509.load_pem_x509_certificate(
+                base64.b64decode(secret["data"]["tls.crt"]))
+        key = certificate.public_key()
+        assert isinstance(key, expected), (shape, key_type)
+        assert key.key_size == size, (shape, key_type)
+        assert secret["metadata"]["annotations"]["tlsstorm.io/made-for"].endswith(key_type)
+
+
+def test_the_charts_root_issues_a_chain_the_sender_verifies_by_service_name(
+    tmp_path, start_receiver, start_sender
+):
+    """What the pods do with the chart's values: the receiver issues leaf + intermediate from
+    the Secret's root, naming its Service; a sender with verifyReceiver trusts that root."""
+    objects = render("--set", "components.sender.verifyReceiver=true")
+    secret = _by_kind(objects, "Secret")[f"{RELEASE}-tlsstorm-receiver-ca"]["data"]
+    deployments = _by_kind(objects, "Deployment")
+    receiver_env = _env(deployments[f"{RELEASE}-tlsstorm-receiver"])
+    sender_pod = deployments[f"{RELEASE}-tlsstorm-sender"]["spec"]["template"]["spec"]
+    mounted = {mount["name"]: mount["mountPath"]
+               for mount in sender_pod["containers"][0]["volumeMounts"]}
+    root_volume = next(v for v in sender_pod["volumes"] if v["name"] == "receiver-root")
+    assert root_volume["secret"]["items"] == [{"key": "ca.crt", "path": "root.pem"}]
+    assert _env(deployments[f"{RELEASE}-tlsstorm-sender"])["TLSSTORM_SENDER_CA_FILE"] == \
+        f"{mounted['receiver-root']}/root.pem"
+    for name in ("ca.crt", "ca.key"):
+        (tmp_path / name).write_bytes(base64.b64decode(secret[name]))
+    service = f"{RELEASE}-tlsstorm-receiver"
+    receiver = start_receiver(
+        ca_cert_file=tmp_path / "ca.crt", ca_key_file=tmp_path / "ca.key",
+        hostname=receiver_env["TLSSTORM_RECEIVER_HOSTNAME"],
+        cert_shape=receiver_env["TLSSTORM_RECEIVER_CERT_SHAPE"],
+        cert_names=receiver_env["TLSSTORM_RECEIVER_CERT_NAMES"],
+        cert_intermediates=int(receiver_env["TLSSTORM_RECEIVER_CERT_INTERMEDIATES"]))
+    sender = start_sender(receiver.smtp_port, ca_file=tmp_path / "ca.crt")
+
+    for name in (service, f"{service}.tlsstorm.svc"):
+        result = sender.call(sender.service.client.send(
+            _target(name, receiver.smtp_port), True, 1, 512))[0]
+        assert result.ok and result.cert_verified, (name, result)
+    served = receiver.service.certificate.describe()
+    assert [entry["role"] for entry in served] == ["leaf", "intermediate"]
+    assert receiver.service.certificate.root_pem == base64.b64decode(secret["ca.crt"])
+
+
+def _target(name: str, port: int) -> Target:
+    """The Service's name, resolved to this machine's receiver (no cluster DNS here)."""
+    return Target(host=name, port=port, address="127.0.0.1")
 
 
 def test_network_policies_limit_sender_and_receiver_egress():
@@ -197,8 +258,11 @@ def test_network_policies_limit_sender_and_receiver_egress():
 
 @pytest.mark.parametrize(("setting", "message"), [
     ("components.locust.tlsRatio=1.5", "/components/locust/tlsRatio"),
-    ("components.receiver.tls.keyType=dsa", "value must be one of 'rsa2048', 'rsa4096', "
-                                            "'ecdsa-p256'"),
+    ("components.receiver.tls.keyType=dsa", "value must be one of 'rsa2048', 'rsa3072', "
+                                            "'rsa4096', 'ecdsa-p256', 'ecdsa-p384'"),
+    ("components.receiver.tls.shape=self-signed,components.receiver.tls.keyType=ecdsa-p384",
+     "/components/receiver/tls/keyType"),
+    ("components.receiver.tls.intermediates=0", "/components/receiver/tls/intermediates"),
     ("components.locust.workers=-1", "/components/locust/workers"),
     ("components.locust.shape=square", "/components/locust/shape"),
     ("jaeger.image.tag=1.60", "/jaeger/image/tag"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +15,7 @@ import time
 import httpx
 import pytest
 
+from tests.helpers import tcp_packets
 from tlsstorm.cli import build_parser
 from tlsstorm.common.config import ReceiverSettings, SenderSettings, load_settings
 
@@ -122,16 +125,39 @@ def test_demo_prints_the_plain_versus_tls_table(tmp_path):
     assert "<svg" in (tmp_path / "results" / "report.html").read_text()
 
 
-def test_demo_with_every_message_over_starttls_ends_well(tmp_path):
-    finished = subprocess.run(
-        [sys.executable, "-m", "tlsstorm", "demo", "--messages", "20", "--users", "4",
-         "--tls-ratio", "1"],
-        env=_stack_env(), cwd=tmp_path, capture_output=True, text=True, timeout=180,
-    )
+@pytest.mark.skipif(not shutil.which("tcpdump") and os.environ.get("CI") != "true",
+                    reason="tcpdump is not installed (make system-deps installs it)")
+def test_demo_over_starttls_serves_a_chain_and_its_bytes_out_match_a_capture(tmp_path):
+    env = _stack_env()
+    smtp_port = int(env["TLSSTORM_RECEIVER_SMTP_PORT"])
+    pcap = tmp_path / "demo.pcap"
+    capture = subprocess.Popen(
+        [shutil.which("tcpdump") or "tcpdump", "-i", "lo", "-U", "--immediate-mode", "-w",
+         str(pcap), "-s", "128", f"tcp port {smtp_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)  # tcpdump is listening
+    try:
+        finished = subprocess.run(
+            [sys.executable, "-m", "tlsstorm", "demo", "--messages", "20", "--users", "4",
+             "--tls-ratio", "1"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180,
+        )
+    finally:
+        capture.terminate()
+        capture.wait(10)
 
     assert finished.returncode == 0, finished.stdout + finished.stderr
     lines = {line.split("  ")[0]: line for line in finished.stdout.splitlines()}
     assert lines["sessions"].split()[1:3] == ["0", "20"]
+    assert re.search(r"certificates served \(chain\): leaf rsa2048 [\d,]+ B \+ "
+                     r"intermediate rsa2048 [\d,]+ B", finished.stdout), finished.stdout
+    table_out = float(lines["wire bytes out/msg"].split()[4].replace(",", ""))
+    connections = sum(1 for packet in tcp_packets(pcap)
+                      if packet.destination_port == smtp_port and packet.flags & 0x12 == 0x02)
+    captured_out = sum(packet.payload for packet in tcp_packets(pcap)
+                       if packet.source_port == smtp_port)
+    assert connections == 20
+    assert table_out == pytest.approx(captured_out / connections, rel=0.05)
 
 
 def _subcommands(parser: argparse.ArgumentParser):
@@ -153,7 +179,8 @@ def test_every_subcommand_renders_its_help_with_placeholders_that_say_what_goes_
                    and action.choices is None]
         assert not unnamed, (name, unnamed)
     assert "--smtp-port PORT" in helps["receiver"]
-    assert "--cert-key-type {rsa2048,rsa4096,ecdsa-p256}" in helps["receiver"]
+    assert "--cert-key-type {rsa2048,rsa3072,rsa4096,ecdsa-p256,ecdsa-p384}" in helps["receiver"]
+    assert "--cert-names NAME[,NAME...]" in helps["receiver"]
     assert "--idle-timeout-s SECONDS" in helps["receiver"]
     assert "--tls-ratio RATIO" in helps["demo"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import html
 import http.server
 import re
 import threading
@@ -29,6 +30,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
 
 from tests.helpers import exporting_to
+from tlsstorm.collector.report import outbound_sentence
 from tlsstorm.common.process import rss_bytes
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
@@ -382,3 +384,37 @@ def test_memory_stays_bounded_under_a_flood_of_new_waves(start_collector):
 
     assert len(collector.service.aggregator.cells) <= 500
     assert rss_bytes() - before < 100 * 1024 * 1024
+
+
+def test_outbound_bytes_are_per_message_when_sessions_carry_ten_messages(
+    start_collector, start_receiver, start_sender
+):
+    """The claim "outbound bytes outweigh the message" compares per-message figures: with ten
+    messages per connection the handshake's bytes are shared by ten messages."""
+    collector = start_collector()
+    receiver, sender = exporting_to(collector.http, start_receiver, start_sender)
+
+    sent = httpx.post(f"{sender.http}/v1/send", json={
+        "tls": True, "count": 20, "per_connection": 10, "size": 2048, "wave": "batched"},
+        timeout=60).json()
+    assert all(result["ok"] for result in sent["results"]), sent
+    stats = receiver.wait_sessions(2)["tls"]
+    receiver.service.provider.force_flush()
+    summary = httpx.get(f"{collector.http}/v1/summary", params={"wave": "batched"}).json()
+    cost = summary["receiver"]
+    tls = cost["starttls"]
+
+    assert (tls["sessions"], tls["messages"]) == (2, 20) == (stats["sessions"],
+                                                            stats["messages"])
+    per_message = stats["wire_bytes_out"] / 20
+    assert tls["wire_bytes_out_per_message"] == pytest.approx(per_message, abs=0.01)
+    assert cost["tls_out_bytes_per_message_over_message_bytes"] == pytest.approx(
+        per_message / tls["message_bytes_per_message"], abs=0.001)
+    chain = receiver.service.chain_summary
+    assert tls["certificate_chains"] == {chain: 2}
+    sentence = outbound_sentence(cost)
+    assert f"sent {per_message:,.0f} bytes for messages of" in sentence
+    assert "10.0 messages per session" in sentence
+    assert f"Certificates served: {chain}." in sentence
+    page = httpx.get(f"{collector.http}/", params={"wave": "batched"}).text
+    assert html.escape(sentence) in page

@@ -122,8 +122,8 @@ def test_image_runs_the_chart_environment_and_delivers_both_kinds_of_mail(image,
     }
     certificate = tmp_path / "tls"
     certificate.mkdir()
-    for name in ("tls.crt", "tls.key"):
-        (certificate / name).write_text(secrets[f"{RELEASE}-tlsstorm-receiver-tls"][name])
+    for name in ("ca.crt", "ca.key"):
+        (certificate / name).write_text(secrets[f"{RELEASE}-tlsstorm-receiver-ca"][name])
         (certificate / name).chmod(0o644)  # the container's user 10001 reads it
     certificate.chmod(0o755)
     suffix = uuid.uuid4().hex[:6]
@@ -157,8 +157,12 @@ def test_image_runs_the_chart_environment_and_delivers_both_kinds_of_mail(image,
         assert check.returncode == 0, check.stdout + check.stderr
         assert "OK: the collector holds both sessions" in check.stdout
 
-        tls = httpx.get(f"http://127.0.0.1:{ports['receiver']}/v1/tls").json()
-        assert tls["cert_key_type"] == "rsa2048"  # the chart's Secret, not a generated one
+        receiver_url = f"http://127.0.0.1:{ports['receiver']}"
+        tls = httpx.get(f"{receiver_url}/v1/tls").json()
+        # Leaf and intermediate issued from the chart's root, not from a root of its own.
+        assert [entry["role"] for entry in tls["chain"]] == ["leaf", "intermediate"]
+        root = httpx.get(f"{receiver_url}/v1/tls/root.pem").text
+        assert root == secrets[f"{RELEASE}-tlsstorm-receiver-ca"]["ca.crt"]
         unauthorised = httpx.post(f"http://127.0.0.1:{ports['sender']}/v1/send",
                                   json={"tls": False})
         assert unauthorised.status_code == 401

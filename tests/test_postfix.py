@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import tcp_packets
 from tests.locust_helpers import free_port
-from tlsstorm.common.tls import self_signed
+from tlsstorm.common.pki import self_signed
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(

@@ -84,8 +84,9 @@ def run_demo(messages: int, tls_ratio: float, users: int, size: int) -> None:
         local.stack.stop()
     received = stats["plain"]["messages"] + stats["tls"]["messages"]
     print(f"\nwave {wave['id']}: the receiver accepted {received} of {messages} messages; "
-          f"certificate {tls_settings['cert_key_type']}, TLS "
-          f"{tls_settings['tls_min_version']}-{tls_settings['tls_max_version']}")
+          f"TLS {tls_settings['tls_min_version']}-{tls_settings['tls_max_version']}, "
+          f"certificates served ({tls_settings['cert_source']}): "
+          f"{tls_settings['chain_summary']}")
     receiver = summary["receiver"]
     print("\nthe collector's cost table (receiver side, from its spans):")
     print(text_table(receiver))

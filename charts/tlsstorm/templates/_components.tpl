@@ -16,7 +16,12 @@ httpPort: 8025
 env:
   - {name: TLSSTORM_RECEIVER_HOST, value: "0.0.0.0"}
   - {name: TLSSTORM_RECEIVER_HOSTNAME, value: {{ include "tlsstorm.name" (dict "root" . "component" "receiver") | quote }}}
+  - {name: TLSSTORM_RECEIVER_CERT_SHAPE, value: {{ $tls.shape | quote }}}
   - {name: TLSSTORM_RECEIVER_CERT_KEY_TYPE, value: {{ $tls.keyType | quote }}}
+  - {name: TLSSTORM_RECEIVER_CERT_INTERMEDIATES, value: {{ $tls.intermediates | quote }}}
+  - {name: TLSSTORM_RECEIVER_CERT_INTERMEDIATE_KEY_TYPE, value: {{ $tls.intermediateKeyType | quote }}}
+  {{- $service := include "tlsstorm.name" (dict "root" . "component" "receiver") }}
+  - {name: TLSSTORM_RECEIVER_CERT_NAMES, value: {{ printf "%s.%s.svc,%s.%s.svc.cluster.local" $service .Release.Namespace $service .Release.Namespace | quote }}}
   - {name: TLSSTORM_RECEIVER_TLS_MIN_VERSION, value: {{ $tls.minVersion | quote }}}
   - {name: TLSSTORM_RECEIVER_TLS_MAX_VERSION, value: {{ $tls.maxVersion | quote }}}
   - {name: TLSSTORM_RECEIVER_SESSION_TICKETS, value: {{ $tls.sessionTickets | quote }}}
@@ -24,19 +29,20 @@ env:
   - {name: TLSSTORM_RECEIVER_HANDSHAKE_TIMEOUT_S, value: {{ $receiver.handshakeTimeoutSeconds | quote }}}
   - {name: TLSSTORM_RECEIVER_IDLE_TIMEOUT_S, value: {{ $receiver.idleTimeoutSeconds | quote }}}
   - {name: TLSSTORM_RECEIVER_MAX_MESSAGE_BYTES, value: {{ $receiver.maxMessageBytes | int64 | quote }}}
-  {{- if $secret }}
+  {{- if and (eq $tls.shape "chain") (not $tls.existingSecret) }}
+  - {name: TLSSTORM_RECEIVER_CA_CERT_FILE, value: /etc/tlsstorm/tls/ca.crt}
+  - {name: TLSSTORM_RECEIVER_CA_KEY_FILE, value: /etc/tlsstorm/tls/ca.key}
+  {{- else }}
   - {name: TLSSTORM_RECEIVER_CERT_FILE, value: /etc/tlsstorm/tls/tls.crt}
   - {name: TLSSTORM_RECEIVER_KEY_FILE, value: /etc/tlsstorm/tls/tls.key}
   {{- end }}
   {{- include "tlsstorm.otelEnv" (dict "root" . "service" "tlsstorm-receiver") | nindent 2 }}
   {{- include "tlsstorm.tokenEnv" . | nindent 2 }}
-{{- if $secret }}
 volumes:
   - name: tls
     secret: {secretName: {{ $secret }}, defaultMode: 0440}
 volumeMounts:
   - {name: tls, mountPath: /etc/tlsstorm/tls, readOnly: true}
-{{- end }}
 {{- end -}}
 
 {{- define "tlsstorm.component.sender" -}}
@@ -51,8 +57,22 @@ env:
   # Only the in-cluster receiver: the sender is a spam cannon.
   - {name: TLSSTORM_ALLOWED_TARGETS, value: {{ include "tlsstorm.receiverTarget" . | quote }}}
   - {name: TLSSTORM_SENDER_MAX_CONCURRENCY, value: {{ .Values.components.sender.maxConcurrency | quote }}}
+  {{- if .Values.components.sender.verifyReceiver }}
+  - {name: TLSSTORM_SENDER_CA_FILE, value: /etc/tlsstorm/receiver-root/root.pem}
+  {{- end }}
   {{- include "tlsstorm.otelEnv" (dict "root" . "service" "tlsstorm-sender") | nindent 2 }}
   {{- include "tlsstorm.tokenEnv" . | nindent 2 }}
+{{- if .Values.components.sender.verifyReceiver }}
+volumes:
+  # Only the certificate a client trusts, never the keys beside it.
+  - name: receiver-root
+    secret:
+      secretName: {{ include "tlsstorm.receiverTlsSecret" . }}
+      defaultMode: 0444
+      items: [{key: {{ include "tlsstorm.receiverTrustKey" . }}, path: root.pem}]
+volumeMounts:
+  - {name: receiver-root, mountPath: /etc/tlsstorm/receiver-root, readOnly: true}
+{{- end }}
 {{- end -}}
 
 {{- define "tlsstorm.component.collector" -}}

@@ -119,7 +119,15 @@ spec:
     {{- end }}
 {{- end -}}
 
-{{/* The Secret the receiver serves its certificate from. */}}
+{{/* The Secret the receiver's certificate comes from: the user's, the root CA it issues its
+chain from (chain shape) or its self-signed certificate. */}}
 {{- define "tlsstorm.receiverTlsSecret" -}}
-{{- .Values.components.receiver.tls.existingSecret | default (include "tlsstorm.name" (dict "root" . "component" "receiver-tls")) -}}
+{{- $tls := .Values.components.receiver.tls -}}
+{{- $tls.existingSecret | default (include "tlsstorm.name" (dict "root" . "component" (ternary "receiver-ca" "receiver-tls" (eq $tls.shape "chain")))) -}}
+{{- end -}}
+
+{{/* The Secret key holding what a client verifies the receiver against. */}}
+{{- define "tlsstorm.receiverTrustKey" -}}
+{{- $tls := .Values.components.receiver.tls -}}
+{{- ternary "tls.crt" "ca.crt" (and (eq $tls.shape "self-signed") (not $tls.existingSecret)) -}}
 {{- end -}}

@@ -25,7 +25,7 @@ _INT_ATTRIBUTES = {
     attr.SESSION_CPU_US: "cpu_us",
 }
 _STRING_ATTRIBUTES = {attr.MODE: "mode", attr.WAVE_ID: "wave", attr.ERROR_TYPE: "error",
-                      attr.SIDE: "side"}
+                      attr.SIDE: "side", attr.CERT_CHAIN: "chain"}
 _STATUS_ERROR = 2
 
 CellKey = tuple[str, str, str, str, int]  # wave, service, role, mode, unix second
@@ -44,7 +44,7 @@ class Timeline(NamedTuple):
 class Cell:
     """Sums and histograms of one key; cells merge by addition."""
 
-    __slots__ = ("cpu_us", "duration_ms", "errors", "handshake_ms", "handshakes_failed",
+    __slots__ = ("chains", "cpu_us", "duration_ms", "errors", "handshake_ms", "handshakes_failed",
                  "handshakes_ok", "message_bytes", "messages", "sessions", "wire_in", "wire_out")
 
     def __init__(self) -> None:
@@ -57,6 +57,7 @@ class Cell:
         self.handshakes_ok = 0
         self.handshakes_failed = 0
         self.errors: dict[str, int] = {}
+        self.chains: dict[str, int] = {}  # certificate chain served -> sessions
         self.duration_ms = LatencyHistogram()
         self.handshake_ms = LatencyHistogram()
 
@@ -65,6 +66,8 @@ class Cell:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for kind, count in other.errors.items():
             self.errors[kind] = self.errors.get(kind, 0) + count
+        for chain, count in other.chains.items():
+            self.chains[chain] = self.chains.get(chain, 0) + count
         self.duration_ms.merge(other.duration_ms)
         self.handshake_ms.merge(other.handshake_ms)
 
@@ -72,6 +75,7 @@ class Cell:
         return {
             **{name: getattr(self, name) for name in _SUMS},
             "errors": self.errors,
+            "chains": self.chains,
             "duration_ms": _histogram_json(self.duration_ms),
             "handshake_ms": _histogram_json(self.handshake_ms),
         }
@@ -82,6 +86,7 @@ class Cell:
         for name in _SUMS:
             setattr(cell, name, int(data.get(name, 0)))
         cell.errors = {str(k): int(v) for k, v in data.get("errors", {}).items()}
+        cell.chains = {str(k): int(v) for k, v in data.get("chains", {}).items()}
         cell.duration_ms = _histogram_from(data.get("duration_ms", {}))
         cell.handshake_ms = _histogram_from(data.get("handshake_ms", {}))
         return cell
@@ -92,6 +97,7 @@ class Cell:
             "sessions": self.sessions,
             "messages": self.messages,
             "errors": dict(self.errors),
+            "certificate_chains": dict(self.chains),
             "handshakes_ok": self.handshakes_ok,
             "handshakes_failed": self.handshakes_failed,
             "handshake_ms": self.handshake_ms.summary(),
@@ -203,6 +209,8 @@ class Aggregator:
         if failed:
             kind = values.get("error") or "error"
             cell.errors[kind] = cell.errors.get(kind, 0) + 1
+        if "chain" in values:
+            cell.chains[values["chain"]] = cell.chains.get(values["chain"], 0) + 1
 
     def evict(self, now_s: float | None = None) -> list[CellKey]:
         """Drop cells past retention or over the cap (oldest first); return what was dropped."""
@@ -323,8 +331,8 @@ def _cost(modes: dict[str, Cell]) -> dict[str, Any]:
     if plain["duration_ms"]["p50"] and tls["duration_ms"]["p50"]:
         factors["duration_p50"] = round(tls["duration_ms"]["p50"] / plain["duration_ms"]["p50"], 3)
     out_vs_message = None
-    if tls["wire_bytes_out_per_session"] and tls["message_bytes_per_message"]:
+    if tls["wire_bytes_out_per_message"] and tls["message_bytes_per_message"]:
         out_vs_message = round(
-            tls["wire_bytes_out_per_session"] / tls["message_bytes_per_message"], 3)
+            tls["wire_bytes_out_per_message"] / tls["message_bytes_per_message"], 3)
     return {PLAIN: plain, STARTTLS: tls, "factor": factors,
-            "tls_out_bytes_per_session_over_message_bytes": out_vs_message}
+            "tls_out_bytes_per_message_over_message_bytes": out_vs_message}

@@ -64,14 +64,25 @@ def text_table(cost: dict[str, Any]) -> str:
 
 
 def outbound_sentence(cost: dict[str, Any]) -> str | None:
-    """The seed's claim, checked: outbound bytes per TLS session against the message size."""
+    """The seed's claim, checked: outbound bytes per STARTTLS message against the message's
+    size, and the certificate chain that is most of them."""
     tls = cost[STARTTLS]
-    ratio = cost["tls_out_bytes_per_session_over_message_bytes"]
+    ratio = cost["tls_out_bytes_per_message_over_message_bytes"]
     if ratio is None:
         return None
-    return (f"Per STARTTLS session the receiver sent {tls['wire_bytes_out_per_session']:,.0f} "
-            f"bytes for messages of {tls['message_bytes_per_message']:,.0f} bytes: "
-            f"{ratio:.2f}x the message itself.")
+    sentence = (f"Per STARTTLS message the receiver sent {tls['wire_bytes_out_per_message']:,.0f}"
+                f" bytes for messages of {tls['message_bytes_per_message']:,.0f} bytes: "
+                f"{ratio:.2f}x the message itself")
+    if tls["sessions"] and tls["messages"] != tls["sessions"]:
+        sentence += (f" ({tls['messages'] / tls['sessions']:.1f} messages per session; "
+                     f"{tls['wire_bytes_out_per_session']:,.0f} bytes out per session)")
+    chains = tls["certificate_chains"]
+    if chains:
+        served = max(chains, key=chains.__getitem__)
+        sentence += f". Certificates served: {served}"
+        if len(chains) > 1:
+            sentence += f" (and {len(chains) - 1} other chain(s) in this selection)"
+    return sentence + "."
 
 
 def _distribution(histogram: LatencyHistogram) -> list[tuple[float, float]]:

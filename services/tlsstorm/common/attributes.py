@@ -22,6 +22,8 @@ WIRE_BYTES_OUT = "tlsstorm.wire.bytes_out"
 SESSION_CPU_US = "tlsstorm.session.cpu_us"
 WAVE_ID = "tlsstorm.wave.id"
 CERT_VERIFIED = "tlsstorm.tls.cert_verified"
+# The certificates the receiver served, leaf first: "leaf rsa2048 1,384 B + intermediate ...".
+CERT_CHAIN = "tlsstorm.tls.chain"
 SIDE = "tlsstorm.side"
 
 SPAN_SESSION = "smtp.session"

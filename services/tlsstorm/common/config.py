@@ -11,7 +11,7 @@ from typing import Annotated, Literal, get_args, get_origin
 from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-KeyType = Literal["rsa2048", "rsa4096", "ecdsa-p256"]
+KeyType = Literal["rsa2048", "rsa3072", "rsa4096", "ecdsa-p256", "ecdsa-p384"]
 TlsVersionName = Literal["1.2", "1.3"]
 Port = Annotated[int, Field(ge=0, le=65535)]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -51,8 +51,25 @@ class ReceiverSettings(BaseSettings):
     smtp_port: Port = Field(2525, description="SMTP port (STARTTLS offered)")
     http_port: Port = Field(8025, description="control/stats API port")
     hostname: str = Field("receiver.tlsstorm.test", description="SMTP greeting name and cert CN")
-    cert_key_type: KeyType = Field("rsa2048", description="key of the generated certificate")
-    cert_file: Path | None = Field(None, description="PEM certificate (generated if unset)")
+    cert_shape: Literal["chain", "self-signed"] = Field(
+        "chain", description="generated certificate: a CA-issued leaf served with its "
+        "intermediates, as mail servers present, or one self-signed certificate")
+    cert_key_type: KeyType = Field("rsa2048", description="key of the generated (leaf) "
+                                   "certificate")
+    cert_intermediates: int = Field(1, ge=1, le=4, description="intermediate CAs served "
+                                    "after the leaf (chain shape)")
+    cert_intermediate_key_type: KeyType = Field("rsa2048", description="key of each "
+                                                "intermediate CA (chain shape)")
+    cert_root_key_type: KeyType = Field("rsa4096", description="key of the generated root CA "
+                                        "(chain shape; it signs the top intermediate)")
+    cert_names: CommaList = Field(
+        default_factory=list, description="more DNS names or IPs in the certificate, besides "
+        "--hostname, localhost and 127.0.0.1")
+    ca_cert_file: Path | None = Field(None, description="PEM root CA to issue the chain from "
+                                      "(generated if unset; the chart keeps one in a Secret)")
+    ca_key_file: Path | None = Field(None, description="PEM private key for --ca-cert-file")
+    cert_file: Path | None = Field(None, description="PEM certificate, leaf first, then its "
+                                   "intermediates: served instead of a generated one")
     key_file: Path | None = Field(None, description="PEM private key for --cert-file")
     tls_min_version: TlsVersionName = Field("1.2", description="lowest TLS version accepted")
     tls_max_version: TlsVersionName = Field("1.3", description="highest TLS version accepted")
@@ -94,6 +111,13 @@ class ReceiverSettings(BaseSettings):
     def _key_with_cert(cls, value: Path | None, info) -> Path | None:
         if (value is None) != (info.data.get("cert_file") is None):
             raise ValueError("cert_file and key_file must be given together")
+        return value
+
+    @field_validator("ca_key_file")
+    @classmethod
+    def _ca_key_with_ca_cert(cls, value: Path | None, info) -> Path | None:
+        if (value is None) != (info.data.get("ca_cert_file") is None):
+            raise ValueError("ca_cert_file and ca_key_file must be given together")
         return value
 
 
@@ -170,7 +194,8 @@ def _metavar(name: str, field) -> str:
     if annotation is bool:
         return "{true,false}"
     if get_origin(annotation) is list:
-        return "TARGET[,TARGET...]" if "targets" in name else "CIDR[,CIDR...]"
+        word = "TARGET" if "targets" in name else "NAME" if "names" in name else "CIDR"
+        return f"{word}[,{word}...]"
     for suffix, metavar in _METAVARS_BY_SUFFIX:
         if name.endswith(suffix):
             return metavar

@@ -1,79 +1,15 @@
-"""Certificates and SSL contexts, built once per process and reused for every session."""
+"""SSL contexts, built once per process and reused for every session."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import ssl
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from tlsstorm.common.pki import CertificatePair
 
 TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
-
-
-@dataclass(frozen=True)
-class CertificatePair:
-    cert_pem: bytes
-    key_pem: bytes
-
-    @property
-    def cert_der(self) -> bytes:
-        return x509.load_pem_x509_certificate(self.cert_pem).public_bytes(
-            serialization.Encoding.DER
-        )
-
-
-def _private_key(key_type: str):
-    if key_type == "rsa2048":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    if key_type == "rsa4096":
-        return rsa.generate_private_key(public_exponent=65537, key_size=4096)
-    if key_type == "ecdsa-p256":
-        return ec.generate_private_key(ec.SECP256R1())
-    raise ValueError(f"unknown key type {key_type!r}: use rsa2048, rsa4096 or ecdsa-p256")
-
-
-def self_signed(hostname: str, key_type: str = "rsa2048", days: int = 365) -> CertificatePair:
-    """A self-signed server certificate, as most spam-receiving test setups (and bots) see."""
-    key = _private_key(key_type)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.UTC)
-    alt_names: list[x509.GeneralName] = [
-        x509.DNSName(hostname),
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    ]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return CertificatePair(
-        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-        key_pem=key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-
-
-def load_pair(cert_file: Path, key_file: Path) -> CertificatePair:
-    return CertificatePair(cert_pem=cert_file.read_bytes(), key_pem=key_file.read_bytes())
 
 
 def server_context(

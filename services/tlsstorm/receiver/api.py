@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.responses import PlainTextResponse
 
 from tlsstorm.common.api import service_app
 from tlsstorm.common.auth import bearer_guard
@@ -64,14 +65,29 @@ def create_api(service: ReceiverService) -> FastAPI:
     def tls() -> dict:
         """The TLS settings in force, so a report can say what was measured."""
         settings = service.settings
+        chain = service.certificate.describe()
         return {
             "cert_key_type": service.key_type,
             "tls_min_version": settings.tls_min_version,
             "tls_max_version": settings.tls_max_version,
             "session_tickets": settings.session_tickets,
             "require_starttls": settings.require_starttls,
-            "cert_der_bytes": len(service.certificate.cert_der),
+            "cert_source": service.certificate.source,
+            "cert_der_bytes": chain[0]["der_bytes"],
+            "chain": chain,
+            "chain_der_bytes": sum(int(entry["der_bytes"]) for entry in chain),
+            "chain_summary": service.certificate.summary(),
         }
+
+    @app.get("/v1/tls/root.pem", response_class=PlainTextResponse)
+    def root() -> PlainTextResponse:
+        """The root to verify the served chain against (the certificate itself when
+        self-signed), e.g. for the sender's --ca-file."""
+        if service.certificate.root_pem is None:
+            raise HTTPException(404, detail="the receiver serves the user's certificate files; "
+                                "their root is not known here")
+        return PlainTextResponse(service.certificate.root_pem,
+                                 media_type="application/x-pem-file")
 
     @app.get("/metrics")
     def metrics():

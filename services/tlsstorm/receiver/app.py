@@ -12,9 +12,18 @@ from pathlib import Path
 from opentelemetry.sdk.trace import TracerProvider
 
 from tlsstorm.common.config import ReceiverSettings
+from tlsstorm.common.pki import (
+    ServerCertificate,
+    issue_chain,
+    load_pair,
+    load_root,
+    make_root,
+    root_pem,
+    self_signed,
+)
 from tlsstorm.common.process import ProcessSampler
 from tlsstorm.common.serve import HttpServer, bind, port_of
-from tlsstorm.common.tls import CertificatePair, load_pair, self_signed, server_context, timed
+from tlsstorm.common.tls import server_context, timed
 from tlsstorm.receiver.api import create_api
 from tlsstorm.receiver.handler import SinkHandler
 from tlsstorm.receiver.session import SessionLimits, SessionRecord
@@ -23,18 +32,22 @@ from tlsstorm.receiver.stats import ReceiverStats
 from tlsstorm.receiver.tracing import emit_session_spans
 
 
-def _key_type_of(pair: CertificatePair) -> str:
-    from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-    key = x509.load_pem_x509_certificate(pair.cert_pem).public_key()
-    if isinstance(key, rsa.RSAPublicKey):
-        return f"rsa{key.key_size}"
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        # The names the settings use (ecdsa-p256), not OpenSSL's (secp256r1).
-        return {"secp256r1": "ecdsa-p256", "secp384r1": "ecdsa-p384"}.get(
-            key.curve.name, f"ecdsa-{key.curve.name}")
-    return type(key).__name__
+def server_certificate(settings: ReceiverSettings) -> ServerCertificate:
+    """The user's files, or a chain issued under a root (the given one, else a new one), or
+    one self-signed certificate, as the settings say."""
+    if settings.cert_file and settings.key_file:
+        return ServerCertificate(load_pair(settings.cert_file, settings.key_file), None, "files")
+    names = list(settings.cert_names)
+    if settings.cert_shape == "self-signed":
+        pair = self_signed(settings.hostname, settings.cert_key_type, extra_names=names)
+        return ServerCertificate(pair, pair.cert_pem, "self-signed")
+    if settings.ca_cert_file and settings.ca_key_file:
+        root, root_key = load_root(settings.ca_cert_file, settings.ca_key_file)
+    else:
+        root, root_key = make_root(settings.cert_root_key_type)
+    pair = issue_chain(settings.hostname, names, root, root_key, settings.cert_key_type,
+                       settings.cert_intermediate_key_type, settings.cert_intermediates)
+    return ServerCertificate(pair, root_pem(root), "chain")
 
 
 class ReceiverService:
@@ -45,13 +58,11 @@ class ReceiverService:
         self.provider = provider
         self.stats = ReceiverStats()
         self.sampler = ProcessSampler()
-        if settings.cert_file and settings.key_file:
-            self.certificate = load_pair(settings.cert_file, settings.key_file)
-        else:
-            self.certificate = self_signed(settings.hostname, settings.cert_key_type)
-        self.key_type = _key_type_of(self.certificate)
+        self.certificate = server_certificate(settings)
+        self.key_type = str(self.certificate.describe()[0]["key_type"])
+        self.chain_summary = self.certificate.summary()
         self.tls_context: ssl.SSLContext = timed(server_context(
-            self.certificate, settings.tls_min_version, settings.tls_max_version,
+            self.certificate.served, settings.tls_min_version, settings.tls_max_version,
             settings.session_tickets,
         ))
         self._tracer = provider.get_tracer("tlsstorm.receiver") if provider else None
@@ -73,7 +84,8 @@ class ReceiverService:
 
     def describe(self) -> str:
         host = self.settings.host
-        return (f"receiver: SMTP {host}:{self.smtp_port} (STARTTLS, {self.key_type}), "
+        return (f"receiver: SMTP {host}:{self.smtp_port} (STARTTLS, "
+                f"{self.certificate.source}: {self.chain_summary}), "
                 f"API http://{host}:{self.http_port}")
 
     @property
@@ -83,7 +95,8 @@ class ReceiverService:
     def _session_ended(self, record: SessionRecord) -> None:
         self.stats.add(record)
         if self._tracer is not None:
-            emit_session_spans(self._tracer, record, self.settings.hostname, self.smtp_port)
+            emit_session_spans(self._tracer, record, self.settings.hostname, self.smtp_port,
+                               self.chain_summary)
 
     def _new_session(self) -> MeasuredSMTP:
         settings = self.settings

@@ -11,7 +11,8 @@ from tlsstorm.receiver.session import SessionRecord
 
 
 def emit_session_spans(
-    tracer: trace.Tracer, record: SessionRecord, server_address: str, server_port: int
+    tracer: trace.Tracer, record: SessionRecord, server_address: str, server_port: int,
+    chain: str
 ) -> None:
     """smtp.session (SERVER) under the sender's traceparent, with a tls.handshake child."""
     parent = context_from_traceparent(record.traceparents[0] if record.traceparents else None)
@@ -42,6 +43,7 @@ def emit_session_spans(
         attributes[attr.TLS_PROTOCOL_VERSION] = attr.tls_version_number(record.tls_version)
         attributes[attr.TLS_CIPHER] = record.cipher or ""
         attributes[attr.TLS_RESUMED] = record.resumed
+        attributes[attr.CERT_CHAIN] = chain
     if record.errors:
         attributes[attr.ERROR_TYPE] = record.errors[0]
     session = tracer.start_span(
