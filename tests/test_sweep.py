@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -85,3 +86,28 @@ def test_unknown_matrix_row_is_a_clear_error(tmp_path):
 
     assert finished.returncode != 0
     assert "unknown rows ['magic']" in finished.stderr
+
+
+def _chain_der_bytes(chain: str) -> int:
+    """'leaf rsa2048 1,384 B + intermediate rsa2048 1,380 B' -> 2764."""
+    return sum(int(size.replace(",", "")) for size in re.findall(r"([\d,]+) B", chain))
+
+
+def test_matrix_chain_rows_differ_in_bytes_out_by_the_certificates_served(tmp_path):
+    finished = subprocess.run(
+        [sys.executable, "-m", "tlsstorm", "sweep", "--matrix", "self-signed,baseline,chain3",
+         "--messages", "20", "--rate", "50", "--output", str(tmp_path / "sweep")],
+        env=_stack_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    rows = {row["key"]: row for row in
+            json.loads((tmp_path / "matrix" / "matrix.json").read_text())["rows"]}
+    counts = {key: row["chain"].count(" B") for key, row in rows.items()}
+    assert counts == {"self-signed": 1, "baseline": 2, "chain3": 3}
+    for smaller, larger in (("self-signed", "baseline"), ("baseline", "chain3")):
+        added = _chain_der_bytes(rows[larger]["chain"]) - _chain_der_bytes(rows[smaller]["chain"])
+        grown = rows[larger]["tls_out_bytes_per_session"] - \
+            rows[smaller]["tls_out_bytes_per_session"]
+        # One more certificate entry: its DER and TLS 1.3's 5-byte entry header.
+        assert grown == pytest.approx(added + 5, abs=16), (smaller, larger)
+    assert f"chain3: {rows['chain3']['chain']}" in finished.stdout

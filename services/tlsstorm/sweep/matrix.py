@@ -3,7 +3,8 @@
 Each row restarts the local stack with its settings, runs rounds of an all-plain and an
 all-STARTTLS wave, and gives the receiver's CPU per attempted message for each (the mean of the
 rounds, with its 95% interval); the cost at Rustock's 70% TLS and the saving against the
-baseline, round by round, follow from them.
+baseline, round by round, follow from them. Each row also gives the bytes the receiver sent per
+STARTTLS session and the certificates it served, since the chain is most of those bytes.
 """
 
 from __future__ import annotations
@@ -28,9 +29,16 @@ class Row:
 
 
 ROWS = {
-    "baseline": Row("RSA-2048, TLS 1.3 (baseline)", {}, {}),
-    "ecdsa": Row("ECDSA P-256 certificate", {"TLSSTORM_RECEIVER_CERT_KEY_TYPE": "ecdsa-p256"}, {}),
-    "rsa4096": Row("RSA-4096 certificate", {"TLSSTORM_RECEIVER_CERT_KEY_TYPE": "rsa4096"}, {}),
+    "baseline": Row("RSA-2048 leaf + intermediate, TLS 1.3 (baseline)", {}, {}),
+    "self-signed": Row("self-signed RSA-2048, no chain",
+                       {"TLSSTORM_RECEIVER_CERT_SHAPE": "self-signed"}, {}),
+    "chain3": Row("leaf + 2 intermediates", {"TLSSTORM_RECEIVER_CERT_INTERMEDIATES": "2"}, {}),
+    "ecdsa": Row("ECDSA P-256 leaf, RSA intermediate",
+                 {"TLSSTORM_RECEIVER_CERT_KEY_TYPE": "ecdsa-p256"}, {}),
+    "ecdsa-chain": Row("ECDSA P-256 leaf, ECDSA P-384 intermediate",
+                       {"TLSSTORM_RECEIVER_CERT_KEY_TYPE": "ecdsa-p256",
+                        "TLSSTORM_RECEIVER_CERT_INTERMEDIATE_KEY_TYPE": "ecdsa-p384"}, {}),
+    "rsa4096": Row("RSA-4096 leaf", {"TLSSTORM_RECEIVER_CERT_KEY_TYPE": "rsa4096"}, {}),
     "tls12": Row("TLS 1.2 only", {"TLSSTORM_RECEIVER_TLS_MAX_VERSION": "1.2"}, {}),
     "resume": Row("session tickets, resuming clients", {}, {"resume": True}),
     "batch": Row("10 messages per connection", {}, {"per_connection": 10}),
@@ -48,6 +56,7 @@ class RowResult:
     plain_ms_rounds: list[float]  # receiver CPU per attempted message, all plain, per round
     tls_ms_rounds: list[float]  # the same, all STARTTLS
     tls_out_bytes_per_session: float | None
+    chain: str  # the certificates served, leaf first, with their DER sizes
 
     @property
     def plain_ms(self) -> float:
@@ -71,6 +80,7 @@ def run_row(key: str, rate: float, messages: int, size: int, rounds: int) -> Row
     row = ROWS[key]
     plain_ms, tls_ms = [], []
     with stack_runner(size, row.receiver_env, label=row.label) as runner:
+        chain = runner.http.get(f"{runner.receiver_url}/v1/tls").json()["chain_summary"]
         runner.wave(0.5, rate, max(10, messages // 10), "  warm-up", **row.sender_options)
         for number in range(1, rounds + 1):
             plain = runner.wave(0.0, rate, messages, f"  all plain {number}/{rounds}",
@@ -79,24 +89,28 @@ def run_row(key: str, rate: float, messages: int, size: int, rounds: int) -> Row
                               **row.sender_options)
             plain_ms.append(round(plain.session_cpu_ms / plain.attempted, 4))
             tls_ms.append(round(tls.session_cpu_ms / tls.attempted, 4))
-    return RowResult(key, row.label, plain_ms, tls_ms, tls.tls_out_bytes_per_session)
+    return RowResult(key, row.label, plain_ms, tls_ms, tls.tls_out_bytes_per_session, chain)
 
 
 def run_matrix(keys: list[str], rate: float, messages: int, size: int, output: Path,
                rounds: int = 1) -> Path:
     results = [run_row(key, rate, messages, size, rounds) for key in keys]
     baseline = next((r for r in results if r.key == "baseline"), results[0])
-    lines = [f"{'setting':<40}{'plain ms':>16}{'TLS ms':>16}{'TLS/plain':>10}"
-             f"{'at 70% TLS':>11}{'saving':>14}"]
+    lines = [f"{'setting':<48}{'plain ms':>16}{'TLS ms':>16}{'TLS/plain':>10}"
+             f"{'at 70% TLS':>11}{'saving':>14}{'out B/TLS':>10}"]
     for result in results:
         savings = [100 * (1 - ours / theirs) for ours, theirs in
                    zip(result.at_rustock_rounds, baseline.at_rustock_rounds, strict=True)]
         factor = result.tls_ms / result.plain_ms if result.plain_ms else float("nan")
-        lines.append(f"{result.label:<40}{shown(result.plain_ms_rounds, digits=3):>16}"
+        out = result.tls_out_bytes_per_session
+        lines.append(f"{result.label:<48}{shown(result.plain_ms_rounds, digits=3):>16}"
                      f"{shown(result.tls_ms_rounds, digits=3):>16}{factor:>9.2f}x"
-                     f"{mean_ci(result.at_rustock_rounds)[0]:>11.3f}{shown(savings, '%'):>14}")
+                     f"{mean_ci(result.at_rustock_rounds)[0]:>11.3f}{shown(savings, '%'):>14}"
+                     f"{f'{out:,.0f}' if out else '-':>10}")
     if rounds > 1:
         lines.append(f"mean +- 95% interval of {rounds} rounds; savings round by round")
+    lines.append("out B/TLS: bytes the receiver sent per STARTTLS session. Certificates served:")
+    lines += [f"  {result.key}: {result.chain}" for result in results]
     table = "\n".join(lines)
     print(table)
     output.mkdir(parents=True, exist_ok=True)
