@@ -15,6 +15,7 @@ from tlsstorm.common.histogram import LatencyHistogram
 RECEIVER, SENDER = "receiver", "sender"
 PLAIN, STARTTLS = "plain", "starttls"
 MODES = (PLAIN, STARTTLS)
+PROCESS = "process"  # the cells of a receiver's process CPU samples: no wave, no mode
 
 # Only these attributes are read, each from the one AnyValue field its producer writes.
 _INT_ATTRIBUTES = {
@@ -23,6 +24,9 @@ _INT_ATTRIBUTES = {
     attr.WIRE_BYTES_IN: "wire_in",
     attr.WIRE_BYTES_OUT: "wire_out",
     attr.SESSION_CPU_US: "cpu_us",
+    attr.HANDSHAKE_CPU_US: "handshake_cpu_us",
+    attr.PROCESS_CPU_US: "process_cpu_us",
+    attr.PROCESS_CHARGED_US: "charged_cpu_us",
 }
 _STRING_ATTRIBUTES = {attr.MODE: "mode", attr.WAVE_ID: "wave", attr.ERROR_TYPE: "error",
                       attr.SIDE: "side", attr.CERT_CHAIN: "chain"}
@@ -31,7 +35,8 @@ _STATUS_ERROR = 2
 CellKey = tuple[str, str, str, str, int]  # wave, service, role, mode, unix second
 # A cell's counters, which merge by addition and are stored as they are.
 _SUMS = ("sessions", "messages", "message_bytes", "wire_in", "wire_out", "cpu_us",
-         "handshakes_ok", "handshakes_failed")
+         "handshakes_ok", "handshakes_failed", "handshake_cpu_us", "process_cpu_us",
+         "charged_cpu_us")
 
 
 class Timeline(NamedTuple):
@@ -44,8 +49,23 @@ class Timeline(NamedTuple):
 class Cell:
     """Sums and histograms of one key; cells merge by addition."""
 
-    __slots__ = ("chains", "cpu_us", "duration_ms", "errors", "handshake_ms", "handshakes_failed",
-                 "handshakes_ok", "message_bytes", "messages", "sessions", "wire_in", "wire_out")
+    __slots__ = (
+        "chains",
+        "charged_cpu_us",
+        "cpu_us",
+        "duration_ms",
+        "errors",
+        "handshake_cpu_us",
+        "handshake_ms",
+        "handshakes_failed",
+        "handshakes_ok",
+        "message_bytes",
+        "messages",
+        "process_cpu_us",
+        "sessions",
+        "wire_in",
+        "wire_out",
+    )
 
     def __init__(self) -> None:
         self.sessions = 0
@@ -56,6 +76,9 @@ class Cell:
         self.cpu_us = 0
         self.handshakes_ok = 0
         self.handshakes_failed = 0
+        self.handshake_cpu_us = 0
+        self.process_cpu_us = 0
+        self.charged_cpu_us = 0
         self.errors: dict[str, int] = {}
         self.chains: dict[str, int] = {}  # certificate chain served -> sessions
         self.duration_ms = LatencyHistogram()
@@ -101,6 +124,8 @@ class Cell:
             "handshakes_ok": self.handshakes_ok,
             "handshakes_failed": self.handshakes_failed,
             "handshake_ms": self.handshake_ms.summary(),
+            "handshake_cpu_ms_mean": _ratio(self.handshake_cpu_us / 1000,
+                                            self.handshakes_ok or None),
             "duration_ms": self.duration_ms.summary(),
             "wire_bytes_in": self.wire_in,
             "wire_bytes_out": self.wire_out,
@@ -159,7 +184,8 @@ class Aggregator:
                         rejected += 1
                         continue
                     name = span.name
-                    if name in (attr.SPAN_SESSION, attr.SPAN_SEND, attr.SPAN_HANDSHAKE):
+                    if name in (attr.SPAN_SESSION, attr.SPAN_SEND, attr.SPAN_HANDSHAKE,
+                                attr.SPAN_PROCESS):
                         self._fold(service, span)
         self.spans_rejected += rejected
         reason = f"{rejected} spans had no valid trace or span id" if rejected else ""
@@ -181,6 +207,8 @@ class Aggregator:
         if name == attr.SPAN_HANDSHAKE:
             role = RECEIVER if values.get("side") == "server" else SENDER
             mode = STARTTLS
+        elif name == attr.SPAN_PROCESS:
+            role, mode, values["wave"] = RECEIVER, PROCESS, ""
         else:
             role = RECEIVER if name == attr.SPAN_SESSION else SENDER
             mode = values.get("mode", PLAIN)
@@ -192,12 +220,17 @@ class Aggregator:
             cell = self.cells[key] = Cell()
         self.dirty.add(key)
         self.spans_aggregated += 1
+        if name == attr.SPAN_PROCESS:
+            cell.process_cpu_us += values.get("process_cpu_us", 0)
+            cell.charged_cpu_us += values.get("charged_cpu_us", 0)
+            return
         if name == attr.SPAN_HANDSHAKE:
             if failed:
                 cell.handshakes_failed += 1
             else:
                 cell.handshakes_ok += 1
                 cell.handshake_ms.record(duration_ms)
+                cell.handshake_cpu_us += values.get("handshake_cpu_us", 0)
             return
         cell.sessions += 1 if name == attr.SPAN_SESSION else 0
         cell.messages += values.get("messages", 1 if name == attr.SPAN_SEND else 0)
@@ -228,10 +261,13 @@ class Aggregator:
         return dropped
 
     def has_wave(self, wave: str) -> bool:
-        return any(key[0] == wave for key in self.cells)
+        return any(key[0] == wave and key[3] != PROCESS for key in self.cells)
 
     def select(self, wave: str | None, since: float | None, until: float | None):
+        """The cells of sessions, messages and handshakes (not the process samples)."""
         for key, cell in self.cells.items():
+            if key[3] == PROCESS:
+                continue
             if wave is not None and key[0] != wave:
                 continue
             if since is not None and key[4] < since:
@@ -253,6 +289,7 @@ class Aggregator:
             by_role[role].setdefault(mode, Cell()).merge(cell)
         return {
             "filter": {"wave": wave, "since": since, "until": until},
+            "process": self.process_window(first, last),
             "first_unix_s": first,
             "last_unix_s": last,
             "spans": {"received": self.spans_received, "aggregated": self.spans_aggregated,
@@ -265,9 +302,38 @@ class Aggregator:
             ],
         }
 
+    def process_window(self, first: int | None, last: int | None) -> dict[str, Any] | None:
+        """The receivers' process CPU over the seconds [first, last] (whatever waves ran then)
+        beside what they charged to sessions in those seconds: what share each figure
+        covers."""
+        if first is None or last is None:
+            return None
+        process = Cell()
+        messages = 0
+        for (_, _, role, mode, second), cell in self.cells.items():
+            if not first <= second <= last or role != RECEIVER:
+                continue
+            if mode == PROCESS:
+                process.merge(cell)
+            else:
+                messages += cell.messages
+        if not process.process_cpu_us:
+            return None
+        return {
+            "seconds": last - first + 1,
+            "cpu_ms": round(process.process_cpu_us / 1000, 3),
+            "charged_ms": round(process.charged_cpu_us / 1000, 3),
+            "unattributed_ms": round((process.process_cpu_us - process.charged_cpu_us) / 1000, 3),
+            "charged_share": round(process.charged_cpu_us / process.process_cpu_us, 4),
+            "messages": messages,
+            "cpu_ms_per_message": _ratio(process.process_cpu_us / 1000, messages or None),
+            "unattributed_ms_per_message": _ratio(
+                (process.process_cpu_us - process.charged_cpu_us) / 1000, messages or None),
+        }
+
     def waves(self) -> list[dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
-        for (wave, _, role, mode, second), cell in self.cells.items():
+        for (wave, _, role, mode, second), cell in self.select(None, None, None):
             entry = found.setdefault(wave, {"wave": wave, "first_unix_s": second,
                                             "last_unix_s": second, PLAIN: 0, STARTTLS: 0})
             entry["first_unix_s"] = min(entry["first_unix_s"], second)

@@ -20,6 +20,8 @@ MESSAGE_BYTES = "tlsstorm.message.bytes"
 WIRE_BYTES_IN = "tlsstorm.wire.bytes_in"
 WIRE_BYTES_OUT = "tlsstorm.wire.bytes_out"
 SESSION_CPU_US = "tlsstorm.session.cpu_us"
+# The CPU the receiver spent in a handshake (its span's duration is wall time, client included).
+HANDSHAKE_CPU_US = "tlsstorm.handshake.cpu_us"
 WAVE_ID = "tlsstorm.wave.id"
 CERT_VERIFIED = "tlsstorm.tls.cert_verified"
 # The certificates the receiver served, leaf first: "leaf rsa2048 1,384 B + intermediate ...".
@@ -29,6 +31,10 @@ SIDE = "tlsstorm.side"
 SPAN_SESSION = "smtp.session"
 SPAN_SEND = "smtp.send"
 SPAN_HANDSHAKE = "tls.handshake"
+# Once a second, the receiver's process CPU and what it charged to sessions in that second.
+SPAN_PROCESS = "tlsstorm.process"
+PROCESS_CPU_US = "tlsstorm.process.cpu_us"
+PROCESS_CHARGED_US = "tlsstorm.process.charged_us"
 
 
 def tls_version_number(openssl_name: str | None) -> str | None:

@@ -21,15 +21,16 @@ from tlsstorm.common.pki import (
     root_pem,
     self_signed,
 )
-from tlsstorm.common.process import ProcessSampler
+from tlsstorm.common.process import ProcessSampler, cpu_seconds
 from tlsstorm.common.serve import HttpServer, bind, port_of
 from tlsstorm.common.tls import server_context, timed
 from tlsstorm.receiver.api import create_api
+from tlsstorm.receiver.cpu_meter import CpuAccount, LoopMeter
 from tlsstorm.receiver.handler import SinkHandler
 from tlsstorm.receiver.session import SessionLimits, SessionRecord
 from tlsstorm.receiver.smtp import MeasuredSMTP
 from tlsstorm.receiver.stats import ReceiverStats
-from tlsstorm.receiver.tracing import emit_session_spans
+from tlsstorm.receiver.tracing import emit_process_span, emit_session_spans
 
 
 def server_certificate(settings: ReceiverSettings) -> ServerCertificate:
@@ -81,6 +82,9 @@ class ReceiverService:
         self._smtp_server: asyncio.Server | None = None
         self._http = HttpServer(create_api(self), self._http_sock)
         self._sampler_task: asyncio.Task | None = None
+        self.cpu_meter: LoopMeter | None = None
+        self.charged_ns_total = 0  # every session's CPU, as sealed
+        self._process_task: asyncio.Task | None = None
 
     def describe(self) -> str:
         host = self.settings.host
@@ -92,21 +96,33 @@ class ReceiverService:
     def accepting(self) -> bool:
         return self._smtp_server is not None and self._smtp_server.is_serving()
 
-    def _session_ended(self, record: SessionRecord) -> None:
-        self.stats.add(record)
+    def _session_ended(self, record: SessionRecord, account: CpuAccount | None) -> None:
+        """Count the session, then seal its CPU: everything up to here (its spans built but
+        for their end, its counting, its share of accepting)."""
+
+        def seal() -> int:
+            self.stats.add(record)
+            if account is not None and self.cpu_meter is not None:
+                record.cpu_ns = account.charged_ns() + self.cpu_meter.accept_share_ns()
+                account.sealed = True
+            self.stats.charge(record)
+            self.charged_ns_total += record.cpu_ns
+            return record.cpu_ns
+
         if self._tracer is not None:
             emit_session_spans(self._tracer, record, self.settings.hostname, self.smtp_port,
-                               self.chain_summary)
+                               self.chain_summary, seal)
+        else:
+            seal()
 
     def _new_session(self) -> MeasuredSMTP:
         settings = self.settings
-        started = time.thread_time_ns()
-        session = MeasuredSMTP(
+        return MeasuredSMTP(
             self._handler,
             on_session_end=self._session_ended,
             handshake_timeout_s=settings.handshake_timeout_s,
             data_timeout_s=settings.data_timeout_s,
-            meter_cpu=settings.session_cpu,
+            cpu_account=self.cpu_meter.open_account() if self.cpu_meter else None,
             limits=self.limits,
             hostname=settings.hostname,
             ident="tlsstorm",
@@ -116,23 +132,42 @@ class ReceiverService:
             data_size_limit=settings.max_message_bytes,
             loop=asyncio.get_running_loop(),
         )
-        if settings.session_cpu:
-            session.setup_cpu_ns = time.thread_time_ns() - started
-        return session
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.settings.session_cpu:
+            self.cpu_meter = LoopMeter(loop)
+            self.cpu_meter.install()
+            self.stats.meter = self.cpu_meter
+            self.stats.reset()
         self._smtp_server = await loop.create_server(self._new_session, sock=self._smtp_sock)
         await self._http.start()
         self._sampler_task = asyncio.create_task(self.sampler.run())
+        if self._tracer is not None:
+            self._process_task = asyncio.create_task(self._report_process(self._tracer))
+
+    async def _report_process(self, tracer, interval_s: float = 1.0) -> None:
+        """A tlsstorm.process span each second: the process's CPU and what sessions sealed
+        in that second were charged."""
+        then_ns, cpu_then, charged_then = time.time_ns(), cpu_seconds(), self.charged_ns_total
+        while True:
+            await asyncio.sleep(interval_s)
+            now_ns, cpu_now, charged_now = time.time_ns(), cpu_seconds(), self.charged_ns_total
+            emit_process_span(tracer, then_ns, now_ns, int((cpu_now - cpu_then) * 1e9),
+                              charged_now - charged_then)
+            then_ns, cpu_then, charged_then = now_ns, cpu_now, charged_now
 
     async def stop(self) -> None:
-        if self._sampler_task is not None:
-            self._sampler_task.cancel()
+        for task in (self._sampler_task, self._process_task):
+            if task is not None:
+                task.cancel()
         await self._http.stop()
         if self._smtp_server is not None:
             self._smtp_server.close()
+        self._handler.close()
         if self._handler.queue_dir is not None:
             shutil.rmtree(self._handler.queue_dir, ignore_errors=True)
         if self.provider is not None:
             self.provider.shutdown()
+        if self.cpu_meter is not None:
+            self.cpu_meter.uninstall()

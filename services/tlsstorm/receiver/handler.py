@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import Envelope, Session
+
+from tlsstorm.receiver.cpu_meter import run_in_thread
 
 if TYPE_CHECKING:
     from tlsstorm.receiver.smtp import MeasuredSMTP
@@ -58,6 +60,11 @@ class SinkHandler:
     def __init__(self, processing_cpu_us: int = 0, queue_dir: Path | None = None) -> None:
         self.processing_cpu_ns = processing_cpu_us * 1000
         self.queue_dir = queue_dir
+        self.queue_writers = ThreadPoolExecutor(4, "tlsstorm-queue") if queue_dir else None
+
+    def close(self) -> None:
+        if self.queue_writers is not None:
+            self.queue_writers.shutdown(wait=True, cancel_futures=True)
 
     async def handle_RCPT(self, server: MeasuredSMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -85,6 +92,7 @@ class SinkHandler:
             record.wave_id = _header(headers, lowered, _WAVE)
         if self.processing_cpu_ns:
             _busy(content, self.processing_cpu_ns)
-        if self.queue_dir is not None:
-            await asyncio.to_thread(_queue_and_discard, self.queue_dir, content)
+        if self.queue_dir is not None and self.queue_writers is not None:
+            await run_in_thread(self.queue_writers, _queue_and_discard, self.queue_dir, content)
+            record.queue_fsyncs += 1
         return "250 2.0.0 OK: message accepted and discarded"

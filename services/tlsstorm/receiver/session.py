@@ -1,15 +1,12 @@
-"""What the receiver records about one SMTP session, and the CPU meter that fills it in."""
+"""What the receiver records about one SMTP session, and the limits all sessions share."""
 
 from __future__ import annotations
 
 import asyncio
-import collections.abc
 import ipaddress
 import time
 from dataclasses import dataclass
 from typing import Any
-
-_thread_cpu_ns = time.thread_time_ns
 
 
 @dataclass(slots=True)
@@ -52,12 +49,13 @@ class SessionRecord:
         "cpu_ns",
         "ended_perf_ns",
         "errors",
+        "handshake_cpu_ns",
         "handshake_ms",
         "handshake_ok",
         "handshake_started_ns",
         "message_bytes",
         "messages",
-        "metering",
+        "queue_fsyncs",
         "quit",
         "replies",
         "resumed",
@@ -83,6 +81,7 @@ class SessionRecord:
         self.handshake_ok: bool | None = None
         self.handshake_started_ns = 0
         self.handshake_ms: float | None = None
+        self.handshake_cpu_ns = 0
         self.tls_version: str | None = None
         self.cipher: str | None = None
         self.resumed = False
@@ -93,8 +92,8 @@ class SessionRecord:
         self.wire_bytes_out = 0
         self.errors: list[str] = []
         self.cpu_ns = 0
-        self.metering = False
         self.quit = False
+        self.queue_fsyncs = 0
         self.traceparents: list[str] = []
         self.wave_id: str | None = None
 
@@ -118,57 +117,14 @@ class SessionRecord:
         if code.startswith("5"):
             self.errors.append("protocol_error")
 
-    def meter(self, function, *args):
-        """Run a callback of this session, adding its thread CPU time to the session."""
-        if self.metering:
-            return function(*args)
-        self.metering = True
-        started = _thread_cpu_ns()
-        try:
-            return function(*args)
-        finally:
-            self.cpu_ns += _thread_cpu_ns() - started
-            self.metering = False
-
-
-class MeteredCoroutine(collections.abc.Coroutine):
-    """Wraps a session's handler coroutine so each step's CPU time is charged to the session.
-
-    The event loop runs many sessions interleaved on one thread, so process CPU alone
-    cannot say which session used it; timing each step of a session's own work can.
-    """
-
-    __slots__ = ("_inner", "_record")
-
-    def __init__(self, inner: collections.abc.Coroutine, record: SessionRecord) -> None:
-        self._inner = inner
-        self._record = record
-
-    def send(self, value):
-        return self._record.meter(self._inner.send, value)
-
-    def throw(self, *exception):
-        return self._record.meter(self._inner.throw, *exception)
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def __await__(self):
-        return self._inner.__await__()
-
 
 class RawTransportProtocol(asyncio.BufferedProtocol):
-    """Sits between the socket transport and asyncio's SSLProtocol after STARTTLS.
+    """Sits between the socket transport and asyncio's SSLProtocol after STARTTLS, to read
+    the socket's wire counters before asyncio closes it."""
 
-    It charges TLS record processing (decrypt, handshake) to the session and reads the
-    socket's wire counters before asyncio closes it.
-    """
-
-    def __init__(self, tls_protocol, record: SessionRecord, on_lost, metered: bool) -> None:
+    def __init__(self, tls_protocol, on_lost) -> None:
         self._tls = tls_protocol
-        self._record = record
         self._on_lost = on_lost
-        self._metered = metered
 
     def connection_made(self, transport) -> None:
         self._tls.connection_made(transport)
@@ -177,10 +133,7 @@ class RawTransportProtocol(asyncio.BufferedProtocol):
         return self._tls.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._metered:
-            self._record.meter(self._tls.buffer_updated, nbytes)
-        else:
-            self._tls.buffer_updated(nbytes)
+        self._tls.buffer_updated(nbytes)
 
     def eof_received(self):
         return self._tls.eof_received()

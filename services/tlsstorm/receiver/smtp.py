@@ -16,13 +16,9 @@ from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
 from tlsstorm.common.tls import TimedSSLObject
 from tlsstorm.common.wire import wire_bytes
+from tlsstorm.receiver.cpu_meter import CpuAccount
 from tlsstorm.receiver.handler import SinkHandler
-from tlsstorm.receiver.session import (
-    MeteredCoroutine,
-    RawTransportProtocol,
-    SessionLimits,
-    SessionRecord,
-)
+from tlsstorm.receiver.session import RawTransportProtocol, SessionLimits, SessionRecord
 
 # aiosmtpd logs every command at INFO and every bad one at WARNING; a measured hot path (and
 # a flood of hostile input) must not format log lines. Errors are counted in the stats.
@@ -46,10 +42,10 @@ class MeasuredSMTP(SMTP):
         self,
         handler: SinkHandler,
         *,
-        on_session_end: Callable[[SessionRecord], None],
+        on_session_end: Callable[[SessionRecord, CpuAccount | None], None],
         handshake_timeout_s: float,
         data_timeout_s: float,
-        meter_cpu: bool,
+        cpu_account: CpuAccount | None,
         limits: SessionLimits,
         **kwargs,
     ) -> None:
@@ -58,11 +54,10 @@ class MeasuredSMTP(SMTP):
         self._data_timeout_s = data_timeout_s
         self._in_data = False
         self.limits = limits
-        self.setup_cpu_ns = 0  # building this protocol object, charged to its session
         self._refusal: tuple[str, str] | None = None  # (counted as, reply) when refused at connect
         self._on_session_end = on_session_end
         self._handshake_timeout_s = handshake_timeout_s
-        self._meter_cpu = meter_cpu
+        self._cpu_account = cpu_account
         self.record: SessionRecord = SessionRecord(None)
         self._raw_socket = None
         self._finished = False
@@ -85,7 +80,6 @@ class MeasuredSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None:
             self.record = SessionRecord(transport.get_extra_info("peername"))
-            self.record.cpu_ns = self.setup_cpu_ns
             self._raw_socket = transport.get_extra_info("socket")
             self.limits.open_sessions += 1
             if self.limits.rejects(self.record.client_address):
@@ -97,19 +91,12 @@ class MeasuredSMTP(SMTP):
         super().connection_made(transport)
 
     def _handle_client(self):
-        client = self._refuse(*self._refusal) if self._refusal else super()._handle_client()
-        return MeteredCoroutine(client, self.record) if self._meter_cpu else client
+        return self._refuse(*self._refusal) if self._refusal else super()._handle_client()
 
     async def _refuse(self, kind: str, reply: str) -> None:
         self.record.errors.append(kind)
         await self.push(reply)
         self.transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        if self._meter_cpu:
-            self.record.meter(super().data_received, data)
-        else:
-            super().data_received(data)
 
     def _capture_wire(self) -> None:
         counted = wire_bytes(self._raw_socket)
@@ -147,7 +134,9 @@ class MeasuredSMTP(SMTP):
         record.ended_perf_ns = time.perf_counter_ns()
         if not record.quit and not record.errors:
             record.errors.append("dropped")
-        self._on_session_end(record)
+        # Reported from a callback of its own, still in the session's context: the socket's
+        # close, which asyncio does after this returns, is then charged to the session too.
+        self.loop.call_soon(self._on_session_end, record, self._cpu_account)
 
     # -- replies -------------------------------------------------------------------------
     async def push(self, status: str | bytes) -> None:
@@ -246,10 +235,12 @@ class MeasuredSMTP(SMTP):
         self._tls_protocol = tls_protocol
         self._original_transport = self.transport
         self._original_transport.set_protocol(
-            RawTransportProtocol(tls_protocol, record, self._capture_wire, self._meter_cpu)
+            RawTransportProtocol(tls_protocol, self._capture_wire)
         )
         self.transport = tls_protocol._app_transport
         started_ns, started_perf = time.time_ns(), time.perf_counter()
+        account = self._cpu_account
+        cpu_before = account.charged_ns() if account is not None else 0
         tls_protocol.connection_made(self._original_transport)
         try:
             await waiter
@@ -262,6 +253,11 @@ class MeasuredSMTP(SMTP):
             raise
         except Exception:
             pass  # the waiter holds the error, recorded next
+        finally:
+            # What the session was charged while its handshake ran: only its own callbacks,
+            # so the handshake's CPU, where its wall time also holds the client's part.
+            if account is not None:
+                record.handshake_cpu_ns = account.charged_ns() - cpu_before
         if not self._record_handshake(waiter, tls_protocol, started_ns, started_perf):
             raise TLSSetupException() from waiter.exception()
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from tlsstorm.common.histogram import LatencyHistogram
 from tlsstorm.common.process import cpu_seconds, rss_bytes
+from tlsstorm.receiver.cpu_meter import LoopMeter
 from tlsstorm.receiver.session import SessionRecord
 
 MODES = ("plain", "tls")
@@ -18,8 +19,10 @@ class ModeStats:
     """Counters of one mode; every field is a sum so that waves and totals add up."""
 
     __slots__ = (
-        "cpu_ns", "errors", "handshake_ms", "handshakes_failed", "handshakes_ok",
-        "handshakes_resumed", "message_bytes", "messages", "replies", "session_ms", "sessions",
+        "cpu_ns", "errors", "handshake_cpu_ns", "handshake_ms", "handshakes_failed",
+        "handshakes_ok",
+        "handshakes_resumed", "message_bytes", "messages", "queue_fsyncs", "replies",
+        "session_ms", "sessions",
         "wire_bytes_in", "wire_bytes_out",
     )
 
@@ -31,10 +34,12 @@ class ModeStats:
         self.handshakes_failed = 0
         self.handshakes_resumed = 0
         self.handshake_ms = LatencyHistogram()
+        self.handshake_cpu_ns = 0
         self.session_ms = LatencyHistogram()
         self.wire_bytes_in = 0
         self.wire_bytes_out = 0
         self.cpu_ns = 0
+        self.queue_fsyncs = 0
         self.errors: collections.Counter[str] = collections.Counter()
         self.replies: collections.Counter[str] = collections.Counter()
 
@@ -44,12 +49,13 @@ class ModeStats:
         self.message_bytes += record.message_bytes
         self.wire_bytes_in += record.wire_bytes_in
         self.wire_bytes_out += record.wire_bytes_out
-        self.cpu_ns += record.cpu_ns
+        self.queue_fsyncs += record.queue_fsyncs
         self.session_ms.record(record.duration_ms)
         if record.handshake_ok is not None:
             if record.handshake_ok:
                 self.handshakes_ok += 1
                 self.handshake_ms.record(record.handshake_ms or 0.0)
+                self.handshake_cpu_ns += record.handshake_cpu_ns
                 if record.resumed:
                     self.handshakes_resumed += 1
             else:
@@ -68,6 +74,10 @@ class ModeStats:
             "handshakes_failed": self.handshakes_failed,
             "handshakes_resumed": self.handshakes_resumed,
             "handshake_ms": self.handshake_ms.summary(),
+            # Wall time above runs from the first do_handshake and includes waiting for the
+            # client; this is the CPU the receiver spent in it.
+            "handshake_cpu_ms_mean": (round(self.handshake_cpu_ns / 1e6 / self.handshakes_ok, 4)
+                                      if self.handshakes_ok else None),
             "session_ms": self.session_ms.summary(),
             "wire_bytes_in": self.wire_bytes_in,
             "wire_bytes_out": self.wire_bytes_out,
@@ -75,6 +85,7 @@ class ModeStats:
             "cpu_ms_per_message": (
                 round(self.cpu_ns / 1e6 / per_message, 4) if per_message else None
             ),
+            "queue_fsyncs": self.queue_fsyncs,
             "errors": dict(self.errors),
             "replies": dict(sorted(self.replies.items())),
         }
@@ -109,6 +120,7 @@ class ReceiverStats:
 
     def __init__(self) -> None:
         self.started_unix_s = time.time()
+        self.meter: LoopMeter | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -116,8 +128,10 @@ class ReceiverStats:
         self.waves: collections.OrderedDict[str, WindowStats] = collections.OrderedDict()
         self.reset_unix_s = time.time()
         self.reset_cpu_seconds = cpu_seconds()
+        self.reset_meter = self.meter.snapshot() if self.meter else {}
 
     def add(self, record: SessionRecord) -> None:
+        """Count a finished session, all but its CPU (charge() adds that once it is sealed)."""
         self.total.add(record)
         if record.wave_id is not None:
             wave = self.waves.get(record.wave_id)
@@ -127,13 +141,27 @@ class ReceiverStats:
                     self.waves.popitem(last=False)
             wave.add(record)
 
+    def charge(self, record: SessionRecord) -> None:
+        self.total.modes[record.mode].cpu_ns += record.cpu_ns
+        wave = self.waves.get(record.wave_id) if record.wave_id is not None else None
+        if wave is not None:
+            wave.modes[record.mode].cpu_ns += record.cpu_ns
+
     def process(self) -> dict[str, Any]:
+        """The process's CPU since reset beside what sessions were charged: the remainder is
+        the loop's polling, callbacks of no session (the HTTP API, the sampler), threads no
+        session waited for (span export), the interpreter's own work, and sessions still open."""
         now = time.time()
         cpu_since_reset = cpu_seconds() - self.reset_cpu_seconds
-        attributed = sum(stats.cpu_ns for stats in self.total.modes.values()) / 1e9
+        charged = sum(stats.cpu_ns for stats in self.total.modes.values()) / 1e9
+        meter = {name: round(value - self.reset_meter.get(name, 0.0), 6)
+                 for name, value in (self.meter.snapshot() if self.meter else {}).items()}
         return {
             "cpu_seconds": round(cpu_since_reset, 6),
-            "cpu_seconds_unattributed": round(max(0.0, cpu_since_reset - attributed), 6),
+            "cpu_seconds_charged": round(charged, 6),
+            "cpu_seconds_unattributed": round(cpu_since_reset - charged, 6),
+            "charged_share": round(charged / cpu_since_reset, 4) if cpu_since_reset else None,
+            "meter": meter,
             "cpu_seconds_total": round(cpu_seconds(), 6),
             "rss_bytes": rss_bytes(),
             "uptime_s": round(now - self.started_unix_s, 3),

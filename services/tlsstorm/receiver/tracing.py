@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
@@ -10,11 +12,24 @@ from tlsstorm.common.telemetry import context_from_traceparent
 from tlsstorm.receiver.session import SessionRecord
 
 
+def emit_process_span(tracer: trace.Tracer, started_ns: int, ended_ns: int, cpu_ns: int,
+                      charged_ns: int) -> None:
+    """The process's CPU over an interval and what sessions sealed in it were charged, so the
+    collector can say what share of the process its figures cover."""
+    span = tracer.start_span(attr.SPAN_PROCESS, kind=SpanKind.INTERNAL, start_time=started_ns,
+                             attributes={attr.PROCESS_CPU_US: cpu_ns // 1000,
+                                         attr.PROCESS_CHARGED_US: charged_ns // 1000})
+    span.end(end_time=ended_ns)
+
+
 def emit_session_spans(
     tracer: trace.Tracer, record: SessionRecord, server_address: str, server_port: int,
-    chain: str
+    chain: str, seal_cpu_ns: Callable[[], int]
 ) -> None:
-    """smtp.session (SERVER) under the sender's traceparent, with a tls.handshake child."""
+    """smtp.session (SERVER) under the sender's traceparent, with a tls.handshake child.
+
+    The session's CPU is sealed just before its span ends, so that it covers building the
+    spans too."""
     parent = context_from_traceparent(record.traceparents[0] if record.traceparents else None)
     links = []
     for traceparent in record.traceparents[1:]:
@@ -34,7 +49,6 @@ def emit_session_spans(
         attr.MESSAGE_BYTES: record.message_bytes,
         attr.WIRE_BYTES_IN: record.wire_bytes_in,
         attr.WIRE_BYTES_OUT: record.wire_bytes_out,
-        attr.SESSION_CPU_US: record.cpu_ns // 1000,
     }
     if record.wave_id:
         attributes[attr.WAVE_ID] = record.wave_id
@@ -60,10 +74,12 @@ def emit_session_spans(
                 "server", bool(record.handshake_ok), record.tls_version, record.cipher,
                 record.resumed, record.wave_id),
         )
+        handshake.set_attribute(attr.HANDSHAKE_CPU_US, record.handshake_cpu_ns // 1000)
         if not record.handshake_ok:
             handshake.set_status(Status(StatusCode.ERROR, record.errors[0]))
         handshake_ns = int((record.handshake_ms or 0.0) * 1e6)
         handshake.end(end_time=record.handshake_started_ns + handshake_ns)
     if record.errors:
         session.set_status(Status(StatusCode.ERROR, ", ".join(sorted(set(record.errors)))))
+    session.set_attribute(attr.SESSION_CPU_US, seal_cpu_ns() // 1000)
     session.end(end_time=record.ended_ns)
