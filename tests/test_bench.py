@@ -33,12 +33,14 @@ def test_receiver_cost_prints_every_figure_beside_its_anchor(tmp_path):
     assert re.search(rf"openssl s_server {FIGURE} us CPU per full handshake", out), out
     assert re.search(rf"Python's ssl over memory BIOs {FIGURE} us", out), out
     for row in ("receiver, charged to sessions", "receiver process", "sender process",
-                "receiver process, tracing on", "sender process, tracing on"):
+                "receiver, charged, tracing on", "receiver process, tracing on",
+                "sender process, tracing on"):
         assert re.search(rf"^{re.escape(row)} +{FIGURE} +{FIGURE} +{FIGURE} x$", out,
                          re.MULTILINE), row
     assert re.search(r"extra CPU for STARTTLS \(charged to sessions\).*target <= 1\.3x: "
                      r"(met|not met|within noise of the target)", out), out
     assert out.count("(target <= 1: ") == 2
+    assert re.search(r"charged / process: plain [\d.]+ \+- [\d.]+ x, STARTTLS", out), out
     assert out.count("tracing on vs off,") == 4
 
 
@@ -77,3 +79,17 @@ def test_span_cost_splits_building_from_encoding(tmp_path):
     for mode, spans in (("plain", 1), ("STARTTLS", 2)):
         assert re.search(rf"{mode} session, {spans} span\(s\): build and end +[\d.]+ us, OTLP "
                          r"encoding +[\d.]+ us", out), out
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or (os.cpu_count() or 1) < 2,
+                    reason="steering loopback's receive path (RPS) needs root and two cores")
+def test_loopback_share_prints_both_modes_and_restores_rps(tmp_path):
+    rps = Path("/sys/class/net/lo/queues/rx-0/rps_cpus")
+    before = rps.read_text()
+    out = _bench(tmp_path, "loopback_share.py", "--sessions", "60", "--repeat", "2")
+
+    for mode in ("plain", "STARTTLS"):
+        assert re.search(rf"^{mode} +{FIGURE} +{FIGURE} +-?[\d,]+ \+- [\d,]+ %$", out,
+                         re.MULTILINE), out
+    assert "TLS/plain:" in out and "receive paths steered away" in out
+    assert rps.read_text() == before

@@ -1,0 +1,152 @@
+"""The receiver's CPU figures against the kernel's account of its process.
+
+The receiver runs as its own process; a client that is not our sender (stdlib smtplib, four
+threads) sends pure plain and pure STARTTLS waves; the process's CPU over each wave (its POSIX
+CPU clock, all threads, less an idle baseline of the same length) is the ground truth the
+charged figures must cover.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import os
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.helpers import deliver
+from tests.locust_helpers import free_port
+
+SESSIONS = 500
+BODY = b"Subject: spam\r\n\r\n" + (b"x" * 76 + b"\r\n") * 26  # about 2 KB
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """The kernel's CPU clock of a whole process (every thread, ended ones too), in ns."""
+    clock = ctypes.c_int()
+    if _LIBC.clock_getcpuclockid(pid, ctypes.byref(clock)) != 0:
+        raise OSError(ctypes.get_errno(), f"no CPU clock for process {pid}")
+    return time.clock_gettime(clock.value)
+
+
+@dataclass
+class Wave:
+    sessions: int
+    charged_ms: float  # per session, as /v1/stats gives it
+    process_ms: float  # per session, the process's CPU over the wave less idle
+    stats: dict
+
+
+class ReceiverProcess:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.smtp_port, http_port = free_port(), free_port()
+        self.http = f"http://127.0.0.1:{http_port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tlsstorm", "receiver"],
+            env={**os.environ, "TLSSTORM_RECEIVER_SMTP_PORT": str(self.smtp_port),
+                 "TLSSTORM_RECEIVER_HTTP_PORT": str(http_port), **env},
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{self.http}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert self.process.poll() is None, self.process.stderr.read()
+            assert time.monotonic() < deadline, "receiver not ready"
+            time.sleep(0.1)
+        self.context = ssl.create_default_context()
+        self.context.check_hostname = False
+        self.context.verify_mode = ssl.CERT_NONE
+
+    def send(self, tls: bool, count: int) -> None:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda _: deliver(self.smtp_port, tls=tls, context=self.context,
+                                            body=BODY), range(count)))
+
+    def wave(self, tls: bool, count: int = SESSIONS) -> Wave:
+        pid = self.process.pid
+        before = process_cpu_seconds(pid)
+        time.sleep(2.0)
+        idle_per_s = (process_cpu_seconds(pid) - before) / 2.0
+        httpx.post(f"{self.http}/v1/stats/reset").raise_for_status()
+        before, started = process_cpu_seconds(pid), time.monotonic()
+        self.send(tls, count)
+        mode = "tls" if tls else "plain"
+        deadline = time.monotonic() + 10
+        while (stats := httpx.get(f"{self.http}/v1/stats").json())[mode]["sessions"] < count:
+            assert time.monotonic() < deadline, stats
+            time.sleep(0.05)
+        spent = process_cpu_seconds(pid) - before - idle_per_s * (time.monotonic() - started)
+        return Wave(count, stats[mode]["session_cpu_seconds"] * 1000 / count,
+                    spent * 1000 / count, stats)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def receiver_process():
+    started: list[ReceiverProcess] = []
+
+    def start(**env: str) -> ReceiverProcess:
+        receiver = ReceiverProcess(env)
+        started.append(receiver)
+        receiver.send(True, 30)  # warm-up: imports, first handshakes
+        return receiver
+
+    yield start
+    for receiver in started:
+        receiver.stop()
+
+
+@pytest.mark.parametrize("tracing", [False, True], ids=["tracing-off", "tracing-on"])
+def test_charged_cpu_covers_the_process_and_keeps_its_tls_factor(
+    receiver_process, start_collector, tracing
+):
+    env = {"OTEL_SDK_DISABLED": "true"}
+    if tracing:
+        collector = start_collector()
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.http, "OTEL_BSP_SCHEDULE_DELAY": "500"}
+    receiver = receiver_process(**env)
+
+    plain = receiver.wave(tls=False)
+    tls = receiver.wave(tls=True)
+
+    for wave in (plain, tls):
+        assert wave.charged_ms >= 0.9 * wave.process_ms, wave
+        assert wave.charged_ms <= 1.05 * wave.process_ms, wave  # nothing counted twice
+        process = wave.stats["process"]
+        assert process["cpu_seconds_charged"] == pytest.approx(
+            wave.charged_ms * wave.sessions / 1000, abs=1e-3)
+        assert process["cpu_seconds_unattributed"] == pytest.approx(
+            process["cpu_seconds"] - process["cpu_seconds_charged"], abs=1e-5)
+    charged_factor = tls.charged_ms / plain.charged_ms
+    process_factor = tls.process_ms / plain.process_ms
+    assert charged_factor == pytest.approx(process_factor, rel=0.10)
+    # The handshake's CPU is a part of the session's, and less than its wall time.
+    handshake = tls.stats["tls"]
+    assert 0 < handshake["handshake_cpu_ms_mean"] < tls.charged_ms
+    assert handshake["handshake_cpu_ms_mean"] < handshake["handshake_ms"]["p50"]
+
+
+def test_filtering_work_and_queue_fsyncs_are_charged_to_the_sessions(receiver_process):
+    bare = receiver_process(OTEL_SDK_DISABLED="true").wave(tls=False, count=300)
+    working = receiver_process(OTEL_SDK_DISABLED="true", TLSSTORM_RECEIVER_QUEUE_FSYNC="true",
+                               TLSSTORM_RECEIVER_PROCESSING_CPU_US="500").wave(
+        tls=False, count=300)
+
+    assert working.stats["plain"]["queue_fsyncs"] == 300
+    assert bare.stats["plain"]["queue_fsyncs"] == 0
+    # 0.5 ms of filtering per message, and the queue file's write and fsync in its thread.
+    assert working.charged_ms >= bare.charged_ms + 0.5
+    assert working.charged_ms >= 0.9 * working.process_ms, working
