@@ -137,6 +137,13 @@ def test_charged_cpu_covers_the_process_and_keeps_its_tls_factor(
     handshake = tls.stats["tls"]
     assert 0 < handshake["handshake_cpu_ms_mean"] < tls.charged_ms
     assert handshake["handshake_cpu_ms_mean"] < handshake["handshake_ms"]["p50"]
+    if tracing:  # the collector sets the process's CPU (reported each second) beside it
+        time.sleep(2.5)
+        process = httpx.get(f"{collector.http}/v1/summary", params={"wave": ""}).json()[
+            "process"]
+        assert process["charged_share"] >= 0.85, process
+        assert process["cpu_ms"] <= process_cpu_seconds(receiver.process.pid) * 1000
+        assert process["charged_ms"] >= (plain.charged_ms + tls.charged_ms) * SESSIONS * 0.99
 
 
 def test_filtering_work_and_queue_fsyncs_are_charged_to_the_sessions(receiver_process):

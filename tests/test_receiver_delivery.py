@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import smtplib
 import subprocess
@@ -112,6 +113,12 @@ def test_stats_reset_and_metrics(receiver, any_cert_context):
     assert 'tlsstorm_receiver_sessions_total{mode="tls"} 1.0' in metrics
     assert 'tlsstorm_receiver_handshakes_total{result="ok"} 1.0' in metrics
     assert "process_cpu_seconds_total" in metrics
+    charged = float(re.search(r'^tlsstorm_receiver_session_cpu_seconds_total\{mode="tls"\} (\S+)',
+                              metrics, re.MULTILINE).group(1))
+    handshake = float(re.search(r"^tlsstorm_receiver_handshake_cpu_seconds_total (\S+)",
+                                metrics, re.MULTILINE).group(1))
+    assert 0 < handshake < charged
+    assert 'tlsstorm_receiver_uncharged_cpu_seconds_total{kind="unowned_callbacks"}' in metrics
 
     assert httpx.post(f"{receiver.http}/v1/stats/reset").status_code == 200
     assert receiver.stats()["tls"]["sessions"] == 0

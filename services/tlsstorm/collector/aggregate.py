@@ -305,9 +305,11 @@ class Aggregator:
     def process_window(self, first: int | None, last: int | None) -> dict[str, Any] | None:
         """The receivers' process CPU over the seconds [first, last] (whatever waves ran then)
         beside what they charged to sessions in those seconds: what share each figure
-        covers."""
+        covers. A process sample is keyed by the second it ends, so the one that covers the
+        last second of sessions ends in the next."""
         if first is None or last is None:
             return None
+        last += 1
         process = Cell()
         messages = 0
         for (_, _, role, mode, second), cell in self.cells.items():

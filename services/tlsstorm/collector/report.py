@@ -29,6 +29,7 @@ def cost_rows(cost: dict[str, Any], receiver: bool = True) -> list[Row]:
         row("handshake p50 ms", None, tls["handshake_ms"]["p50"]),
         row("handshake p95 ms", None, tls["handshake_ms"]["p95"]),
         row("handshake p99 ms", None, tls["handshake_ms"]["p99"]),
+        row("handshake CPU ms", None, tls["handshake_cpu_ms_mean"]),
         row("session p50 ms" if receiver else "message p50 ms",
             plain["duration_ms"]["p50"], tls["duration_ms"]["p50"]),
         row("receiver CPU ms/msg", plain["cpu_ms_per_message"], tls["cpu_ms_per_message"]),
@@ -40,7 +41,8 @@ def cost_rows(cost: dict[str, Any], receiver: bool = True) -> list[Row]:
     if receiver:
         return rows
     # The sender's spans are per message and carry no receiver CPU.
-    return [r for r in rows if r[0] not in ("sessions", "receiver CPU ms/msg")]
+    return [r for r in rows if r[0] not in ("sessions", "receiver CPU ms/msg",
+                                            "handshake CPU ms")]
 
 
 def cell_text(value: float | None) -> str:
@@ -83,6 +85,21 @@ def outbound_sentence(cost: dict[str, Any]) -> str | None:
         if len(chains) > 1:
             sentence += f" (and {len(chains) - 1} other chain(s) in this selection)"
     return sentence + "."
+
+
+def process_sentence(process: dict[str, Any] | None) -> str:
+    """What share of the receiver's process the CPU figures cover, over the same seconds."""
+    if not process:
+        return ("The receiver's process CPU is not known for these seconds (it reports it once "
+                "a second with tracing on); CPU figures are what it charged to sessions.")
+    per_message = process["cpu_ms_per_message"]
+    text = (f"Over these {process['seconds']:,} s the receiver's process used "
+            f"{process['cpu_ms']:,.1f} ms of CPU")
+    if per_message is not None:
+        text += f" ({per_message:.3f} ms per message of any wave then)"
+    return (text + f"; its sessions were charged {process['charged_share']:.1%} of it, "
+            f"{process['unattributed_ms']:,.1f} ms went to no session (the HTTP API, the "
+            "span exporter's thread, the interpreter).")
 
 
 def _distribution(histogram: LatencyHistogram) -> list[tuple[float, float]]:
@@ -157,6 +174,7 @@ def render_html(aggregator: Aggregator, wave: str | None = None, since: float | 
 <a href="{base_url}/">all waves</a> · <a href="{json_link}">JSON</a></p>
 {_html_table(receiver, "Receiver: plain vs STARTTLS")}
 <p>{escape(sentence or "No STARTTLS session yet.")}</p>
+<p>{escape(process_sentence(summary["process"]))}</p>
 <div class=grid>
 {line_chart("Latency distribution", distributions, "milliseconds (log)", "share", log_x=True)}
 {bytes_chart}
@@ -168,8 +186,12 @@ def render_html(aggregator: Aggregator, wave: str | None = None, since: float | 
 <h2>Waves</h2><table><tr><th>wave</th><th class=n>plain</th><th class=n>STARTTLS</th>
 <th>first seen</th></tr>{waves}</table>
 <p class=muted>Receiver CPU per message is the CPU the receiver charged to each session
-(<code>tlsstorm.session.cpu_us</code> on its <code>smtp.session</code> spans); see
-docs/methodology.md.</p>
+(<code>tlsstorm.session.cpu_us</code> on its <code>smtp.session</code> spans): every event-loop
+callback run for the session, its share of polling and accepting, its queue writes. Handshake
+p50/p95/p99 are wall time from the server's first <code>do_handshake</code>, waiting for the
+client included; handshake CPU is the receiver's CPU during it (mean). On loopback, the
+receiver's CPU includes the client's network receive path for what the receiver sends; measured
+at 1-3% (within noise) by <code>bench/loopback_share.py</code>. See docs/methodology.md.</p>
 </body></html>"""
 
 

@@ -20,7 +20,14 @@ class ReceiverCollector:
         wire = CounterMetricFamily(
             "tlsstorm_receiver_wire_bytes", "TCP payload bytes", labels=["mode", "direction"])
         cpu = CounterMetricFamily(
-            "tlsstorm_receiver_session_cpu_seconds", "CPU charged to sessions", labels=["mode"])
+            "tlsstorm_receiver_session_cpu_seconds", "CPU charged to sessions (compare with "
+            "process_cpu_seconds_total)", labels=["mode"])
+        handshake_cpu = CounterMetricFamily(
+            "tlsstorm_receiver_handshake_cpu_seconds", "CPU spent in TLS handshakes (part of "
+            "the tls sessions' CPU)")
+        uncharged = CounterMetricFamily(
+            "tlsstorm_receiver_uncharged_cpu_seconds", "event-loop CPU charged to no session",
+            labels=["kind"])
         handshakes = CounterMetricFamily(
             "tlsstorm_receiver_handshakes", "TLS handshakes", labels=["result"])
         errors = CounterMetricFamily(
@@ -36,6 +43,12 @@ class ReceiverCollector:
             for kind, count in stats.errors.items():
                 errors.add_metric([mode, kind], count)
         tls = modes["tls"]
+        handshake_cpu.add_metric([], tls.handshake_cpu_ns / 1e9)
+        meter = self._stats.meter
+        if meter is not None:
+            for kind, seconds in meter.snapshot().items():
+                if kind != "accept_seconds":  # shared out to the sessions it accepted
+                    uncharged.add_metric([kind.removesuffix("_seconds")], seconds)
         handshakes.add_metric(["ok"], tls.handshakes_ok)
         handshakes.add_metric(["failed"], tls.handshakes_failed)
         handshakes.add_metric(["resumed"], tls.handshakes_resumed)
@@ -44,4 +57,5 @@ class ReceiverCollector:
         latency_p95 = GaugeMetricFamily(
             "tlsstorm_receiver_handshake_p95_seconds", "95th percentile handshake time")
         latency_p95.add_metric([], (p95 or 0.0) / 1000)
-        yield from (sessions, messages, wire, cpu, handshakes, errors, latency, latency_p95)
+        yield from (sessions, messages, wire, cpu, handshake_cpu, uncharged, handshakes, errors,
+                    latency, latency_p95)
