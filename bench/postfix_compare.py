@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import subprocess
 import tempfile
 import time
@@ -35,6 +36,30 @@ ROOT = Path(__file__).resolve().parents[1]
 SINK = ROOT / "scripts" / "postfix-sink.sh"
 TARGET_FACTOR_DISTANCE = 0.25
 TARGET_PLAIN_OVER_SMTPD = 1.5
+
+
+MASTER_PID = Path("/var/spool/tlsstorm-postfix/pid/master.pid")
+
+
+def postfix_cpu_seconds() -> float:
+    """CPU of the whole Postfix instance: its master, every live child (smtpd, cleanup, qmgr,
+    trivial-rewrite, ...) and the children master has reaped (its cutime + cstime, in ticks)."""
+    master = int(MASTER_PID.read_text().split()[0])
+    with open(f"/proc/{master}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    total = process_cpu_seconds(master) + (int(fields[13]) + int(fields[14])) / os.sysconf(
+        "SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(entry / "stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            if parent == master:
+                total += process_cpu_seconds(int(entry.name))
+        except OSError:  # the process ended meanwhile
+            continue
+    return total
 
 
 def smtpd_cpu_seconds(port: int) -> dict[int, float]:
@@ -64,13 +89,16 @@ class Servers:
     def _receiver_stats(self) -> dict:
         return self.runner.http.get(f"{self.runner.receiver_url}/v1/stats").json()
 
-    def postfix(self, drive) -> float:
-        """smtpd CPU microseconds per session while `drive(port)` runs and returns sessions."""
-        before = smtpd_cpu_seconds(self.postfix_port)
+    def postfix(self, drive) -> tuple[float, float]:
+        """(smtpd's, all of Postfix's) CPU microseconds per session while `drive(port)` runs
+        and returns sessions."""
+        before, everything_before = smtpd_cpu_seconds(self.postfix_port), postfix_cpu_seconds()
         sessions = drive(self.postfix_port)
-        after = smtpd_cpu_seconds(self.postfix_port)
+        time.sleep(0.5)  # cleanup and qmgr finish the last messages
+        after, everything_after = smtpd_cpu_seconds(self.postfix_port), postfix_cpu_seconds()
         self.spawned_mid_run += len(after.keys() - before.keys())
-        return sum(after[pid] - before.get(pid, 0.0) for pid in after) * 1e6 / sessions
+        smtpd = sum(after[pid] - before.get(pid, 0.0) for pid in after)
+        return smtpd * 1e6 / sessions, (everything_after - everything_before) * 1e6 / sessions
 
     def receiver(self, drive, mode: str) -> tuple[float, float]:
         """(CPU charged to the sessions, process CPU) in microseconds per session."""
@@ -152,7 +180,9 @@ def main() -> None:
                 for round_number in range(1, flags.repeat + 1):
                     print(f"round {round_number}/{flags.repeat} ...")
                     for name, (mode, drive) in drives.items():
-                        runs["smtpd", name].append(servers.postfix(drive))
+                        smtpd, postfix = servers.postfix(drive)
+                        runs["smtpd", name].append(smtpd)
+                        runs["postfix", name].append(postfix)
                         charged, process = servers.receiver(drive, mode)
                         runs["charged", name].append(charged)
                         runs["process", name].append(process)
@@ -169,8 +199,8 @@ def report(flags: argparse.Namespace, runs: dict[tuple[str, str], list[float]],
           f"mean +- 95% confidence interval; smtpd processes spawned during measured runs: "
           f"{spawned}")
     drives = ("plain, smtp-source", "plain, our sender", "STARTTLS, our sender")
-    servers = (("Postfix smtpd", "smtpd"), ("receiver, process", "process"),
-               ("receiver, charged", "charged"))
+    servers = (("Postfix smtpd", "smtpd"), ("Postfix, all processes", "postfix"),
+               ("receiver, process", "process"), ("receiver, charged", "charged"))
     print(f"{'CPU per session (us)':<22}" + "".join(f"{drive:>22}" for drive in drives))
     for name, server in servers:
         print(f"{name:<22}" + "".join(f"{shown(runs[server, drive]):>22}" for drive in drives))
@@ -181,18 +211,22 @@ def report(flags: argparse.Namespace, runs: dict[tuple[str, str], list[float]],
             for _, server in servers}
         for name, server in servers:
             print(f"  {name:<20}{shown(factors[server], 'x', 2):>16}")
-        for server, what in (("process", "process CPU"), ("charged", "CPU charged")):
-            distance = [ours / theirs for ours, theirs in zip(factors[server], factors["smtpd"],
-                                                              strict=True)]
-            print(f"  receiver's factor ({what}) / Postfix's: {shown(distance, 'x', 2)} "
+        for server, theirs, what in (("process", "smtpd", "process CPU / smtpd's"),
+                                     ("process", "postfix", "process CPU / all Postfix's"),
+                                     ("charged", "smtpd", "CPU charged / smtpd's")):
+            distance = [ours / other for ours, other in zip(factors[server], factors[theirs],
+                                                            strict=True)]
+            print(f"  receiver's factor, {what}: {shown(distance, 'x', 2)} "
                   f"(target within {TARGET_FACTOR_DISTANCE:.0%}: {_within_band(distance)})")
-    for server, what in (("process", "process CPU"), ("charged", "CPU charged to sessions")):
-        over = [ours / theirs for ours, theirs in zip(runs[server, drives[0]],
-                                                      runs["smtpd", drives[0]], strict=True)]
+    for server, theirs, what in (("process", "smtpd", "process CPU / smtpd's"),
+                                 ("process", "postfix", "process CPU / all Postfix's"),
+                                 ("charged", "smtpd", "CPU charged to sessions / smtpd's")):
+        over = [ours / other for ours, other in zip(runs[server, drives[0]],
+                                                    runs[theirs, drives[0]], strict=True)]
         mean, half = mean_ci(over)
         verdict = ("met" if mean + half <= TARGET_PLAIN_OVER_SMTPD else "not met"
                    if mean - half > TARGET_PLAIN_OVER_SMTPD else "within noise of the target")
-        print(f"plain session from smtp-source, receiver {what} / smtpd's: "
+        print(f"plain session from smtp-source, receiver {what}: "
               f"{shown(over, 'x', 2)} (target <= {TARGET_PLAIN_OVER_SMTPD}x: {verdict})")
 
 

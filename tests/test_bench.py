@@ -66,10 +66,12 @@ def test_postfix_compare_puts_both_servers_side_by_side(tmp_path):
     out = _bench(tmp_path, "postfix_compare.py", "--repeat", "2", "--messages", "40",
                  "--rate", "40", "--key-type", "ecdsa-p256")
 
-    for row in ("Postfix smtpd", "receiver, process", "receiver, charged"):
+    for row in ("Postfix smtpd", "Postfix, all processes", "receiver, process",
+                "receiver, charged"):
         assert re.search(rf"^{re.escape(row)} +{FIGURE} +{FIGURE} +{FIGURE}$", out,
                          re.MULTILINE), row
-    assert out.count("/ Postfix's: ") == 4
+    assert out.count("receiver's factor, ") == 6
+    assert "plain session from smtp-source, receiver process CPU / all Postfix's" in out
     assert "plain session from smtp-source, receiver CPU charged to sessions / smtpd's" in out
 
 
