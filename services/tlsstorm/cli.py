@@ -179,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="receiver CPU work per message (a content filter's cost)")
     sweep.add_argument("--queue-fsync", action="store_true",
                        help="the receiver writes and fsyncs each message, as an MTA queues it")
+    from tlsstorm.sweep.matrix import ROWS as MATRIX_ROWS
+
     sweep.add_argument("--matrix", metavar="ROWS", help="the mitigation matrix instead: 'all' or "
-                       "a comma list of baseline,ecdsa,rsa4096,tls12,resume,batch,refuse,reject")
+                       f"a comma list of {','.join(MATRIX_ROWS)}")
     sweep.add_argument("--rounds", type=_positive_int, default=1, metavar="N",
                        help="with --matrix: rounds per row, shown as mean +- 95%% interval")
     sweep.add_argument("--output", default="results/sweep", metavar="DIR",
