@@ -9,11 +9,7 @@ charged figures must cover.
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
-import os
 import ssl
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
@@ -21,21 +17,10 @@ import httpx
 import pytest
 
 from tests.helpers import deliver
-from tests.locust_helpers import free_port
+from tests.receiver_process import ReceiverProcess, process_cpu_seconds
 
 SESSIONS = 500
 BODY = b"Subject: spam\r\n\r\n" + (b"x" * 76 + b"\r\n") * 26  # about 2 KB
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """The kernel's CPU clock of a whole process (every thread, ended ones too), in ns."""
-    clock = ctypes.c_int()
-    if _LIBC.clock_getcpuclockid(pid, ctypes.byref(clock)) != 0:
-        raise OSError(ctypes.get_errno(), f"no CPU clock for process {pid}")
-    return time.clock_gettime(clock.value)
-
-
 @dataclass
 class Wave:
     sessions: int
@@ -44,25 +29,9 @@ class Wave:
     stats: dict
 
 
-class ReceiverProcess:
+class MeasuredReceiver(ReceiverProcess):
     def __init__(self, env: dict[str, str]) -> None:
-        self.smtp_port, http_port = free_port(), free_port()
-        self.http = f"http://127.0.0.1:{http_port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tlsstorm", "receiver"],
-            env={**os.environ, "TLSSTORM_RECEIVER_SMTP_PORT": str(self.smtp_port),
-                 "TLSSTORM_RECEIVER_HTTP_PORT": str(http_port), **env},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.http}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert self.process.poll() is None, self.process.stderr.read()
-            assert time.monotonic() < deadline, "receiver not ready"
-            time.sleep(0.1)
+        super().__init__(env)
         self.context = ssl.create_default_context()
         self.context.check_hostname = False
         self.context.verify_mode = ssl.CERT_NONE
@@ -89,17 +58,13 @@ class ReceiverProcess:
         return Wave(count, stats[mode]["session_cpu_seconds"] * 1000 / count,
                     spent * 1000 / count, stats)
 
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-
 
 @pytest.fixture
 def receiver_process():
-    started: list[ReceiverProcess] = []
+    started: list[MeasuredReceiver] = []
 
-    def start(**env: str) -> ReceiverProcess:
-        receiver = ReceiverProcess(env)
+    def start(**env: str) -> MeasuredReceiver:
+        receiver = MeasuredReceiver(env)
         started.append(receiver)
         receiver.send(True, 30)  # warm-up: imports, first handshakes
         return receiver

@@ -83,6 +83,15 @@ class ReceiverSettings(BaseSettings):
     max_connections: int = Field(2000, ge=1, description="open sessions at most (421 over)")
     max_handshakes: int = Field(256, ge=1, description="TLS handshakes in progress at most "
                                 "(STARTTLS answered 454 over)")
+    memory_limit_bytes: int | None = Field(
+        None, ge=16 * 1024 * 1024, description="memory the receiver may use; default: its "
+        "cgroup's limit (memory.max / memory.limit_in_bytes), none without one")
+    memory_budget_fraction: float = Field(
+        0.8, gt=0, le=1, description="share of the memory limit sessions may fill; past it new "
+        "connections get 421 and STARTTLS 454")
+    session_memory_kib: int = Field(64, ge=1, description="memory reserved per open session")
+    tls_session_memory_kib: int = Field(
+        512, ge=1, description="memory reserved per TLS session (handshake and after)")
     refuse_starttls_from: NetworkList = Field(
         default_factory=list, description="CIDRs whose STARTTLS is answered 454 (they stay plain)")
     reject_from: NetworkList = Field(

@@ -25,6 +25,17 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def raise_open_files_limit() -> int:
+    """Lift the soft limit on open files to the hard one (servers do): at the usual soft 1,024
+    a flood of connections would fail in accept() instead of being answered."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     unix_s: float

@@ -11,6 +11,11 @@ from typing import Protocol
 
 import uvicorn
 
+# Connections the kernel queues before the service accepts them. asyncio's create_server listens
+# again with its own default (100) unless given this: a burst of clients then overflowed the
+# queue and waited seconds for the kernel's SYN-ACK retries.
+LISTEN_BACKLOG = 1024
+
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket; port 0 picks a free one (tests read it back)."""
@@ -24,7 +29,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as error:
         sock.close()
         raise SystemExit(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    sock.listen(1024)
+    sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
 

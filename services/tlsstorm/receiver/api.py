@@ -23,7 +23,7 @@ def create_api(service: ReceiverService) -> FastAPI:
     app = service_app("tlsstorm receiver")
     app.add_middleware(BodyLimit, max_bytes=64 * 1024)
     guarded = [Depends(bearer_guard(service.settings.api_token))]
-    registry = registry_with(ReceiverCollector(service.stats),
+    registry = registry_with(ReceiverCollector(service.stats, service.memory),
                              SpanCountsCollector(service.provider))
 
     @app.get("/healthz")
@@ -44,6 +44,7 @@ def create_api(service: ReceiverService) -> FastAPI:
             raise HTTPException(404, detail=f"no session of wave {wave!r} has ended here")
         snapshot["load"] = {"open_sessions": service.limits.open_sessions,
                             "handshakes_in_progress": service.limits.handshakes}
+        snapshot["memory"] = service.memory()
         return snapshot
 
     @app.get("/v1/stats/samples")
@@ -58,7 +59,7 @@ def create_api(service: ReceiverService) -> FastAPI:
 
     @app.post("/v1/stats/reset", dependencies=guarded)
     def reset() -> dict:
-        service.stats.reset()
+        service.reset_stats()
         return {"reset": True}
 
     @app.get("/v1/tls")

@@ -21,12 +21,24 @@ from tlsstorm.common.pki import (
     root_pem,
     self_signed,
 )
-from tlsstorm.common.process import ProcessSampler, cpu_seconds
-from tlsstorm.common.serve import HttpServer, bind, port_of
+from tlsstorm.common.process import (
+    ProcessSampler,
+    cpu_seconds,
+    raise_open_files_limit,
+    rss_bytes,
+)
+from tlsstorm.common.serve import LISTEN_BACKLOG, HttpServer, bind, port_of
 from tlsstorm.common.tls import server_context, timed
 from tlsstorm.receiver.api import create_api
 from tlsstorm.receiver.cpu_meter import CpuAccount, LoopMeter
 from tlsstorm.receiver.handler import SinkHandler
+from tlsstorm.receiver.memory import (
+    MemoryBudget,
+    MemorySamples,
+    cgroup_memory_limit,
+    peak_rss_bytes,
+    reset_peak_rss,
+)
 from tlsstorm.receiver.session import SessionLimits, SessionRecord
 from tlsstorm.receiver.smtp import MeasuredSMTP
 from tlsstorm.receiver.stats import ReceiverStats
@@ -71,6 +83,12 @@ class ReceiverService:
             settings.max_connections, settings.max_handshakes, settings.max_recipients,
             refuse_starttls_from=tuple(settings.refuse_starttls_from),
             reject_from=tuple(settings.reject_from))
+        self.memory_samples = MemorySamples()
+        memory_limit = settings.memory_limit_bytes or cgroup_memory_limit()
+        if memory_limit:
+            self.limits.memory = MemoryBudget(
+                memory_limit, settings.memory_budget_fraction,
+                settings.session_memory_kib * 1024, settings.tls_session_memory_kib * 1024)
         queue_dir = None
         if settings.queue_fsync:
             queue_dir = Path(tempfile.mkdtemp(prefix="tlsstorm-queue-"))
@@ -85,6 +103,7 @@ class ReceiverService:
         self.cpu_meter: LoopMeter | None = None
         self.charged_ns_total = 0  # every session's CPU, as sealed
         self._process_task: asyncio.Task | None = None
+        self._memory_task: asyncio.Task | None = None
 
     def describe(self) -> str:
         host = self.settings.host
@@ -135,16 +154,48 @@ class ReceiverService:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        raise_open_files_limit()
         if self.settings.session_cpu:
             self.cpu_meter = LoopMeter(loop)
             self.cpu_meter.install()
             self.stats.meter = self.cpu_meter
             self.stats.reset()
-        self._smtp_server = await loop.create_server(self._new_session, sock=self._smtp_sock)
+        self._smtp_server = await loop.create_server(self._new_session, sock=self._smtp_sock,
+                                                     backlog=LISTEN_BACKLOG)
         await self._http.start()
         self._sampler_task = asyncio.create_task(self.sampler.run())
+        self._memory_task = asyncio.create_task(self._sample_memory())
         if self._tracer is not None:
             self._process_task = asyncio.create_task(self._report_process(self._tracer))
+
+    async def _sample_memory(self, interval_s: float = 0.25) -> None:
+        """RSS beside the sessions open in each mode, for memory per concurrent session."""
+        limits = self.limits
+        while True:
+            plain = limits.open_sessions - limits.open_tls_sessions
+            self.memory_samples.add(rss_bytes(), plain, limits.open_tls_sessions)
+            await asyncio.sleep(interval_s)
+
+    def reset_stats(self) -> None:
+        self.stats.reset()
+        self.memory_samples.clear()
+        self.limits.reset_peaks()
+        reset_peak_rss()
+
+    def memory(self) -> dict:
+        """Memory as a cost: RSS now and at its peak, sessions at their peak, memory per
+        concurrent session fitted per mode since the last reset, and the budget in force."""
+        limits = self.limits
+        return {
+            "rss_bytes": rss_bytes(),
+            "peak_rss_bytes": peak_rss_bytes(),
+            "open_sessions": {"plain": limits.open_sessions - limits.open_tls_sessions,
+                              "tls": limits.open_tls_sessions},
+            "peak_sessions": {"all": limits.peak_sessions, "tls": limits.peak_tls_sessions},
+            "bytes_per_session": self.memory_samples.fit(),
+            "samples": len(self.memory_samples.samples),
+            "budget": limits.memory.snapshot() if limits.memory else None,
+        }
 
     async def _report_process(self, tracer, interval_s: float = 1.0) -> None:
         """A tlsstorm.process span each second: the process's CPU and what sessions sealed
@@ -158,7 +209,7 @@ class ReceiverService:
             then_ns, cpu_then, charged_then = now_ns, cpu_now, charged_now
 
     async def stop(self) -> None:
-        for task in (self._sampler_task, self._process_task):
+        for task in (self._sampler_task, self._process_task, self._memory_task):
             if task is not None:
                 task.cancel()
         await self._http.stop()

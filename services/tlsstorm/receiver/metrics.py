@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
 from tlsstorm.receiver.stats import ReceiverStats
 
 
 class ReceiverCollector:
-    def __init__(self, stats: ReceiverStats) -> None:
+    def __init__(self, stats: ReceiverStats, memory: Callable[[], dict]) -> None:
         self._stats = stats
+        self._memory = memory
 
     def collect(self):
         modes = self._stats.total.modes
@@ -58,4 +61,27 @@ class ReceiverCollector:
             "tlsstorm_receiver_handshake_p95_seconds", "95th percentile handshake time")
         latency_p95.add_metric([], (p95 or 0.0) / 1000)
         yield from (sessions, messages, wire, cpu, handshake_cpu, uncharged, handshakes, errors,
-                    latency, latency_p95)
+                    latency, latency_p95, *self._memory_families())
+
+    def _memory_families(self):
+        memory = self._memory()
+        open_sessions = GaugeMetricFamily(
+            "tlsstorm_receiver_open_sessions", "sessions open now", labels=["mode"])
+        per_session = GaugeMetricFamily(
+            "tlsstorm_receiver_memory_per_session_bytes",
+            "RSS per concurrent session, fitted since the last reset", labels=["mode"])
+        for mode in ("plain", "tls"):
+            open_sessions.add_metric([mode], memory["open_sessions"][mode])
+            if memory["bytes_per_session"][mode] is not None:
+                per_session.add_metric([mode], memory["bytes_per_session"][mode])
+        peak = GaugeMetricFamily("tlsstorm_receiver_peak_rss_bytes",
+                                 "highest RSS since the last reset")
+        peak.add_metric([], memory["peak_rss_bytes"] or 0)
+        families = [open_sessions, per_session, peak]
+        budget = memory["budget"]
+        if budget is not None:
+            limit = GaugeMetricFamily("tlsstorm_receiver_memory_budget_bytes",
+                                      "memory sessions may fill (limit x fraction)")
+            limit.add_metric([], budget["budget_bytes"])
+            families.append(limit)
+        return families

@@ -6,7 +6,10 @@ import asyncio
 import ipaddress
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tlsstorm.receiver.memory import MemoryBudget
 
 
 @dataclass(slots=True)
@@ -19,8 +22,27 @@ class SessionLimits:
     # Pre-TLS policy, as postscreen-like defences apply it to known spam sources.
     refuse_starttls_from: tuple = ()
     reject_from: tuple = ()
+    memory: MemoryBudget | None = None
     open_sessions: int = 0
+    open_tls_sessions: int = 0  # of the open ones, those that issued STARTTLS
     handshakes: int = 0
+    peak_sessions: int = 0
+    peak_tls_sessions: int = 0
+
+    def opened(self) -> None:
+        self.open_sessions += 1
+        self.peak_sessions = max(self.peak_sessions, self.open_sessions)
+
+    def upgraded(self) -> None:
+        self.open_tls_sessions += 1
+        self.peak_tls_sessions = max(self.peak_tls_sessions, self.open_tls_sessions)
+
+    def closed(self, tls: bool) -> None:
+        self.open_sessions -= 1
+        self.open_tls_sessions -= 1 if tls else 0
+
+    def reset_peaks(self) -> None:
+        self.peak_sessions, self.peak_tls_sessions = self.open_sessions, self.open_tls_sessions
 
     @staticmethod
     def _listed(address: str, networks: tuple) -> bool:

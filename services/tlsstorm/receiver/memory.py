@@ -1,0 +1,196 @@
+"""The receiver's memory: its budget, admission within it, and memory per concurrent session.
+
+A STARTTLS session holds far more memory than a plain one (OpenSSL's state and buffers,
+asyncio's TLS plumbing), so a wave of TLS spam can exhaust a server's memory before its CPU.
+An MTA sheds such load rather than dying: Postfix caps its smtpd processes and leaves the rest
+in the listen queue, or answers 421. The receiver reserves an estimate per open session and per
+TLS session and checks its real RSS; what does not fit is refused and counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import ctypes.util
+import time
+from pathlib import Path
+
+from tlsstorm.common.process import rss_bytes
+
+_UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a huge number
+_RSS_READ_EVERY_S = 0.05
+
+
+def cgroup_memory_limit(proc_cgroup: Path = Path("/proc/self/cgroup"),
+                        root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The memory limit of this process's cgroup (v2 memory.max or v1
+    memory.limit_in_bytes), or None without one."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2, the unified hierarchy
+            candidates = [root / path.lstrip("/") / "memory.max", root / "memory.max"]
+        elif "memory" in controllers.split(","):
+            candidates = [root / "memory" / path.lstrip("/") / "memory.limit_in_bytes",
+                          root / "memory" / "memory.limit_in_bytes"]
+        else:
+            continue
+        for candidate in candidates:
+            try:
+                text = candidate.read_text().strip()
+            except OSError:
+                continue
+            if text == "max" or int(text) >= _UNLIMITED:
+                break
+            return int(text)
+    return None
+
+
+def peak_rss_bytes() -> int | None:
+    """The kernel's high-water mark of this process's RSS (VmHWM), since start or the last
+    reset_peak_rss()."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> None:
+    # Not Linux, or not allowed: the peak then runs from the start.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, to hand freed session memory back to the kernel (or None)."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+    if trim is not None:
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+class MemoryBudget:
+    """Admits sessions and TLS upgrades while their estimated memory fits the budget and the
+    process's real RSS leaves room for one more."""
+
+    def __init__(self, limit_bytes: int, fraction: float, session_bytes: int,
+                 tls_session_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.budget_bytes = int(limit_bytes * fraction)
+        self.session_bytes = session_bytes
+        self.tls_extra_bytes = max(0, tls_session_bytes - session_bytes)
+        self.baseline_bytes = rss_bytes()
+        self.reserved_bytes = 0
+        self._rss = self.baseline_bytes
+        self._rss_read_at = 0.0
+        self._trimmed_at = 0.0
+        self._trim = _malloc_trim()
+
+    def _current_rss(self) -> int:
+        now = time.monotonic()
+        if now - self._rss_read_at > _RSS_READ_EVERY_S:
+            self._rss, self._rss_read_at = rss_bytes(), now
+        return self._rss
+
+    def _fits(self, more: int) -> bool:
+        if self.baseline_bytes + self.reserved_bytes + more > self.budget_bytes:
+            return False
+        if self._current_rss() + more <= self.budget_bytes:
+            return True
+        # Freed sessions' memory may sit in malloc's free lists: give it back, then look again.
+        now = time.monotonic()
+        if self._trim is not None and now - self._trimmed_at > 1.0:
+            self._trimmed_at = now
+            self._trim(0)
+            self._rss, self._rss_read_at = rss_bytes(), now
+            return self._rss + more <= self.budget_bytes
+        return False
+
+    def admit_session(self) -> bool:
+        """A new connection, with room left for it to upgrade to TLS."""
+        if not self._fits(self.session_bytes + self.tls_extra_bytes):
+            return False
+        self.reserved_bytes += self.session_bytes
+        return True
+
+    def admit_tls(self) -> bool:
+        if not self._fits(self.tls_extra_bytes):
+            return False
+        self.reserved_bytes += self.tls_extra_bytes
+        return True
+
+    def release(self, tls: bool) -> None:
+        self.reserved_bytes -= self.session_bytes + (self.tls_extra_bytes if tls else 0)
+
+    def snapshot(self) -> dict[str, int]:
+        return {"limit_bytes": self.limit_bytes, "budget_bytes": self.budget_bytes,
+                "baseline_rss_bytes": self.baseline_bytes,
+                "reserved_bytes": self.reserved_bytes,
+                "session_estimate_bytes": self.session_bytes,
+                "tls_session_estimate_bytes": self.session_bytes + self.tls_extra_bytes}
+
+
+class MemorySamples:
+    """RSS against concurrent sessions (plain, TLS), a few times a second since the last reset,
+    for memory per concurrent session: RSS = base + plain_bytes x plain + tls_bytes x tls."""
+
+    def __init__(self, keep: int = 7200) -> None:
+        self.samples: collections.deque[tuple[int, int, int]] = collections.deque(maxlen=keep)
+
+    def add(self, rss: int, plain: int, tls: int) -> None:
+        self.samples.append((rss, plain, tls))
+
+    def clear(self) -> None:
+        self.samples.clear()
+
+    def fit(self) -> dict[str, float | None]:
+        """Least squares over the samples; a mode whose concurrency never varied has no figure
+        (a two-regressor fit: numpy for one 3x3 system would be the only numpy here)."""
+        varying = [index for index in (1, 2)
+                   if len({sample[index] for sample in self.samples}) > 1]
+        result: dict[str, float | None] = {"plain": None, "tls": None}
+        if not varying:
+            return result
+        rows = [[1.0, *(float(sample[i]) for i in varying)] for sample in self.samples]
+        targets = [float(sample[0]) for sample in self.samples]
+        size = len(rows[0])
+        normal = [[sum(row[i] * row[j] for row in rows) for j in range(size)]
+                  for i in range(size)]
+        right = [sum(row[i] * target for row, target in zip(rows, targets, strict=True))
+                 for i in range(size)]
+        solution = _solve(normal, right)
+        if solution is None:
+            return result
+        for position, index in enumerate(varying, start=1):
+            result["plain" if index == 1 else "tls"] = round(solution[position])
+        return result
+
+
+def _solve(matrix: list[list[float]], right: list[float]) -> list[float] | None:
+    """Gaussian elimination with partial pivoting; None when the system is singular."""
+    size = len(right)
+    augmented = [[*row, value] for row, value in zip(matrix, right, strict=True)]
+    for column in range(size):
+        pivot = max(range(column, size), key=lambda row: abs(augmented[row][column]))
+        if abs(augmented[pivot][column]) < 1e-9:
+            return None
+        augmented[column], augmented[pivot] = augmented[pivot], augmented[column]
+        for row in range(size):
+            if row != column:
+                factor = augmented[row][column] / augmented[column][column]
+                augmented[row] = [a - factor * b for a, b in zip(augmented[row],
+                                                                  augmented[column],
+                                                                  strict=True)]
+    return [augmented[i][size] / augmented[i][i] for i in range(size)]
