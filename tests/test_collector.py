@@ -242,7 +242,7 @@ def test_report_page_has_the_table_and_plots(start_collector):
 
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "receiver CPU ms/msg" in page.text and "3.00x" in page.text
-    assert page.text.count("<svg") == 4
+    assert page.text.count("<svg") == 5
     assert "no data yet" not in page.text.split("Throughput")[0]
 
 

@@ -109,9 +109,14 @@ async def _swarm(receiver: ReceiverProcess, clients: int, seconds: float, peak: 
 
 
 @pytest.fixture
-def receiver_in_256_mib():
+def receiver_in_256_mib(start_collector):
+    """The receiver in its cgroup, reporting to a collector of its own."""
+    collector = start_collector()
     with cgroups.memory_group(LIMIT) as group:
-        receiver = ReceiverProcess({"OTEL_SDK_DISABLED": "true"}, group.path / "cgroup.procs")
+        receiver = ReceiverProcess({"OTEL_EXPORTER_OTLP_ENDPOINT": collector.http,
+                                    "OTEL_BSP_SCHEDULE_DELAY": "500"},
+                                   group.path / "cgroup.procs")
+        receiver.collector = collector
         try:
             yield receiver, group
         finally:
@@ -192,9 +197,10 @@ async def _plateaus(receiver: ReceiverProcess, tls: bool, steps: list[int]):
         deadline = time.monotonic() + 60
         while len(opened) < target and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        await asyncio.sleep(1.5)  # the receiver samples RSS four times a second
+        await asyncio.sleep(3.0)  # samples: four a second here, one a second to the collector
         seen.append((len(opened), process_rss_bytes(receiver.pid)))
     figure = receiver.stats()["memory"]
+    await asyncio.sleep(2.0)  # the last second's sample reaches the collector
     release.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     return seen, figure, collections.Counter(map(str, results))
@@ -207,7 +213,10 @@ def test_memory_per_concurrent_session_agrees_with_proc(receiver_in_256_mib, tls
     1,000 idle plain connections are also the "idle flood" case: all served, none killed."""
     receiver, group = receiver_in_256_mib
 
+    started = time.time()
     seen, figure, results = asyncio.run(_plateaus(receiver, tls, steps))
+    collected = httpx.get(f"{receiver.collector.http}/v1/summary",
+                          params={"since": started, "until": time.time()}).json()["memory"]
 
     assert results == {"held": steps[-1]}, results
     assert receiver.process.poll() is None and group.oom_kills() == 0
@@ -216,3 +225,8 @@ def test_memory_per_concurrent_session_agrees_with_proc(receiver_in_256_mib, tls
     mode = "tls" if tls else "plain"
     assert figure["bytes_per_session"][mode] == pytest.approx(from_proc, rel=0.25), (seen, figure)
     assert figure["peak_sessions"]["all"] == steps[-1]
+    # The collector's figure, from the receiver's one-a-second samples, agrees too.
+    collected_mode = "starttls" if tls else "plain"
+    assert collected["bytes_per_session"][collected_mode] == pytest.approx(from_proc, rel=0.25), \
+        (seen, collected)
+    assert collected["peak_sessions"][collected_mode] == steps[-1]

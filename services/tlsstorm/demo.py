@@ -14,7 +14,12 @@ from typing import Any
 
 import httpx
 
-from tlsstorm.collector.report import outbound_sentence, process_sentence, text_table
+from tlsstorm.collector.report import (
+    memory_sentence,
+    outbound_sentence,
+    process_sentence,
+    text_table,
+)
 from tlsstorm.common.auth import bearer_headers
 from tlsstorm.local import LocalStack
 from tlsstorm.sweep.run import receiver_wave_stats
@@ -94,6 +99,7 @@ def run_demo(messages: int, tls_ratio: float, users: int, size: int) -> None:
     if sentence:
         print(f"\n{sentence}")
     print(process_sentence(summary["process"]))
+    print(memory_sentence(summary["memory"]))
     agrees = (receiver["plain"]["sessions"], receiver["starttls"]["sessions"]) == (
         stats["plain"]["sessions"], stats["tls"]["sessions"])
     print(f"receiver /v1/stats for this wave: {stats['plain']['sessions']} plain, "

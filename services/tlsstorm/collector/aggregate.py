@@ -11,6 +11,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from tlsstorm.common import attributes as attr
 from tlsstorm.common.histogram import LatencyHistogram
+from tlsstorm.common.memory_fit import MemorySamples
 
 RECEIVER, SENDER = "receiver", "sender"
 PLAIN, STARTTLS = "plain", "starttls"
@@ -27,6 +28,9 @@ _INT_ATTRIBUTES = {
     attr.HANDSHAKE_CPU_US: "handshake_cpu_us",
     attr.PROCESS_CPU_US: "process_cpu_us",
     attr.PROCESS_CHARGED_US: "charged_cpu_us",
+    attr.PROCESS_RSS_BYTES: "rss_bytes",
+    attr.OPEN_PLAIN_SESSIONS: "open_plain",
+    attr.OPEN_TLS_SESSIONS: "open_tls",
 }
 _STRING_ATTRIBUTES = {attr.MODE: "mode", attr.WAVE_ID: "wave", attr.ERROR_TYPE: "error",
                       attr.SIDE: "side", attr.CERT_CHAIN: "chain"}
@@ -36,7 +40,7 @@ CellKey = tuple[str, str, str, str, int]  # wave, service, role, mode, unix seco
 # A cell's counters, which merge by addition and are stored as they are.
 _SUMS = ("sessions", "messages", "message_bytes", "wire_in", "wire_out", "cpu_us",
          "handshakes_ok", "handshakes_failed", "handshake_cpu_us", "process_cpu_us",
-         "charged_cpu_us")
+         "charged_cpu_us", "rss_bytes", "open_plain", "open_tls", "samples")
 
 
 class Timeline(NamedTuple):
@@ -61,7 +65,11 @@ class Cell:
         "handshakes_ok",
         "message_bytes",
         "messages",
+        "open_plain",
+        "open_tls",
         "process_cpu_us",
+        "rss_bytes",
+        "samples",
         "sessions",
         "wire_in",
         "wire_out",
@@ -79,6 +87,11 @@ class Cell:
         self.handshake_cpu_us = 0
         self.process_cpu_us = 0
         self.charged_cpu_us = 0
+        # Process samples: sums over the second's samples (usually one per receiver).
+        self.rss_bytes = 0
+        self.open_plain = 0
+        self.open_tls = 0
+        self.samples = 0
         self.errors: dict[str, int] = {}
         self.chains: dict[str, int] = {}  # certificate chain served -> sessions
         self.duration_ms = LatencyHistogram()
@@ -221,8 +234,10 @@ class Aggregator:
         self.dirty.add(key)
         self.spans_aggregated += 1
         if name == attr.SPAN_PROCESS:
-            cell.process_cpu_us += values.get("process_cpu_us", 0)
-            cell.charged_cpu_us += values.get("charged_cpu_us", 0)
+            for field in ("process_cpu_us", "charged_cpu_us", "rss_bytes", "open_plain",
+                          "open_tls"):
+                setattr(cell, field, getattr(cell, field) + values.get(field, 0))
+            cell.samples += 1
             return
         if name == attr.SPAN_HANDSHAKE:
             if failed:
@@ -287,9 +302,13 @@ class Aggregator:
         by_role: dict[str, dict[str, Cell]] = {RECEIVER: {}, SENDER: {}}
         for (_, role, mode), cell in groups.items():
             by_role[role].setdefault(mode, Cell()).merge(cell)
+        # The process's own samples cover the seconds asked for, or else the selection's.
+        window_first = int(since) if since is not None and wave is None else first
+        window_last = int(until) if until is not None and wave is None else last
         return {
             "filter": {"wave": wave, "since": since, "until": until},
-            "process": self.process_window(first, last),
+            "process": self.process_window(window_first, window_last),
+            "memory": self.memory_window(window_first, window_last),
             "first_unix_s": first,
             "last_unix_s": last,
             "spans": {"received": self.spans_received, "aggregated": self.spans_aggregated,
@@ -331,6 +350,32 @@ class Aggregator:
             "cpu_ms_per_message": _ratio(process.process_cpu_us / 1000, messages or None),
             "unattributed_ms_per_message": _ratio(
                 (process.process_cpu_us - process.charged_cpu_us) / 1000, messages or None),
+        }
+
+    def memory_window(self, first: int | None, last: int | None) -> dict[str, Any] | None:
+        """The receivers' RSS against their open sessions, second by second over [first,
+        last + 1]: peak RSS and concurrency, memory per concurrent session per mode, and the
+        points for a plot."""
+        if first is None or last is None:
+            return None
+        points = []
+        for (_, _, role, mode, second), cell in self.cells.items():
+            if mode == PROCESS and role == RECEIVER and first <= second <= last + 1 \
+                    and cell.samples and cell.rss_bytes:
+                points.append((second, cell.rss_bytes // cell.samples,
+                               cell.open_plain // cell.samples, cell.open_tls // cell.samples))
+        if not points:
+            return None
+        fit = MemorySamples()
+        for _, rss, plain, tls in points:
+            fit.add(rss, plain, tls)
+        return {
+            "peak_rss_bytes": max(rss for _, rss, _, _ in points),
+            "peak_sessions": {PLAIN: max(plain for *_, plain, _ in points),
+                              STARTTLS: max(tls for *_, tls in points)},
+            "bytes_per_session": {PLAIN: fit.fit()["plain"], STARTTLS: fit.fit()["tls"]},
+            "points": [{"unix_s": second, "rss_bytes": rss, PLAIN: plain, STARTTLS: tls}
+                       for second, rss, plain, tls in sorted(points)],
         }
 
     def waves(self) -> list[dict[str, Any]]:

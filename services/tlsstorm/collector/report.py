@@ -102,6 +102,32 @@ def process_sentence(process: dict[str, Any] | None) -> str:
             "span exporter's thread, the interpreter).")
 
 
+def memory_sentence(memory: dict[str, Any] | None) -> str:
+    """Memory as the second cost: the peak, and what each concurrent session holds."""
+    if not memory:
+        return ("The receiver's memory is not known for these seconds (it reports it with "
+                "tracing on).")
+    per_session = memory["bytes_per_session"]
+
+    def kib(value: float | None) -> str:
+        return f"{value / 1024:,.0f} KiB" if value else "not measured (concurrency did not vary)"
+
+    return (f"Memory: the receiver's RSS peaked at {memory['peak_rss_bytes'] / 2**20:,.0f} MiB "
+            f"with up to {memory['peak_sessions'][PLAIN]:,} plain and "
+            f"{memory['peak_sessions'][STARTTLS]:,} STARTTLS sessions open; per concurrent "
+            f"session (fitted, second by second): plain {kib(per_session[PLAIN])}, STARTTLS "
+            f"{kib(per_session[STARTTLS])}.")
+
+
+def _memory_chart(memory: dict[str, Any] | None) -> str:
+    points = memory["points"] if memory else []
+    series = {f"{label} sessions open": sorted((point[mode], point["rss_bytes"] / 2**20)
+                                               for point in points)
+              for mode, label in ((PLAIN, "plain"), (STARTTLS, "STARTTLS"))}
+    return line_chart("Receiver RSS against concurrent sessions", series, "sessions open",
+                      "RSS MiB")
+
+
 def _distribution(histogram: LatencyHistogram) -> list[tuple[float, float]]:
     """Share of samples per ~10% wide latency bin, for a log-x line."""
     coarse: dict[int, int] = {}
@@ -175,12 +201,14 @@ def render_html(aggregator: Aggregator, wave: str | None = None, since: float | 
 {_html_table(receiver, "Receiver: plain vs STARTTLS")}
 <p>{escape(sentence or "No STARTTLS session yet.")}</p>
 <p>{escape(process_sentence(summary["process"]))}</p>
+<p>{escape(memory_sentence(summary["memory"]))}</p>
 <div class=grid>
 {line_chart("Latency distribution", distributions, "milliseconds (log)", "share", log_x=True)}
 {bytes_chart}
 {line_chart("Throughput (receiver)", throughput, "seconds since start" + per_bin,
             "sessions/s")}
 {line_chart("p95 session latency (receiver)", p95, "seconds since start" + per_bin, "ms")}
+{_memory_chart(summary["memory"])}
 </div>
 {_html_table(summary["sender"], "Sender: plain vs STARTTLS (client side)", receiver=False)}
 <h2>Waves</h2><table><tr><th>wave</th><th class=n>plain</th><th class=n>STARTTLS</th>

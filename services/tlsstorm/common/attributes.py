@@ -35,6 +35,9 @@ SPAN_HANDSHAKE = "tls.handshake"
 SPAN_PROCESS = "tlsstorm.process"
 PROCESS_CPU_US = "tlsstorm.process.cpu_us"
 PROCESS_CHARGED_US = "tlsstorm.process.charged_us"
+PROCESS_RSS_BYTES = "tlsstorm.process.rss_bytes"  # at the end of the second
+OPEN_PLAIN_SESSIONS = "tlsstorm.sessions.open_plain"
+OPEN_TLS_SESSIONS = "tlsstorm.sessions.open_tls"
 
 
 def tls_version_number(openssl_name: str | None) -> str | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from opentelemetry.sdk.trace import TracerProvider
 
 from tlsstorm.common.config import ReceiverSettings
+from tlsstorm.common.memory_fit import MemorySamples
 from tlsstorm.common.pki import (
     ServerCertificate,
     issue_chain,
@@ -34,7 +35,6 @@ from tlsstorm.receiver.cpu_meter import CpuAccount, LoopMeter
 from tlsstorm.receiver.handler import SinkHandler
 from tlsstorm.receiver.memory import (
     MemoryBudget,
-    MemorySamples,
     cgroup_memory_limit,
     peak_rss_bytes,
     reset_peak_rss,
@@ -204,8 +204,11 @@ class ReceiverService:
         while True:
             await asyncio.sleep(interval_s)
             now_ns, cpu_now, charged_now = time.time_ns(), cpu_seconds(), self.charged_ns_total
+            limits = self.limits
             emit_process_span(tracer, then_ns, now_ns, int((cpu_now - cpu_then) * 1e9),
-                              charged_now - charged_then)
+                              charged_now - charged_then, rss_bytes(),
+                              limits.open_sessions - limits.open_tls_sessions,
+                              limits.open_tls_sessions)
             then_ns, cpu_then, charged_then = now_ns, cpu_now, charged_now
 
     async def stop(self) -> None:
