@@ -25,6 +25,16 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 LOCAL_BASE = "local/python-base:bookworm"
 
 
+def _receiver_memory_limit() -> int:
+    """The receiver container's memory limit as the chart renders it, in bytes."""
+    deployment = next(obj for obj in render() if obj["kind"] == "Deployment"
+                      and obj["metadata"]["name"] == f"{RELEASE}-tlsstorm-receiver")
+    limit = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][
+        "memory"]
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", limit).groups()
+    return int(number) * {"Mi": 2**20, "Gi": 2**30}[unit]
+
+
 def _unavailable(reason: str):
     if IN_CI:
         pytest.fail(f"{reason} (CI never skips the container check: .ci/run installs docker)")
@@ -112,6 +122,7 @@ def _wait_ready(url: str, container: str, timeout: float = 60) -> None:
 
 def test_image_runs_the_chart_environment_and_delivers_both_kinds_of_mail(image, tmp_path):
     environments, secrets = _chart_environment()
+    memory_limit = _receiver_memory_limit()
     ports = {"smtp": free_port(), "receiver": free_port(), "sender": free_port(),
              "collector": free_port()}
     overrides = {
@@ -140,7 +151,9 @@ def test_image_runs_the_chart_environment_and_delivers_both_kinds_of_mail(image,
             if component == "collector":
                 command += ["--tmpfs", "/data:rw,mode=1777"]
             if component == "receiver":
-                command += ["-v", f"{certificate}:/etc/tlsstorm/tls:ro"]
+                # The pod's memory limit, as the chart sets it: the receiver must read it.
+                command += ["-v", f"{certificate}:/etc/tlsstorm/tls:ro",
+                            "--memory", str(memory_limit)]
             for key, value in env.items():
                 command += ["-e", f"{key}={value}"]
             launched = _run(*command, image, "tlsstorm", component)
@@ -161,6 +174,8 @@ def test_image_runs_the_chart_environment_and_delivers_both_kinds_of_mail(image,
         tls = httpx.get(f"{receiver_url}/v1/tls").json()
         # Leaf and intermediate issued from the chart's root, not from a root of its own.
         assert [entry["role"] for entry in tls["chain"]] == ["leaf", "intermediate"]
+        budget = httpx.get(f"{receiver_url}/v1/stats").json()["memory"]["budget"]
+        assert budget["limit_bytes"] == memory_limit  # from its own cgroup
         root = httpx.get(f"{receiver_url}/v1/tls/root.pem").text
         assert root == secrets[f"{RELEASE}-tlsstorm-receiver-ca"]["ca.crt"]
         unauthorised = httpx.post(f"http://127.0.0.1:{ports['sender']}/v1/send",

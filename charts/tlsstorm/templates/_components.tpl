@@ -26,6 +26,8 @@ env:
   - {name: TLSSTORM_RECEIVER_TLS_MAX_VERSION, value: {{ $tls.maxVersion | quote }}}
   - {name: TLSSTORM_RECEIVER_SESSION_TICKETS, value: {{ $tls.sessionTickets | quote }}}
   - {name: TLSSTORM_RECEIVER_REQUIRE_STARTTLS, value: {{ $tls.requireStarttls | quote }}}
+  - {name: TLSSTORM_RECEIVER_MEMORY_BUDGET_FRACTION, value: {{ $receiver.memory.budgetFraction | quote }}}
+  - {name: TLSSTORM_RECEIVER_TLS_SESSION_MEMORY_KIB, value: {{ $receiver.memory.tlsSessionKiB | quote }}}
   - {name: TLSSTORM_RECEIVER_HANDSHAKE_TIMEOUT_S, value: {{ $receiver.handshakeTimeoutSeconds | quote }}}
   - {name: TLSSTORM_RECEIVER_IDLE_TIMEOUT_S, value: {{ $receiver.idleTimeoutSeconds | quote }}}
   - {name: TLSSTORM_RECEIVER_MAX_MESSAGE_BYTES, value: {{ $receiver.maxMessageBytes | int64 | quote }}}

@@ -42,13 +42,15 @@ def scenario_lines(points: list[WavePoint], fit: CostFit) -> list[str]:
 def text_summary(points: list[WavePoint], fit: CostFit,
                  capacity: dict[float, Capacity]) -> str:
     lines = [f"{'TLS ratio':>9} {'msgs':>6} {'msg/s':>7} {'CPU ms/msg':>11} {'process':>8} "
-             f"{'hs p50':>7} {'hs p99':>7} {'sess p99':>8} {'capacity':>9}"]
+             f"{'hs p50':>7} {'hs p99':>7} {'sess p99':>8} {'RSS MiB':>8} {'open':>5} "
+             f"{'capacity':>9}"]
     for point in points:
         lines.append(
             f"{point.tls_ratio:>9.0%} {point.messages:>6} {point.achieved_rate:>7.1f} "
             f"{point.cpu_ms_per_message:>11.3f} {point.process_cpu_ms_per_message:>8.3f} "
             f"{_cell(point.handshake_p50_ms):>7} "
             f"{_cell(point.handshake_p99_ms):>7} {_cell(point.session_p99_ms):>8} "
+            f"{_cell(point.peak_rss_mib):>8} {point.peak_sessions:>5} "
             f"{capacity[point.tls_ratio].text() if point.tls_ratio in capacity else '':>9}")
     if any(found.lower_bound for found in capacity.values()):
         lines.append("capacity >=N: every rate tried held the SLO, so N is a lower bound; "
@@ -56,7 +58,8 @@ def text_summary(points: list[WavePoint], fit: CostFit,
     covered = sum(p.cpu_ms_per_message * p.messages for p in points) / max(
         sum(p.process_cpu_ms_per_message * p.messages for p in points), 1e-9)
     lines.append(f"CPU ms/msg: charged to sessions; process: the receiver process's CPU over "
-                 f"the wave, per message ({covered:.0%} of it charged, all waves)")
+                 f"the wave, per message ({covered:.0%} of it charged, all waves); RSS MiB: the "
+                 "receiver's peak RSS in the wave, open: most sessions open at once")
     lines.append(f"fit: CPU ms/msg = {fit.plain_ms:.3f} x plain + {fit.tls_ms:.3f} x TLS "
                  f"(TLS/plain {fit.factor:.2f}x, R^2 {fit.r_squared:.3f})")
     return "\n".join(lines)

@@ -40,6 +40,8 @@ class WavePoint:
     plain_bytes_per_session: float | None
     tls_bytes_per_session: float | None
     tls_out_bytes_per_session: float | None
+    peak_rss_mib: float | None  # the receiver's highest RSS during the wave
+    peak_sessions: int  # sessions open at once at most, during the wave
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,6 +49,10 @@ class WavePoint:
 
 def _per(total: float, count: int) -> float | None:
     return round(total / count, 3) if count else None
+
+
+def _mib(value: int | None) -> float | None:
+    return round(value / 2**20, 1) if value else None
 
 
 def _progress(label: str, done: int, total: int) -> None:
@@ -107,6 +113,8 @@ class SweepRunner:
             tls_bytes_per_session=_per(tls["wire_bytes_in"] + tls["wire_bytes_out"],
                                        tls["sessions"]),
             tls_out_bytes_per_session=_per(tls["wire_bytes_out"], tls["sessions"]),
+            peak_rss_mib=_mib(stats["memory"]["peak_rss_bytes"]),
+            peak_sessions=stats["memory"]["peak_sessions"]["all"],
         )
 
     def send_wave(self, tls_ratio: float, rate: float, messages: int, label: str,
