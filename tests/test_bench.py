@@ -95,3 +95,14 @@ def test_loopback_share_prints_both_modes_and_restores_rps(tmp_path):
                          re.MULTILINE), out
     assert "TLS/plain:" in out and "receive paths steered away" in out
     assert rps.read_text() == before
+
+
+def test_memory_per_session_compares_three_servers(tmp_path):
+    out = _bench(tmp_path, "memory_per_session.py", "--sessions", "20", "--repeat", "2",
+                 "--key-type", "ecdsa-p256")
+
+    rows = ["tlsstorm receiver", "aiosmtpd Controller"]
+    if shutil.which("postfix") and os.geteuid() == 0:
+        rows += ["Postfix smtpd (PSS)", "Postfix smtpd (RSS)"]
+    for row in rows:
+        assert re.search(rf"^{re.escape(row)} +{FIGURE} +{FIGURE}$", out, re.MULTILINE), out

@@ -1,0 +1,232 @@
+"""Memory per concurrent session, plain and STARTTLS: our receiver, a straightforward aiosmtpd
+server (its Controller with STARTTLS, nothing else) and Postfix's smtpd, same certificate, same
+client, the same number of sessions held open at once.
+
+Each server gets N sessions opened (STARTTLS completed for the TLS column) and held idle; its
+memory is read from /proc before and while they are held. One process serves every session in
+ours and aiosmtpd (RSS growth per session); Postfix runs one smtpd process per session, so a
+session costs it a whole process: its figure is the smtpd processes' proportional set size (PSS:
+shared pages split between them) while the sessions are held, divided by the sessions, with
+their RSS (shared pages counted in each) beside it.
+
+Needs Debian's postfix and root for the Postfix column (scripts/postfix-sink.sh).
+Usage: python bench/memory_per_session.py [--sessions 256] [--repeat 3] [--key-type rsa2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import typing
+from pathlib import Path
+
+import httpx
+
+from fixtures import certificate_files, free_port  # bench/ is on sys.path
+from machine import machine_note
+from tlsstorm.common.config import KeyType
+from tlsstorm.common.intervals import shown
+from tlsstorm.common.process import raise_open_files_limit
+
+ROOT = Path(__file__).resolve().parents[1]
+SINK = ROOT / "scripts" / "postfix-sink.sh"
+MASTER_PID = Path("/var/spool/tlsstorm-postfix/pid/master.pid")
+
+
+def serve_aiosmtpd(port: int, cert: str, key: str) -> None:
+    """The straightforward server: aiosmtpd's Controller offering STARTTLS, a discarding
+    handler, as its documentation shows."""
+    from aiosmtpd.controller import Controller
+
+    class Discard:
+        async def handle_DATA(self, server, session, envelope) -> str:
+            return "250 OK"
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    controller = Controller(Discard(), hostname="127.0.0.1", port=port,
+                            server_hostname="aiosmtpd.tlsstorm.test", tls_context=context)
+    controller.start()
+    while True:
+        time.sleep(3600)
+
+
+def _kib(path: Path, field: str) -> int:
+    for line in path.read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def process_memory(pid: int) -> int:
+    return _kib(Path(f"/proc/{pid}/status"), "VmRSS:")
+
+
+def smtpd_memory(port: int) -> tuple[int, int]:
+    """(PSS, RSS) of every smtpd process serving the Postfix sink's port."""
+    pss = rss = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if command.startswith(f"smtpd -n 127.0.0.1:{port} "):
+                pss += _kib(entry / "smaps_rollup", "Pss:")
+                rss += _kib(entry / "status", "VmRSS:")
+        except OSError:
+            continue
+    return pss, rss
+
+
+async def _reply(reader: asyncio.StreamReader) -> bytes:
+    while True:
+        line = await reader.readline()
+        if not line or line[3:4] != b"-":
+            return line
+
+
+async def hold(port: int, tls: bool, count: int, measure) -> tuple[int, int]:
+    """Open `count` sessions at once (STARTTLS done if `tls`), measure while they are held."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    release = asyncio.Event()
+    opened: list[int] = []
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await _reply(reader)
+            writer.write(b"EHLO bot.tlsstorm.test\r\n")
+            await _reply(reader)
+            if tls:
+                writer.write(b"STARTTLS\r\n")
+                if not (await _reply(reader)).startswith(b"220"):
+                    return
+                await writer.start_tls(context)
+                writer.write(b"EHLO bot.tlsstorm.test\r\n")
+                await _reply(reader)
+            opened.append(1)
+            await release.wait()
+            writer.write(b"QUIT\r\n")
+            await _reply(reader)
+        finally:
+            writer.close()
+
+    before = measure()
+    tasks = []
+    for index in range(count):
+        tasks.append(asyncio.create_task(one()))
+        if index % 32 == 31:
+            await asyncio.sleep(0.05)
+    deadline = time.monotonic() + 120
+    while len(opened) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2.0)
+    during = measure()
+    release.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if len(opened) < count:
+        raise SystemExit(f"only {len(opened)} of {count} sessions opened on port {port}")
+    await asyncio.sleep(1.0)
+    return before, during
+
+
+def _wait_port(port: int) -> None:
+    for _ in range(200):
+        try:
+            with __import__("socket").create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=256)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--key-type", default="rsa2048", choices=typing.get_args(KeyType))
+    parser.add_argument("--serve-aiosmtpd", nargs=3, metavar=("PORT", "CERT", "KEY"),
+                        help=argparse.SUPPRESS)
+    flags = parser.parse_args()
+    if flags.serve_aiosmtpd:
+        port, cert, key = flags.serve_aiosmtpd
+        serve_aiosmtpd(int(port), cert, key)
+        return
+    raise_open_files_limit()
+    with_postfix = shutil.which("postfix") is not None and os.geteuid() == 0
+    results: dict[tuple[str, str], list[float]] = {}
+    children: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory() as folder:
+        cert, key = certificate_files(Path(folder), flags.key_type)
+        ours_port, http_port, plain_port = free_port(), free_port(), free_port()
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "tlsstorm", "receiver"], stdout=subprocess.DEVNULL,
+            env={**os.environ, "OTEL_SDK_DISABLED": "true", "TLSSTORM_RECEIVER_CERT_FILE":
+                 str(cert), "TLSSTORM_RECEIVER_KEY_FILE": str(key),
+                 "TLSSTORM_RECEIVER_SMTP_PORT": str(ours_port),
+                 "TLSSTORM_RECEIVER_HTTP_PORT": str(http_port)}))
+        children.append(subprocess.Popen(
+            [sys.executable, __file__, "--serve-aiosmtpd", str(plain_port), str(cert), str(key)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        servers = {"tlsstorm receiver": (ours_port, lambda: process_memory(children[0].pid)),
+                   "aiosmtpd Controller": (plain_port,
+                                           lambda: process_memory(children[1].pid))}
+        postfix_port = free_port()
+        try:
+            if with_postfix:
+                subprocess.run(["bash", str(SINK), "start", str(postfix_port), str(cert),
+                                str(key)], check=True, stdout=subprocess.DEVNULL)
+                servers["Postfix smtpd (PSS)"] = (postfix_port,
+                                                  lambda: smtpd_memory(postfix_port)[0])
+                servers["Postfix smtpd (RSS)"] = (postfix_port,
+                                                  lambda: smtpd_memory(postfix_port)[1])
+            for port, _ in servers.values():
+                _wait_port(port)
+            httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=10)
+            for round_number in range(1, flags.repeat + 1):
+                for tls, mode in ((False, "plain"), (True, "STARTTLS")):
+                    for name, (port, measure) in servers.items():
+                        if name == "Postfix smtpd (RSS)":
+                            continue  # measured with the PSS row's sessions
+                        if name.startswith("Postfix"):
+                            pair = lambda: smtpd_memory(postfix_port)  # noqa: E731
+                            _, during = asyncio.run(hold(port, tls, flags.sessions, pair))
+                            for index, row in enumerate(("Postfix smtpd (PSS)",
+                                                         "Postfix smtpd (RSS)")):
+                                results.setdefault((row, mode), []).append(
+                                    during[index] / flags.sessions / 1024)
+                        else:
+                            before, during = asyncio.run(hold(port, tls, flags.sessions,
+                                                              measure))
+                            results.setdefault((name, mode), []).append(
+                                (during - before) / flags.sessions / 1024)
+                    print(f"  round {round_number}/{flags.repeat} {mode} done", flush=True)
+        finally:
+            if with_postfix:
+                subprocess.run(["bash", str(SINK), "stop"], check=False)
+            for child in children:
+                child.terminate()
+                child.wait(10)
+    print(f"\nmachine: {machine_note()}")
+    print(f"certificate {flags.key_type}, TLS 1.3; {flags.sessions} sessions held open at once "
+          f"per column (STARTTLS completed for STARTTLS), {flags.repeat} rounds; mean +- 95% "
+          "confidence interval")
+    print(f"{'memory per concurrent session (KiB)':<38}{'plain':>18}{'STARTTLS':>18}")
+    for name in servers:
+        print(f"{name:<38}{shown(results[name, 'plain']):>18}"
+              f"{shown(results[name, 'STARTTLS']):>18}")
+    if not with_postfix:
+        print("(Postfix not measured: it needs Debian's postfix and root)")
+
+
+if __name__ == "__main__":
+    main()
