@@ -45,3 +45,18 @@ def stack_environment(folder: Path, cert: Path, key: Path) -> dict[str, str]:
         "TLSSTORM_COLLECTOR_HTTP_PORT": str(free_port()),
         "TLSSTORM_COLLECTOR_DB_PATH": str(folder / "collector.sqlite"),
     }
+
+
+def smtpd_pids(port: int) -> list[int]:
+    """The smtpd processes serving the Postfix sink's port (scripts/postfix-sink.sh)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # the process ended meanwhile
+            continue
+        if command.startswith(f"smtpd -n 127.0.0.1:{port} "):
+            pids.append(int(entry.name))
+    return pids

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import ctypes
 import os
 import smtplib
 import ssl
@@ -27,19 +26,11 @@ from pathlib import Path
 import httpx
 
 from fixtures import free_port  # bench/ is on sys.path
-from machine import machine_note
+from machine import machine_note, process_cpu_seconds
 from tlsstorm.common.intervals import mean_ci, shown
 
 RPS = Path("/sys/class/net/lo/queues/rx-0/rps_cpus")
 BODY = b"Subject: spam\r\n\r\n" + (b"x" * 76 + b"\r\n") * 26
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def process_cpu_seconds(pid: int) -> float:
-    clock = ctypes.c_int()
-    if _LIBC.clock_getcpuclockid(pid, ctypes.byref(clock)) != 0:
-        raise OSError(ctypes.get_errno(), f"no CPU clock for process {pid}")
-    return time.clock_gettime(clock.value)
 
 
 def start_receiver() -> tuple[subprocess.Popen, int, str]:

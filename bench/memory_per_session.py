@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import ssl
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from fixtures import certificate_files, free_port  # bench/ is on sys.path
+from fixtures import certificate_files, free_port, smtpd_pids  # bench/ is on sys.path
 from machine import machine_note
 from tlsstorm.common.config import KeyType
 from tlsstorm.common.intervals import shown
@@ -37,7 +38,6 @@ from tlsstorm.common.process import raise_open_files_limit
 
 ROOT = Path(__file__).resolve().parents[1]
 SINK = ROOT / "scripts" / "postfix-sink.sh"
-MASTER_PID = Path("/var/spool/tlsstorm-postfix/pid/master.pid")
 
 
 def serve_aiosmtpd(port: int, cert: str, key: str) -> None:
@@ -72,16 +72,10 @@ def process_memory(pid: int) -> int:
 def smtpd_memory(port: int) -> tuple[int, int]:
     """(PSS, RSS) of every smtpd process serving the Postfix sink's port."""
     pss = rss = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if command.startswith(f"smtpd -n 127.0.0.1:{port} "):
-                pss += _kib(entry / "smaps_rollup", "Pss:")
-                rss += _kib(entry / "status", "VmRSS:")
-        except OSError:
-            continue
+    for pid in smtpd_pids(port):
+        with contextlib.suppress(OSError):  # the process ended meanwhile
+            pss += _kib(Path(f"/proc/{pid}/smaps_rollup"), "Pss:")
+            rss += _kib(Path(f"/proc/{pid}/status"), "VmRSS:")
     return pss, rss
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -26,7 +27,12 @@ import time
 import typing
 from pathlib import Path
 
-from fixtures import certificate_files, free_port, stack_environment  # bench/ is on sys.path
+from fixtures import (  # bench/ is on sys.path
+    certificate_files,
+    free_port,
+    smtpd_pids,
+    stack_environment,
+)
 from machine import machine_note, process_cpu_seconds
 from tlsstorm.common.config import KeyType
 from tlsstorm.common.intervals import mean_ci, shown
@@ -65,15 +71,9 @@ def postfix_cpu_seconds() -> float:
 def smtpd_cpu_seconds(port: int) -> dict[int, float]:
     """CPU of every smtpd process serving the sink's port, by pid."""
     cpu = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if command.startswith(f"smtpd -n 127.0.0.1:{port} "):
-                cpu[int(entry.name)] = process_cpu_seconds(int(entry.name))
-        except OSError:  # the process ended meanwhile
-            continue
+    for pid in smtpd_pids(port):
+        with contextlib.suppress(OSError):  # the process ended meanwhile
+            cpu[pid] = process_cpu_seconds(pid)
     return cpu
 
 

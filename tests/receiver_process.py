@@ -3,7 +3,6 @@ kernel's account of that process alone."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import subprocess
 import sys
@@ -13,16 +12,9 @@ from pathlib import Path
 import httpx
 
 from tests.locust_helpers import free_port
+from tlsstorm.common.process import cpu_seconds_of
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """The kernel's CPU clock of a whole process (every thread, ended ones too)."""
-    clock = ctypes.c_int()
-    if _LIBC.clock_getcpuclockid(pid, ctypes.byref(clock)) != 0:
-        raise OSError(ctypes.get_errno(), f"no CPU clock for process {pid}")
-    return time.clock_gettime(clock.value)
+process_cpu_seconds = cpu_seconds_of  # the kernel's CPU clock of the receiver's process
 
 
 def process_rss_bytes(pid: int) -> int:
