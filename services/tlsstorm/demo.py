@@ -50,7 +50,8 @@ def _receiver_stats(local: LocalStack, http: httpx.Client, wave: dict[str, Any])
 
 def _collector_summary(local: LocalStack, http: httpx.Client, wave_id: str,
                        sessions: int, messages: int) -> dict:
-    """The collector's summary of the wave once the spans of every session have arrived."""
+    """The collector's summary of the wave once the spans of every session have arrived, and
+    the receiver's process samples of the wave's last second."""
     deadline = time.monotonic() + 30
     while True:
         response = http.get(local.collector_url("/v1/summary"), params={"wave": wave_id})
@@ -64,7 +65,10 @@ def _collector_summary(local: LocalStack, http: httpx.Client, wave_id: str,
         receiver, sender = summary["receiver"], summary["sender"]
         seen_sessions = receiver["plain"]["sessions"] + receiver["starttls"]["sessions"]
         seen_messages = sender["plain"]["messages"] + sender["starttls"]["messages"]
-        if (seen_sessions >= sessions and seen_messages >= messages) or \
+        process = summary["process"]
+        sampled = process is not None and summary["last_unix_s"] is not None and \
+            process["last_sample_unix_s"] > summary["last_unix_s"]
+        if (seen_sessions >= sessions and seen_messages >= messages and sampled) or \
                 time.monotonic() > deadline:
             return summary
         time.sleep(0.25)

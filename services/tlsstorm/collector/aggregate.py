@@ -331,17 +331,20 @@ class Aggregator:
         last += 1
         process = Cell()
         messages = 0
+        sampled_until = 0
         for (_, _, role, mode, second), cell in self.cells.items():
             if not first <= second <= last or role != RECEIVER:
                 continue
             if mode == PROCESS:
                 process.merge(cell)
+                sampled_until = max(sampled_until, second)
             else:
                 messages += cell.messages
         if not process.process_cpu_us:
             return None
         return {
             "seconds": last - first + 1,
+            "last_sample_unix_s": sampled_until,  # the samples have arrived up to here
             "cpu_ms": round(process.process_cpu_us / 1000, 3),
             "charged_ms": round(process.charged_cpu_us / 1000, 3),
             "unattributed_ms": round((process.process_cpu_us - process.charged_cpu_us) / 1000, 3),

@@ -23,7 +23,7 @@ def create_api(service: ReceiverService) -> FastAPI:
     app = service_app("tlsstorm receiver")
     app.add_middleware(BodyLimit, max_bytes=64 * 1024)
     guarded = [Depends(bearer_guard(service.settings.api_token))]
-    registry = registry_with(ReceiverCollector(service.stats, service.memory),
+    registry = registry_with(ReceiverCollector(service.stats, service.memory.snapshot),
                              SpanCountsCollector(service.provider))
 
     @app.get("/healthz")
@@ -44,7 +44,7 @@ def create_api(service: ReceiverService) -> FastAPI:
             raise HTTPException(404, detail=f"no session of wave {wave!r} has ended here")
         snapshot["load"] = {"open_sessions": service.limits.open_sessions,
                             "handshakes_in_progress": service.limits.handshakes}
-        snapshot["memory"] = service.memory()
+        snapshot["memory"] = service.memory.snapshot()
         return snapshot
 
     @app.get("/v1/stats/samples")

@@ -12,7 +12,6 @@ from pathlib import Path
 from opentelemetry.sdk.trace import TracerProvider
 
 from tlsstorm.common.config import ReceiverSettings
-from tlsstorm.common.memory_fit import MemorySamples
 from tlsstorm.common.pki import (
     ServerCertificate,
     issue_chain,
@@ -33,12 +32,7 @@ from tlsstorm.common.tls import server_context, timed
 from tlsstorm.receiver.api import create_api
 from tlsstorm.receiver.cpu_meter import CpuAccount, LoopMeter
 from tlsstorm.receiver.handler import SinkHandler
-from tlsstorm.receiver.memory import (
-    MemoryBudget,
-    cgroup_memory_limit,
-    peak_rss_bytes,
-    reset_peak_rss,
-)
+from tlsstorm.receiver.memory import MemoryBudget, MemoryMonitor, cgroup_memory_limit
 from tlsstorm.receiver.session import SessionLimits, SessionRecord
 from tlsstorm.receiver.smtp import MeasuredSMTP
 from tlsstorm.receiver.stats import ReceiverStats
@@ -83,7 +77,7 @@ class ReceiverService:
             settings.max_connections, settings.max_handshakes, settings.max_recipients,
             refuse_starttls_from=tuple(settings.refuse_starttls_from),
             reject_from=tuple(settings.reject_from))
-        self.memory_samples = MemorySamples()
+        self.memory = MemoryMonitor(self.limits)
         memory_limit = settings.memory_limit_bytes or cgroup_memory_limit()
         if memory_limit:
             self.limits.memory = MemoryBudget(
@@ -164,38 +158,13 @@ class ReceiverService:
                                                      backlog=LISTEN_BACKLOG)
         await self._http.start()
         self._sampler_task = asyncio.create_task(self.sampler.run())
-        self._memory_task = asyncio.create_task(self._sample_memory())
+        self._memory_task = asyncio.create_task(self.memory.run())
         if self._tracer is not None:
             self._process_task = asyncio.create_task(self._report_process(self._tracer))
 
-    async def _sample_memory(self, interval_s: float = 0.25) -> None:
-        """RSS beside the sessions open in each mode, for memory per concurrent session."""
-        limits = self.limits
-        while True:
-            plain = limits.open_sessions - limits.open_tls_sessions
-            self.memory_samples.add(rss_bytes(), plain, limits.open_tls_sessions)
-            await asyncio.sleep(interval_s)
-
     def reset_stats(self) -> None:
         self.stats.reset()
-        self.memory_samples.clear()
-        self.limits.reset_peaks()
-        reset_peak_rss()
-
-    def memory(self) -> dict:
-        """Memory as a cost: RSS now and at its peak, sessions at their peak, memory per
-        concurrent session fitted per mode since the last reset, and the budget in force."""
-        limits = self.limits
-        return {
-            "rss_bytes": rss_bytes(),
-            "peak_rss_bytes": peak_rss_bytes(),
-            "open_sessions": {"plain": limits.open_sessions - limits.open_tls_sessions,
-                              "tls": limits.open_tls_sessions},
-            "peak_sessions": {"all": limits.peak_sessions, "tls": limits.peak_tls_sessions},
-            "bytes_per_session": self.memory_samples.fit(),
-            "samples": len(self.memory_samples.samples),
-            "budget": limits.memory.snapshot() if limits.memory else None,
-        }
+        self.memory.reset()
 
     async def _report_process(self, tracer, interval_s: float = 1.0) -> None:
         """A tlsstorm.process span each second: the process's CPU and what sessions sealed
@@ -204,11 +173,10 @@ class ReceiverService:
         while True:
             await asyncio.sleep(interval_s)
             now_ns, cpu_now, charged_now = time.time_ns(), cpu_seconds(), self.charged_ns_total
-            limits = self.limits
+            open_now = self.memory.open_by_mode()
             emit_process_span(tracer, then_ns, now_ns, int((cpu_now - cpu_then) * 1e9),
-                              charged_now - charged_then, rss_bytes(),
-                              limits.open_sessions - limits.open_tls_sessions,
-                              limits.open_tls_sessions)
+                              charged_now - charged_then, rss_bytes(), open_now["plain"],
+                              open_now["tls"])
             then_ns, cpu_then, charged_then = now_ns, cpu_now, charged_now
 
     async def stop(self) -> None:

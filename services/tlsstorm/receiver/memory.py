@@ -9,13 +9,16 @@ TLS session and checks its real RSS; what does not fit is refused and counted.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ctypes.util
 import time
 from pathlib import Path
 
+from tlsstorm.common.memory_fit import MemorySamples
 from tlsstorm.common.process import rss_bytes
+from tlsstorm.receiver.session import SessionLimits
 
 _UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a huge number
 _RSS_READ_EVERY_S = 0.05
@@ -139,3 +142,40 @@ class MemoryBudget:
                 "reserved_bytes": self.reserved_bytes,
                 "session_estimate_bytes": self.session_bytes,
                 "tls_session_estimate_bytes": self.session_bytes + self.tls_extra_bytes}
+
+
+class MemoryMonitor:
+    """Memory as a cost: RSS against the sessions open per mode, four times a second, fitted
+    into memory per concurrent session; the peaks; the budget in force."""
+
+    def __init__(self, limits: SessionLimits) -> None:
+        self.limits = limits
+        self.samples = MemorySamples()
+
+    def open_by_mode(self) -> dict[str, int]:
+        limits = self.limits
+        return {"plain": limits.open_sessions - limits.open_tls_sessions,
+                "tls": limits.open_tls_sessions}
+
+    async def run(self, interval_s: float = 0.25) -> None:
+        while True:
+            open_now = self.open_by_mode()
+            self.samples.add(rss_bytes(), open_now["plain"], open_now["tls"])
+            await asyncio.sleep(interval_s)
+
+    def reset(self) -> None:
+        self.samples.clear()
+        self.limits.reset_peaks()
+        reset_peak_rss()
+
+    def snapshot(self) -> dict:
+        limits = self.limits
+        return {
+            "rss_bytes": rss_bytes(),
+            "peak_rss_bytes": peak_rss_bytes(),
+            "open_sessions": self.open_by_mode(),
+            "peak_sessions": {"all": limits.peak_sessions, "tls": limits.peak_tls_sessions},
+            "bytes_per_session": self.samples.fit(),
+            "samples": len(self.samples.samples),
+            "budget": limits.memory.snapshot() if limits.memory else None,
+        }
