@@ -210,7 +210,7 @@ def report(flags: argparse.Namespace, runs: dict[tuple[str, str], list[float]],
             runs[server, drives[2]], runs[server, plain_drive], strict=True)]
             for _, server in servers}
         for name, server in servers:
-            print(f"  {name:<20}{shown(factors[server], 'x', 2):>16}")
+            print(f"  {name:<24}{shown(factors[server], 'x', 2):>16}")
         for server, theirs, what in (("process", "smtpd", "process CPU / smtpd's"),
                                      ("process", "postfix", "process CPU / all Postfix's"),
                                      ("charged", "smtpd", "CPU charged / smtpd's")):

@@ -9,6 +9,7 @@ charged figures must cover.
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -36,6 +37,14 @@ class MeasuredReceiver(ReceiverProcess):
         self.context.check_hostname = False
         self.context.verify_mode = ssl.CERT_NONE
 
+    def _spans_exported(self) -> bool:
+        """No span ended but not yet exported (true at once with tracing off)."""
+        metrics = httpx.get(f"{self.http}/metrics").text
+        counts = dict(re.findall(r'^tlsstorm_spans_total\{outcome="(\w+)"\} (\S+)$', metrics,
+                                 re.MULTILINE))
+        return float(counts.get("exported", 0)) + float(counts.get("dropped", 0)) >= \
+            float(counts.get("ended", 0))
+
     def send(self, tls: bool, count: int) -> None:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda _: deliver(self.smtp_port, tls=tls, context=self.context,
@@ -53,6 +62,9 @@ class MeasuredReceiver(ReceiverProcess):
         deadline = time.monotonic() + 10
         while (stats := httpx.get(f"{self.http}/v1/stats").json())[mode]["sessions"] < count:
             assert time.monotonic() < deadline, stats
+            time.sleep(0.05)
+        while not self._spans_exported():  # the exporter's thread is part of the process
+            assert time.monotonic() < deadline, "spans not exported"
             time.sleep(0.05)
         spent = process_cpu_seconds(pid) - before - idle_per_s * (time.monotonic() - started)
         return Wave(count, stats[mode]["session_cpu_seconds"] * 1000 / count,

@@ -219,7 +219,8 @@ callback run for the session, its share of polling and accepting, its queue writ
 p50/p95/p99 are wall time from the server's first <code>do_handshake</code>, waiting for the
 client included; handshake CPU is the receiver's CPU during it (mean). On loopback, the
 receiver's CPU includes the client's network receive path for what the receiver sends; measured
-at 1-3% (within noise) by <code>bench/loopback_share.py</code>. See docs/methodology.md.</p>
+at 5-6% +- 7% (within noise; the TLS/plain factor unchanged) by
+<code>bench/loopback_share.py</code>. See docs/methodology.md.</p>
 </body></html>"""
 
 

@@ -116,7 +116,8 @@ class ReceiverService:
         def seal() -> int:
             self.stats.add(record)
             if account is not None and self.cpu_meter is not None:
-                record.cpu_ns = account.charged_ns() + self.cpu_meter.accept_share_ns()
+                record.cpu_ns = (account.charged_ns() + self.cpu_meter.accept_share_ns()
+                                 + self._export_share_ns(record))
                 account.sealed = True
             self.stats.charge(record)
             self.charged_ns_total += record.cpu_ns
@@ -127,6 +128,14 @@ class ReceiverService:
                                self.chain_summary, seal)
         else:
             seal()
+
+    def _export_share_ns(self, record: SessionRecord) -> int:
+        """Exporting the session's spans happens later, in the exporter's thread: each session
+        is charged the mean export cost of a span, per span it has."""
+        counts = getattr(self.provider, "span_counts", None)
+        if counts is None:
+            return 0
+        return counts.export_cpu_ns_per_span() * (2 if record.handshake_ok is not None else 1)
 
     def _new_session(self) -> MeasuredSMTP:
         settings = self.settings

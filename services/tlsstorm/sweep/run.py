@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -139,9 +140,21 @@ class SweepRunner:
     def _wave_stats(self, wave: dict[str, Any]) -> dict[str, Any]:
         """The receiver's stats of the wave once every accepted message has arrived there."""
         expected = wave["plain"]["ok"] + wave["tls"]["ok"]
-        stats = receiver_wave_stats(self.http, self.receiver_url, wave["id"], expected, 15)
-        # Sessions rejected before MAIL carry no wave header: then the receiver's totals.
-        return stats or self.http.get(f"{self.receiver_url}/v1/stats").json()
+        if expected:
+            stats = receiver_wave_stats(self.http, self.receiver_url, wave["id"], expected, 15)
+            if stats is not None:
+                return stats
+        # Sessions refused before MAIL carry no wave header: then the receiver's totals (reset
+        # before the wave) once each attempt's session has ended, without polling the API for
+        # a wave id that will never come (its CPU would fall inside the wave's).
+        sessions = math.ceil((wave["total"] - wave["skipped"]) / wave["spec"]["per_connection"])
+        deadline = time.monotonic() + 15
+        while True:
+            totals = self.http.get(f"{self.receiver_url}/v1/stats").json()
+            ended = totals["plain"]["sessions"] + totals["tls"]["sessions"]
+            if ended >= sessions or time.monotonic() > deadline:
+                return totals
+            time.sleep(0.2)
 
     def capacity(self, tls_ratio: float, rates: list[float], seconds: float,
                  slo_p99_ms: float) -> tuple[Capacity, list[WavePoint]]:
