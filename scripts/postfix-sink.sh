@@ -38,7 +38,7 @@ maillog_file = /var/log/$name.log
 # smtpd processes live through a run, so their CPU can be read from /proc.
 max_use = 1000000
 max_idle = 3600s
-default_process_limit = 200
+default_process_limit = 600
 smtpd_client_connection_count_limit = 0
 smtpd_client_connection_rate_limit = 0
 smtpd_client_message_rate_limit = 0
