@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import ssl
@@ -27,8 +28,6 @@ import tempfile
 import time
 import typing
 from pathlib import Path
-
-import httpx
 
 from fixtures import certificate_files, free_port, smtpd_pids  # bench/ is on sys.path
 from machine import machine_note
@@ -143,6 +142,25 @@ def _wait_port(port: int) -> None:
     raise SystemExit(f"nothing listens on {port}")
 
 
+def start_single_process(name: str, cert: Path, key: Path) -> tuple[subprocess.Popen, int]:
+    """Our receiver or the aiosmtpd server, new, on a free port."""
+    port = free_port()
+    if name == "tlsstorm receiver":
+        command = [sys.executable, "-m", "tlsstorm", "receiver"]
+        env = {**os.environ, "OTEL_SDK_DISABLED": "true", "TLSSTORM_RECEIVER_CERT_FILE":
+               str(cert), "TLSSTORM_RECEIVER_KEY_FILE": str(key),
+               "TLSSTORM_RECEIVER_SMTP_PORT": str(port),
+               "TLSSTORM_RECEIVER_HTTP_PORT": str(free_port())}
+    else:
+        command = [sys.executable, __file__, "--serve-aiosmtpd", str(port), str(cert), str(key)]
+        env = dict(os.environ)
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    _wait_port(port)
+    time.sleep(0.5)  # settled after its first connection
+    return server, port
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=256)
@@ -158,64 +176,47 @@ def main() -> None:
     raise_open_files_limit()
     with_postfix = shutil.which("postfix") is not None and os.geteuid() == 0
     results: dict[tuple[str, str], list[float]] = {}
-    children: list[subprocess.Popen] = []
+    rows = ["tlsstorm receiver", "aiosmtpd Controller"]
     with tempfile.TemporaryDirectory() as folder:
         cert, key = certificate_files(Path(folder), flags.key_type)
-        ours_port, http_port, plain_port = free_port(), free_port(), free_port()
-        children.append(subprocess.Popen(
-            [sys.executable, "-m", "tlsstorm", "receiver"], stdout=subprocess.DEVNULL,
-            env={**os.environ, "OTEL_SDK_DISABLED": "true", "TLSSTORM_RECEIVER_CERT_FILE":
-                 str(cert), "TLSSTORM_RECEIVER_KEY_FILE": str(key),
-                 "TLSSTORM_RECEIVER_SMTP_PORT": str(ours_port),
-                 "TLSSTORM_RECEIVER_HTTP_PORT": str(http_port)}))
-        children.append(subprocess.Popen(
-            [sys.executable, __file__, "--serve-aiosmtpd", str(plain_port), str(cert), str(key)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        servers = {"tlsstorm receiver": (ours_port, lambda: process_memory(children[0].pid)),
-                   "aiosmtpd Controller": (plain_port,
-                                           lambda: process_memory(children[1].pid))}
         postfix_port = free_port()
         try:
             if with_postfix:
                 subprocess.run(["bash", str(SINK), "start", str(postfix_port), str(cert),
                                 str(key)], check=True, stdout=subprocess.DEVNULL)
-                servers["Postfix smtpd (PSS)"] = (postfix_port,
-                                                  lambda: smtpd_memory(postfix_port)[0])
-                servers["Postfix smtpd (RSS)"] = (postfix_port,
-                                                  lambda: smtpd_memory(postfix_port)[1])
-            for port, _ in servers.values():
-                _wait_port(port)
-            httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=10)
+                _wait_port(postfix_port)
+                rows += ["Postfix smtpd (PSS)", "Postfix smtpd (RSS)"]
             for round_number in range(1, flags.repeat + 1):
                 for tls, mode in ((False, "plain"), (True, "STARTTLS")):
-                    for name, (port, measure) in servers.items():
-                        if name == "Postfix smtpd (RSS)":
-                            continue  # measured with the PSS row's sessions
-                        if name.startswith("Postfix"):
-                            pair = lambda: smtpd_memory(postfix_port)  # noqa: E731
-                            _, during = asyncio.run(hold(port, tls, flags.sessions, pair))
-                            for index, row in enumerate(("Postfix smtpd (PSS)",
-                                                         "Postfix smtpd (RSS)")):
-                                results.setdefault((row, mode), []).append(
-                                    during[index] / flags.sessions / 1024)
-                        else:
-                            before, during = asyncio.run(hold(port, tls, flags.sessions,
-                                                              measure))
-                            results.setdefault((name, mode), []).append(
-                                (during - before) / flags.sessions / 1024)
+                    for name in rows[:2]:
+                        # A fresh process each time: a second round in the same process would
+                        # reuse what the first freed and read less than a session holds.
+                        server, port = start_single_process(name, cert, key)
+                        try:
+                            before, during = asyncio.run(hold(
+                                port, tls, flags.sessions,
+                                functools.partial(process_memory, server.pid)))
+                        finally:
+                            server.terminate()
+                            server.wait(10)
+                        results.setdefault((name, mode), []).append(
+                            (during - before) / flags.sessions / 1024)
+                    if with_postfix:
+                        _, during = asyncio.run(hold(postfix_port, tls, flags.sessions,
+                                                     lambda: smtpd_memory(postfix_port)))
+                        for index, row in enumerate(rows[2:]):
+                            results.setdefault((row, mode), []).append(
+                                during[index] / flags.sessions / 1024)
                     print(f"  round {round_number}/{flags.repeat} {mode} done", flush=True)
         finally:
             if with_postfix:
                 subprocess.run(["bash", str(SINK), "stop"], check=False)
-            for child in children:
-                child.terminate()
-                child.wait(10)
     print(f"\nmachine: {machine_note()}")
     print(f"certificate {flags.key_type}, TLS 1.3; {flags.sessions} sessions held open at once "
           f"per column (STARTTLS completed for STARTTLS), {flags.repeat} rounds; mean +- 95% "
           "confidence interval")
     print(f"{'memory per concurrent session (KiB)':<38}{'plain':>18}{'STARTTLS':>18}")
-    for name in servers:
+    for name in rows:
         print(f"{name:<38}{shown(results[name, 'plain']):>18}"
               f"{shown(results[name, 'STARTTLS']):>18}")
     if not with_postfix:

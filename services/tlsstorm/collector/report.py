@@ -110,7 +110,8 @@ def memory_sentence(memory: dict[str, Any] | None) -> str:
     per_session = memory["bytes_per_session"]
 
     def kib(value: float | None) -> str:
-        return f"{value / 1024:,.0f} KiB" if value else "not measured (concurrency did not vary)"
+        return f"{value / 1024:,.0f} KiB" if value else "none (too few seconds, or RSS did not " \
+            "follow the sessions open)"
 
     return (f"Memory: the receiver's RSS peaked at {memory['peak_rss_bytes'] / 2**20:,.0f} MiB "
             f"with up to {memory['peak_sessions'][PLAIN]:,} plain and "
