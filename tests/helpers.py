@@ -175,3 +175,15 @@ def tcp_packets(pcap: Path) -> Iterator[TcpPacket]:
         source, destination, seq, ack = struct.unpack_from("!HHII", tcp, 0)
         yield TcpPacket(whole + part * fraction, source, destination, seq, ack, tcp[13],
                         total - ip_header - (tcp[12] >> 4) * 4)
+
+
+def assert_verified_by_one_refused_by_other(verifying: Running, distrusting: Running) -> None:
+    """A STARTTLS message through each sender: the one trusting the receiver's CA verifies
+    and delivers; the one trusting another CA refuses the certificate and sends nothing."""
+    trusted = httpx.post(f"{verifying.http}/v1/send", json={"tls": True}, timeout=30).json()
+    refused = httpx.post(f"{distrusting.http}/v1/send", json={"tls": True}, timeout=30).json()
+
+    assert trusted["results"][0]["ok"] is True
+    assert trusted["results"][0]["cert_verified"] is True
+    assert refused["results"][0]["ok"] is False
+    assert "CERTIFICATE_VERIFY_FAILED" in refused["results"][0]["error"]

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
-from tests.helpers import tcp_packets
+from tests.helpers import assert_verified_by_one_refused_by_other, tcp_packets
 
 TCPDUMP = shutil.which("tcpdump")
 SCT_LIST = x509.ObjectIdentifier("1.3.6.1.4.1.11129.2.4.2")
@@ -137,13 +137,7 @@ def test_the_sender_verifies_against_the_published_root_and_only_that(
     verifying = start_sender(receiver.smtp_port, ca_file=root)
     distrusting = start_sender(receiver.smtp_port, ca_file=other_root)
 
-    trusted = httpx.post(f"{verifying.http}/v1/send", json={"tls": True}, timeout=30).json()
-    refused = httpx.post(f"{distrusting.http}/v1/send", json={"tls": True}, timeout=30).json()
-
-    assert trusted["results"][0]["ok"] is True
-    assert trusted["results"][0]["cert_verified"] is True
-    assert refused["results"][0]["ok"] is False
-    assert "CERTIFICATE_VERIFY_FAILED" in refused["results"][0]["error"]
+    assert_verified_by_one_refused_by_other(verifying, distrusting)
 
 
 def test_own_files_are_served_as_given_and_have_no_root_here(start_receiver, receiver, tmp_path):

@@ -11,7 +11,7 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.helpers import finish_session, starttls_socket
+from tests.helpers import assert_verified_by_one_refused_by_other, finish_session, starttls_socket
 
 
 def _peer_key(tls_sock: ssl.SSLSocket):
@@ -107,13 +107,7 @@ def test_given_certificate_files_are_served_and_verified_by_the_sender(
     distrusting = start_sender(receiver.smtp_port, ca_file=other_ca,
                                target=f"localhost:{receiver.smtp_port}")
 
-    trusted = httpx.post(f"{verifying.http}/v1/send", json={"tls": True}, timeout=30).json()
-    refused = httpx.post(f"{distrusting.http}/v1/send", json={"tls": True}, timeout=30).json()
-
-    assert trusted["results"][0]["ok"] is True
-    assert trusted["results"][0]["cert_verified"] is True
-    assert refused["results"][0]["ok"] is False
-    assert "CERTIFICATE_VERIFY_FAILED" in refused["results"][0]["error"]
+    assert_verified_by_one_refused_by_other(verifying, distrusting)
 
 
 def test_self_signed_is_accepted_without_a_ca_and_the_result_says_so(sender):
