@@ -317,3 +317,4 @@ def test_notes_tell_the_port_forwards_and_the_first_steps():
     assert f"port-forward svc/{RELEASE}-tlsstorm-jaeger 16686:16686" in notes
     assert f"port-forward svc/{RELEASE}-tlsstorm-collector 8027:8027" in notes
     assert "Custom parameters" in notes and f"helm test {RELEASE}" in notes
+    assert f"get secret {RELEASE}-tlsstorm-receiver-ca -o jsonpath='{{.data.ca\\.crt}}'" in notes
