@@ -305,10 +305,15 @@ class Aggregator:
         # The process's own samples cover the seconds asked for, or else the selection's.
         window_first = int(since) if since is not None and wave is None else first
         window_last = int(until) if until is not None and wave is None else last
+        process = memory = None
+        if window_first is not None and window_last is not None:
+            samples, messages = self._receiver_window(window_first, window_last)
+            process = _process_figures(samples, messages, window_last - window_first + 2)
+            memory = _memory_figures(samples)
         return {
             "filter": {"wave": wave, "since": since, "until": until},
-            "process": self.process_window(window_first, window_last),
-            "memory": self.memory_window(window_first, window_last),
+            "process": process,
+            "memory": memory,
             "first_unix_s": first,
             "last_unix_s": last,
             "spans": {"received": self.spans_received, "aggregated": self.spans_aggregated,
@@ -321,65 +326,19 @@ class Aggregator:
             ],
         }
 
-    def process_window(self, first: int | None, last: int | None) -> dict[str, Any] | None:
-        """The receivers' process CPU over the seconds [first, last] (whatever waves ran then)
-        beside what they charged to sessions in those seconds: what share each figure
-        covers. A process sample is keyed by the second it ends, so the one that covers the
-        last second of sessions ends in the next."""
-        if first is None or last is None:
-            return None
-        last += 1
-        process = Cell()
-        messages = 0
-        sampled_until = 0
+    def _receiver_window(self, first: int, last: int) -> tuple[list[tuple[int, Cell]], int]:
+        """The receivers' process samples over the seconds [first, last + 1] (a sample is keyed
+        by the second it ends, so the one that covers the last second of sessions ends in the
+        next), and the messages the receivers took in those seconds, whatever their wave."""
+        samples, messages = [], 0
         for (_, _, role, mode, second), cell in self.cells.items():
-            if not first <= second <= last or role != RECEIVER:
+            if role != RECEIVER or not first <= second <= last + 1:
                 continue
             if mode == PROCESS:
-                process.merge(cell)
-                sampled_until = max(sampled_until, second)
+                samples.append((second, cell))
             else:
                 messages += cell.messages
-        if not process.process_cpu_us:
-            return None
-        return {
-            "seconds": last - first + 1,
-            "last_sample_unix_s": sampled_until,  # the samples have arrived up to here
-            "cpu_ms": round(process.process_cpu_us / 1000, 3),
-            "charged_ms": round(process.charged_cpu_us / 1000, 3),
-            "unattributed_ms": round((process.process_cpu_us - process.charged_cpu_us) / 1000, 3),
-            "charged_share": round(process.charged_cpu_us / process.process_cpu_us, 4),
-            "messages": messages,
-            "cpu_ms_per_message": _ratio(process.process_cpu_us / 1000, messages or None),
-            "unattributed_ms_per_message": _ratio(
-                (process.process_cpu_us - process.charged_cpu_us) / 1000, messages or None),
-        }
-
-    def memory_window(self, first: int | None, last: int | None) -> dict[str, Any] | None:
-        """The receivers' RSS against their open sessions, second by second over [first,
-        last + 1]: peak RSS and concurrency, memory per concurrent session per mode, and the
-        points for a plot."""
-        if first is None or last is None:
-            return None
-        points = []
-        for (_, _, role, mode, second), cell in self.cells.items():
-            if mode == PROCESS and role == RECEIVER and first <= second <= last + 1 \
-                    and cell.samples and cell.rss_bytes:
-                points.append((second, cell.rss_bytes // cell.samples,
-                               cell.open_plain // cell.samples, cell.open_tls // cell.samples))
-        if not points:
-            return None
-        fit = MemorySamples()
-        for _, rss, plain, tls in points:
-            fit.add(rss, plain, tls)
-        return {
-            "peak_rss_bytes": max(rss for _, rss, _, _ in points),
-            "peak_sessions": {PLAIN: max(plain for *_, plain, _ in points),
-                              STARTTLS: max(tls for *_, tls in points)},
-            "bytes_per_session": {PLAIN: fit.fit()["plain"], STARTTLS: fit.fit()["tls"]},
-            "points": [{"unix_s": second, "rss_bytes": rss, PLAIN: plain, STARTTLS: tls}
-                       for second, rss, plain, tls in sorted(points)],
-        }
+        return samples, messages
 
     def waves(self) -> list[dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
@@ -432,6 +391,51 @@ class Aggregator:
                 merged[f"{mode} session"].merge(cell.duration_ms)
             merged[f"handshake ({role})"].merge(cell.handshake_ms)
         return {name: histogram for name, histogram in merged.items() if histogram.count}
+
+
+def _process_figures(samples: list[tuple[int, Cell]], messages: int,
+                     seconds: int) -> dict[str, Any] | None:
+    """The receivers' process CPU over the window beside what they charged to sessions in it:
+    what share each figure covers."""
+    process = Cell()
+    for _, cell in samples:
+        process.merge(cell)
+    if not process.process_cpu_us:
+        return None
+    unattributed_us = process.process_cpu_us - process.charged_cpu_us
+    return {
+        "seconds": seconds,
+        "last_sample_unix_s": max(second for second, _ in samples),  # arrived up to here
+        "cpu_ms": round(process.process_cpu_us / 1000, 3),
+        "charged_ms": round(process.charged_cpu_us / 1000, 3),
+        "unattributed_ms": round(unattributed_us / 1000, 3),
+        "charged_share": round(process.charged_cpu_us / process.process_cpu_us, 4),
+        "messages": messages,
+        "cpu_ms_per_message": _ratio(process.process_cpu_us / 1000, messages or None),
+        "unattributed_ms_per_message": _ratio(unattributed_us / 1000, messages or None),
+    }
+
+
+def _memory_figures(samples: list[tuple[int, Cell]]) -> dict[str, Any] | None:
+    """The receivers' RSS against their open sessions, second by second: peak RSS and
+    concurrency, memory per concurrent session per mode, and the points for a plot."""
+    points = sorted((second, cell.rss_bytes // cell.samples, cell.open_plain // cell.samples,
+                     cell.open_tls // cell.samples)
+                    for second, cell in samples if cell.samples and cell.rss_bytes)
+    if not points:
+        return None
+    fit = MemorySamples()
+    for _, rss, plain, tls in points:
+        fit.add(rss, plain, tls)
+    per_session = fit.fit()
+    return {
+        "peak_rss_bytes": max(rss for _, rss, _, _ in points),
+        "peak_sessions": {PLAIN: max(plain for *_, plain, _ in points),
+                          STARTTLS: max(tls for *_, tls in points)},
+        "bytes_per_session": {PLAIN: per_session["plain"], STARTTLS: per_session["tls"]},
+        "points": [{"unix_s": second, "rss_bytes": rss, PLAIN: plain, STARTTLS: tls}
+                   for second, rss, plain, tls in points],
+    }
 
 
 def _cost(modes: dict[str, Cell]) -> dict[str, Any]:
