@@ -28,7 +28,8 @@ import httpx
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from fixtures import free_port
-from machine import machine_note, process_cpu_seconds  # bench/ is on sys.path as a script
+from machine import machine_note  # bench/ is on sys.path as a script
+from tlsstorm.common.process import cpu_seconds_of
 
 TARGET_SPANS_PER_CORE = 20_000
 
@@ -68,14 +69,14 @@ def capture_wave(messages: int, workdir: Path) -> tuple[list[bytes], dict[str, f
     local.stack.start()
     try:
         receiver_pid, sender_pid = local.stack.pid("receiver"), local.stack.pid("sender")
-        cpu_before = process_cpu_seconds(receiver_pid), process_cpu_seconds(sender_pid)
+        cpu_before = cpu_seconds_of(receiver_pid), cpu_seconds_of(sender_pid)
         wave = httpx.post(local.sender_url("/v1/waves"), json={
             "rate": 100, "count": messages, "tls_ratio": 0.3, "concurrency": 16}).json()
         while httpx.get(local.sender_url(f"/v1/waves/{wave['id']}")).json()["status"] == \
                 "running":
             time.sleep(0.2)
         time.sleep(0.5)
-        cpu_after = process_cpu_seconds(receiver_pid), process_cpu_seconds(sender_pid)
+        cpu_after = cpu_seconds_of(receiver_pid), cpu_seconds_of(sender_pid)
     finally:
         local.stack.stop()
     deadline = time.monotonic() + 10
@@ -118,12 +119,12 @@ def replay(bodies: list[bytes], total_spans: int, workdir: Path) -> dict[str, fl
             response = clients[index % 4].post("/v1/traces", content=work[index])
             response.raise_for_status()
 
-        cpu_before = process_cpu_seconds(collector.pid)
+        cpu_before = cpu_seconds_of(collector.pid)
         started = time.perf_counter()
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(post, range(len(work))))
         wall = time.perf_counter() - started
-        cpu = process_cpu_seconds(collector.pid) - cpu_before
+        cpu = cpu_seconds_of(collector.pid) - cpu_before
         received = httpx.get(f"{url}/v1/summary").json()["spans"]["received"]
     finally:
         collector.terminate()

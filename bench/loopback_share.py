@@ -26,8 +26,9 @@ from pathlib import Path
 import httpx
 
 from fixtures import free_port  # bench/ is on sys.path
-from machine import machine_note, process_cpu_seconds
+from machine import machine_note
 from tlsstorm.common.intervals import mean_ci, shown
+from tlsstorm.common.process import cpu_seconds_of
 
 RPS = Path("/sys/class/net/lo/queues/rx-0/rps_cpus")
 BODY = b"Subject: spam\r\n\r\n" + (b"x" * 76 + b"\r\n") * 26
@@ -66,13 +67,13 @@ def send(port: int, tls: bool, count: int) -> None:
 
 
 def cpu_per_session_us(pid: int, port: int, tls: bool, count: int) -> float:
-    before = process_cpu_seconds(pid)
+    before = cpu_seconds_of(pid)
     time.sleep(1.0)
-    idle_per_s = process_cpu_seconds(pid) - before
-    before, started = process_cpu_seconds(pid), time.monotonic()
+    idle_per_s = cpu_seconds_of(pid) - before
+    before, started = cpu_seconds_of(pid), time.monotonic()
     send(port, tls, count)
     time.sleep(0.2)
-    spent = process_cpu_seconds(pid) - before - idle_per_s * (time.monotonic() - started)
+    spent = cpu_seconds_of(pid) - before - idle_per_s * (time.monotonic() - started)
     return spent * 1e6 / count
 
 

@@ -6,8 +6,6 @@ import os
 import platform
 import socket
 
-from tlsstorm.common.process import cpu_seconds_of
-
 
 def cpu_model() -> str:
     try:
@@ -23,10 +21,3 @@ def cpu_model() -> str:
 def machine_note() -> str:
     return (f"{socket.gethostname()}: {os.cpu_count()} cores ({cpu_model()}), "
             f"Linux {platform.release()}, Python {platform.python_version()}")
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """CPU of a process (all its threads, ended ones too) to the nanosecond: /proc/PID/stat
-    counts in clock ticks (10 ms), too coarse for a process that spends a few ms per run (each
-    of Postfix's smtpd processes)."""
-    return cpu_seconds_of(pid)

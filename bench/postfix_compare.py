@@ -33,9 +33,10 @@ from fixtures import (  # bench/ is on sys.path
     smtpd_pids,
     stack_environment,
 )
-from machine import machine_note, process_cpu_seconds
+from machine import machine_note
 from tlsstorm.common.config import KeyType
 from tlsstorm.common.intervals import mean_ci, shown
+from tlsstorm.common.process import cpu_seconds_of
 from tlsstorm.sweep.run import SweepRunner, stack_runner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def postfix_cpu_seconds() -> float:
     master = int(MASTER_PID.read_text().split()[0])
     with open(f"/proc/{master}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
-    total = process_cpu_seconds(master) + (int(fields[13]) + int(fields[14])) / os.sysconf(
+    total = cpu_seconds_of(master) + (int(fields[13]) + int(fields[14])) / os.sysconf(
         "SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -62,7 +63,7 @@ def postfix_cpu_seconds() -> float:
             with open(entry / "stat") as stat:
                 parent = int(stat.read().rsplit(")", 1)[1].split()[1])
             if parent == master:
-                total += process_cpu_seconds(int(entry.name))
+                total += cpu_seconds_of(int(entry.name))
         except OSError:  # the process ended meanwhile
             continue
     return total
@@ -73,7 +74,7 @@ def smtpd_cpu_seconds(port: int) -> dict[int, float]:
     cpu = {}
     for pid in smtpd_pids(port):
         with contextlib.suppress(OSError):  # the process ended meanwhile
-            cpu[pid] = process_cpu_seconds(pid)
+            cpu[pid] = cpu_seconds_of(pid)
     return cpu
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from fixtures import certificate_files, stack_environment, wave_arguments  # bench/ on sys.path
-from machine import machine_note, process_cpu_seconds
+from machine import machine_note
+from tlsstorm.common.process import cpu_seconds_of
 from tlsstorm.sweep.run import stack_runner
 
 SAMPLES_PER_SECOND = 250
@@ -116,9 +117,9 @@ def profiled_wave(runner, pids: dict[str, int], ratio: float, flags, out: Path,
              "--output", str(recordings[name])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name, pid in pids.items()]
     time.sleep(1.0)  # the samplers attach
-    before = {name: process_cpu_seconds(pid) for name, pid in pids.items()}
+    before = {name: cpu_seconds_of(pid) for name, pid in pids.items()}
     point = runner.wave(ratio, flags.rate, flags.messages, f"{mode:>8} profiled")
-    cpu_us = {name: (process_cpu_seconds(pid) - before[name]) * 1e6 / point.messages
+    cpu_us = {name: (cpu_seconds_of(pid) - before[name]) * 1e6 / point.messages
               for name, pid in pids.items()}
     for sampler in samplers:
         sampler.send_signal(signal.SIGINT)

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fixtures import certificate_files, free_port, stack_environment  # bench/ is on sys.path
-from machine import machine_note, process_cpu_seconds
+from machine import machine_note
 from tlsstorm.common.config import KeyType
 from tlsstorm.common.intervals import mean_ci, shown
 from tlsstorm.common.pki import load_pair
+from tlsstorm.common.process import cpu_seconds_of
 from tlsstorm.common.tls import client_context, server_context
 from tlsstorm.sweep.run import SweepRunner, stack_runner
 
@@ -43,11 +44,11 @@ def openssl_handshake_cpu_us(cert: Path, key: Path, seconds: int) -> tuple[float
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
-        before = process_cpu_seconds(server.pid)
+        before = cpu_seconds_of(server.pid)
         timed = subprocess.run(
             ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
              "-time", str(seconds)], capture_output=True, text=True, timeout=seconds + 30)
-        cpu = process_cpu_seconds(server.pid) - before
+        cpu = cpu_seconds_of(server.pid) - before
     finally:
         server.terminate()
         server.wait(10)
@@ -100,10 +101,10 @@ def measure(runner: SweepRunner, flags: argparse.Namespace, label: str) -> dict[
     costs: dict[str, list[Costs]] = {mode: [] for _, mode in MODES}
     for round_number in range(1, flags.repeat + 1):
         for ratio, mode in MODES:
-            sender_before = process_cpu_seconds(sender_pid)
+            sender_before = cpu_seconds_of(sender_pid)
             point = runner.wave(ratio, flags.rate, flags.messages,
                                 f"{label} {mode:>8} {round_number}/{flags.repeat}")
-            sender_us = (process_cpu_seconds(sender_pid) - sender_before) * 1e6 / point.messages
+            sender_us = (cpu_seconds_of(sender_pid) - sender_before) * 1e6 / point.messages
             costs[mode].append(Costs(point.cpu_ms_per_message * 1000,
                                      point.process_cpu_ms_per_message * 1000, sender_us))
     return costs

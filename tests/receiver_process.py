@@ -12,9 +12,6 @@ from pathlib import Path
 import httpx
 
 from tests.locust_helpers import free_port
-from tlsstorm.common.process import cpu_seconds_of
-
-process_cpu_seconds = cpu_seconds_of  # the kernel's CPU clock of the receiver's process
 
 
 def process_rss_bytes(pid: int) -> int:

@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from tests.helpers import deliver
-from tests.receiver_process import ReceiverProcess, process_cpu_seconds
+from tests.receiver_process import ReceiverProcess
+from tlsstorm.common.process import cpu_seconds_of
 
 SESSIONS = 500
 BODY = b"Subject: spam\r\n\r\n" + (b"x" * 76 + b"\r\n") * 26  # about 2 KB
@@ -58,11 +59,11 @@ class MeasuredReceiver(ReceiverProcess):
 
     def wave(self, tls: bool, count: int = SESSIONS) -> Wave:
         pid = self.process.pid
-        before = process_cpu_seconds(pid)
+        before = cpu_seconds_of(pid)
         time.sleep(2.0)
-        idle_per_s = (process_cpu_seconds(pid) - before) / 2.0
+        idle_per_s = (cpu_seconds_of(pid) - before) / 2.0
         httpx.post(f"{self.http}/v1/stats/reset").raise_for_status()
-        before, started = process_cpu_seconds(pid), time.monotonic()
+        before, started = cpu_seconds_of(pid), time.monotonic()
         self.send(tls, count)
         mode = "tls" if tls else "plain"
         deadline = time.monotonic() + 10
@@ -70,7 +71,7 @@ class MeasuredReceiver(ReceiverProcess):
             assert time.monotonic() < deadline, stats
             time.sleep(0.05)
         self.wait_for_export()  # the exporter's thread is part of the process
-        spent = process_cpu_seconds(pid) - before - idle_per_s * (time.monotonic() - started)
+        spent = cpu_seconds_of(pid) - before - idle_per_s * (time.monotonic() - started)
         return Wave(count, stats[mode]["session_cpu_seconds"] * 1000 / count,
                     spent * 1000 / count, stats)
 
@@ -127,7 +128,7 @@ def test_charged_cpu_covers_the_process_and_keeps_its_tls_factor(
         process = httpx.get(f"{collector.http}/v1/summary", params={"wave": ""}).json()[
             "process"]
         assert process["charged_share"] >= 0.85, process
-        assert process["cpu_ms"] <= process_cpu_seconds(receiver.process.pid) * 1000
+        assert process["cpu_ms"] <= cpu_seconds_of(receiver.process.pid) * 1000
         assert process["charged_ms"] >= (plain.charged_ms + tls.charged_ms) * SESSIONS * 0.99
 
 
