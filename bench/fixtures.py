@@ -4,9 +4,15 @@ environment on free loopback ports serving it (tickets off: every handshake is a
 from __future__ import annotations
 
 import argparse
+import os
 import socket
+import subprocess
+import sys
+import time
 import typing
 from pathlib import Path
+
+import httpx
 
 from tlsstorm.common.config import KeyType
 from tlsstorm.common.pki import self_signed
@@ -60,3 +66,24 @@ def smtpd_pids(port: int) -> list[int]:
         if command.startswith(f"smtpd -n 127.0.0.1:{port} "):
             pids.append(int(entry.name))
     return pids
+
+
+def receiver_process(env: dict[str, str], prefix: tuple[str, ...] = ()
+                     ) -> tuple[subprocess.Popen, int]:
+    """`tlsstorm receiver` as a process of its own (tracing off) on free ports, once its API
+    says it is ready; `prefix` runs it under a wrapper (taskset). Returns it and its SMTP port."""
+    smtp_port, http_port = free_port(), free_port()
+    receiver = subprocess.Popen(
+        [*prefix, sys.executable, "-m", "tlsstorm", "receiver"],
+        env={**os.environ, "OTEL_SDK_DISABLED": "true", **env,
+             "TLSSTORM_RECEIVER_SMTP_PORT": str(smtp_port),
+             "TLSSTORM_RECEIVER_HTTP_PORT": str(http_port)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status_code == 200:
+                return receiver, smtp_port
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    receiver.terminate()
+    raise SystemExit("the receiver did not start")

@@ -18,37 +18,16 @@ import concurrent.futures
 import os
 import smtplib
 import ssl
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
-
-from fixtures import free_port  # bench/ is on sys.path
+from fixtures import receiver_process  # bench/ is on sys.path
 from machine import machine_note
 from tlsstorm.common.intervals import mean_ci, shown
 from tlsstorm.common.process import cpu_seconds_of
 
 RPS = Path("/sys/class/net/lo/queues/rx-0/rps_cpus")
 BODY = b"Subject: spam\r\n\r\n" + (b"x" * 76 + b"\r\n") * 26
-
-
-def start_receiver() -> tuple[subprocess.Popen, int, str]:
-    smtp_port, http_port = free_port(), free_port()
-    receiver = subprocess.Popen(
-        ["taskset", "-c", "0", sys.executable, "-m", "tlsstorm", "receiver"],
-        env={**os.environ, "OTEL_SDK_DISABLED": "true", "TLSSTORM_RECEIVER_SMTP_PORT":
-             str(smtp_port), "TLSSTORM_RECEIVER_HTTP_PORT": str(http_port)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    http = f"http://127.0.0.1:{http_port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{http}/readyz", timeout=1).status_code == 200:
-                return receiver, smtp_port, http
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise SystemExit("the receiver did not start")
 
 
 def send(port: int, tls: bool, count: int) -> None:
@@ -86,7 +65,7 @@ def main() -> None:
         raise SystemExit("needs 2 cores and root (to steer loopback's receive path with RPS)")
     os.sched_setaffinity(0, {1})
     original = RPS.read_text().strip()
-    receiver, port, _ = start_receiver()
+    receiver, port = receiver_process({}, prefix=("taskset", "-c", "0"))
     results: dict[tuple[str, str], list[float]] = {}
     try:
         send(port, True, 50)

@@ -29,7 +29,12 @@ import time
 import typing
 from pathlib import Path
 
-from fixtures import certificate_files, free_port, smtpd_pids  # bench/ is on sys.path
+from fixtures import (  # bench/ is on sys.path
+    certificate_files,
+    free_port,
+    receiver_process,
+    smtpd_pids,
+)
 from machine import machine_note
 from tlsstorm.common.config import KeyType
 from tlsstorm.common.intervals import shown
@@ -144,19 +149,15 @@ def _wait_port(port: int) -> None:
 
 def start_single_process(name: str, cert: Path, key: Path) -> tuple[subprocess.Popen, int]:
     """Our receiver or the aiosmtpd server, new, on a free port."""
-    port = free_port()
     if name == "tlsstorm receiver":
-        command = [sys.executable, "-m", "tlsstorm", "receiver"]
-        env = {**os.environ, "OTEL_SDK_DISABLED": "true", "TLSSTORM_RECEIVER_CERT_FILE":
-               str(cert), "TLSSTORM_RECEIVER_KEY_FILE": str(key),
-               "TLSSTORM_RECEIVER_SMTP_PORT": str(port),
-               "TLSSTORM_RECEIVER_HTTP_PORT": str(free_port())}
+        server, port = receiver_process({"TLSSTORM_RECEIVER_CERT_FILE": str(cert),
+                                         "TLSSTORM_RECEIVER_KEY_FILE": str(key)})
     else:
-        command = [sys.executable, __file__, "--serve-aiosmtpd", str(port), str(cert), str(key)]
-        env = dict(os.environ)
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    _wait_port(port)
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, __file__, "--serve-aiosmtpd", str(port), str(cert), str(key)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_port(port)
     time.sleep(0.5)  # settled after its first connection
     return server, port
 
