@@ -43,21 +43,35 @@ async def _reply(reader: asyncio.StreamReader) -> bytes:
             return line
 
 
+async def _open(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                context: ssl.SSLContext | None) -> str | None:
+    """Greeting and EHLO, then with a context STARTTLS and EHLO again; the code of the reply
+    that refused the session, or None once it is open."""
+    greeting = await _reply(reader)
+    if not greeting.startswith(b"220"):
+        return greeting[:3].decode()
+    writer.write(b"EHLO bot.test\r\n")
+    await _reply(reader)
+    if context is not None:
+        writer.write(b"STARTTLS\r\n")
+        reply = await _reply(reader)
+        if not reply.startswith(b"220"):
+            return reply[:3].decode()
+        await writer.start_tls(context)
+        writer.write(b"EHLO bot.test\r\n")
+        await _reply(reader)
+    return None
+
+
 async def _starttls_session(port: int, context: ssl.SSLContext) -> str:
     """One message over STARTTLS on a new connection; the reply that decided it."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        greeting = await _reply(reader)
-        if not greeting.startswith(b"220"):
-            return greeting[:3].decode()
-        for command in (b"EHLO bot.test", b"STARTTLS"):
-            writer.write(command + b"\r\n")
-            reply = await _reply(reader)
-        if not reply.startswith(b"220"):
-            return reply[:3].decode()
-        await writer.start_tls(context)
-        for command in (b"EHLO bot.test", b"MAIL FROM:<bot@spam.test>",
-                        b"RCPT TO:<victim@receiver.tlsstorm.test>", b"DATA"):
+        refused = await _open(reader, writer, context)
+        if refused is not None:
+            return refused
+        for command in (b"MAIL FROM:<bot@spam.test>", b"RCPT TO:<victim@receiver.tlsstorm.test>",
+                        b"DATA"):
             writer.write(command + b"\r\n")
             await _reply(reader)
         writer.write(BODY)
@@ -156,19 +170,9 @@ async def _hold(port: int, tls: bool, count: int, opened: list, release: asyncio
     async def one() -> str:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
-            greeting = await _reply(reader)
-            if not greeting.startswith(b"220"):
-                return greeting[:3].decode()
-            writer.write(b"EHLO bot.test\r\n")
-            await _reply(reader)
-            if tls:
-                writer.write(b"STARTTLS\r\n")
-                reply = await _reply(reader)
-                if not reply.startswith(b"220"):
-                    return reply[:3].decode()
-                await writer.start_tls(context)
-                writer.write(b"EHLO bot.test\r\n")
-                await _reply(reader)
+            refused = await _open(reader, writer, context if tls else None)
+            if refused is not None:
+                return refused
             opened.append(1)
             await release.wait()
             writer.write(b"QUIT\r\n")
