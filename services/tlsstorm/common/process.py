@@ -1,14 +1,17 @@
-"""Process CPU (user+sys) and RSS, sampled so that cost per message can be attributed."""
+"""Process CPU (user+sys) and RSS (now and at its peak), sampled so that cost per message can be
+attributed; another process's CPU from the kernel's clock."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import os
 import resource
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -45,6 +48,25 @@ def raise_open_files_limit() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         soft = target
     return soft
+
+
+def peak_rss_bytes() -> int | None:
+    """The kernel's high-water mark of this process's RSS (VmHWM), since start or the last
+    reset_peak_rss()."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> None:
+    # Not Linux, or not allowed: the peak then runs from the start.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 @dataclass(frozen=True, slots=True)

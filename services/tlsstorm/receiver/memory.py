@@ -10,14 +10,13 @@ TLS session and checks its real RSS; what does not fit is refused and counted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import ctypes.util
 import time
 from pathlib import Path
 
 from tlsstorm.common.memory_fit import MemorySamples
-from tlsstorm.common.process import rss_bytes
+from tlsstorm.common.process import peak_rss_bytes, reset_peak_rss, rss_bytes
 from tlsstorm.receiver.session import SessionLimits
 
 _UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a huge number
@@ -50,25 +49,6 @@ def cgroup_memory_limit(proc_cgroup: Path = Path("/proc/self/cgroup"),
                 break
             return int(text)
     return None
-
-
-def peak_rss_bytes() -> int | None:
-    """The kernel's high-water mark of this process's RSS (VmHWM), since start or the last
-    reset_peak_rss()."""
-    try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss() -> None:
-    # Not Linux, or not allowed: the peak then runs from the start.
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
 
 
 def _malloc_trim():

@@ -20,10 +20,8 @@ class ModeStats:
 
     __slots__ = (
         "cpu_ns", "errors", "handshake_cpu_ns", "handshake_ms", "handshakes_failed",
-        "handshakes_ok",
-        "handshakes_resumed", "message_bytes", "messages", "queue_fsyncs", "replies",
-        "session_ms", "sessions",
-        "wire_bytes_in", "wire_bytes_out",
+        "handshakes_ok", "handshakes_resumed", "message_bytes", "messages", "queue_fsyncs",
+        "replies", "session_ms", "sessions", "wire_bytes_in", "wire_bytes_out",
     )
 
     def __init__(self) -> None:
