@@ -62,6 +62,12 @@ def test_allowed_targets_env_is_a_comma_list(monkeypatch):
     (["--cert-key-type", "dsa"], {}, "--cert-key-type / TLSSTORM_RECEIVER_CERT_KEY_TYPE"),
     ([], {"TLSSTORM_RECEIVER_TLS_MIN_VERSION": "1.3", "TLSSTORM_RECEIVER_TLS_MAX_VERSION": "1.2"},
      "below tls_min_version"),
+    (["--cert-file", "/etc/hostname", "--key-file", "/etc/hostname"], {},
+     "cannot serve TLS with /etc/hostname, /etc/hostname: "),
+    (["--ca-cert-file", "/etc/hostname", "--ca-key-file", "/etc/hostname"], {},
+     "cannot serve TLS with /etc/hostname, /etc/hostname: "),
+    (["--cert-file", "/nonexistent.pem", "--key-file", "/nonexistent.pem"], {},
+     "No such file or directory"),
 ])
 def test_bad_settings_exit_2_with_one_clear_line(args, env, message):
     finished = subprocess.run(

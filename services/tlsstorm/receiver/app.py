@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import ssl
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -65,13 +66,20 @@ class ReceiverService:
         self.provider = provider
         self.stats = ReceiverStats()
         self.sampler = ProcessSampler()
-        self.certificate = server_certificate(settings)
-        self.key_type = str(self.certificate.describe()[0]["key_type"])
+        try:
+            self.certificate = server_certificate(settings)
+            self.key_type = str(self.certificate.describe()[0]["key_type"])
+            self.tls_context: ssl.SSLContext = timed(server_context(
+                self.certificate.served, settings.tls_min_version, settings.tls_max_version,
+                settings.session_tickets,
+            ))
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+            given = [str(path) for path in (settings.cert_file, settings.key_file,
+                                            settings.ca_cert_file, settings.ca_key_file) if path]
+            print(f"tlsstorm receiver: cannot serve TLS with {', '.join(given)}: {error}",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
         self.chain_summary = self.certificate.summary()
-        self.tls_context: ssl.SSLContext = timed(server_context(
-            self.certificate.served, settings.tls_min_version, settings.tls_max_version,
-            settings.session_tickets,
-        ))
         self._tracer = provider.get_tracer("tlsstorm.receiver") if provider else None
         self.limits = SessionLimits(
             settings.max_connections, settings.max_handshakes, settings.max_recipients,
