@@ -3,8 +3,9 @@
 Pick a user class and a shape in the web UI (`--class-picker`); set the TLS ratio, message
 size, messages per connection and target under "Custom parameters".
 
-- SpamViaSender: each task asks the sender's /v1/send for one message (or one connection's
-  worth); the sender's measured phases become rows of their own in Locust's statistics.
+- SpamViaSender: each task asks the sender's /v1/batch for the bot's next --batch connections
+  (one after another, each STARTTLS or plain by the TLS ratio); every message the sender
+  measured becomes a row of its own in Locust's statistics.
 - DirectSmtpBot: a bot without the sender, stdlib smtplib under gevent, for comparison.
 """
 
@@ -33,15 +34,18 @@ class SpamViaSender(HttpUser):
     @task
     def send_spam(self) -> None:
         options = self.environment.parsed_options
-        count = self.budget.take(max(1, options.per_connection))
-        payload = {"tls": next_is_tls(self.environment), "count": count,
-                   "size": options.message_size, "per_connection": options.per_connection}
+        per_connection = max(1, options.per_connection)
+        count = self.budget.take(max(1, options.batch) * per_connection)
+        connections = -(-count // per_connection)
+        payload = {"tls": [next_is_tls(self.environment) for _ in range(connections)],
+                   "count": count, "size": options.message_size,
+                   "per_connection": per_connection}
         if options.target:
             payload["target"] = options.target
         if options.wave_id:
             payload["wave"] = options.wave_id
-        with self.client.post("/v1/send", json=payload, headers=self.headers,
-                              name="POST /v1/send", catch_response=True) as response:
+        with self.client.post("/v1/batch", json=payload, headers=self.headers,
+                              name="POST /v1/batch", catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"{response.status_code}: {response.text[:200]}")
                 return

@@ -1,5 +1,5 @@
-"""A memory cgroup of its own for a process under test (as root; cgroup v1 or v2), as a pod's
-limit would hold it."""
+"""A memory or CPU cgroup of its own for a process under test (as root; cgroup v1 or v2), as a
+pod's limits would hold it."""
 
 from __future__ import annotations
 
@@ -18,24 +18,37 @@ def _v2() -> bool:
     return (ROOT / "cgroup.controllers").exists()
 
 
-def unavailable() -> str | None:
-    """Why a memory cgroup cannot be made here, or None."""
+def _base(controller: str) -> Path:
+    return ROOT if _v2() else ROOT / controller
+
+
+def unavailable(controller: str = "memory") -> str | None:
+    """Why a cgroup of that controller cannot be made here, or None."""
     if os.geteuid() != 0:
         return "creating cgroups needs root"
-    base = ROOT if _v2() else ROOT / "memory"
+    base = _base(controller)
     if not os.access(base, os.W_OK):
         return f"{base} is not writable"
     return None
 
 
-def require() -> None:
+def require(controller: str = "memory") -> None:
     """Skip where cgroups cannot be made, except under CI=true, where that is a failure."""
-    reason = unavailable()
+    reason = unavailable(controller)
     if reason is None:
         return
     if os.environ.get("CI") == "true":
-        pytest.fail(f"memory cgroup tests must run in CI: {reason}")
+        pytest.fail(f"{controller} cgroup tests must run in CI: {reason}")
     pytest.skip(reason)
+
+
+def _remove(path: Path) -> None:
+    """Its processes back to the parent group, then the group itself."""
+    for pid in (path / "cgroup.procs").read_text().split():
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            (path.parent / "cgroup.procs").write_text(pid)
+    with contextlib.suppress(OSError):
+        path.rmdir()
 
 
 class MemoryGroup:
@@ -61,17 +74,49 @@ class MemoryGroup:
         return 0
 
     def remove(self) -> None:
-        for pid in (self.path / "cgroup.procs").read_text().split():
-            with contextlib.suppress(OSError):  # it ended meanwhile
-                ((self.path.parent) / "cgroup.procs").write_text(pid)
-        with contextlib.suppress(OSError):
-            self.path.rmdir()
+        _remove(self.path)
 
 
 @contextlib.contextmanager
 def memory_group(limit_bytes: int) -> Iterator[MemoryGroup]:
     require()
     group = MemoryGroup(limit_bytes)
+    try:
+        yield group
+    finally:
+        group.remove()
+
+
+class CpuGroup:
+    """A CPU quota in cores (CFS bandwidth: `cores` x 100 ms of CPU per 100 ms period)."""
+
+    PERIOD_US = 100_000
+
+    def __init__(self, cores: float) -> None:
+        self.path = _base("cpu") / f"tlsstorm-test-{uuid.uuid4().hex[:8]}"
+        if _v2():
+            with contextlib.suppress(OSError):  # the cpu controller for the root's children
+                (ROOT / "cgroup.subtree_control").write_text("+cpu")
+        self.path.mkdir()
+        quota = int(cores * self.PERIOD_US)
+        if _v2():
+            (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+        else:
+            (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+
+    @property
+    def procs(self) -> Path:
+        return self.path / "cgroup.procs"
+
+    def remove(self) -> None:
+        _remove(self.path)
+
+
+@contextlib.contextmanager
+def cpu_group(cores: float) -> Iterator[CpuGroup]:
+    require("cpu")
+    group = CpuGroup(cores)
     try:
         yield group
     finally:

@@ -138,7 +138,7 @@ def test_locust_cannot_aim_the_sender_outside_its_allowlist(receiver, sender, tm
     finish(run)
 
     rows = {row["name"]: row for row in json.loads(stats_file.read_text())}
-    assert rows["POST /v1/send"]["num_requests"] == rows["POST /v1/send"]["num_failures"] > 0
+    assert rows["POST /v1/batch"]["num_requests"] == rows["POST /v1/batch"]["num_failures"] > 0
     assert not smtp_rows(stats_file)  # no message was sent
     assert receiver.stats()["plain"]["sessions"] + receiver.stats()["tls"]["sessions"] == 0
 

@@ -17,10 +17,10 @@ from tlsstorm.common.config import (
 )
 
 
-def _serve(service) -> None:
+def _serve(service, run=asyncio.run) -> None:
     from tlsstorm.common.serve import run_until_signalled
 
-    asyncio.run(run_until_signalled(service))
+    run(run_until_signalled(service))
 
 
 def _receiver(flags: argparse.Namespace) -> None:
@@ -36,7 +36,12 @@ def _sender(flags: argparse.Namespace) -> None:
     from tlsstorm.sender.app import SenderService
 
     settings = load_settings(SenderSettings, flags, "tlsstorm sender")
-    _serve(SenderService(settings, tracer_provider("tlsstorm-sender")))
+    # The generator on libuv's loop: a third less CPU per message than asyncio's own (issue
+    # 12). The receiver stays on asyncio's loop, like the Python mail servers it stands for
+    # (and its CPU meter hooks that loop).
+    import uvloop
+
+    _serve(SenderService(settings, tracer_provider("tlsstorm-sender")), uvloop.run)
 
 
 def _collector(flags: argparse.Namespace) -> None:

@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from tlsstorm.collector import otlp
 from tlsstorm.collector.report import not_found_html, render_html
 from tlsstorm.common.api import service_app
-from tlsstorm.common.metrics import metrics_response, registry_with
+from tlsstorm.common.metrics import CpuLimitCollector, metrics_response, registry_with
 
 if TYPE_CHECKING:
     from tlsstorm.collector.app import CollectorService
@@ -51,7 +51,7 @@ class _CollectorMetrics:
 
 def create_api(service: CollectorService) -> FastAPI:
     app = service_app("tlsstorm collector")
-    registry = registry_with(_CollectorMetrics(service))
+    registry = registry_with(_CollectorMetrics(service), CpuLimitCollector(service.cpu))
     limit = service.settings.max_body_bytes
 
     def refuse(status: int, reason: str) -> Response:

@@ -12,6 +12,7 @@ from tlsstorm.collector.api import create_api
 from tlsstorm.collector.forward import Forwarder
 from tlsstorm.collector.store import Store
 from tlsstorm.common.config import CollectorSettings
+from tlsstorm.common.cpu_limit import CpuMonitor
 from tlsstorm.common.serve import HttpServer, bind, port_of
 
 # The aggregator's span counters that survive a restart with the cells.
@@ -21,6 +22,7 @@ _STORED_COUNTERS = ("spans_received", "spans_aggregated", "spans_rejected")
 class CollectorService:
     def __init__(self, settings: CollectorSettings) -> None:
         self.settings = settings
+        self.cpu = CpuMonitor()
         self.aggregator = Aggregator(settings.retention_hours * 3600, settings.max_buckets)
         self.requests: collections.Counter[int] = collections.Counter()
         self.store = Store(settings.db_path)

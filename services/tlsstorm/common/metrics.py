@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Response
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -30,6 +30,34 @@ class SpanCountsCollector:
         for outcome in ("ended", "exported", "dropped"):
             spans.add_metric([outcome], getattr(self._counts, outcome))
         yield spans
+
+
+class CpuLimitCollector:
+    """The CPU limit this service runs under, its cgroup's use and throttling (issue 12)."""
+
+    def __init__(self, monitor) -> None:
+        self._monitor = monitor
+
+    def collect(self):
+        limit = self._monitor.limit
+        reading = limit.reading()
+        cores = GaugeMetricFamily("tlsstorm_cpu_limit_cores", "cores this service may use",
+                                  labels=["source"])
+        cores.add_metric([limit.source], limit.cores)
+        yield cores
+        if reading.cgroup_cpu_s is not None:
+            yield CounterMetricFamily("tlsstorm_cpu_cgroup_seconds", "CPU used by the cgroup",
+                                      value=reading.cgroup_cpu_s)
+        yield CounterMetricFamily("tlsstorm_cpu_throttled_periods", "periods the kernel "
+                                  "throttled the cgroup in", value=reading.throttled_periods)
+        yield CounterMetricFamily("tlsstorm_cpu_throttled_seconds", "time throttled",
+                                  value=reading.throttled_s)
+        recent = self._monitor.recent()
+        if recent is not None:
+            share = GaugeMetricFamily("tlsstorm_cpu_share_of_limit", "share of the limit used "
+                                      "since the previous look (at least a second before)")
+            share.add_metric([], float(recent["share_of_limit"] or 0.0))
+            yield share
 
 
 def metrics_response(registry: CollectorRegistry) -> Response:

@@ -9,7 +9,12 @@ from fastapi.responses import PlainTextResponse
 
 from tlsstorm.common.api import service_app
 from tlsstorm.common.auth import bearer_guard
-from tlsstorm.common.metrics import SpanCountsCollector, metrics_response, registry_with
+from tlsstorm.common.metrics import (
+    CpuLimitCollector,
+    SpanCountsCollector,
+    metrics_response,
+    registry_with,
+)
 from tlsstorm.common.serve import BodyLimit
 from tlsstorm.receiver.metrics import ReceiverCollector
 
@@ -24,7 +29,8 @@ def create_api(service: ReceiverService) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=64 * 1024)
     guarded = [Depends(bearer_guard(service.settings.api_token))]
     registry = registry_with(ReceiverCollector(service.stats, service.memory.snapshot),
-                             SpanCountsCollector(service.provider))
+                             SpanCountsCollector(service.provider),
+                             CpuLimitCollector(service.cpu))
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -45,6 +51,7 @@ def create_api(service: ReceiverService) -> FastAPI:
         snapshot["load"] = {"open_sessions": service.limits.open_sessions,
                             "handshakes_in_progress": service.limits.handshakes}
         snapshot["memory"] = service.memory.snapshot()
+        snapshot["cpu"] = service.cpu.snapshot()
         return snapshot
 
     @app.get("/v1/stats/samples")

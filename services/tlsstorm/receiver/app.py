@@ -13,6 +13,7 @@ from pathlib import Path
 from opentelemetry.sdk.trace import TracerProvider
 
 from tlsstorm.common.config import ReceiverSettings
+from tlsstorm.common.cpu_limit import CpuMonitor
 from tlsstorm.common.pki import (
     ServerCertificate,
     issue_chain,
@@ -66,6 +67,7 @@ class ReceiverService:
         self.provider = provider
         self.stats = ReceiverStats()
         self.sampler = ProcessSampler()
+        self.cpu = CpuMonitor()
         try:
             self.certificate = server_certificate(settings)
             self.key_type = str(self.certificate.describe()[0]["key_type"])

@@ -5,12 +5,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI, HTTPException, status
+from fastapi.responses import JSONResponse
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tlsstorm.common.api import service_app
 from tlsstorm.common.auth import bearer_guard
-from tlsstorm.common.metrics import SpanCountsCollector, metrics_response, registry_with
+from tlsstorm.common.metrics import (
+    CpuLimitCollector,
+    SpanCountsCollector,
+    metrics_response,
+    registry_with,
+)
 from tlsstorm.common.serve import BodyLimit
 from tlsstorm.sender.allowlist import Target, TargetRefused
 from tlsstorm.sender.waves import DeliveryOptions, Wave, WaveSpec
@@ -24,6 +30,33 @@ class SendRequest(DeliveryOptions):
     count: int = Field(1, ge=1, le=10_000)
     wave: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
                              description="label that groups these messages in stats and spans")
+
+
+class BatchRequest(DeliveryOptions):
+    """A bot's next connections in one request (Locust's users send these): the HTTP cost of
+    a request is shared by its messages instead of paid by each (issue 12)."""
+
+    tls: list[bool] = Field(min_length=1, max_length=1000,
+                            description="one entry per connection, in order: STARTTLS or not")
+    count: int | None = Field(None, ge=1, le=100_000, description="messages in all (default: "
+                              "per_connection on every connection; fewer on the last)")
+    wave: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                             description="label that groups these messages in stats and spans")
+
+    @model_validator(mode="after")
+    def _count_fits_connections(self) -> BatchRequest:
+        most = len(self.tls) * self.per_connection
+        if self.count is not None and not most - self.per_connection < self.count <= most:
+            raise ValueError(f"count {self.count} does not fit {len(self.tls)} connections of "
+                             f"{self.per_connection} messages (more than "
+                             f"{most - self.per_connection}, at most {most})")
+        return self
+
+
+def _results(target: Target, results: list) -> JSONResponse:
+    """Straight to JSON: FastAPI's encoder walking every result cost more than sending it."""
+    return JSONResponse({"target": target.label,
+                         "results": [result.as_dict() for result in results]})
 
 
 class _SenderCollector:
@@ -50,7 +83,8 @@ def create_api(service: SenderService) -> FastAPI:
     app = service_app("tlsstorm sender")
     app.add_middleware(BodyLimit, max_bytes=64 * 1024)
     guarded = [Depends(bearer_guard(service.settings.api_token))]
-    registry = registry_with(_SenderCollector(service), SpanCountsCollector(service.provider))
+    registry = registry_with(_SenderCollector(service), SpanCountsCollector(service.provider),
+                             CpuLimitCollector(service.cpu))
 
     async def allowed(target: str | None) -> Target:
         try:
@@ -66,8 +100,21 @@ def create_api(service: SenderService) -> FastAPI:
     def readyz() -> dict:
         return {"status": "ready"}
 
+    @app.get("/v1/stats")
+    def stats() -> dict:
+        """Messages sent and the CPU spent against this sender's limit: a starved generator
+        shows here before it shows as the receiver's latency."""
+        totals = service.client.totals
+        return {
+            "messages": {f"{mode}_{result}": count
+                         for (mode, result), count in totals.messages.items()},
+            "waves_running": sum(1 for wave in service.waves.waves.values()
+                                 if wave.status == "running"),
+            "cpu": service.cpu.snapshot(),
+        }
+
     @app.post("/v1/send", dependencies=guarded)
-    async def send(request: SendRequest) -> dict:
+    async def send(request: SendRequest) -> JSONResponse:
         """Send now and wait; one result per message."""
         target = await allowed(request.target)
         results = []
@@ -77,7 +124,21 @@ def create_api(service: SenderService) -> FastAPI:
             results += await service.client.send(target, request.tls, batch, request.size,
                                                  wave_id=request.wave, resume=request.resume)
             remaining -= batch
-        return {"target": target.label, "results": [result.as_dict() for result in results]}
+        return _results(target, results)
+
+    @app.post("/v1/batch", dependencies=guarded)
+    async def send_batch(request: BatchRequest) -> JSONResponse:
+        """Connections one after another, as one bot works down its list; one result per
+        message, in order."""
+        target = await allowed(request.target)
+        results = []
+        remaining = request.count or len(request.tls) * request.per_connection
+        for tls in request.tls:
+            batch = min(request.per_connection, remaining)
+            results += await service.client.send(target, tls, batch, request.size,
+                                                 wave_id=request.wave, resume=request.resume)
+            remaining -= batch
+        return _results(target, results)
 
     @app.post("/v1/waves", status_code=status.HTTP_202_ACCEPTED, dependencies=guarded)
     async def start_wave(spec: WaveSpec) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from opentelemetry.sdk.trace import TracerProvider
 
 from tlsstorm.common.config import SenderSettings
+from tlsstorm.common.cpu_limit import CpuMonitor
 from tlsstorm.common.serve import HttpServer, bind, port_of
 from tlsstorm.sender.allowlist import Allowlist
 from tlsstorm.sender.api import create_api
@@ -15,6 +16,7 @@ from tlsstorm.sender.waves import WaveBook
 class SenderService:
     def __init__(self, settings: SenderSettings, provider: TracerProvider | None = None):
         self.settings = settings
+        self.cpu = CpuMonitor()
         self.provider = provider
         self.allowlist = Allowlist(settings.allowed_targets, settings.target)
         self.client = SmtpClient(settings, provider)

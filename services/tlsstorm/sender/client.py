@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import collections
-import contextlib
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 
-import aiosmtplib
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -26,6 +23,7 @@ from tlsstorm.common.tls import (
 from tlsstorm.common.wire import wire_bytes
 from tlsstorm.sender.allowlist import Target
 from tlsstorm.sender.message import build_message
+from tlsstorm.sender.smtp_wire import Plan, SmtpReplyError, SmtpWire, StartTlsNotOffered, converse
 
 
 @dataclass(slots=True)
@@ -94,6 +92,9 @@ class SmtpClient:
         self.resuming_context = resuming(client_context(settings.ca_file))
         self.tracer = provider.get_tracer("tlsstorm.sender") if provider else None
         self.totals = SendTotals()
+        self.helo_name = settings.helo_name.encode("ascii")
+        self.mail_from = settings.mail_from.encode("ascii")
+        self.rcpt_to = settings.rcpt_to.encode("ascii")
 
     async def send(
         self, target: Target, tls: bool, count: int, size: int, wave_id: str | None = None,
@@ -111,6 +112,8 @@ class SmtpClient:
 
 
 class _Session:
+    """Measures one connection's conversation (the SmtpWire's listener), message by message."""
+
     def __init__(self, client: SmtpClient, target: Target, tls: bool, wave_id: str | None,
                  tls_context) -> None:
         self.client = client
@@ -121,95 +124,83 @@ class _Session:
         self.tls = tls
         self.wave_id = wave_id
         self.results: list[MessageResult] = []
-        self.socket = None
+        self.wire: SmtpWire | None = None
         self.ssl_object: TimedSSLObject | None = None
-        self.smtp: aiosmtplib.SMTP | None = None
         self.connect_ms: float | None = None
         self.trace_commands = client.tracer is not None and self.settings.trace_commands
+        self.count = self.size = self.message_size = 0
+        self.span: trace.Span | None = None
+        self.last: MessageResult | None = None  # the last message waits for QUIT
+        self.final: _Checkpoint | None = None
         self.mark: _Checkpoint = self._checkpoint()
 
     def _checkpoint(self) -> _Checkpoint:
-        counted = wire_bytes(self.socket) if self.socket is not None else None
+        counted = wire_bytes(self.wire.socket) if self.wire is not None else None
         received, sent = counted or (0, 0)
         return _Checkpoint(time.perf_counter_ns(), time.time_ns(), received, sent)
 
-    async def _step(self, name: str, awaitable):
+    # -- what the wire tells us -------------------------------------------------------------
+
+    def phase(self, name: str, started_ns: int, ended_ns: int) -> None:
         """One SMTP command, timed as a phase (a span of its own) when commands are traced."""
-        if not self.trace_commands:
-            return await awaitable
-        phase = _Phase(name, time.time_ns())
-        self.mark.phases.append(phase)
-        try:
-            return await awaitable
-        finally:
-            phase.ended_ns = time.time_ns()
+        self.mark.phases.append(_Phase(name, started_ns, ended_ns))
 
-    def _acknowledge_replies_at_once(self) -> None:
-        """TCP_QUICKACK after each command is written: the kernel would otherwise go back to
-        delaying ACKs once we send. Postfix with TLS 1.3 sends its session tickets and its next
-        reply as separate segments; with our ACK for the first held back 40 ms, the second waits
-        that long (Nagle)."""
-        protocol, raw = self.smtp.protocol, self.socket
-        write = protocol.write
+    def greeted(self) -> None:
+        self.connect_ms = (time.perf_counter_ns() - self.mark.perf_ns) / 1e6
 
-        def write_then_acknowledge_quickly(data: bytes) -> None:
-            write(data)
-            with contextlib.suppress(OSError):
-                raw.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-
-        protocol.write = write_then_acknowledge_quickly
-
-    async def _open(self) -> None:
+    def message_body(self, index: int) -> bytes:
+        """The next message, built as its DATA is accepted; its span starts where it began."""
+        if index:
+            self.span = self._start_span()
+        traceparent = traceparent_of(self.span) if self.span is not None else None
         settings = self.settings
-        self.smtp = aiosmtplib.SMTP(
-            hostname=self.target.address, port=self.target.port,
-            local_hostname=settings.helo_name, tls_context=self.tls_context,
-            start_tls=False, use_tls=False, timeout=settings.timeout_s,
-        )
-        started = time.perf_counter()
-        await self._step("smtp.connect", self.smtp.connect())
-        self.connect_ms = (time.perf_counter() - started) * 1000
-        self.socket = self.smtp.transport.get_extra_info("socket")
-        if self.settings.quick_ack and _TCP_QUICKACK is not None:
-            self._acknowledge_replies_at_once()
-        await self._step("smtp.ehlo", self.smtp.ehlo())
-        if self.tls:
-            try:
-                await self._step(
-                    "smtp.starttls",
-                    self.smtp.starttls(server_hostname=self.target.host,
-                                       tls_context=self.tls_context),
-                )
-            except aiosmtplib.SMTPResponseException as refusal:
-                if refusal.code != _TLS_NOT_AVAILABLE:
-                    raise
-                self.tls_refused = True  # as opportunistic bots do: carry on in plain text
-                return
-            self.ssl_object = self.smtp.transport.get_extra_info("ssl_object")
-            await self._step("smtp.ehlo", self.smtp.ehlo())
+        message = build_message(self.size, settings.mail_from, settings.rcpt_to, traceparent,
+                                self.wave_id)
+        self.message_size = len(message)
+        return message
+
+    def message_accepted(self, index: int, code: int, reply: str) -> None:
+        self.ssl_object = self.wire.ssl_object
+        result = MessageResult(ok=True, tls=self.tls, code=code, reply=reply,
+                               size=self.message_size)
+        if index == self.count - 1:
+            self.last = result  # QUIT is charged to the last message
+            return
+        self._close_message(result, self.span)
+        self.span = None
+
+    def ending(self) -> None:
+        """The last count of bytes, taken before the socket closes."""
+        self.final = self._checkpoint()
+
+    # -- the connection ---------------------------------------------------------------------
 
     async def run(self, count: int, size: int) -> list[MessageResult]:
-        error: str | None = None
-        span: trace.Span | None = None
+        self.count, self.size = count, size
+        self.span = self._start_span()
+        settings, client = self.settings, self.client
+        plan = Plan(client.helo_name, client.mail_from, client.rcpt_to, count,
+                    self.tls_context if self.tls else None, self.target.host)
+        self.wire = SmtpWire(plan, self, settings.timeout_s, quick_ack=settings.quick_ack,
+                             trace_phases=self.trace_commands)
+        failure: Exception | None = None
         try:
-            for index in range(count):
-                span = self._start_span()
-                if index == 0:
-                    await self._open()
-                result = await self._message(size, span)
-                if index == count - 1:
-                    await self._quit()
-                self._close_message(result, span)
-                span = None
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as failure:
-            error = _describe(failure)
-            self._close_message(self._failed_result(failure, size), span)
-        finally:
-            if self.smtp is not None:
-                self.smtp.close()
+            await converse(self.target.address, self.target.port, self.wire, settings.timeout_s)
+        except (SmtpReplyError, StartTlsNotOffered, OSError, TimeoutError) as error:
+            failure = error
+        self.tls_refused = self.wire.tls_refused
+        if self.ssl_object is None and self.wire.ssl_object is not None \
+                and self.wire.ssl_object.handshake_ms is not None:
+            self.ssl_object = self.wire.ssl_object
+        if self.last is not None:  # every message is in, whatever became of QUIT
+            self._close_message(self.last, self.span)
+            if isinstance(self.ssl_object, ResumingSSLObject):
+                self.ssl_object.remember_session()
+        elif failure is not None:
+            self._close_message(self._failed_result(failure, size), self.span)
         while len(self.results) < count:
             self.results.append(MessageResult(ok=False, tls=self.tls, size=size,
-                                              error=f"not sent: {error}"))
+                                              error=f"not sent: {_describe(failure)}"))
         return self.results
 
     def _start_span(self) -> trace.Span | None:
@@ -217,24 +208,6 @@ class _Session:
         if tracer is None:
             return None
         return tracer.start_span(attr.SPAN_SEND, kind=SpanKind.CLIENT, start_time=self.mark.wall_ns)
-
-    async def _quit(self) -> None:
-        """Best effort: the last message was accepted whatever happens to QUIT."""
-        with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-            await self._step("smtp.quit", self.smtp.execute_command(b"QUIT"))
-        if isinstance(self.ssl_object, ResumingSSLObject):
-            self.ssl_object.remember_session()
-
-    async def _message(self, size: int, span: trace.Span | None) -> MessageResult:
-        settings = self.settings
-        traceparent = traceparent_of(span) if span is not None else None
-        message = build_message(size, settings.mail_from, settings.rcpt_to, traceparent,
-                                self.wave_id)
-        await self._step("smtp.mail", self.smtp.mail(settings.mail_from))
-        await self._step("smtp.rcpt", self.smtp.rcpt(settings.rcpt_to))
-        reply = await self._step("smtp.data", self.smtp.data(message))
-        return MessageResult(ok=True, tls=self.tls, code=reply.code, reply=reply.message,
-                             size=len(message))
 
     def _failed_result(self, failure: BaseException, size: int) -> MessageResult:
         code = getattr(failure, "code", None)
@@ -247,7 +220,7 @@ class _Session:
         """Charge the interval since the last checkpoint to this message and start a new one."""
         first = not self.results
         result.tls_refused = self.tls_refused
-        previous, now = self.mark, self._checkpoint()
+        previous, now = self.mark, self.final or self._checkpoint()
         result.total_ms = (now.perf_ns - previous.perf_ns) / 1e6
         result.bytes_received = now.received - previous.received
         result.bytes_sent = now.sent - previous.sent
@@ -313,11 +286,7 @@ class _Session:
         span.end(end_time=now.wall_ns)
 
 
-_TLS_NOT_AVAILABLE = 454
-_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
-
-
-def _describe(failure: BaseException) -> str:
-    if isinstance(failure, aiosmtplib.SMTPResponseException):
+def _describe(failure: BaseException | None) -> str:
+    if isinstance(failure, SmtpReplyError):
         return f"smtp_{failure.code}: {failure.message}"
     return f"{type(failure).__name__}: {failure}"

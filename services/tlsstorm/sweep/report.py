@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 import datetime
 import json
-from dataclasses import fields
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from tlsstorm.common.charts import bar_chart, line_chart
+from tlsstorm.common.cpu_limit import usage_sentence
 from tlsstorm.sweep.fit import CostFit
 from tlsstorm.sweep.run import Capacity, WavePoint
 
@@ -52,6 +52,14 @@ def text_summary(points: list[WavePoint], fit: CostFit,
             f"{_cell(point.handshake_p99_ms):>7} {_cell(point.session_p99_ms):>8} "
             f"{_cell(point.peak_rss_mib):>8} {point.peak_sessions:>5} "
             f"{capacity[point.tls_ratio].text() if point.tls_ratio in capacity else '':>9}")
+    limited = [point for point in points if point.generator_limited]
+    for point in limited:
+        lines.append(f"GENERATOR-LIMITED: the {point.tls_ratio:.0%} wave at {point.rate:g}/s "
+                     f"({usage_sentence('sender', point.sender_cpu)}); its figures describe the "
+                     "sender as much as the receiver")
+    if any(found.generator_limited_at is not None for found in capacity.values()):
+        lines.append("capacity N*: the sender ran out of CPU at the next rate, so the "
+                     "receiver's capacity is at least N; give the sender more CPU or replicas")
     if any(found.lower_bound for found in capacity.values()):
         lines.append("capacity >=N: every rate tried held the SLO, so N is a lower bound; "
                      "N-M: N held, M did not")
@@ -74,9 +82,10 @@ def write_report(folder: Path, points: list[WavePoint], fit: CostFit,
                  scenario: str | None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "waves.csv").open("w", newline="") as table:
-        writer = csv.DictWriter(table, fieldnames=[field.name for field in fields(WavePoint)])
+        rows = [point.csv_row() for point in points]
+        writer = csv.DictWriter(table, fieldnames=list(rows[0]) if rows else [])
         writer.writeheader()
-        writer.writerows(point.as_dict() for point in points)
+        writer.writerows(rows)
     (folder / "sweep.json").write_text(json.dumps({
         "settings": settings, "scenario": scenario,
         "fit": {"plain_ms": fit.plain_ms, "tls_ms": fit.tls_ms, "factor": fit.factor,

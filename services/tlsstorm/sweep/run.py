@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from tlsstorm.common.auth import bearer_headers
+from tlsstorm.common.cpu_limit import limited_by, usage_between
 from tlsstorm.local import LocalStack
 
 
@@ -43,9 +44,26 @@ class WavePoint:
     tls_out_bytes_per_session: float | None
     peak_rss_mib: float | None  # the receiver's highest RSS during the wave
     peak_sessions: int  # sessions open at once at most, during the wave
+    sender_cpu: dict[str, Any] | None  # the sender's CPU against its limit over the wave
+    receiver_cpu: dict[str, Any] | None  # the receiver's, likewise
+    limited_by: list[str]  # busy components (throttled or above 85%): "sender" first
+
+    @property
+    def generator_limited(self) -> bool:
+        return "sender" in self.limited_by
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def csv_row(self) -> dict[str, Any]:
+        """One flat row: each side's CPU as cores, share of its limit and time throttled."""
+        row = self.as_dict()
+        for side in ("sender", "receiver"):
+            used = row.pop(f"{side}_cpu") or {}
+            for name in ("process_cores", "share_of_limit", "throttled_seconds"):
+                row[f"{side}_{name}"] = used.get(name)
+        row["limited_by"] = " ".join(self.limited_by)
+        return row
 
 
 def _per(total: float, count: int) -> float | None:
@@ -90,7 +108,10 @@ class SweepRunner:
         # stats when its sessions were refused before MAIL, so never carried its header.
         self.http.post(f"{self.receiver_url}/v1/stats/reset").raise_for_status()
         cpu_before = self._cpu_seconds()
+        limits_before = self._cpu_limits()
         wave = self.send_wave(tls_ratio, rate, messages, label, **sender_options)
+        limits = {name: usage_between(before, after) for (name, before), after in
+                  zip(limits_before.items(), self._cpu_limits().values(), strict=True)}
         stats = self._wave_stats(wave)
         cpu = self._cpu_seconds() - cpu_before
         plain, tls = stats["plain"], stats["tls"]
@@ -116,7 +137,14 @@ class SweepRunner:
             tls_out_bytes_per_session=_per(tls["wire_bytes_out"], tls["sessions"]),
             peak_rss_mib=_mib(stats["memory"]["peak_rss_bytes"]),
             peak_sessions=stats["memory"]["peak_sessions"]["all"],
+            sender_cpu=limits["sender"], receiver_cpu=limits["receiver"],
+            limited_by=limited_by(limits),
         )
+
+    def _cpu_limits(self) -> dict[str, dict]:
+        """Each side's CPU counters against its limit, sender first."""
+        return {"sender": self.http.get(f"{self.sender_url}/v1/stats").json()["cpu"],
+                "receiver": self.http.get(f"{self.receiver_url}/v1/stats").json()["cpu"]}
 
     def send_wave(self, tls_ratio: float, rate: float, messages: int, label: str,
                   **sender_options) -> dict[str, Any]:
@@ -159,12 +187,15 @@ class SweepRunner:
     def capacity(self, tls_ratio: float, rates: list[float], seconds: float,
                  slo_p99_ms: float) -> tuple[Capacity, list[WavePoint]]:
         """The highest rate whose wave keeps session p99 under the SLO, nothing skipped, and
-        the first rate that did not (if any was tried)."""
+        the first rate that did not (if any was tried). A wave the sender could not drive
+        (generator-limited) ends the steps without a verdict on the receiver."""
         sustained, steps = None, []
         for rate in rates:
             point = self.wave(tls_ratio, rate, max(1, int(rate * seconds)),
                               f"capacity {tls_ratio:.0%} TLS at {rate:g}/s")
             steps.append(point)
+            if point.generator_limited:
+                return Capacity(sustained, None, generator_limited_at=rate), steps
             within = (point.session_p99_ms or 0) <= slo_p99_ms and point.skipped == 0 \
                 and point.failed == 0 and point.achieved_rate >= 0.9 * rate
             if not within:
@@ -180,12 +211,15 @@ class Capacity:
 
     sustained: float | None
     failed_at: float | None
+    generator_limited_at: float | None = None  # the rate the sender could not drive
 
     @property
     def lower_bound(self) -> bool:
         return self.failed_at is None
 
     def text(self) -> str:
+        if self.generator_limited_at is not None:
+            return f">={self.sustained:g}*" if self.sustained else "?*"
         if self.sustained is None:
             return f"<{self.failed_at:g}"
         if self.lower_bound:
@@ -194,7 +228,8 @@ class Capacity:
 
     def as_dict(self) -> dict[str, Any]:
         return {"sustained": self.sustained, "failed_at": self.failed_at,
-                "lower_bound": self.lower_bound}
+                "lower_bound": self.lower_bound,
+                "generator_limited_at": self.generator_limited_at}
 
 
 def receiver_wave_stats(http: httpx.Client, receiver_url: str, wave_id: str, messages: int,
