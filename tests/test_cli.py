@@ -127,6 +127,7 @@ def test_demo_prints_the_plain_versus_tls_table(tmp_path):
     assert lines["sessions"].split()[1:3] == ["28", "12"]
     assert lines["receiver CPU ms/msg"].rstrip().endswith("x")
     assert "agrees with the collector" in finished.stdout
+    assert "CPU over the wave: sender " in finished.stdout  # and what limited it, if anything
     assert (tmp_path / "results" / "demo-latest.json").exists()
     assert "<svg" in (tmp_path / "results" / "report.html").read_text()
 

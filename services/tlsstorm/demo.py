@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from tlsstorm.collector.report import (
     text_table,
 )
 from tlsstorm.common.auth import bearer_headers
+from tlsstorm.common.cpu_limit import BUSY_SHARE, limited_by, usage_between, usage_sentence
 from tlsstorm.local import LocalStack
 from tlsstorm.sweep.run import receiver_wave_stats
 
@@ -38,6 +40,49 @@ def _run_locust_wave(local: LocalStack, messages: int, tls_ratio: float, users: 
     if finished.returncode != 0:
         raise SystemExit(f"locust exited with code {finished.returncode}")
     return {"id": wave_id, "messages": messages}
+
+
+def _cpu_counters(local: LocalStack, http: httpx.Client) -> dict[str, Any]:
+    """Each side's CPU counters against its limit, and Locust's (this process's children)."""
+    return {"sender": http.get(local.sender_url("/v1/stats")).json()["cpu"],
+            "receiver": http.get(local.receiver_url("/v1/stats")).json()["cpu"],
+            "locust": (time.monotonic(), _children_cpu_seconds())}
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_over_wave(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Cores each component used over the wave against its limit; Locust runs as one
+    process (one core at most)."""
+    (started, cpu_then), (ended, cpu_now) = before["locust"], after["locust"]
+    locust_cores = (cpu_now - cpu_then) / max(ended - started, 1e-9)
+    used = {name: usage_between(before[name], after[name]) for name in ("sender", "receiver")}
+    used["locust"] = {"process_cores": round(locust_cores, 3), "limit_cores": 1.0,
+                      "limit_source": "one process", "throttled_periods": 0,
+                      "throttled_seconds": 0.0, "seconds": round(ended - started, 3),
+                      "busy": locust_cores > BUSY_SHARE}
+    return {"usage": used, "limited_by": limited_by(used)}
+
+
+def _headroom_sentence(cpu: dict[str, Any], received: int) -> str:
+    """What each component spent over the wave, and whether a generator limited it."""
+    usage = cpu["usage"]
+    per_message = {name: used["process_cores"] * used["seconds"] * 1000 / max(received, 1)
+                   for name, used in usage.items()}
+    share = per_message["sender"] / per_message["receiver"] if per_message["receiver"] else 0
+    sentence = ("CPU over the wave: " + "; ".join(
+        usage_sentence(name, used) for name, used in usage.items()) +
+        f". Per message: sender {per_message['sender']:.2f} ms, receiver "
+        f"{per_message['receiver']:.2f} ms (sender/receiver {share:.2f}x), Locust "
+        f"{per_message['locust']:.2f} ms.")
+    generators = [name for name in cpu["limited_by"] if name != "receiver"]
+    if generators:
+        sentence += (f"\nGENERATOR-LIMITED: {', '.join(generators)} ran out of CPU, so the "
+                     "latency above describes the generator as much as the receiver.")
+    return sentence
 
 
 def _receiver_stats(local: LocalStack, http: httpx.Client, wave: dict[str, Any]) -> dict:
@@ -82,8 +127,10 @@ def run_demo(messages: int, tls_ratio: float, users: int, size: int) -> None:
     try:
         print(f"Locust (headless) sends {messages} messages of {size} bytes through the sender "
               f"with {users} users, {tls_ratio:.0%} STARTTLS")
-        wave = _run_locust_wave(local, messages, tls_ratio, users, size)
         with httpx.Client(timeout=30, headers=bearer_headers()) as http:
+            cpu_before = _cpu_counters(local, http)
+            wave = _run_locust_wave(local, messages, tls_ratio, users, size)
+            cpu = _cpu_over_wave(cpu_before, _cpu_counters(local, http))
             stats = _receiver_stats(local, http, wave)
             sessions = stats["plain"]["sessions"] + stats["tls"]["sessions"]
             summary = _collector_summary(local, http, wave["id"], sessions, messages)
@@ -104,6 +151,7 @@ def run_demo(messages: int, tls_ratio: float, users: int, size: int) -> None:
         print(f"\n{sentence}")
     print(process_sentence(summary["process"]))
     print(memory_sentence(summary["memory"]))
+    print(_headroom_sentence(cpu, received))
     agrees = (receiver["plain"]["sessions"], receiver["starttls"]["sessions"]) == (
         stats["plain"]["sessions"], stats["tls"]["sessions"])
     print(f"receiver /v1/stats for this wave: {stats['plain']['sessions']} plain, "
@@ -112,7 +160,8 @@ def run_demo(messages: int, tls_ratio: float, users: int, size: int) -> None:
     results = Path("results")
     results.mkdir(exist_ok=True)
     (results / "demo-latest.json").write_text(json.dumps(
-        {"wave": wave, "receiver": stats, "collector": summary, "tls": tls_settings}, indent=2))
+        {"wave": wave, "receiver": stats, "collector": summary, "tls": tls_settings,
+         "cpu": cpu}, indent=2))
     report = results / "report.html"
     report.write_text(report_html)
     print(f"\nHTML report with plots: {report.resolve()}")
