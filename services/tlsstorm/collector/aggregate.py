@@ -16,7 +16,7 @@ from tlsstorm.common.memory_fit import MemorySamples
 RECEIVER, SENDER = "receiver", "sender"
 PLAIN, STARTTLS = "plain", "starttls"
 MODES = (PLAIN, STARTTLS)
-PROCESS = "process"  # the cells of a receiver's process CPU samples: no wave, no mode
+PROCESS = "process"  # the cells of a service's process CPU samples: no wave, no mode
 
 # Only these attributes are read, each from the one AnyValue field its producer writes.
 _INT_ATTRIBUTES = {
@@ -31,16 +31,21 @@ _INT_ATTRIBUTES = {
     attr.PROCESS_RSS_BYTES: "rss_bytes",
     attr.OPEN_PLAIN_SESSIONS: "open_plain",
     attr.OPEN_TLS_SESSIONS: "open_tls",
+    attr.CPU_LIMIT_MILLICORES: "limit_millicores",
+    attr.CPU_THROTTLED_US: "throttled_us",
+    attr.CPU_BUSY: "busy_samples",
 }
 _STRING_ATTRIBUTES = {attr.MODE: "mode", attr.WAVE_ID: "wave", attr.ERROR_TYPE: "error",
-                      attr.SIDE: "side", attr.CERT_CHAIN: "chain"}
+                      attr.SIDE: "side", attr.CERT_CHAIN: "chain",
+                      attr.PROCESS_ROLE: "process_role"}
 _STATUS_ERROR = 2
 
 CellKey = tuple[str, str, str, str, int]  # wave, service, role, mode, unix second
 # A cell's counters, which merge by addition and are stored as they are.
 _SUMS = ("sessions", "messages", "message_bytes", "wire_in", "wire_out", "cpu_us",
          "handshakes_ok", "handshakes_failed", "handshake_cpu_us", "process_cpu_us",
-         "charged_cpu_us", "rss_bytes", "open_plain", "open_tls", "samples")
+         "charged_cpu_us", "rss_bytes", "open_plain", "open_tls", "samples",
+         "limit_millicores", "throttled_us", "busy_samples")
 
 
 class Timeline(NamedTuple):
@@ -54,6 +59,7 @@ class Cell:
     """Sums and histograms of one key; cells merge by addition."""
 
     __slots__ = (
+        "busy_samples",
         "chains",
         "charged_cpu_us",
         "cpu_us",
@@ -63,6 +69,7 @@ class Cell:
         "handshake_ms",
         "handshakes_failed",
         "handshakes_ok",
+        "limit_millicores",
         "message_bytes",
         "messages",
         "open_plain",
@@ -71,6 +78,7 @@ class Cell:
         "rss_bytes",
         "samples",
         "sessions",
+        "throttled_us",
         "wire_in",
         "wire_out",
     )
@@ -92,6 +100,11 @@ class Cell:
         self.open_plain = 0
         self.open_tls = 0
         self.samples = 0
+        # Each second's CPU limit, time throttled and whether the service was busy (throttled
+        # or above 85% of its limit): a sender busy in a wave's seconds limited that wave.
+        self.limit_millicores = 0
+        self.throttled_us = 0
+        self.busy_samples = 0
         self.errors: dict[str, int] = {}
         self.chains: dict[str, int] = {}  # certificate chain served -> sessions
         self.duration_ms = LatencyHistogram()
@@ -221,7 +234,8 @@ class Aggregator:
             role = RECEIVER if values.get("side") == "server" else SENDER
             mode = STARTTLS
         elif name == attr.SPAN_PROCESS:
-            role, mode, values["wave"] = RECEIVER, PROCESS, ""
+            role = SENDER if values.get("process_role") == SENDER else RECEIVER
+            mode, values["wave"] = PROCESS, ""
         else:
             role = RECEIVER if name == attr.SPAN_SESSION else SENDER
             mode = values.get("mode", PLAIN)
@@ -235,7 +249,7 @@ class Aggregator:
         self.spans_aggregated += 1
         if name == attr.SPAN_PROCESS:
             for field in ("process_cpu_us", "charged_cpu_us", "rss_bytes", "open_plain",
-                          "open_tls"):
+                          "open_tls", "limit_millicores", "throttled_us", "busy_samples"):
                 setattr(cell, field, getattr(cell, field) + values.get(field, 0))
             cell.samples += 1
             return
@@ -305,15 +319,17 @@ class Aggregator:
         # The process's own samples cover the seconds asked for, or else the selection's.
         window_first = int(since) if since is not None and wave is None else first
         window_last = int(until) if until is not None and wave is None else last
-        process = memory = None
+        process = memory = generators = None
         if window_first is not None and window_last is not None:
             samples, messages = self._receiver_window(window_first, window_last)
             process = _process_figures(samples, messages, window_last - window_first + 2)
             memory = _memory_figures(samples)
+            generators = self._generator_figures(window_first, window_last)
         return {
             "filter": {"wave": wave, "since": since, "until": until},
             "process": process,
             "memory": memory,
+            "generators": generators,
             "first_unix_s": first,
             "last_unix_s": last,
             "spans": {"received": self.spans_received, "aggregated": self.spans_aggregated,
@@ -339,6 +355,25 @@ class Aggregator:
             else:
                 messages += cell.messages
         return samples, messages
+
+    def _generator_figures(self, first: int, last: int) -> dict[str, Any]:
+        """Each sender's CPU against its limit over the seconds [first, last]; the ones busy
+        in any of them (throttled, or above 85% of the limit) limited what was measured."""
+        by_service: dict[str, Cell] = collections.defaultdict(Cell)
+        for (_, service, role, mode, second), cell in self.cells.items():
+            if role == SENDER and mode == PROCESS and first <= second <= last:
+                by_service[service].merge(cell)
+        services = []
+        for service, cell in sorted(by_service.items()):
+            samples = max(cell.samples, 1)
+            services.append({
+                "service": service, "seconds": cell.samples,
+                "cores_mean": round(cell.process_cpu_us / 1e6 / samples, 3),
+                "limit_cores": round(cell.limit_millicores / 1000 / samples, 3),
+                "busy_seconds": cell.busy_samples,
+                "throttled_ms": round(cell.throttled_us / 1000, 1)})
+        return {"services": services,
+                "limited_by": [entry["service"] for entry in services if entry["busy_seconds"]]}
 
     def waves(self) -> list[dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}

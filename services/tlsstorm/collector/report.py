@@ -102,6 +102,22 @@ def process_sentence(process: dict[str, Any] | None) -> str:
             "span exporter's thread, the interpreter).")
 
 
+def generator_sentence(generators: dict[str, Any] | None) -> str:
+    """Whether the senders had CPU to spare over these seconds, or limited what was measured."""
+    if not generators or not generators["services"]:
+        return ("The senders' CPU is not known for these seconds (each reports it once a second "
+                "with tracing on), so these figures may describe a starved generator.")
+    parts = [f"{entry['service']} {entry['cores_mean']:.2f} cores of {entry['limit_cores']:g}, "
+             f"busy {entry['busy_seconds']} of {entry['seconds']} s"
+             + (f", throttled {entry['throttled_ms']:,.0f} ms" if entry["throttled_ms"] else "")
+             for entry in generators["services"]]
+    if generators["limited_by"]:
+        return (f"GENERATOR-LIMITED: {', '.join(generators['limited_by'])} ran out of CPU "
+                f"({'; '.join(parts)}); latency and capacity here describe the generator as "
+                "much as the receiver: give the sender more CPU or replicas.")
+    return f"The senders had CPU to spare ({'; '.join(parts)})."
+
+
 def memory_sentence(memory: dict[str, Any] | None) -> str:
     """Memory as the second cost: the peak, and what each concurrent session holds."""
     if not memory:
@@ -203,6 +219,7 @@ def render_html(aggregator: Aggregator, wave: str | None = None, since: float | 
 <p>{escape(sentence or "No STARTTLS session yet.")}</p>
 <p>{escape(process_sentence(summary["process"]))}</p>
 <p>{escape(memory_sentence(summary["memory"]))}</p>
+<p>{escape(generator_sentence(summary["generators"]))}</p>
 <div class=grid>
 {line_chart("Latency distribution", distributions, "milliseconds (log)", "share", log_x=True)}
 {bytes_chart}

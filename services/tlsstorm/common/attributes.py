@@ -31,8 +31,13 @@ SIDE = "tlsstorm.side"
 SPAN_SESSION = "smtp.session"
 SPAN_SEND = "smtp.send"
 SPAN_HANDSHAKE = "tls.handshake"
-# Once a second, the receiver's process CPU and what it charged to sessions in that second.
+# Once a second, a service's process CPU against its limit; the receiver's adds what it charged
+# to sessions in that second, its RSS and its open sessions.
 SPAN_PROCESS = "tlsstorm.process"
+PROCESS_ROLE = "tlsstorm.process.role"  # sender | receiver
+CPU_LIMIT_MILLICORES = "tlsstorm.cpu.limit_millicores"
+CPU_THROTTLED_US = "tlsstorm.cpu.throttled_us"
+CPU_BUSY = "tlsstorm.cpu.busy"  # 1: throttled or above 85% of its limit in that second
 PROCESS_CPU_US = "tlsstorm.process.cpu_us"
 PROCESS_CHARGED_US = "tlsstorm.process.charged_us"
 PROCESS_RSS_BYTES = "tlsstorm.process.rss_bytes"  # at the end of the second

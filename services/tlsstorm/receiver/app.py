@@ -7,11 +7,11 @@ import shutil
 import ssl
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
 
+from tlsstorm.common import attributes as attr
 from tlsstorm.common.config import ReceiverSettings
 from tlsstorm.common.cpu_limit import CpuMonitor
 from tlsstorm.common.pki import (
@@ -25,10 +25,10 @@ from tlsstorm.common.pki import (
 )
 from tlsstorm.common.process import (
     ProcessSampler,
-    cpu_seconds,
     raise_open_files_limit,
     rss_bytes,
 )
+from tlsstorm.common.process_report import report_every_second
 from tlsstorm.common.serve import LISTEN_BACKLOG, HttpServer, bind, port_of
 from tlsstorm.common.tls import server_context, timed
 from tlsstorm.receiver.api import create_api
@@ -38,7 +38,7 @@ from tlsstorm.receiver.memory import MemoryBudget, MemoryMonitor, cgroup_memory_
 from tlsstorm.receiver.session import SessionLimits, SessionRecord
 from tlsstorm.receiver.smtp import MeasuredSMTP
 from tlsstorm.receiver.stats import ReceiverStats
-from tlsstorm.receiver.tracing import emit_process_span, emit_session_spans
+from tlsstorm.receiver.tracing import emit_session_spans
 
 
 def server_certificate(settings: ReceiverSettings) -> ServerCertificate:
@@ -106,6 +106,7 @@ class ReceiverService:
         self._sampler_task: asyncio.Task | None = None
         self.cpu_meter: LoopMeter | None = None
         self.charged_ns_total = 0  # every session's CPU, as sealed
+        self._charged_reported_ns = 0  # ... up to the last tlsstorm.process span
         self._process_task: asyncio.Task | None = None
         self._memory_task: asyncio.Task | None = None
 
@@ -179,24 +180,24 @@ class ReceiverService:
         self._sampler_task = asyncio.create_task(self.sampler.run())
         self._memory_task = asyncio.create_task(self.memory.run())
         if self._tracer is not None:
-            self._process_task = asyncio.create_task(self._report_process(self._tracer))
+            self._charged_reported_ns = self.charged_ns_total
+            self._process_task = asyncio.create_task(report_every_second(
+                self._tracer, "receiver", self.cpu.limit, self._process_attributes))
 
     def reset_stats(self) -> None:
         self.stats.reset()
         self.memory.reset()
 
-    async def _report_process(self, tracer, interval_s: float = 1.0) -> None:
-        """A tlsstorm.process span each second: the process's CPU and what sessions sealed
-        in that second were charged."""
-        then_ns, cpu_then, charged_then = time.time_ns(), cpu_seconds(), self.charged_ns_total
-        while True:
-            await asyncio.sleep(interval_s)
-            now_ns, cpu_now, charged_now = time.time_ns(), cpu_seconds(), self.charged_ns_total
-            open_now = self.memory.open_by_mode()
-            emit_process_span(tracer, then_ns, now_ns, int((cpu_now - cpu_then) * 1e9),
-                              charged_now - charged_then, rss_bytes(), open_now["plain"],
-                              open_now["tls"])
-            then_ns, cpu_then, charged_then = now_ns, cpu_now, charged_now
+    def _process_attributes(self) -> dict[str, int]:
+        """What sessions sealed in the second just ended were charged (so the collector can
+        say what share of the process its figures cover), RSS and open sessions at its end."""
+        charged_now = self.charged_ns_total
+        charged_us = (charged_now - self._charged_reported_ns) // 1000
+        self._charged_reported_ns = charged_now
+        open_now = self.memory.open_by_mode()
+        return {attr.PROCESS_CHARGED_US: charged_us, attr.PROCESS_RSS_BYTES: rss_bytes(),
+                attr.OPEN_PLAIN_SESSIONS: open_now["plain"],
+                attr.OPEN_TLS_SESSIONS: open_now["tls"]}
 
     async def stop(self) -> None:
         for task in (self._sampler_task, self._process_task, self._memory_task):

@@ -12,20 +12,6 @@ from tlsstorm.common.telemetry import context_from_traceparent
 from tlsstorm.receiver.session import SessionRecord
 
 
-def emit_process_span(tracer: trace.Tracer, started_ns: int, ended_ns: int, cpu_ns: int,
-                      charged_ns: int, rss: int, open_plain: int, open_tls: int) -> None:
-    """The process's CPU over an interval and what sessions sealed in it were charged, so the
-    collector can say what share of the process its figures cover; its RSS and open sessions
-    at the end, for memory per concurrent session."""
-    span = tracer.start_span(attr.SPAN_PROCESS, kind=SpanKind.INTERNAL, start_time=started_ns,
-                             attributes={attr.PROCESS_CPU_US: cpu_ns // 1000,
-                                         attr.PROCESS_CHARGED_US: charged_ns // 1000,
-                                         attr.PROCESS_RSS_BYTES: rss,
-                                         attr.OPEN_PLAIN_SESSIONS: open_plain,
-                                         attr.OPEN_TLS_SESSIONS: open_tls})
-    span.end(end_time=ended_ns)
-
-
 def emit_session_spans(
     tracer: trace.Tracer, record: SessionRecord, server_address: str, server_port: int,
     chain: str, seal_cpu_ns: Callable[[], int]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from opentelemetry.sdk.trace import TracerProvider
 
 from tlsstorm.common.config import SenderSettings
 from tlsstorm.common.cpu_limit import CpuMonitor
+from tlsstorm.common.process_report import report_every_second
 from tlsstorm.common.serve import HttpServer, bind, port_of
 from tlsstorm.sender.allowlist import Allowlist
 from tlsstorm.sender.api import create_api
@@ -31,6 +34,7 @@ class SenderService:
                 app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics"
             )
         self._http = HttpServer(app, self._http_sock)
+        self._process_task: asyncio.Task | None = None
 
     def describe(self) -> str:
         return (f"sender: API http://{self.settings.host}:{self.http_port}, target "
@@ -38,8 +42,13 @@ class SenderService:
 
     async def start(self) -> None:
         await self._http.start()
+        if self.provider is not None:  # the collector names a wave's limit from these
+            self._process_task = asyncio.create_task(report_every_second(
+                self.provider.get_tracer("tlsstorm.sender"), "sender", self.cpu.limit))
 
     async def stop(self) -> None:
+        if self._process_task is not None:
+            self._process_task.cancel()
         self.waves.stop_all()
         await self._http.stop()
         if self.provider is not None:

@@ -47,6 +47,7 @@ class WavePoint:
     sender_cpu: dict[str, Any] | None  # the sender's CPU against its limit over the wave
     receiver_cpu: dict[str, Any] | None  # the receiver's, likewise
     limited_by: list[str]  # busy components (throttled or above 85%): "sender" first
+    wave_id: str  # the sender's id of the wave, its label in spans and stats
 
     @property
     def generator_limited(self) -> bool:
@@ -138,7 +139,7 @@ class SweepRunner:
             peak_rss_mib=_mib(stats["memory"]["peak_rss_bytes"]),
             peak_sessions=stats["memory"]["peak_sessions"]["all"],
             sender_cpu=limits["sender"], receiver_cpu=limits["receiver"],
-            limited_by=limited_by(limits),
+            limited_by=limited_by(limits), wave_id=wave["id"],
         )
 
     def _cpu_limits(self) -> dict[str, dict]:
