@@ -17,6 +17,7 @@ from locust import HttpUser, constant, events, task
 from locust.env import Environment
 from options import next_is_tls
 from reporting import MessageBudget, report_sender_result
+from sender_watch import add_sender_tab  # noqa: F401 (the web UI's "Sender CPU" tab)
 from shapes import ordered_shapes, preselect_in_web_ui
 from smtp_bot import DirectSmtpBot  # noqa: F401 (a pickable user class)
 

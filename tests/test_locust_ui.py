@@ -210,3 +210,20 @@ def test_distributed_rustock_from_the_ui_twice(receiver, sender, browser_page):
         master.send_signal(signal.SIGINT)  # the master tells its workers to quit
         for process in (master, *workers):
             finish(process, timeout=60)  # fails on an error in any of their logs
+
+
+def test_sender_cpu_tab_shows_each_replica_against_its_limit(start_stack, browser_page):
+    """Beside Locust's own CPU warning: the sender's CPU against its limit, in a tab."""
+    locust_url, _ = start_stack()
+    page = browser_page
+    page.goto(locust_url)
+    _start(page, {"userCount": "2", "spawnRate": "2", "maxMessages": "40"})
+    page.get_by_role("tab", name="Sender CPU").click()
+    page.get_by_text("(cpu affinity)").first.wait_for(timeout=20_000)  # no quota here
+
+    rows = httpx.get(f"{locust_url}/stats/requests").json()["extended_stats"]
+    assert rows[0]["key"] == "sender-cpu"
+    replica = rows[0]["data"][0]
+    assert replica["state"] in ("ok", "BUSY: results are generator-limited")
+    assert float(replica["cores"]) >= 0 and replica["limit"].endswith("(cpu affinity)")
+    _wait_until_stopped(page, locust_url)

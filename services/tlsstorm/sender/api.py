@@ -111,6 +111,7 @@ def create_api(service: SenderService) -> FastAPI:
             "waves_running": sum(1 for wave in service.waves.waves.values()
                                  if wave.status == "running"),
             "cpu": service.cpu.snapshot(),
+            "instance": service.instance,
         }
 
     @app.post("/v1/send", dependencies=guarded)

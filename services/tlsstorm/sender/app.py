@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -20,6 +22,8 @@ class SenderService:
     def __init__(self, settings: SenderSettings, provider: TracerProvider | None = None):
         self.settings = settings
         self.cpu = CpuMonitor()
+        # Which replica answered (behind a Service): the pod's name, and the process.
+        self.instance = f"{socket.gethostname()}/{os.getpid()}"
         self.provider = provider
         self.allowlist = Allowlist(settings.allowed_targets, settings.target)
         self.client = SmtpClient(settings, provider)
