@@ -240,3 +240,26 @@ def test_refused_starttls_goes_on_in_plain_and_rejected_clients_get_554(
     assert stats["plain"]["errors"]["starttls_refused"] == 1
     assert rejected["ok"] is False and rejected["code"] == 554
     assert rejecting.wait_sessions(1)["plain"]["errors"]["rejected_at_connect"] == 1
+
+
+def test_the_sender_process_on_uvloop_counts_the_bytes_the_receiver_counts(receiver):
+    """`tlsstorm sender` runs on uvloop (the in-process fixtures on asyncio's loop): its bytes
+    per message, read from TCP_INFO before the socket closes, are the receiver's bytes in."""
+    from tests.receiver_process import ServiceProcess
+
+    sender = ServiceProcess("sender", {"OTEL_SDK_DISABLED": "true",
+                                       "TLSSTORM_SENDER_TARGET": f"127.0.0.1:{receiver.smtp_port}"})
+    try:
+        sent = 0
+        for tls in (False, True):
+            results = httpx.post(f"{sender.http}/v1/send", timeout=30, json={
+                "tls": tls, "count": 2, "per_connection": 2, "wave": "uv"}).json()["results"]
+            assert all(result["ok"] for result in results), results
+            sent += sum(result["bytes_sent"] for result in results)
+    finally:
+        sender.stop()
+    stats = receiver.wait_sessions(2)
+    counted_in = stats["plain"]["wire_bytes_in"] + stats["tls"]["wire_bytes_in"]
+    # The receiver also counts the STARTTLS session's close_notify (24 bytes), sent after the
+    # sender's last count.
+    assert 0 <= counted_in - sent <= 24, (counted_in, sent)
