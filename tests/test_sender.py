@@ -263,3 +263,72 @@ def test_the_sender_process_on_uvloop_counts_the_bytes_the_receiver_counts(recei
     # The receiver also counts the STARTTLS session's close_notify (24 bytes), sent after the
     # sender's last count.
     assert 0 <= counted_in - sent <= 24, (counted_in, sent)
+
+
+def _scripted_server(replies: list[bytes]) -> tuple[socket.socket, threading.Thread]:
+    """One connection: each reply is written once the client's next line has arrived (the
+    first, the greeting, at once); a reply may be split into pieces written apart."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        connection, _ = server.accept()
+        with connection:
+            for index, reply in enumerate(replies):
+                if index:
+                    connection.recv(4096)
+                for piece in reply.split(b"|"):
+                    connection.sendall(piece)
+                    time.sleep(0.02)
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.mark.parametrize(("replies", "error"), [
+    # A reply split mid-line and over several lines is one reply; then a reply that never ends.
+    ([b"220-mx.test ESMTP|\r\n220 ready\r\n", b"250-mx.test\r\n25|0 SIZE 1000\r\n",
+      b"250 ok\r\n", b"A" * 70_000], "ConnectionAbortedError: the server's reply ran past 64 KiB"),
+    ([b"220 ready\r\n", b"250 mx.test\r\n", b"hello there\r\n"], "smtp_0: "),
+    ([b"220 ready\r\n", b"250 mx.test\r\n", b"550 5.7.1 no thanks\r\n"],
+     "smtp_550: 5.7.1 no thanks"),
+])
+def test_broken_servers_give_a_failed_result_with_a_reason(start_sender, receiver, replies,
+                                                           error):
+    server, thread = _scripted_server(replies)
+    sender = start_sender(server.getsockname()[1], timeout_s=5)
+    try:
+        result = httpx.post(f"{sender.http}/v1/send", json={"tls": False}, timeout=30).json()
+    finally:
+        thread.join(5)
+        server.close()
+
+    assert result["results"][0]["ok"] is False
+    assert result["results"][0]["error"].startswith(error), result
+    assert httpx.get(f"{sender.http}/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("payload", [
+    {"tls": []},
+    {"tls": [True, False], "count": 5},
+    {"tls": [True], "per_connection": 2, "count": 1, "extra": 1},
+])
+def test_bad_batches_get_a_422_with_a_reason(sender, payload):
+    response = httpx.post(f"{sender.http}/v1/batch", json=payload)
+
+    assert response.status_code == 422
+    assert response.json()["detail"]
+
+
+def test_a_batch_sends_its_connections_in_order_at_its_tls_flags(sender, receiver):
+    flags = [True, False, False, True, False]
+    body = httpx.post(f"{sender.http}/v1/batch", timeout=30, json={
+        "tls": flags, "count": 9, "per_connection": 2, "wave": "batch"}).json()
+
+    results = body["results"]
+    assert [result["tls"] for result in results] == [
+        tls for tls in flags for _ in range(2)][:9]
+    assert all(result["ok"] for result in results)
+    stats = receiver.wait_sessions(5)
+    assert (stats["tls"]["sessions"], stats["plain"]["sessions"]) == (2, 3)

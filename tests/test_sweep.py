@@ -44,8 +44,13 @@ def test_short_sweep_measures_tls_dearer_than_plain_and_writes_the_report(tmp_pa
     assert report["fit"]["tls_ms"] > report["fit"]["plain_ms"] > 0
     # Only 40/s was tried and it held: a lower bound, said so.
     assert report["capacity"] == {
-        ratio: {"sustained": 40.0, "failed_at": None, "lower_bound": True}
+        ratio: {"sustained": 40.0, "failed_at": None, "lower_bound": True,
+                "generator_limited_at": None}
         for ratio in ("0.0", "0.5", "1.0")}
+    # Each wave says what each side spent against its limit; at 50/s nothing limited it.
+    for wave in report["waves"]:
+        assert wave["sender_cpu"]["limit_cores"] > 0 and wave["receiver_cpu"]["seconds"] > 0
+        assert wave["limited_by"] == []
     assert ">=40" in finished.stdout and "lower bound" in finished.stdout
     rows = list(csv.DictReader((tmp_path / "sweep" / "waves.csv").open()))
     assert len(rows) == 3

@@ -20,6 +20,7 @@ from typing import Protocol
 
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 _TLS_NOT_AVAILABLE = 454
+_MAX_REPLY_BYTES = 64 * 1024  # far above any real reply (RFC 5321: 512 bytes per line)
 
 
 class SmtpReplyError(Exception):
@@ -153,6 +154,9 @@ class SmtpWire(asyncio.Protocol):
             start = 0
             code = int(line[:3]) if line[:3].isdigit() else 0
             self._replied(code, text)
+        if len(received) > _MAX_REPLY_BYTES and not self.done.done():
+            self._finish(ConnectionAbortedError(
+                f"the server's reply ran past {_MAX_REPLY_BYTES // 1024} KiB without ending"))
 
     def _replied(self, code: int, text: bytes) -> None:
         step = self._step
