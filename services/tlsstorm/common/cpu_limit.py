@@ -70,19 +70,14 @@ class CpuLimit:
 def cpu_limit() -> CpuLimit:
     """The limit this process runs under, found once at start."""
     affinity = float(len(os.sched_getaffinity(0)))
-    v2 = _own_cgroup_v2()
-    if v2 is not None:
-        quota = _v2_quota(v2)
-        if quota is not None:
-            return CpuLimit(min(quota, affinity), "cgroup v2 cpu.max", v2)
-        return CpuLimit(affinity, "cpu affinity", v2)
-    v1 = _own_cgroup_v1()
-    if v1 is not None:
-        quota = _v1_quota(v1)
-        if quota is not None:
-            return CpuLimit(min(quota, affinity), "cgroup v1 cpu.cfs_quota_us", v1)
-        return CpuLimit(affinity, "cpu affinity", v1)
-    return CpuLimit(affinity, "cpu affinity", None)
+    folder, source = _own_cgroup_v2(), "cgroup v2 cpu.max"
+    quota = _v2_quota(folder) if folder is not None else None
+    if folder is None:  # cgroup v1 (or none at all)
+        folder, source = _own_cgroup_v1(), "cgroup v1 cpu.cfs_quota_us"
+        quota = _v1_quota(folder) if folder is not None else None
+    if quota is None:
+        return CpuLimit(affinity, "cpu affinity", folder)
+    return CpuLimit(min(quota, affinity), source, folder)
 
 
 def _own_cgroup_lines() -> list[tuple[str, str]]:
