@@ -28,7 +28,7 @@ import httpx
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from fixtures import free_port
-from machine import machine_note  # bench/ is on sys.path as a script
+from tlsstorm.common.machine import machine_note
 from tlsstorm.common.process import cpu_seconds_of
 
 TARGET_SPANS_PER_CORE = 20_000

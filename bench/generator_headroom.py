@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the
 from tests import cgroups
 from tests.receiver_process import ReceiverProcess, ServiceProcess
 
-from machine import machine_note
 from tlsstorm.common.cpu_limit import limited_by, usage_between
+from tlsstorm.common.machine import machine_note
 
 QUIET = {"OTEL_SDK_DISABLED": "true", "TLSSTORM_RECEIVER_SESSION_TICKETS": "false"}
 

@@ -19,8 +19,8 @@ import uuid
 from pathlib import Path
 
 from fixtures import certificate_files, stack_environment  # bench/ is on sys.path
-from machine import machine_note
 from tlsstorm.common.intervals import shown
+from tlsstorm.common.machine import machine_note
 from tlsstorm.common.process import cpu_seconds_of
 from tlsstorm.sweep.run import stack_runner
 

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from fixtures import receiver_process  # bench/ is on sys.path
-from machine import machine_note
 from tlsstorm.common.intervals import mean_ci, shown
+from tlsstorm.common.machine import machine_note
 from tlsstorm.common.process import cpu_seconds_of
 
 RPS = Path("/sys/class/net/lo/queues/rx-0/rps_cpus")

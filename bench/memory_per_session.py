@@ -35,9 +35,9 @@ from fixtures import (  # bench/ is on sys.path
     receiver_process,
     smtpd_pids,
 )
-from machine import machine_note
 from tlsstorm.common.config import KeyType
 from tlsstorm.common.intervals import shown
+from tlsstorm.common.machine import machine_note
 from tlsstorm.common.process import raise_open_files_limit
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -33,9 +33,9 @@ from fixtures import (  # bench/ is on sys.path
     smtpd_pids,
     stack_environment,
 )
-from machine import machine_note
 from tlsstorm.common.config import KeyType
 from tlsstorm.common.intervals import mean_ci, shown
+from tlsstorm.common.machine import machine_note
 from tlsstorm.common.process import cpu_seconds_of
 from tlsstorm.sweep.run import SweepRunner, stack_runner
 

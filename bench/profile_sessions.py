@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from fixtures import certificate_files, stack_environment, wave_arguments  # bench/ on sys.path
-from machine import machine_note
+from tlsstorm.common.machine import machine_note
 from tlsstorm.common.process import cpu_seconds_of
 from tlsstorm.sweep.run import stack_runner
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fixtures import certificate_files, free_port, stack_environment  # bench/ is on sys.path
-from machine import machine_note
 from tlsstorm.common.config import KeyType
 from tlsstorm.common.intervals import mean_ci, shown
+from tlsstorm.common.machine import machine_note
 from tlsstorm.common.pki import load_pair
 from tlsstorm.common.process import cpu_seconds_of
 from tlsstorm.common.tls import client_context, server_context

@@ -15,7 +15,7 @@ from google.protobuf.internal import api_implementation
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from machine import machine_note  # bench/ is on sys.path
+from tlsstorm.common.machine import machine_note
 from tlsstorm.common.telemetry import tracer_provider
 from tlsstorm.receiver.session import SessionRecord
 from tlsstorm.receiver.tracing import emit_session_spans

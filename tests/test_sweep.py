@@ -52,6 +52,15 @@ def test_short_sweep_measures_tls_dearer_than_plain_and_writes_the_report(tmp_pa
         assert wave["sender_cpu"]["limit_cores"] > 0 and wave["receiver_cpu"]["seconds"] > 0
         assert wave["limited_by"] == []
     assert ">=40" in finished.stdout and "lower bound" in finished.stdout
+    # The planner reads what the sweep saved: a row per ratio of the trajectory.
+    planned = subprocess.run(
+        [sys.executable, "-m", "tlsstorm", "plan", "--sweep", str(tmp_path / "sweep" /
+         "sweep.json"), "--messages-per-day", "20000000", "--tls-trajectory", "0.2,0.3,0.7"],
+        capture_output=True, text=True, timeout=60)
+    assert planned.returncode == 0, planned.stderr
+    assert "694.4 messages/s" in planned.stdout
+    assert [line.split()[0] for line in planned.stdout.splitlines()
+            if line.strip().endswith(("ok", "SLO!"))] == ["0%", "20%", "30%", "70%"]
     rows = list(csv.DictReader((tmp_path / "sweep" / "waves.csv").open()))
     assert len(rows) == 3
     page = (tmp_path / "sweep" / "index.html").read_text()

@@ -95,6 +95,36 @@ def _sweep(flags: argparse.Namespace) -> None:
               queue_fsync=flags.queue_fsync)
 
 
+def _plan(flags: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from tlsstorm.plan.model import ModelError, from_sweep
+    from tlsstorm.plan.project import Demand, Inputs, plan
+    from tlsstorm.plan.report import text_plan
+
+    try:
+        demand = Demand.of(flags.messages_per_day, flags.peak_factor, flags.peak_rate)
+        model = from_sweep(Path(flags.sweep), Path(flags.matrix) if flags.matrix else None)
+    except (ValueError, ModelError) as error:
+        raise SystemExit(f"tlsstorm plan: {error}") from None
+    result = plan(model, Inputs(demand, tuple(flags.tls_trajectory), flags.size,
+                                flags.target_utilisation, flags.slo_p99_ms,
+                                flags.processing_cpu_ms))
+    print(json.dumps(result, indent=2) if flags.json else text_plan(result))
+
+
+def _ratios(text: str) -> list[float]:
+    return [_ratio(part) for part in text.split(",") if part.strip()]
+
+
+def _utilisation(text: str) -> float:
+    value = _number(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"a utilisation is above 0 and below 1, not {text}")
+    return value
+
+
 def _number(text: str, kind: type = float):
     try:
         return kind(text)
@@ -193,6 +223,33 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--output", default="results/sweep", metavar="DIR",
                        help="folder for the report")
     sweep.set_defaults(run=_sweep)
+
+    planner = commands.add_parser(
+        "plan", help="cores, bandwidth and latency your volume needs, from a saved sweep")
+    planner.add_argument("--sweep", default="results/sweep/sweep.json", metavar="FILE",
+                         help="a sweep's sweep.json (tlsstorm sweep --capacity-rates ...)")
+    planner.add_argument("--matrix", metavar="FILE",
+                         help="a matrix.json (tlsstorm sweep --matrix ...): what each "
+                         "mitigation would save")
+    planner.add_argument("--messages-per-day", type=_positive_float, metavar="N",
+                         help="mail volume per day")
+    planner.add_argument("--peak-factor", type=_positive_float, default=3.0, metavar="X",
+                         help="peak rate over the day's mean (default 3)")
+    planner.add_argument("--peak-rate", type=_positive_float, metavar="MSGS_PER_S",
+                         help="the peak rate itself, instead of a daily volume")
+    planner.add_argument("--tls-trajectory", type=_ratios, default=[0.2, 0.3, 0.7],
+                         metavar="R1,R2,...", help="TLS ratios to plan for (default "
+                         "0.2,0.3,0.7: Rustock's shift)")
+    planner.add_argument("--size", type=_positive_int, metavar="BYTES",
+                         help="message size (default: the sweep's)")
+    planner.add_argument("--target-utilisation", type=_utilisation, default=0.7,
+                         metavar="SHARE", help="CPU utilisation to size cores for (0.7)")
+    planner.add_argument("--slo-p99-ms", type=_positive_float, default=500.0, metavar="MS",
+                         help="session p99 objective")
+    planner.add_argument("--processing-cpu-ms", type=float, metavar="MS",
+                         help="per-message content filtering CPU (default: as measured)")
+    planner.add_argument("--json", action="store_true", help="the plan as JSON")
+    planner.set_defaults(run=_plan)
 
     check = commands.add_parser(
         "check", help="send one plain and one STARTTLS mail; exit 0 once the collector has both")

@@ -9,14 +9,17 @@ import statistics
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
 
+def t95(degrees: int) -> float:
+    """The two-sided 95% quantile of Student's t with that many degrees of freedom."""
+    return _T95[degrees - 1] if degrees <= len(_T95) else 1.96
+
+
 def mean_ci(values: list[float]) -> tuple[float, float]:
     """(mean, half-width of its 95% confidence interval; 0 for a single value)."""
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, 0.0
-    degrees = len(values) - 1
-    t = _T95[degrees - 1] if degrees <= len(_T95) else 1.96
-    return mean, t * statistics.stdev(values) / len(values) ** 0.5
+    return mean, t95(len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
 
 
 def shown(values: list[float], unit: str = "", digits: int = 0) -> str:

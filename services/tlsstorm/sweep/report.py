@@ -79,7 +79,9 @@ def _cell(value: float | None) -> str:
 
 def write_report(folder: Path, points: list[WavePoint], fit: CostFit,
                  capacity: dict[float, Capacity], settings: dict[str, Any],
-                 scenario: str | None) -> Path:
+                 scenario: str | None, extra: dict[str, Any] | None = None) -> Path:
+    """The table (waves.csv), everything as JSON (sweep.json, with `extra`: what a capacity
+    plan reads) and the HTML page."""
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "waves.csv").open("w", newline="") as table:
         rows = [point.csv_row() for point in points]
@@ -88,10 +90,9 @@ def write_report(folder: Path, points: list[WavePoint], fit: CostFit,
         writer.writerows(rows)
     (folder / "sweep.json").write_text(json.dumps({
         "settings": settings, "scenario": scenario,
-        "fit": {"plain_ms": fit.plain_ms, "tls_ms": fit.tls_ms, "factor": fit.factor,
-                "r_squared": fit.r_squared},
+        "fit": fit.as_dict(),
         "capacity": {str(ratio): found.as_dict() for ratio, found in capacity.items()},
-        "waves": [point.as_dict() for point in points]}, indent=2))
+        "waves": [point.as_dict() for point in points], **(extra or {})}, indent=2))
     ratios = [point.tls_ratio for point in points]
     cpu_chart = line_chart(
         "Receiver CPU per message vs TLS ratio",

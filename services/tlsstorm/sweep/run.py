@@ -42,6 +42,7 @@ class WavePoint:
     plain_bytes_per_session: float | None
     tls_bytes_per_session: float | None
     tls_out_bytes_per_session: float | None
+    plain_out_bytes_per_session: float | None
     peak_rss_mib: float | None  # the receiver's highest RSS during the wave
     peak_sessions: int  # sessions open at once at most, during the wave
     sender_cpu: dict[str, Any] | None  # the sender's CPU against its limit over the wave
@@ -136,6 +137,7 @@ class SweepRunner:
             tls_bytes_per_session=_per(tls["wire_bytes_in"] + tls["wire_bytes_out"],
                                        tls["sessions"]),
             tls_out_bytes_per_session=_per(tls["wire_bytes_out"], tls["sessions"]),
+            plain_out_bytes_per_session=_per(plain["wire_bytes_out"], plain["sessions"]),
             peak_rss_mib=_mib(stats["memory"]["peak_rss_bytes"]),
             peak_sessions=stats["memory"]["peak_sessions"]["all"],
             sender_cpu=limits["sender"], receiver_cpu=limits["receiver"],

@@ -1,0 +1,1 @@
+"""The capacity planner: measured costs projected onto an operator's volume."""

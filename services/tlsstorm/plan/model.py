@@ -1,0 +1,125 @@
+"""The cost model a plan is built on, from measurements only: a sweep's saved results (and a
+mitigation matrix's), never constants in code. It names its source, its fit and the machine."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tlsstorm.plan.fit import ScalingFit, fit_scaling
+from tlsstorm.plan.latency import LatencyCurve, fit_latency
+
+
+class ModelError(ValueError):
+    """The results given cannot make a model; the text says what to run instead."""
+
+
+@dataclass(frozen=True)
+class Mitigation:
+    """A setting measured by `tlsstorm sweep --matrix`, against the matrix's baseline row."""
+
+    key: str
+    label: str
+    plain_ms: float
+    tls_ms: float
+
+    def cost_ms(self, ratio: float) -> float:
+        return self.plain_ms * (1 - ratio) + self.tls_ms * ratio
+
+
+@dataclass(frozen=True)
+class CostModel:
+    source: str
+    machine: dict[str, Any] | None
+    fit: ScalingFit  # the receiver process's CPU against rate and TLS ratio
+    size: int  # message size the waves carried
+    processing_cpu_us: int  # per-message work the receiver did besides SMTP while measured
+    bytes_in: tuple[float, float]  # per message, to the server: plain, STARTTLS
+    bytes_out: tuple[float, float]  # per message, from the server
+    latency: LatencyCurve | None
+    mitigations: list[Mitigation] = field(default_factory=list)
+    baseline: Mitigation | None = None
+
+    def saving(self, mitigation: Mitigation, ratio: float) -> float:
+        """Share of the receiver's CPU the mitigation saved at that ratio, in the matrix."""
+        baseline = self.baseline.cost_ms(ratio) if self.baseline else 0.0
+        return 1 - mitigation.cost_ms(ratio) / baseline if baseline else 0.0
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.source, "machine": self.machine, "fit": self.fit.as_dict(),
+                "size": self.size, "processing_cpu_us": self.processing_cpu_us,
+                "bytes_in_per_message": {"plain": self.bytes_in[0], "starttls": self.bytes_in[1]},
+                "bytes_out_per_message": {"plain": self.bytes_out[0],
+                                          "starttls": self.bytes_out[1]},
+                "latency": self.latency.as_dict() if self.latency else None,
+                "mitigations": [m.key for m in self.mitigations]}
+
+
+def from_sweep(path: Path, matrix: Path | None = None) -> CostModel:
+    """A model from `tlsstorm sweep`'s sweep.json (and `--matrix`'s matrix.json)."""
+    data = _read(path, "tlsstorm sweep --scenario rustock --capacity-rates 100 200 400")
+    waves = data.get("waves") or []
+    steps = [step for found in (data.get("capacity_steps") or {}).values() for step in found]
+    # Generator-limited waves measured the sender: no part of a plan.
+    measured = [wave for wave in [*waves, *steps] if "sender" not in wave.get("limited_by", [])]
+    try:
+        fit = fit_scaling([(wave["tls_ratio"], wave["achieved_rate"], _cores(wave))
+                           for wave in measured])
+    except (KeyError, ValueError) as error:
+        raise ModelError(f"{path}: {error}; a model needs waves at two or more TLS ratios "
+                         "(tlsstorm sweep --scenario rustock --capacity-rates 100 200 400)"
+                         ) from None
+    settings = data.get("settings", {})
+    latency = fit_latency([(_cores(wave), wave["tls_ratio"], float(wave["session_p99_ms"]))
+                           for wave in measured if wave.get("session_p99_ms")])
+    model = CostModel(
+        source=str(path), machine=data.get("machine"), fit=fit,
+        size=int(settings.get("size", 2048)),
+        processing_cpu_us=int(settings.get("processing_cpu_us", 0)),
+        bytes_in=(_per_message(waves, "plain", "in", path),
+                  _per_message(waves, "tls", "in", path)),
+        bytes_out=(_per_message(waves, "plain", "out", path),
+                   _per_message(waves, "tls", "out", path)),
+        latency=latency)
+    if matrix is None:
+        return model
+    rows = _read(matrix, "tlsstorm sweep --matrix all").get("rows") or []
+    mitigations = [Mitigation(row["key"], row["label"], row["plain_ms"], row["tls_ms"])
+                   for row in rows]
+    baseline = next((m for m in mitigations if m.key == "baseline"), None)
+    if baseline is None:
+        raise ModelError(f"{matrix}: no baseline row to measure savings against "
+                         "(tlsstorm sweep --matrix baseline,<rows>)")
+    return replace(model, mitigations=[m for m in mitigations if m is not baseline],
+                   baseline=baseline)
+
+
+def _read(path: Path, how: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except OSError as error:
+        raise ModelError(f"cannot read {path}: {error.strerror}; make one with: {how}") from None
+    except json.JSONDecodeError as error:
+        raise ModelError(f"{path} is not JSON ({error.msg}, line {error.lineno})") from None
+
+
+def _cores(wave: dict[str, Any]) -> float:
+    """The receiver's cores busy over a wave (its one event loop: the load on its core)."""
+    return wave["achieved_rate"] * wave["process_cpu_ms_per_message"] / 1000
+
+
+def _per_message(waves: list[dict[str, Any]], mode: str, direction: str, path: Path) -> float:
+    """Bytes per message of a mode in a direction (one message per session in a sweep)."""
+    values = []
+    for wave in waves:
+        both, out = wave.get(f"{mode}_bytes_per_session"), wave.get(f"{mode}_out_bytes_per_session")
+        if both is None or out is None:
+            continue
+        values.append(out if direction == "out" else both - out)
+    if not values:
+        raise ModelError(f"{path} has no {mode} session with bytes in and out; re-run the "
+                         "sweep with this version, with waves at 0 and above 0 TLS ratios")
+    return statistics.fmean(values)

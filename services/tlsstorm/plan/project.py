@@ -1,0 +1,114 @@
+"""A plan: the cores, bandwidth and latency an operator's volume needs at each TLS ratio,
+with the cost fit's 95% interval carried into cores and bandwidth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tlsstorm.plan.model import CostModel
+
+SECONDS_PER_DAY = 86_400
+RUSTOCK_TRAJECTORY = (0.2, 0.3, 0.7)
+
+
+@dataclass(frozen=True)
+class Demand:
+    peak_rate: float  # messages per second at the peak
+    text: str
+
+    @classmethod
+    def of(cls, messages_per_day: float | None, peak_factor: float,
+           peak_rate: float | None) -> Demand:
+        if peak_rate is not None:
+            return cls(peak_rate, f"peak {peak_rate:,.0f} messages/s")
+        if not messages_per_day:
+            raise ValueError("give --messages-per-day (with --peak-factor) or --peak-rate")
+        rate = messages_per_day / SECONDS_PER_DAY * peak_factor
+        return cls(rate, f"{messages_per_day:,.0f} messages/day, peak {peak_factor:g}x the "
+                   f"mean: {rate:,.1f} messages/s")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    demand: Demand
+    ratios: tuple[float, ...] = RUSTOCK_TRAJECTORY
+    size: int | None = None  # message size; None: the size the model was measured at
+    target_utilisation: float = 0.7
+    slo_p99_ms: float = 500.0
+    processing_cpu_ms: float | None = None  # per message; None: as measured
+
+
+def plan(model: CostModel, inputs: Inputs) -> dict[str, Any]:
+    rate = inputs.demand.peak_rate
+    extra_ms = 0.0
+    if inputs.processing_cpu_ms is not None:
+        extra_ms = inputs.processing_cpu_ms - model.processing_cpu_us / 1000
+    extra_bytes = (inputs.size - model.size) if inputs.size is not None else 0
+
+    def row(ratio: float) -> dict[str, Any]:
+        cost_ms = model.fit.cost_ms(ratio) + extra_ms
+        half_ms = model.fit.cost_half_width_ms(ratio)
+        # Per message at the margin; each server's idle share is left out (it does not grow
+        # with the volume).
+        busy_cores = rate * cost_ms / 1000
+        bytes_in = (1 - ratio) * model.bytes_in[0] + ratio * model.bytes_in[1] + extra_bytes
+        bytes_out = (1 - ratio) * model.bytes_out[0] + ratio * model.bytes_out[1]
+        latency = model.latency
+        p99 = latency.predict(inputs.target_utilisation, ratio) if latency else None
+        return {
+            "tls_ratio": ratio,
+            "cpu_ms_per_message": _range(cost_ms, half_ms),
+            "cores": _range(busy_cores / inputs.target_utilisation,
+                            rate * half_ms / 1000 / inputs.target_utilisation),
+            "cores_busy": round(busy_cores, 3),
+            "inbound_mbit_s": round(rate * bytes_in * 8 / 1e6, 3),
+            "outbound_mbit_s": round(rate * bytes_out * 8 / 1e6, 3),
+            "saturation_messages_per_core_s": round(1000 / cost_ms, 1) if cost_ms > 0 else None,
+            "predicted_p99_ms": round(p99, 2) if p99 is not None else None,
+            "meets_slo": None if p99 is None else p99 <= inputs.slo_p99_ms,
+            "mitigations": {m.key: round(busy_cores / inputs.target_utilisation
+                                         * model.saving(m, ratio), 3)
+                            for m in model.mitigations},
+        }
+
+    plain = row(0.0)
+    rows = [row(ratio) for ratio in inputs.ratios]
+    for entry in rows:
+        entry["extra_cores_vs_plain"] = round(entry["cores"]["mean"] - plain["cores"]["mean"], 3)
+        entry["extra_outbound_mbit_s_vs_plain"] = round(
+            entry["outbound_mbit_s"] - plain["outbound_mbit_s"], 3)
+        entry["extra_inbound_mbit_s_vs_plain"] = round(
+            entry["inbound_mbit_s"] - plain["inbound_mbit_s"], 3)
+    return {"demand": inputs.demand.text, "peak_rate": rate,
+            "target_utilisation": inputs.target_utilisation, "slo_p99_ms": inputs.slo_p99_ms,
+            "size": inputs.size or model.size, "model": model.describe(),
+            "all_plain": plain, "rows": rows, "notes": _notes(model, inputs)}
+
+
+def _range(mean: float, half: float) -> dict[str, float]:
+    return {"mean": round(mean, 4), "low": round(mean - half, 4), "high": round(mean + half, 4)}
+
+
+def _notes(model: CostModel, inputs: Inputs) -> list[str]:
+    notes = [f"CPU is the receiver process's (not only what its sessions were charged), fitted "
+             f"over {model.fit.points} waves at several rates and TLS ratios (R^2 "
+             f"{model.fit.r_squared:.3f}) as an idle share ({model.fit.idle_cores:.3f} cores, "
+             "left out of the plan) plus a cost per message; ranges are the fit's 95% "
+             "interval. The p99 is the fitted curve's at the target utilisation."]
+    if model.fit.points <= 3:
+        notes.append("Three waves give the fit but no interval: sweep more for one.")
+    if inputs.size is not None and inputs.size != model.size:
+        notes.append(f"Measured with {model.size:,}-byte messages: bandwidth is moved to "
+                     f"{inputs.size:,} bytes, CPU per message is not.")
+    speed = (model.machine or {}).get("openssl_speed") or {}
+    if speed:
+        notes.append(
+            "Measured on " + str(model.machine.get("note")) + "; its `openssl speed`: "
+            + ", ".join(f"{name.replace('_per_s', '')} {value:,.0f}/s"
+                        for name, value in speed.items())
+            + ". Scale the TLS cost by the ratio of your `openssl speed` to these.")
+    if model.latency is None:
+        notes.append("No latency: the sweep had no wave with a session p99 below saturation "
+                     "(run it with --capacity-rates).")
+    return notes

@@ -1,0 +1,61 @@
+"""The capacity planner predicts a wave it was not fitted on (another TLS ratio, another rate):
+its receiver CPU within 15% and its latency verdict right, against the real stack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.locust_helpers import free_port
+from tlsstorm.plan.validate import hold_out
+from tlsstorm.sweep.run import stack_runner
+
+FITTED = [(0.0, 60.0, 240), (0.0, 150.0, 450), (1.0, 60.0, 240), (1.0, 150.0, 450),
+          (0.3, 100.0, 300)]
+HELD_OUT = (0.6, 120.0, 480)
+SLO_P99_MS = 200.0
+
+
+@pytest.mark.timeout(300)
+def test_a_held_out_wave_is_predicted_within_15_percent_and_its_verdict_is_right(tmp_path):
+    ports = {name: str(free_port()) for name in (
+        "TLSSTORM_RECEIVER_SMTP_PORT", "TLSSTORM_RECEIVER_HTTP_PORT", "TLSSTORM_SENDER_HTTP_PORT",
+        "TLSSTORM_COLLECTOR_HTTP_PORT")}
+    ports["TLSSTORM_COLLECTOR_DB_PATH"] = str(tmp_path / "collector.sqlite")
+    with stack_runner(overrides=ports) as runner:
+        runner.wave(0.5, 50, 50, "warm-up")
+        held, fitted = hold_out(runner, FITTED, HELD_OUT, SLO_P99_MS)
+
+    assert all(not point.generator_limited for point in fitted)
+    assert abs(held.error) <= 0.15, held.text()
+    assert held.verdict_right, held.text()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--sweep", "no/such/sweep.json", "--peak-rate", "100"],
+     "cannot read no/such/sweep.json"),
+    (["--sweep", "{sweep}"], "give --messages-per-day (with --peak-factor) or --peak-rate"),
+    (["--sweep", "{sweep}", "--peak-rate", "100", "--tls-trajectory", "0.2,1.5"],
+     "a TLS ratio is between 0 and 1"),
+    (["--sweep", "{sweep}", "--peak-rate", "100", "--target-utilisation", "1"],
+     "a utilisation is above 0 and below 1"),
+    (["--sweep", "{one_ratio}", "--peak-rate", "100"], "two or more TLS ratios"),
+])
+def test_plan_refuses_what_it_cannot_honour_with_one_line(tmp_path, args, message):
+    wave = {"achieved_rate": 50.0, "process_cpu_ms_per_message": 1.0, "session_p99_ms": 5.0,
+            "plain_bytes_per_session": 2400, "plain_out_bytes_per_session": 300,
+            "tls_bytes_per_session": 7000, "tls_out_bytes_per_session": 4000}
+    (tmp_path / "sweep.json").write_text(json.dumps({"waves": [
+        {**wave, "tls_ratio": 0.0}, {**wave, "tls_ratio": 1.0}, {**wave, "tls_ratio": 0.5}]}))
+    (tmp_path / "one.json").write_text(json.dumps({"waves": [{**wave, "tls_ratio": 0.3}] * 3}))
+    paths = {"sweep": tmp_path / "sweep.json", "one_ratio": tmp_path / "one.json"}
+    finished = subprocess.run(
+        [sys.executable, "-m", "tlsstorm", "plan", *[arg.format(**paths) for arg in args]],
+        capture_output=True, text=True, timeout=60)
+
+    assert finished.returncode != 0
+    assert message in finished.stderr, finished.stderr
+    assert "Traceback" not in finished.stderr
