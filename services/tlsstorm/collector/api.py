@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from html import escape
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
@@ -9,9 +10,13 @@ from fastapi.responses import HTMLResponse
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from tlsstorm.collector import otlp
-from tlsstorm.collector.report import not_found_html, render_html
+from tlsstorm.collector.report import not_found_html, plan_page, render_html
 from tlsstorm.common.api import service_app
 from tlsstorm.common.metrics import CpuLimitCollector, metrics_response, registry_with
+from tlsstorm.plan.from_collector import model_from_waves
+from tlsstorm.plan.model import ModelError
+from tlsstorm.plan.project import Demand, Inputs, plan
+from tlsstorm.plan.report import html_plan
 
 if TYPE_CHECKING:
     from tlsstorm.collector.app import CollectorService
@@ -19,6 +24,13 @@ if TYPE_CHECKING:
 WaveFilter = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")]
 Since = Annotated[float | None, Query(ge=0, description="unix seconds, inclusive")]
 Until = Annotated[float | None, Query(ge=0, description="unix seconds, inclusive")]
+PerDay = Annotated[float | None, Query(gt=0, le=1e13, description="messages per day")]
+PeakFactor = Annotated[float, Query(ge=1, le=1000, description="peak rate over the mean")]
+PeakRate = Annotated[float | None, Query(gt=0, le=1e9, description="peak messages per second")]
+Trajectory = Annotated[str, Query(max_length=200, description="TLS ratios, comma-separated")]
+Size = Annotated[int | None, Query(ge=64, le=100 * 2**20, description="message bytes")]
+Utilisation = Annotated[float, Query(gt=0, lt=1, description="target CPU utilisation")]
+Slo = Annotated[float, Query(gt=0, le=600_000, description="session p99 objective, ms")]
 
 
 class _CollectorMetrics:
@@ -110,6 +122,60 @@ def create_api(service: CollectorService) -> FastAPI:
         if unknown(wave):
             return HTMLResponse(not_found_html(wave, base_url), status_code=404)
         return HTMLResponse(render_html(service.aggregator, wave, since, until, base_url))
+
+    def planned(messages_per_day: float | None, peak_factor: float, peak_rate: float | None,
+                tls_trajectory: str, size: int | None, target_utilisation: float,
+                slo_p99_ms: float) -> dict:
+        try:
+            ratios = tuple(float(part) for part in tls_trajectory.split(",") if part.strip())
+        except ValueError:
+            raise HTTPException(422, detail="tls_trajectory: comma-separated ratios, e.g. "
+                                "0.2,0.3,0.7") from None
+        if not ratios or not all(0 <= ratio <= 1 for ratio in ratios):
+            raise HTTPException(422, detail="tls_trajectory: ratios between 0 and 1")
+        try:
+            demand = Demand.of(messages_per_day, peak_factor, peak_rate)
+            model = model_from_waves(service.aggregator)
+        except ModelError as error:
+            raise HTTPException(409, detail=str(error)) from None
+        except ValueError as error:
+            raise HTTPException(422, detail=str(error)) from None
+        return plan(model, Inputs(demand, ratios, size, target_utilisation, slo_p99_ms))
+
+    @app.get("/v1/plan")
+    def plan_json(messages_per_day: PerDay = None, peak_factor: PeakFactor = 3.0,
+                  peak_rate: PeakRate = None, tls_trajectory: Trajectory = "0.2,0.3,0.7",
+                  size: Size = None, target_utilisation: Utilisation = 0.7,
+                  slo_p99_ms: Slo = 500.0) -> dict:
+        """Cores, bandwidth and p99 for a volume at each TLS ratio, from this collector's
+        stored waves (409 with the reason when they cannot make a model)."""
+        return planned(messages_per_day, peak_factor, peak_rate, tls_trajectory, size,
+                       target_utilisation, slo_p99_ms)
+
+    @app.get("/plan", response_class=HTMLResponse)
+    def plan_html(request: Request, messages_per_day: PerDay = None,
+                  peak_factor: PeakFactor = 3.0, peak_rate: PeakRate = None,
+                  tls_trajectory: Trajectory = "0.2,0.3,0.7", size: Size = None,
+                  target_utilisation: Utilisation = 0.7, slo_p99_ms: Slo = 500.0
+                  ) -> HTMLResponse:
+        """The planner's form and, once a volume is given, its plan with plots."""
+        base_url = str(request.base_url).rstrip("/")
+        form = {key: "" if value is None else f"{value:g}" if isinstance(value, float)
+                else str(value) for key, value in (
+                    ("messages_per_day", messages_per_day), ("peak_factor", peak_factor),
+                    ("peak_rate", peak_rate), ("tls_trajectory", tls_trajectory),
+                    ("size", size), ("target_utilisation", target_utilisation),
+                    ("slo_p99_ms", slo_p99_ms))}
+        if messages_per_day is None and peak_rate is None:
+            body = "<p>Give a daily volume (with its peak factor) or a peak rate.</p>"
+            return HTMLResponse(plan_page(form, body, base_url))
+        try:
+            body = html_plan(planned(messages_per_day, peak_factor, peak_rate, tls_trajectory,
+                                     size, target_utilisation, slo_p99_ms))
+        except HTTPException as error:
+            body = f"<p><b>No plan:</b> {escape(str(error.detail))}</p>"
+            return HTMLResponse(plan_page(form, body, base_url), status_code=error.status_code)
+        return HTMLResponse(plan_page(form, body, base_url))
 
     @app.get("/healthz")
     def healthz() -> dict:

@@ -182,6 +182,29 @@ def _scope(wave: str | None) -> str:
     return f"wave {escape(wave)}" if wave else "sessions without a wave id"
 
 
+def plan_page(form: dict[str, str], body: str, base_url: str = "") -> str:
+    """The capacity planner: a form (GET, so a plan is a link) above the plan or the reason
+    there is none."""
+    fields = [("messages_per_day", "messages per day"), ("peak_factor", "peak / mean"),
+              ("peak_rate", "or peak messages/s"), ("tls_trajectory", "TLS ratios"),
+              ("size", "message bytes"), ("target_utilisation", "target utilisation"),
+              ("slo_p99_ms", "p99 objective ms")]
+    inputs = "".join(
+        f'<label>{label} <input name="{name}" value="{escape(form.get(name, ""))}" '
+        f'size=12></label> ' for name, label in fields)
+    json_link = f"{base_url}/v1/plan?" + "&".join(
+        f"{name}={escape(value)}" for name, value in form.items() if value)
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>tlsstorm capacity planner</title><style>{_STYLE}</style></head><body>
+<h1>What TLS spam will cost your mail servers</h1>
+<p class=muted>Projected from the waves this collector measured (the receiver process's CPU,
+its sessions' bytes and latency). <a href="{base_url}/">cost report</a> ·
+<a href="{json_link}">JSON</a></p>
+<form method=get action="{base_url}/plan">{inputs}<button>Plan</button></form>
+{body}
+</body></html>"""
+
+
 def render_html(aggregator: Aggregator, wave: str | None = None, since: float | None = None,
                 until: float | None = None, base_url: str = "") -> str:
     """The report; links start with `base_url` (the collector's address) so that a saved copy
@@ -214,7 +237,8 @@ def render_html(aggregator: Aggregator, wave: str | None = None, since: float | 
 <h1>What STARTTLS spam costs the receiver</h1>
 <p class=muted>{_scope(wave)}; {summary['spans']['aggregated']:,} spans aggregated
 ({summary['spans']['received']:,} received); generated {_when(None)}.
-<a href="{base_url}/">all waves</a> · <a href="{json_link}">JSON</a></p>
+<a href="{base_url}/">all waves</a> · <a href="{json_link}">JSON</a> ·
+<a href="{base_url}/plan">capacity planner</a></p>
 {_html_table(receiver, "Receiver: plain vs STARTTLS")}
 <p>{escape(sentence or "No STARTTLS session yet.")}</p>
 <p>{escape(process_sentence(summary["process"]))}</p>
