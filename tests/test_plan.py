@@ -95,3 +95,36 @@ def test_the_collector_plans_from_its_own_waves_as_json_and_as_a_page(
     bad = httpx.get(f"{collector.http}/v1/plan", params={"peak_rate": 5,
                                                          "tls_trajectory": "0.2,x"})
     assert bad.status_code == 422 and "tls_trajectory" in bad.json()["detail"]
+
+
+def test_messages_per_connection_spread_the_per_session_part_measured_by_the_matrix(tmp_path):
+    from tlsstorm.plan.model import ModelError, from_sweep
+    from tlsstorm.plan.project import Demand, Inputs, plan
+
+    wave = {"session_p99_ms": 5.0, "plain_bytes_per_session": 2400,
+            "plain_out_bytes_per_session": 300, "tls_bytes_per_session": 7000,
+            "tls_out_bytes_per_session": 4000}
+    # Exactly 1 ms per plain and 2 ms per STARTTLS message, no idle share.
+    waves = [{**wave, "tls_ratio": ratio, "achieved_rate": rate,
+              "process_cpu_ms_per_message": 1 + ratio}
+             for ratio in (0.0, 0.5, 1.0) for rate in (50.0, 100.0)]
+    (tmp_path / "sweep.json").write_text(json.dumps({"waves": waves}))
+    (tmp_path / "matrix.json").write_text(json.dumps({"rows": [
+        {"key": "baseline", "label": "baseline", "plain_ms": 1.0, "tls_ms": 2.0},
+        {"key": "batch", "label": "10 per connection", "plain_ms": 0.55, "tls_ms": 0.7}]}))
+    demand = Demand.of(None, 1, 100)
+
+    single = from_sweep(tmp_path / "sweep.json")
+    with pytest.raises(ModelError, match="batch row"):
+        plan(single, Inputs(demand, (0.5,), per_connection=5))
+    model = from_sweep(tmp_path / "sweep.json", tmp_path / "matrix.json")
+    five = plan(model, Inputs(demand, (1.0,), per_connection=5))
+
+    # Per session: plain (1 - 0.55) x 10/9 = 0.5 of 1 ms, STARTTLS 1.3 x 10/9 of 2 ms; with 5
+    # messages per connection each message carries a fifth of it.
+    assert five["all_plain"]["cpu_ms_per_message"]["mean"] == pytest.approx(1 - 0.5 * 0.8)
+    assert five["rows"][0]["cpu_ms_per_message"]["mean"] == pytest.approx(
+        2 - 1.3 * 10 / 9 * 0.8, abs=1e-3)
+    assert five["rows"][0]["mitigations"] == {"batch": pytest.approx(
+        100 * five["rows"][0]["cpu_ms_per_message"]["mean"] / 1000 / 0.7 * (1 - 0.7 / 2),
+        abs=1e-3)}

@@ -106,11 +106,11 @@ def _plan(flags: argparse.Namespace) -> None:
     try:
         demand = Demand.of(flags.messages_per_day, flags.peak_factor, flags.peak_rate)
         model = from_sweep(Path(flags.sweep), Path(flags.matrix) if flags.matrix else None)
+        result = plan(model, Inputs(demand, tuple(flags.tls_trajectory), flags.size,
+                                    flags.target_utilisation, flags.slo_p99_ms,
+                                    flags.processing_cpu_ms, flags.per_connection))
     except (ValueError, ModelError) as error:
         raise SystemExit(f"tlsstorm plan: {error}") from None
-    result = plan(model, Inputs(demand, tuple(flags.tls_trajectory), flags.size,
-                                flags.target_utilisation, flags.slo_p99_ms,
-                                flags.processing_cpu_ms))
     print(json.dumps(result, indent=2) if flags.json else text_plan(result))
 
 
@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="session p99 objective")
     planner.add_argument("--processing-cpu-ms", type=float, metavar="MS",
                          help="per-message content filtering CPU (default: as measured)")
+    planner.add_argument("--per-connection", type=_positive_int, default=1, metavar="N",
+                         help="messages per connection (other than 1 needs --matrix with the "
+                         "batch row)")
     planner.add_argument("--json", action="store_true", help="the plan as JSON")
     planner.set_defaults(run=_plan)
 

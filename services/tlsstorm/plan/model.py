@@ -11,6 +11,9 @@ from typing import Any
 
 from tlsstorm.plan.fit import ScalingFit, fit_scaling
 from tlsstorm.plan.latency import LatencyCurve, fit_latency
+from tlsstorm.sweep.matrix import ROWS
+
+BATCH_PER_CONNECTION = int(ROWS["batch"].sender_options["per_connection"])
 
 
 class ModelError(ValueError):
@@ -47,6 +50,27 @@ class CostModel:
         """Share of the receiver's CPU the mitigation saved at that ratio, in the matrix."""
         baseline = self.baseline.cost_ms(ratio) if self.baseline else 0.0
         return 1 - mitigation.cost_ms(ratio) / baseline if baseline else 0.0
+
+    def per_connection_factor(self, mode_ratio: float, per_connection: int) -> float:
+        """What CPU per message becomes with `per_connection` messages per connection, as
+        a share of one per connection: the matrix's batch row against its baseline splits
+        each mode's cost into a part per session (connection, EHLO, handshake) and a part
+        per message. Raises ModelError without that row."""
+        if per_connection == 1:
+            return 1.0
+        batch = next((m for m in self.mitigations if m.key == "batch"), None)
+        if batch is None or self.baseline is None:
+            raise ModelError("messages per connection other than 1 need the matrix's batch row "
+                             "(tlsstorm sweep --matrix baseline,batch, then --matrix "
+                             "results/matrix/matrix.json)")
+        measured_k = BATCH_PER_CONNECTION
+        factors = []
+        for single, batched in ((self.baseline.plain_ms, batch.plain_ms),
+                                (self.baseline.tls_ms, batch.tls_ms)):
+            per_session = (single - batched) * measured_k / (measured_k - 1)
+            share = min(max(per_session / single, 0.0), 1.0) if single else 0.0
+            factors.append(1 - share * (1 - 1 / per_connection))
+        return factors[0] * (1 - mode_ratio) + factors[1] * mode_ratio
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.source, "machine": self.machine, "fit": self.fit.as_dict(),

@@ -37,6 +37,7 @@ class Inputs:
     target_utilisation: float = 0.7
     slo_p99_ms: float = 500.0
     processing_cpu_ms: float | None = None  # per message; None: as measured
+    per_connection: int = 1  # messages per connection
 
 
 def plan(model: CostModel, inputs: Inputs) -> dict[str, Any]:
@@ -47,8 +48,9 @@ def plan(model: CostModel, inputs: Inputs) -> dict[str, Any]:
     extra_bytes = (inputs.size - model.size) if inputs.size is not None else 0
 
     def row(ratio: float) -> dict[str, Any]:
-        cost_ms = model.fit.cost_ms(ratio) + extra_ms
-        half_ms = model.fit.cost_half_width_ms(ratio)
+        batching = model.per_connection_factor(ratio, inputs.per_connection)
+        cost_ms = model.fit.cost_ms(ratio) * batching + extra_ms
+        half_ms = model.fit.cost_half_width_ms(ratio) * batching
         # Per message at the margin; each server's idle share is left out (it does not grow
         # with the volume).
         busy_cores = rate * cost_ms / 1000
@@ -108,6 +110,10 @@ def _notes(model: CostModel, inputs: Inputs) -> list[str]:
             + ", ".join(f"{name.replace('_per_s', '')} {value:,.0f}/s"
                         for name, value in speed.items())
             + ". Scale the TLS cost by the ratio of your `openssl speed` to these.")
+    if inputs.per_connection != 1:
+        notes.append(f"{inputs.per_connection} messages per connection: CPU per message scaled "
+                     "by the matrix's batch row against its baseline (the part per session "
+                     "spread over the messages); bandwidth and latency as measured with one.")
     if model.latency is None:
         notes.append("No latency: the sweep had no wave with a session p99 below saturation "
                      "(run it with --capacity-rates).")
