@@ -48,7 +48,7 @@ lock: install ## refresh requirements.lock from pyproject.toml (uv pip compile),
 	  --python-platform x86_64-manylinux_2_28 --native-tls --quiet -o $(LOCK)
 	$(BIN)/pip install --quiet --constraint $(LOCK) -e '.[dev]'
 
-APT_TOOLS := openssl chromium dockerd debootstrap tcpdump postfix
+APT_TOOLS := openssl chromium dockerd debootstrap tcpdump postfix swaks
 
 system-deps: ## as root: the Debian tools the tests use (openssl, chromium, docker, postfix, ...)
 	@missing=""; for tool in $(APT_TOOLS); do command -v $$tool >/dev/null || \

@@ -15,7 +15,7 @@ import os
 
 from locust import HttpUser, constant, events, task
 from locust.env import Environment
-from options import next_is_tls
+from options import next_is_tls, next_profile
 from reporting import MessageBudget, report_sender_result
 from sender_watch import add_sender_tab  # noqa: F401 (the web UI's "Sender CPU" tab)
 from shapes import ordered_shapes, preselect_in_web_ui
@@ -38,9 +38,12 @@ class SpamViaSender(HttpUser):
         per_connection = max(1, options.per_connection)
         count = self.budget.take(max(1, options.batch) * per_connection)
         connections = -(-count // per_connection)
-        payload = {"tls": [next_is_tls(self.environment) for _ in range(connections)],
-                   "count": count, "size": options.message_size,
+        tls = [next_is_tls(self.environment) for _ in range(connections)]
+        payload = {"tls": tls, "count": count, "size": options.message_size,
                    "per_connection": per_connection}
+        if options.tls_profiles:
+            payload["profiles"] = [next_profile(self.environment) if flag else "default"
+                                   for flag in tls]
         if options.target:
             payload["target"] = options.target
         if options.wave_id:

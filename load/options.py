@@ -15,6 +15,7 @@ from locust.env import Environment
 from locust.rpc import Message
 from locust.runners import MasterRunner, WorkerRunner
 
+from tlsstorm.sender.profiles import ProfileMix
 from tlsstorm.sender.waves import is_tls
 
 OPTIONS_MESSAGE = "tlsstorm-options"
@@ -40,6 +41,10 @@ def add_wave_options(parser) -> None:
                         include_in_web_ui=True,
                         help="SpamViaSender: connections per request to the sender, sent one "
                         "after another (the request's HTTP cost is shared by them)")
+    parser.add_argument("--tls-profiles", type=str, default="", env_var="LOCUST_TLS_PROFILES",
+                        include_in_web_ui=True,
+                        help="SpamViaSender: shares of the sender's TLS personalities over "
+                        "STARTTLS connections, e.g. mta:0.3,bot-tls12:0.7 (empty: default)")
     parser.add_argument("--target", type=str, default="", env_var="LOCUST_TARGET",
                         include_in_web_ui=True,
                         help="SMTP host:port; empty means the sender's own default target")
@@ -67,6 +72,27 @@ def next_is_tls(environment: Environment) -> bool:
     """Spread STARTTLS evenly over this process's messages at the current ratio."""
     ratio = min(max(float(environment.parsed_options.tls_ratio), 0.0), 1.0)
     return is_tls(next(_message_numbers), ratio)
+
+
+_mixes: dict[str, ProfileMix] = {}
+
+
+def next_profile(environment: Environment) -> str:
+    """The next STARTTLS connection's TLS personality, by --tls-profiles' shares (exact over
+    this process's connections); "default" when none are set."""
+    text = environment.parsed_options.tls_profiles.strip()
+    if not text:
+        return "default"
+    if text not in _mixes:
+        shares = {}
+        for part in text.split(","):
+            name, _, share = part.partition(":")
+            try:
+                shares[name.strip()] = float(share or 1)
+            except ValueError:
+                shares[name.strip()] = 1.0  # the sender names what it does not know
+        _mixes[text] = ProfileMix(shares)
+    return _mixes[text].next()
 
 
 def set_wave_options(environment: Environment, **changes) -> None:

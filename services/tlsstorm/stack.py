@@ -84,14 +84,16 @@ class Stack:
             nonlocal stopping
             stopping = True
 
+        # Both, explicitly: started from a script in the background, a process inherits SIGINT
+        # ignored, and Ctrl-C (or the tests' SIGINT) would then never reach it.
         signal.signal(signal.SIGTERM, request_stop)
-        try:
-            while not stopping:
-                for child in self.children:
-                    if child.process.poll() is not None:
-                        print(f"{child.name} exited with code {child.process.returncode}",
-                              file=sys.stderr)
-                        return
-                time.sleep(0.2)
-        except KeyboardInterrupt:
-            pass
+        signal.signal(signal.SIGINT, request_stop)
+        while not stopping:
+            time.sleep(0.2)
+            if stopping:  # Ctrl-C reaches the children too: their exit is no news then
+                break
+            for child in self.children:
+                if child.process.poll() is not None:
+                    print(f"{child.name} exited with code {child.process.returncode}",
+                          file=sys.stderr)
+                    return

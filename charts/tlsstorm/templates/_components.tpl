@@ -31,6 +31,13 @@ env:
   - {name: TLSSTORM_RECEIVER_HANDSHAKE_TIMEOUT_S, value: {{ $receiver.handshakeTimeoutSeconds | quote }}}
   - {name: TLSSTORM_RECEIVER_IDLE_TIMEOUT_S, value: {{ $receiver.idleTimeoutSeconds | quote }}}
   - {name: TLSSTORM_RECEIVER_MAX_MESSAGE_BYTES, value: {{ $receiver.maxMessageBytes | int64 | quote }}}
+  {{- with $receiver.gate }}
+  - {name: TLSSTORM_RECEIVER_GATE_MODE, value: {{ .mode | quote }}}
+  - {name: TLSSTORM_RECEIVER_GATE_DENY, value: {{ join "," (.deny | default list) | quote }}}
+  - {name: TLSSTORM_RECEIVER_GATE_ALLOW, value: {{ join "," (.allow | default list) | quote }}}
+  - {name: TLSSTORM_RECEIVER_GATE_REQUIRE_SNI, value: {{ .requireSni | default false | quote }}}
+  - {name: TLSSTORM_RECEIVER_GATE_DENY_BELOW_TLS13, value: {{ .denyBelowTls13 | default false | quote }}}
+  {{- end }}
   {{- if and (eq $tls.shape "chain") (not $tls.existingSecret) }}
   - {name: TLSSTORM_RECEIVER_CA_CERT_FILE, value: /etc/tlsstorm/tls/ca.crt}
   - {name: TLSSTORM_RECEIVER_CA_KEY_FILE, value: /etc/tlsstorm/tls/ca.key}
@@ -110,6 +117,7 @@ volumeMounts:
 - {name: LOCUST_TLS_RATIO, value: {{ $locust.tlsRatio | quote }}}
 - {name: LOCUST_MESSAGE_SIZE, value: {{ $locust.messageSize | quote }}}
 - {name: LOCUST_PER_CONNECTION, value: {{ $locust.perConnection | quote }}}
+- {name: LOCUST_TLS_PROFILES, value: {{ $locust.tlsProfiles | default "" | quote }}}
 - {name: LOCUST_SMTP_TARGET, value: {{ include "tlsstorm.receiverTarget" . | quote }}}
 - {name: TLSSTORM_LOAD_SHAPE, value: {{ $locust.shape | quote }}}
 - {name: TLSSTORM_ALLOWED_TARGETS, value: {{ include "tlsstorm.receiverTarget" . | quote }}}

@@ -37,7 +37,8 @@ _INT_ATTRIBUTES = {
 }
 _STRING_ATTRIBUTES = {attr.MODE: "mode", attr.WAVE_ID: "wave", attr.ERROR_TYPE: "error",
                       attr.SIDE: "side", attr.CERT_CHAIN: "chain",
-                      attr.PROCESS_ROLE: "process_role"}
+                      attr.PROCESS_ROLE: "process_role", attr.TLS_CLIENT_JA4: "ja4",
+                      attr.GATE_DECISION: "gate_decision"}
 _STATUS_ERROR = 2
 
 CellKey = tuple[str, str, str, str, int]  # wave, service, role, mode, unix second
@@ -65,6 +66,7 @@ class Cell:
         "cpu_us",
         "duration_ms",
         "errors",
+        "fingerprints",
         "handshake_cpu_us",
         "handshake_ms",
         "handshakes_failed",
@@ -107,6 +109,8 @@ class Cell:
         self.busy_samples = 0
         self.errors: dict[str, int] = {}
         self.chains: dict[str, int] = {}  # certificate chain served -> sessions
+        # ClientHello JA4 -> [sessions, CPU us, sessions the gate denied]
+        self.fingerprints: dict[str, list[int]] = {}
         self.duration_ms = LatencyHistogram()
         self.handshake_ms = LatencyHistogram()
 
@@ -117,6 +121,10 @@ class Cell:
             self.errors[kind] = self.errors.get(kind, 0) + count
         for chain, count in other.chains.items():
             self.chains[chain] = self.chains.get(chain, 0) + count
+        for ja4, counts in other.fingerprints.items():
+            mine = self.fingerprints.setdefault(ja4, [0, 0, 0])
+            for index, value in enumerate(counts):
+                mine[index] += value
         self.duration_ms.merge(other.duration_ms)
         self.handshake_ms.merge(other.handshake_ms)
 
@@ -125,6 +133,7 @@ class Cell:
             **{name: getattr(self, name) for name in _SUMS},
             "errors": self.errors,
             "chains": self.chains,
+            "fingerprints": self.fingerprints,
             "duration_ms": _histogram_json(self.duration_ms),
             "handshake_ms": _histogram_json(self.handshake_ms),
         }
@@ -136,6 +145,8 @@ class Cell:
             setattr(cell, name, int(data.get(name, 0)))
         cell.errors = {str(k): int(v) for k, v in data.get("errors", {}).items()}
         cell.chains = {str(k): int(v) for k, v in data.get("chains", {}).items()}
+        cell.fingerprints = {str(k): [int(x) for x in v]
+                             for k, v in data.get("fingerprints", {}).items()}
         cell.duration_ms = _histogram_from(data.get("duration_ms", {}))
         cell.handshake_ms = _histogram_from(data.get("handshake_ms", {}))
         return cell
@@ -147,6 +158,8 @@ class Cell:
             "messages": self.messages,
             "errors": dict(self.errors),
             "certificate_chains": dict(self.chains),
+            "fingerprints": _top_fingerprints(self.fingerprints, by=0),
+            "fingerprints_by_cpu": _top_fingerprints(self.fingerprints, by=1),
             "handshakes_ok": self.handshakes_ok,
             "handshakes_failed": self.handshakes_failed,
             "handshake_ms": self.handshake_ms.summary(),
@@ -162,6 +175,15 @@ class Cell:
             "wire_bytes_out_per_session": _ratio(self.wire_out, self.sessions or None),
             "message_bytes_per_message": _ratio(self.message_bytes, per_message),
         }
+
+
+def _top_fingerprints(fingerprints: dict[str, list[int]], by: int, top: int = 10
+                      ) -> list[dict[str, Any]]:
+    """The ClientHello fingerprints first by sessions (by=0) or by CPU (by=1), each with its
+    sessions, CPU and refusals."""
+    ranked = sorted(fingerprints.items(), key=lambda item: (-item[1][by], item[0]))[:top]
+    return [{"ja4": ja4, "sessions": sessions, "cpu_ms": round(cpu_us / 1000, 3),
+             "denied": denied} for ja4, (sessions, cpu_us, denied) in ranked]
 
 
 def _ratio(numerator: float, denominator: float | None) -> float | None:
@@ -273,6 +295,11 @@ class Aggregator:
             cell.errors[kind] = cell.errors.get(kind, 0) + 1
         if "chain" in values:
             cell.chains[values["chain"]] = cell.chains.get(values["chain"], 0) + 1
+        if "ja4" in values or "gate_decision" in values:
+            counts = cell.fingerprints.setdefault(values.get("ja4") or "unreadable", [0, 0, 0])
+            counts[0] += 1
+            counts[1] += values.get("cpu_us", 0)
+            counts[2] += values.get("gate_decision") == "denied"
 
     def evict(self, now_s: float | None = None) -> list[CellKey]:
         """Drop cells past retention or over the cap (oldest first); return what was dropped."""

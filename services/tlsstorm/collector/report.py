@@ -176,6 +176,25 @@ def _html_table(cost: dict[str, Any], title: str, receiver: bool = True) -> str:
             f"<th class=n>STARTTLS</th><th class=n>TLS/plain</th></tr>{rows}</table>")
 
 
+def _fingerprint_tables(tls: dict[str, Any]) -> str:
+    """STARTTLS clients by their ClientHello (JA4), when the receiver's gate read them: the
+    most sessions, and the most CPU."""
+    if not tls["fingerprints"]:
+        return ""
+
+    def table(entries: list[dict[str, Any]], title: str) -> str:
+        rows = "".join(
+            f"<tr><td><code>{escape(entry['ja4'])}</code></td><td class=n>"
+            f"{entry['sessions']:,}</td><td class=n>{entry['cpu_ms']:,.1f}</td><td class=n>"
+            f"{entry['denied']:,}</td></tr>" for entry in entries)
+        return (f"<h3>{title}</h3><table><tr><th>JA4</th><th class=n>sessions</th>"
+                f"<th class=n>CPU ms</th><th class=n>denied</th></tr>{rows}</table>")
+
+    return ("<h2>ClientHello fingerprints (the receiver's gate)</h2>"
+            + table(tls["fingerprints"], "By sessions")
+            + table(tls["fingerprints_by_cpu"], "By CPU"))
+
+
 def _scope(wave: str | None) -> str:
     if wave is None:
         return "all waves"
@@ -255,6 +274,7 @@ def render_html(aggregator: Aggregator, wave: str | None = None, since: float | 
 {_html_table(summary["sender"], "Sender: plain vs STARTTLS (client side)", receiver=False)}
 <h2>Waves</h2><table><tr><th>wave</th><th class=n>plain</th><th class=n>STARTTLS</th>
 <th>first seen</th></tr>{waves}</table>
+{_fingerprint_tables(receiver[STARTTLS])}
 <p class=muted>Receiver CPU per message is the CPU the receiver charged to each session
 (<code>tlsstorm.session.cpu_us</code> on its <code>smtp.session</code> spans): every event-loop
 callback run for the session, its share of polling and accepting, its queue writes. Handshake

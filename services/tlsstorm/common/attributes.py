@@ -26,6 +26,9 @@ WAVE_ID = "tlsstorm.wave.id"
 CERT_VERIFIED = "tlsstorm.tls.cert_verified"
 # The certificates the receiver served, leaf first: "leaf rsa2048 1,384 B + intermediate ...".
 CERT_CHAIN = "tlsstorm.tls.chain"
+TLS_CLIENT_JA4 = "tls.client.ja4"  # the ClientHello's JA4, when the receiver's gate read it
+GATE_DECISION = "tlsstorm.gate.decision"  # allowed, denied, would_deny
+GATE_RULE = "tlsstorm.gate.rule"
 SIDE = "tlsstorm.side"
 
 SPAN_SESSION = "smtp.session"

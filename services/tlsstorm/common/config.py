@@ -96,6 +96,16 @@ class ReceiverSettings(BaseSettings):
         default_factory=list, description="CIDRs whose STARTTLS is answered 454 (they stay plain)")
     reject_from: NetworkList = Field(
         default_factory=list, description="CIDRs rejected with 554 at connect, before any TLS")
+    gate_mode: Literal["off", "learn", "enforce"] = Field(
+        "off", description="ClientHello gate: off; learn (fingerprint and count, refuse "
+        "nothing); enforce (end denied handshakes with an alert before OpenSSL works)")
+    gate_deny: CommaList = Field(default_factory=list, description="JA4 fingerprints the gate "
+                                 "denies")
+    gate_allow: CommaList = Field(default_factory=list, description="JA4 fingerprints the gate "
+                                  "lets through; when set, every other one is denied")
+    gate_require_sni: bool = Field(False, description="the gate denies hellos without SNI")
+    gate_deny_below_tls13: bool = Field(False, description="the gate denies hellos offering "
+                                        "TLS 1.2 at most")
     session_cpu: bool = Field(True, description="meter CPU time per session")
     processing_cpu_us: int = Field(0, ge=0, le=1_000_000, description="CPU work per message, "
                                    "standing in for spam/virus filtering")

@@ -16,7 +16,7 @@ from tlsstorm.common.metrics import (
     registry_with,
 )
 from tlsstorm.common.serve import BodyLimit
-from tlsstorm.receiver.metrics import ReceiverCollector
+from tlsstorm.receiver.metrics import GateCollector, ReceiverCollector
 
 if TYPE_CHECKING:
     from tlsstorm.receiver.app import ReceiverService
@@ -30,7 +30,7 @@ def create_api(service: ReceiverService) -> FastAPI:
     guarded = [Depends(bearer_guard(service.settings.api_token))]
     registry = registry_with(ReceiverCollector(service.stats, service.memory.snapshot),
                              SpanCountsCollector(service.provider),
-                             CpuLimitCollector(service.cpu))
+                             CpuLimitCollector(service.cpu), GateCollector(service))
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -52,6 +52,7 @@ def create_api(service: ReceiverService) -> FastAPI:
                             "handshakes_in_progress": service.limits.handshakes}
         snapshot["memory"] = service.memory.snapshot()
         snapshot["cpu"] = service.cpu.snapshot()
+        snapshot["gate"] = service.gate_counts.snapshot(service.gate.mode)
         return snapshot
 
     @app.get("/v1/stats/samples")

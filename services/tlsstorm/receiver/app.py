@@ -33,6 +33,7 @@ from tlsstorm.common.serve import LISTEN_BACKLOG, HttpServer, bind, port_of
 from tlsstorm.common.tls import server_context, timed
 from tlsstorm.receiver.api import create_api
 from tlsstorm.receiver.cpu_meter import CpuAccount, LoopMeter
+from tlsstorm.receiver.gate import GateCounts, GatePolicy
 from tlsstorm.receiver.handler import SinkHandler
 from tlsstorm.receiver.memory import MemoryBudget, MemoryMonitor, cgroup_memory_limit
 from tlsstorm.receiver.session import SessionLimits, SessionRecord
@@ -87,6 +88,12 @@ class ReceiverService:
             settings.max_connections, settings.max_handshakes, settings.max_recipients,
             refuse_starttls_from=tuple(settings.refuse_starttls_from),
             reject_from=tuple(settings.reject_from))
+        self.gate = GatePolicy(settings.gate_mode, frozenset(settings.gate_deny),
+                               frozenset(settings.gate_allow), settings.gate_require_sni,
+                               settings.gate_deny_below_tls13)
+        self.gate_counts = GateCounts()
+        if self.gate.active:
+            self.limits.gate = self.gate
         self.memory = MemoryMonitor(self.limits)
         memory_limit = settings.memory_limit_bytes or cgroup_memory_limit()
         if memory_limit:
@@ -139,6 +146,7 @@ class ReceiverService:
                                self.chain_summary, seal)
         else:
             seal()
+        self.gate_counts.add(record)
 
     def _export_share_ns(self, record: SessionRecord) -> int:
         """Exporting the session's spans happens later, in the exporter's thread: each session
@@ -187,6 +195,7 @@ class ReceiverService:
     def reset_stats(self) -> None:
         self.stats.reset()
         self.memory.reset()
+        self.gate_counts = GateCounts()
 
     def _process_attributes(self) -> dict[str, int]:
         """What sessions sealed in the second just ended were charged (so the collector can

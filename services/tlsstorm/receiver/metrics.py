@@ -85,3 +85,17 @@ class ReceiverCollector:
             limit.add_metric([], budget["budget_bytes"])
             families.append(limit)
         return families
+
+
+class GateCollector:
+    """tlsstorm_gate_sessions_total{decision,rule}: what the ClientHello gate decided."""
+
+    def __init__(self, service) -> None:
+        self._service = service
+
+    def collect(self):
+        decisions = CounterMetricFamily("tlsstorm_gate_sessions", "STARTTLS sessions by the "
+                                        "ClientHello gate's decision", labels=["decision", "rule"])
+        for (decision, rule), count in self._service.gate_counts.decisions.items():
+            decisions.add_metric([decision, rule], count)
+        yield decisions

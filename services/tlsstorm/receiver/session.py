@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from tlsstorm.receiver.gate import GatePolicy
     from tlsstorm.receiver.memory import MemoryBudget
 
 
@@ -23,6 +24,7 @@ class SessionLimits:
     refuse_starttls_from: tuple = ()
     reject_from: tuple = ()
     memory: MemoryBudget | None = None
+    gate: GatePolicy | None = None  # the ClientHello gate, when on
     open_sessions: int = 0
     open_tls_sessions: int = 0  # of the open ones, those that issued STARTTLS
     handshakes: int = 0
@@ -71,10 +73,13 @@ class SessionRecord:
         "cpu_ns",
         "ended_perf_ns",
         "errors",
+        "gate_decision",
+        "gate_rule",
         "handshake_cpu_ns",
         "handshake_ms",
         "handshake_ok",
         "handshake_started_ns",
+        "ja4",
         "message_bytes",
         "messages",
         "queue_fsyncs",
@@ -118,6 +123,9 @@ class SessionRecord:
         self.queue_fsyncs = 0
         self.traceparents: list[str] = []
         self.wave_id: str | None = None
+        self.ja4: str | None = None  # the ClientHello's fingerprint, when the gate read it
+        self.gate_decision: str | None = None  # allowed, denied or would_deny (learning)
+        self.gate_rule: str | None = None
 
     @property
     def mode(self) -> str:

@@ -17,6 +17,7 @@ from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 from tlsstorm.common.tls import TimedSSLObject
 from tlsstorm.common.wire import wire_bytes
 from tlsstorm.receiver.cpu_meter import CpuAccount
+from tlsstorm.receiver.gate import GatedTransportProtocol, GateRejected
 from tlsstorm.receiver.handler import SinkHandler
 from tlsstorm.receiver.session import RawTransportProtocol, SessionLimits, SessionRecord
 
@@ -259,8 +260,11 @@ class MeasuredSMTP(SMTP):
         )
         self._tls_protocol = tls_protocol
         self._original_transport = self.transport
+        gate = self.limits.gate
         self._original_transport.set_protocol(
-            RawTransportProtocol(tls_protocol, self._capture_wire)
+            GatedTransportProtocol(tls_protocol, self._capture_wire, gate, record,
+                                   self._original_transport)
+            if gate is not None else RawTransportProtocol(tls_protocol, self._capture_wire)
         )
         self.transport = tls_protocol._app_transport
         started_ns, started_perf = time.time_ns(), time.perf_counter()
@@ -315,7 +319,9 @@ class MeasuredSMTP(SMTP):
         record.handshake_started_ns = started_ns
         record.handshake_ms = elapsed_s * 1000
         timed_out = elapsed_s >= self._handshake_timeout_s * 0.9
-        if isinstance(error, ConnectionAbortedError) and timed_out:
+        if isinstance(error, GateRejected):
+            record.errors.append("handshake_gated")
+        elif isinstance(error, ConnectionAbortedError) and timed_out:
             record.errors.append("handshake_timeout")
         elif isinstance(error, ssl.SSLError):
             record.errors.append("handshake_failed")

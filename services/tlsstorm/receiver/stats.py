@@ -19,7 +19,8 @@ class ModeStats:
     """Counters of one mode; every field is a sum so that waves and totals add up."""
 
     __slots__ = (
-        "cpu_ns", "errors", "handshake_cpu_ns", "handshake_ms", "handshakes_failed",
+        "cpu_ns", "errors", "failed_handshake_cpu_ns", "handshake_cpu_ns", "handshake_ms",
+        "handshakes_failed",
         "handshakes_ok", "handshakes_resumed", "message_bytes", "messages", "queue_fsyncs",
         "replies", "session_ms", "sessions", "wire_bytes_in", "wire_bytes_out",
     )
@@ -33,6 +34,7 @@ class ModeStats:
         self.handshakes_resumed = 0
         self.handshake_ms = LatencyHistogram()
         self.handshake_cpu_ns = 0
+        self.failed_handshake_cpu_ns = 0  # what handshakes that did not finish cost (gated)
         self.session_ms = LatencyHistogram()
         self.wire_bytes_in = 0
         self.wire_bytes_out = 0
@@ -58,6 +60,7 @@ class ModeStats:
                     self.handshakes_resumed += 1
             else:
                 self.handshakes_failed += 1
+                self.failed_handshake_cpu_ns += record.handshake_cpu_ns
         for kind in record.errors:
             self.errors[kind] += 1
         self.replies.update(record.replies)
@@ -76,6 +79,9 @@ class ModeStats:
             # client; this is the CPU the receiver spent in it.
             "handshake_cpu_ms_mean": (round(self.handshake_cpu_ns / 1e6 / self.handshakes_ok, 4)
                                       if self.handshakes_ok else None),
+            "failed_handshake_cpu_ms_mean": (
+                round(self.failed_handshake_cpu_ns / 1e6 / self.handshakes_failed, 4)
+                if self.handshakes_failed else None),
             "session_ms": self.session_ms.summary(),
             "wire_bytes_in": self.wire_bytes_in,
             "wire_bytes_out": self.wire_bytes_out,

@@ -48,6 +48,11 @@ def emit_session_spans(
         attributes[attr.TLS_CIPHER] = record.cipher or ""
         attributes[attr.TLS_RESUMED] = record.resumed
         attributes[attr.CERT_CHAIN] = chain
+    if record.gate_decision is not None:
+        attributes[attr.GATE_DECISION] = record.gate_decision
+        attributes[attr.GATE_RULE] = record.gate_rule or ""
+        if record.ja4:
+            attributes[attr.TLS_CLIENT_JA4] = record.ja4
     if record.errors:
         attributes[attr.ERROR_TYPE] = record.errors[0]
     session = tracer.start_span(

@@ -19,7 +19,7 @@ from tlsstorm.common.metrics import (
 )
 from tlsstorm.common.serve import BodyLimit
 from tlsstorm.sender.allowlist import Target, TargetRefused
-from tlsstorm.sender.waves import DeliveryOptions, Wave, WaveSpec
+from tlsstorm.sender.waves import DeliveryOptions, ProfileName, Wave, WaveSpec
 
 if TYPE_CHECKING:
     from tlsstorm.sender.app import SenderService
@@ -43,8 +43,15 @@ class BatchRequest(DeliveryOptions):
     wave: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
                              description="label that groups these messages in stats and spans")
 
+    profiles: list[ProfileName] | None = Field(
+        None, max_length=1000, description="each connection's TLS personality (instead of "
+        "profile), as many as tls")
+
     @model_validator(mode="after")
     def _count_fits_connections(self) -> BatchRequest:
+        if self.profiles is not None and len(self.profiles) != len(self.tls):
+            raise ValueError(f"profiles: {len(self.profiles)} given for {len(self.tls)} "
+                             "connections")
         most = len(self.tls) * self.per_connection
         if self.count is not None and not most - self.per_connection < self.count <= most:
             raise ValueError(f"count {self.count} does not fit {len(self.tls)} connections of "
@@ -123,7 +130,8 @@ def create_api(service: SenderService) -> FastAPI:
         while remaining:
             batch = min(request.per_connection, remaining)
             results += await service.client.send(target, request.tls, batch, request.size,
-                                                 wave_id=request.wave, resume=request.resume)
+                                                 wave_id=request.wave, resume=request.resume,
+                                                 profile=request.profile)
             remaining -= batch
         return _results(target, results)
 
@@ -134,10 +142,12 @@ def create_api(service: SenderService) -> FastAPI:
         target = await allowed(request.target)
         results = []
         remaining = request.count or len(request.tls) * request.per_connection
-        for tls in request.tls:
+        profiles = request.profiles or [request.profile] * len(request.tls)
+        for tls, profile in zip(request.tls, profiles, strict=True):
             batch = min(request.per_connection, remaining)
             results += await service.client.send(target, tls, batch, request.size,
-                                                 wave_id=request.wave, resume=request.resume)
+                                                 wave_id=request.wave, resume=request.resume,
+                                                 profile=profile)
             remaining -= batch
         return _results(target, results)
 

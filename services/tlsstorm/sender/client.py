@@ -23,6 +23,7 @@ from tlsstorm.common.tls import (
 from tlsstorm.common.wire import wire_bytes
 from tlsstorm.sender.allowlist import Target
 from tlsstorm.sender.message import build_message
+from tlsstorm.sender.profiles import PROFILES, profile_context
 from tlsstorm.sender.smtp_wire import Plan, SmtpReplyError, SmtpWire, StartTlsNotOffered, converse
 
 
@@ -90,6 +91,8 @@ class SmtpClient:
         self.verify = settings.ca_file is not None
         self.tls_context = timed(client_context(settings.ca_file))
         self.resuming_context = resuming(client_context(settings.ca_file))
+        self.profile_contexts = {name: profile_context(name, settings.ca_file)
+                                 for name in PROFILES if name != "default"}
         self.tracer = provider.get_tracer("tlsstorm.sender") if provider else None
         self.totals = SendTotals()
         self.helo_name = settings.helo_name.encode("ascii")
@@ -98,15 +101,19 @@ class SmtpClient:
 
     async def send(
         self, target: Target, tls: bool, count: int, size: int, wave_id: str | None = None,
-        resume: bool = False,
+        resume: bool = False, profile: str = "default",
     ) -> list[MessageResult]:
         """Send `count` messages over one connection; one result per message, failed or not.
 
         With `resume`, the TLS handshake offers the session of the previous connection to the
-        same server (tickets), as a resuming client would.
+        same server (tickets), as a resuming client would. `profile` is the client's TLS
+        personality (sender/profiles.py).
         """
-        context = self.resuming_context if resume else self.tls_context
-        results = await _Session(self, target, tls, wave_id, context).run(count, size)
+        context = self.resuming_context if resume else self.profile_contexts.get(
+            profile, self.tls_context)
+        session = _Session(self, target, tls, wave_id, context)
+        session.sni = PROFILES[profile].sni
+        results = await session.run(count, size)
         self.totals.add(tls, results)
         return results
 
@@ -132,6 +139,7 @@ class _Session:
         self.span: trace.Span | None = None
         self.last: MessageResult | None = None  # the last message waits for QUIT
         self.final: _Checkpoint | None = None
+        self.sni = True  # name the server in the ClientHello
         self.mark: _Checkpoint = self._checkpoint()
 
     def _checkpoint(self) -> _Checkpoint:
@@ -180,7 +188,8 @@ class _Session:
         self.span = self._start_span()
         settings, client = self.settings, self.client
         plan = Plan(client.helo_name, client.mail_from, client.rcpt_to, count,
-                    self.tls_context if self.tls else None, self.target.host)
+                    self.tls_context if self.tls else None,
+                    self.target.host if self.sni else None)
         self.wire = SmtpWire(plan, self, settings.timeout_s, quick_ack=settings.quick_ack,
                              trace_phases=self.trace_commands)
         failure: Exception | None = None

@@ -14,6 +14,9 @@ from pydantic import BaseModel, Field, model_validator
 from tlsstorm.common.histogram import LatencyHistogram
 from tlsstorm.sender.allowlist import TARGET_PATTERN, Target
 from tlsstorm.sender.client import MessageResult, SmtpClient
+from tlsstorm.sender.profiles import PROFILES, ProfileMix
+
+ProfileName = Literal[tuple(PROFILES)]  # type: ignore[valid-type]
 
 _KEPT_WAVES = 100
 
@@ -28,6 +31,7 @@ class DeliveryOptions(BaseModel):
     resume: bool = Field(False, description="resume the previous TLS session (tickets)")
     target: str | None = Field(None, max_length=300, pattern=TARGET_PATTERN,
                                description="host:port (default target)")
+    profile: ProfileName = Field("default", description="the client's TLS personality")
 
 
 class WaveSpec(DeliveryOptions):
@@ -38,6 +42,16 @@ class WaveSpec(DeliveryOptions):
     duration_s: float | None = Field(None, gt=0, le=86_400)
     tls_ratio: float = Field(0.0, ge=0, le=1, description="share of messages sent with STARTTLS")
     concurrency: int = Field(16, ge=1, le=10_000, description="connections in flight at most")
+    profiles: dict[ProfileName, float] | None = Field(
+        None, description="a mix of TLS personalities over the STARTTLS connections, e.g. "
+        '{"mta": 0.3, "bot-tls12": 0.7} (shares; instead of profile)')
+
+    @model_validator(mode="after")
+    def _shares_positive(self) -> WaveSpec:
+        if self.profiles is not None and (not any(v > 0 for v in self.profiles.values())
+                                          or any(v < 0 for v in self.profiles.values())):
+            raise ValueError("profiles: shares are >= 0 and at least one is > 0")
+        return self
 
     @model_validator(mode="after")
     def _count_or_duration(self) -> WaveSpec:
@@ -76,6 +90,8 @@ class Wave:
         self.errors: collections.Counter[str] = collections.Counter()
         self._task: asyncio.Task | None = None
         self._senders: set[asyncio.Task] = set()
+        self._mix = ProfileMix(spec.profiles) if spec.profiles else None
+        self.by_profile: collections.Counter[str] = collections.Counter()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -127,15 +143,18 @@ class Wave:
 
     def _launch(self, tls: bool, batch: int) -> None:
         self.in_flight += 1
-        task = asyncio.create_task(self._send(tls, batch))
+        profile = self._mix.next() if tls and self._mix else self.spec.profile
+        if tls:
+            self.by_profile[profile] += batch
+        task = asyncio.create_task(self._send(tls, batch, profile))
         self._senders.add(task)
         task.add_done_callback(self._senders.discard)
 
-    async def _send(self, tls: bool, batch: int) -> None:
+    async def _send(self, tls: bool, batch: int, profile: str) -> None:
         try:
             results = await self.client.send(
-                self.target, tls, batch, self.spec.size, wave_id=self.id, resume=self.spec.resume
-            )
+                self.target, tls, batch, self.spec.size, wave_id=self.id,
+                resume=self.spec.resume, profile=profile)
         finally:
             self.in_flight -= 1
         counters = self.by_mode["tls" if tls else "plain"]
@@ -165,6 +184,7 @@ class Wave:
             "plain": self.by_mode["plain"].as_dict(),
             "tls": self.by_mode["tls"].as_dict(),
             "errors": dict(self.errors),
+            "starttls_by_profile": dict(self.by_profile),
         }
 
 

@@ -46,6 +46,15 @@ ROWS = {
                   {"TLSSTORM_RECEIVER_REFUSE_STARTTLS_FROM": "127.0.0.0/8"}, {}),
     "reject": Row("listed senders rejected at connect",
                   {"TLSSTORM_RECEIVER_REJECT_FROM": "127.0.0.0/8"}, {}),
+    # The ClientHello gate (issue 15): the same TLS 1.2-only bots, without it, with it
+    # learning (parsing, refusing nothing) and enforcing (an alert before OpenSSL works).
+    "bots": Row("TLS 1.2-only bots (bot-tls12), no gate", {}, {"profile": "bot-tls12"}),
+    "gate-learn": Row("TLS 1.2-only bots, gate learning", {
+        "TLSSTORM_RECEIVER_GATE_MODE": "learn", "TLSSTORM_RECEIVER_GATE_DENY_BELOW_TLS13": "true"},
+        {"profile": "bot-tls12"}),
+    "gate": Row("TLS 1.2-only bots, gate denying them", {
+        "TLSSTORM_RECEIVER_GATE_MODE": "enforce",
+        "TLSSTORM_RECEIVER_GATE_DENY_BELOW_TLS13": "true"}, {"profile": "bot-tls12"}),
 }
 
 

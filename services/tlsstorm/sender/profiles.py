@@ -1,0 +1,64 @@
+"""Client TLS personalities: how bots and real MTAs differ on the wire (SNI or none, TLS 1.2 only
+or 1.2-1.3, cipher lists and orders, session tickets), each one SSL context built once, and
+mixes of them spread exactly over a wave's STARTTLS connections."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from tlsstorm.common.tls import client_context, timed
+
+
+@dataclass(frozen=True)
+class Profile:
+    description: str
+    sni: bool = True
+    max_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
+    ciphers: str | None = None  # OpenSSL cipher string for TLS 1.2 (None: OpenSSL's default)
+    tickets: bool = True
+
+
+PROFILES = {
+    "default": Profile("Python's ssl as configured: SNI, TLS 1.2-1.3, OpenSSL's ciphers"),
+    "mta": Profile("an MTA like Postfix: SNI, TLS 1.2-1.3, strong ciphers only, no tickets",
+                   ciphers="ECDHE+AESGCM:ECDHE+CHACHA20", tickets=False),
+    "bot-nosni": Profile("a bot that names no server: TLS 1.2-1.3, no SNI", sni=False),
+    "bot-tls12": Profile("an old bot library: TLS 1.2 at most, no SNI, CBC first",
+                         sni=False, max_version=ssl.TLSVersion.TLSv1_2,
+                         ciphers="ECDHE-RSA-AES128-SHA:AES128-SHA:AES256-SHA:ECDHE+AESGCM"),
+    "bot-legacy": Profile("Rustock-era: TLS 1.2 at most, no SNI, RSA key exchange, no tickets",
+                          sni=False, max_version=ssl.TLSVersion.TLSv1_2,
+                          ciphers="AES256-SHA:AES128-SHA:DES-CBC3-SHA", tickets=False),
+}
+
+
+def profile_context(name: str, ca_file: Path | None) -> ssl.SSLContext:
+    profile = PROFILES[name]
+    context = timed(client_context(ca_file))
+    context.maximum_version = profile.max_version
+    if profile.ciphers:
+        context.set_ciphers(profile.ciphers)
+    if not profile.tickets:
+        context.options |= ssl.OP_NO_TICKET
+    if not profile.sni:
+        context.check_hostname = False  # nothing named, nothing to check (the chain still is)
+    return context
+
+
+class ProfileMix:
+    """Picks each connection's profile so that the shares hold exactly as connections go:
+    the next is the one furthest behind its share."""
+
+    def __init__(self, shares: dict[str, float]) -> None:
+        total = sum(shares.values())
+        self.shares = {name: share / total for name, share in shares.items() if share > 0}
+        self.used = dict.fromkeys(self.shares, 0)
+        self.count = 0
+
+    def next(self) -> str:
+        self.count += 1
+        name = max(self.shares, key=lambda n: self.shares[n] * self.count - self.used[n])
+        self.used[name] += 1
+        return name

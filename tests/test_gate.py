@@ -1,0 +1,259 @@
+"""The ClientHello gate: JA4 as an independent implementation computes it, bot personalities
+stopped with an alert before OpenSSL works, real clients let through, and broken hellos
+answered with an alert or a close, counted, the receiver serving on."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from tests.helpers import deliver, read_reply
+from tlsstorm.receiver.clienthello import HelloReader
+from tlsstorm.sender.profiles import PROFILES, profile_context
+
+
+def _client_hello(profile: str, sni: str | None, alpn: list[str] | None = None) -> bytes:
+    """The first flight a client of that personality sends (real OpenSSL, no network)."""
+    context = profile_context(profile, None)
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = context.wrap_bio(incoming, outgoing,
+                              server_hostname=sni if PROFILES[profile].sni else None)
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize(("profile", "alpn"), [
+    ("default", None), ("mta", None), ("bot-nosni", None), ("bot-tls12", None),
+    ("bot-legacy", None), ("default", ["smtp"]), ("bot-tls12", ["h2", "http/1.1"])])
+def test_ja4_agrees_with_the_ja4plus_implementation(profile, alpn):
+    from ja4plus.fingerprinters.ja4 import generate_ja4
+    from ja4plus.utils.tls_utils import parse_tls_handshake
+
+    flight = _client_hello(profile, "receiver.tlsstorm.test", alpn)
+    ours = HelloReader().feed(flight)
+
+    assert ours is not None
+    assert ours.ja4() == generate_ja4(parse_tls_handshake(flight))
+    assert (ours.server_name is not None) == PROFILES[profile].sni
+
+
+def test_a_hello_split_over_records_and_segments_reads_the_same():
+    flight = _client_hello("default", "receiver.tlsstorm.test")
+    message = flight[5:]
+    half = len(message) // 2
+    reframed = (b"\x16\x03\x01" + half.to_bytes(2, "big") + message[:half]
+                + b"\x16\x03\x01" + (len(message) - half).to_bytes(2, "big") + message[half:])
+    reader = HelloReader()
+    pieces = [reframed[i:i + 7] for i in range(0, len(reframed), 7)]
+
+    results = [reader.feed(piece) for piece in pieces]
+
+    assert all(result is None for result in results[:-1])
+    assert results[-1].ja4() == HelloReader().feed(flight).ja4()
+    assert bytes(reader.raw) == reframed  # handed on to OpenSSL unchanged
+
+
+def _gated(start_receiver, start_sender, mode: str):
+    receiver = start_receiver(gate_mode=mode, gate_deny_below_tls13=True, session_tickets=False)
+    return receiver, start_sender(receiver.smtp_port)
+
+
+def _send(sender, profile: str, count: int = 3) -> list[dict]:
+    return httpx.post(f"{sender.http}/v1/send", timeout=30, json={
+        "tls": True, "count": count, "profile": profile}).json()["results"]
+
+
+def test_enforcing_gate_stops_tls12_bots_with_an_alert_and_lets_tls13_clients_in(
+    start_receiver, start_sender
+):
+    receiver, sender = _gated(start_receiver, start_sender, "enforce")
+
+    bots = _send(sender, "bot-tls12")
+    legit = _send(sender, "mta")
+
+    assert not any(result["ok"] for result in bots)
+    assert all("SSL" in (result["error"] or "") for result in bots), bots
+    assert all(result["ok"] for result in legit), legit
+    stats = receiver.wait_sessions(6)
+    assert stats["tls"]["errors"]["handshake_gated"] == 3
+    gate = stats["gate"]
+    assert {(d["decision"], d["rule"], d["sessions"]) for d in gate["decisions"]} == {
+        ("denied", "tls12_only", 3), ("allowed", "default", 3)}
+    # The target is an IP address, which no client names in SNI (RFC 6066): "i" both times.
+    assert {entry["ja4"][:4] for entry in gate["fingerprints"]} == {"t12i", "t13i"}
+    # What a refused handshake cost, against a full one.
+    assert stats["tls"]["failed_handshake_cpu_ms_mean"] < stats["tls"]["handshake_cpu_ms_mean"]
+    metrics = httpx.get(f"{receiver.http}/metrics").text
+    assert 'tlsstorm_gate_sessions_total{decision="denied",rule="tls12_only"} 3.0' in metrics
+
+
+def test_learning_gate_refuses_nothing_and_counts_what_it_would_deny(
+    start_receiver, start_sender
+):
+    receiver, sender = _gated(start_receiver, start_sender, "learn")
+
+    assert all(result["ok"] for result in _send(sender, "bot-tls12", 2))
+    gate = receiver.wait_sessions(2)["gate"]
+
+    assert [(d["decision"], d["rule"]) for d in gate["decisions"]] == [
+        ("would_deny", "tls12_only")]
+
+
+@pytest.mark.skipif((not shutil.which("openssl") or not shutil.which("swaks"))
+                    and os.environ.get("CI") != "true",
+                    reason="openssl and swaks are Debian packages (make system-deps)")
+def test_real_clients_pass_the_gate(start_receiver):
+    receiver = start_receiver(gate_mode="enforce", gate_deny_below_tls13=True)
+    port = str(receiver.smtp_port)
+
+    openssl = subprocess.run(
+        ["openssl", "s_client", "-starttls", "smtp", "-connect", f"127.0.0.1:{port}",
+         "-servername", "receiver.tlsstorm.test", "-brief"],
+        input="QUIT\r\n", capture_output=True, text=True, timeout=30)
+    swaks = subprocess.run(
+        ["swaks", "--server", "127.0.0.1", "--port", port, "--tls", "--to",
+         "victim@receiver.tlsstorm.test", "--from", "legit@client.test"],
+        capture_output=True, text=True, timeout=30)
+    deliver(receiver.smtp_port, tls=True, context=profile_context("default", None))
+
+    assert "Protocol version: TLSv1.3" in openssl.stdout + openssl.stderr, openssl.stderr
+    assert swaks.returncode == 0, swaks.stdout[-2000:]
+    stats = receiver.wait_sessions(3)
+    assert "handshake_gated" not in stats["tls"]["errors"]
+    assert {d["decision"] for d in stats["gate"]["decisions"]} == {"allowed"}
+
+
+def _after_starttls(port: int) -> socket.socket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    read_reply(raw)
+    raw.sendall(b"EHLO client.test\r\n")
+    read_reply(raw)
+    raw.sendall(b"STARTTLS\r\n")
+    assert read_reply(raw).startswith(b"220")
+    return raw
+
+
+def _answer(raw: socket.socket) -> bytes:
+    """What the receiver sends back before closing (an alert, or nothing)."""
+    received = b""
+    try:
+        while chunk := raw.recv(4096):
+            received += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    raw.close()
+    return received
+
+
+@pytest.mark.parametrize(("payload", "counted"), [
+    (b"hello, is this TLS?\r\n", "hello_malformed"),
+    (b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00", "hello_malformed"),  # a ServerHello
+    (b"\x16\x03\x01\xff\xff", "hello_malformed"),  # a record longer than any hello
+    (b"".join(b"\x16\x03\x01\x40\x00" + b"\x01" + (0xFFFFFF).to_bytes(3, "big") + bytes(16380)
+              for _ in range(3)), "hello_oversized"),
+])
+def test_broken_hellos_get_an_alert_and_a_count_and_the_receiver_serves_on(
+    start_receiver, payload, counted
+):
+    receiver = start_receiver(gate_mode="enforce")
+    raw = _after_starttls(receiver.smtp_port)
+
+    raw.sendall(payload)
+    answer = _answer(raw)
+
+    assert answer[:1] in (b"\x15", b""), answer[:20]  # a TLS alert record, or a close
+    if answer:
+        assert answer[5:7] == b"\x02\x32"  # fatal decode_error
+    stats = receiver.wait_sessions(1)
+    assert stats["tls"]["errors"]["handshake_gated"] == 1
+    assert [d["rule"] for d in stats["gate"]["decisions"]] == [counted]
+    deliver(receiver.smtp_port, tls=True, context=profile_context("default", None))
+    assert receiver.wait_sessions(2)["tls"]["messages"] == 1
+
+
+def test_a_truncated_hello_then_silence_ends_at_the_handshake_deadline(start_receiver):
+    receiver = start_receiver(gate_mode="enforce", handshake_timeout_s=1)
+    raw = _after_starttls(receiver.smtp_port)
+    flight = _client_hello("default", "receiver.tlsstorm.test")
+
+    raw.sendall(flight[:40])
+    started = time.monotonic()
+    _answer(raw)
+
+    assert time.monotonic() - started < 5
+    stats = receiver.wait_sessions(1)
+    assert stats["tls"]["handshakes_failed"] == 1
+
+
+def test_a_mixed_wave_shows_fingerprints_and_decisions_in_the_report(
+    start_collector, start_receiver, start_sender
+):
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    from tlsstorm.common.telemetry import tracer_provider
+
+    collector = start_collector()
+    endpoint = f"{collector.http}/v1/traces"
+    receiver = start_receiver(
+        provider=tracer_provider("tlsstorm-receiver", exporter=OTLPSpanExporter(endpoint)),
+        gate_mode="enforce", gate_deny_below_tls13=True)
+    sender = start_sender(receiver.smtp_port)
+    wave = httpx.post(f"{sender.http}/v1/waves", json={
+        "rate": 40, "count": 20, "tls_ratio": 1.0,
+        "profiles": {"mta": 0.5, "bot-tls12": 0.5}}).json()
+    while (state := httpx.get(f"{sender.http}/v1/waves/{wave['id']}").json())["status"] == \
+            "running":
+        time.sleep(0.1)
+    assert state["starttls_by_profile"] == {"mta": 10, "bot-tls12": 10}
+    # A refused session never reaches MAIL, so it carries no wave id: all sessions, then.
+    deadline = time.monotonic() + 15
+    while True:
+        summary = httpx.get(f"{collector.http}/v1/summary")
+        tls = summary.json()["receiver"]["starttls"] if summary.status_code == 200 else None
+        if tls and sum(entry["sessions"] for entry in tls["fingerprints"]) >= 20:
+            break
+        assert time.monotonic() < deadline, summary.text
+        time.sleep(0.2)
+
+    by_prefix = {entry["ja4"][:4]: entry for entry in tls["fingerprints"]}
+    assert (by_prefix["t12i"]["sessions"], by_prefix["t12i"]["denied"]) == (10, 10)
+    assert (by_prefix["t13i"]["sessions"], by_prefix["t13i"]["denied"]) == (10, 0)
+    page = httpx.get(f"{collector.http}/").text
+    assert "ClientHello fingerprints" in page and by_prefix["t12i"]["ja4"] in page
+
+
+@pytest.mark.skipif((not shutil.which("postfix") or os.geteuid() != 0)
+                    and os.environ.get("CI") != "true",
+                    reason="Debian's postfix and root are needed (make system-deps)")
+def test_postfix_relaying_over_tls_passes_the_gate(start_receiver):
+    """A real MTA as the legitimate client: Postfix relays into the receiver, TLS required."""
+    from pathlib import Path
+
+    script = str(Path(__file__).resolve().parents[1] / "scripts/postfix-relay.sh")
+    receiver = start_receiver(gate_mode="enforce", gate_deny_below_tls13=True)
+    started = subprocess.run(["bash", script, "start", str(receiver.smtp_port)],
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        sent = subprocess.run(["bash", script, "send", "legit@relay.tlsstorm.test",
+                               "victim@receiver.tlsstorm.test"],
+                              capture_output=True, text=True, timeout=60)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        stats = receiver.wait_sessions(1, timeout=60)
+    finally:
+        subprocess.run(["bash", script, "stop"], timeout=60)
+
+    assert stats["tls"]["messages"] == 1, stats["tls"]
+    assert [(d["decision"], d["rule"]) for d in stats["gate"]["decisions"]] == [
+        ("allowed", "default")]
+    assert stats["gate"]["fingerprints"][0]["ja4"].startswith("t13i")  # no SNI, as Postfix does
