@@ -326,3 +326,18 @@ def test_one_trace_spans_locust_the_sender_and_the_receiver(start_receiver, star
             chain.append((service, current.name))
         assert chain[-1][0] == "locust", chain
         assert ("tlsstorm-sender", "smtp.send") in chain
+
+
+def test_locust_mixes_the_senders_tls_personalities_exactly(start_receiver, start_sender):
+    receiver = start_receiver(gate_mode="learn", gate_deny_below_tls13=True)
+    sender = start_sender(receiver.smtp_port)
+    run = locust("SpamViaSender", "--headless", "--users", "2", "--spawn-rate", "2",
+                 "--max-messages", "20", "--tls-ratio", "1", "--tls-profiles",
+                 "mta:0.5,bot-tls12:0.5", "--run-time", "60s", "--stop-timeout", "10",
+                 "--host", sender.http, "--only-summary")
+    output = finish(run)
+
+    assert run.returncode == 0, output[-3000:]
+    gate = receiver.wait_sessions(20)["gate"]
+    assert {(d["decision"], d["sessions"]) for d in gate["decisions"]} == {
+        ("allowed", 10), ("would_deny", 10)}
