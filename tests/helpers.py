@@ -118,8 +118,8 @@ def read_replies(sock, count: int) -> list[bytes]:
     return replies
 
 
-def starttls_socket(port: int, context: ssl.SSLContext, session=None) -> ssl.SSLSocket:
-    """A raw SMTP dialogue up to a completed STARTTLS handshake, resuming `session` if given."""
+def after_starttls_220(port: int):
+    """A raw socket whose SMTP dialogue is at STARTTLS's 220: the next bytes are TLS."""
     import socket
 
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -128,7 +128,13 @@ def starttls_socket(port: int, context: ssl.SSLContext, session=None) -> ssl.SSL
     read_reply(raw)
     raw.sendall(b"STARTTLS\r\n")
     assert read_reply(raw).startswith(b"220")
-    return context.wrap_socket(raw, server_hostname="receiver.tlsstorm.test", session=session)
+    return raw
+
+
+def starttls_socket(port: int, context: ssl.SSLContext, session=None) -> ssl.SSLSocket:
+    """A raw SMTP dialogue up to a completed STARTTLS handshake, resuming `session` if given."""
+    return context.wrap_socket(after_starttls_220(port), server_hostname="receiver.tlsstorm.test",
+                               session=session)
 
 
 def finish_session(tls_sock: ssl.SSLSocket) -> ssl.SSLSession | None:

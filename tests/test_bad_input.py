@@ -9,18 +9,8 @@ import time
 
 import pytest
 
-from tests.helpers import deliver, read_reply, starttls_socket
-from tests.smtp_codes import S220_READY_TLS, S503_BAD_SEQUENCE, S552_TOO_BIG
-
-
-def _after_starttls_220(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    read_reply(sock)
-    sock.sendall(b"EHLO hostile.test\r\n")
-    read_reply(sock)
-    sock.sendall(b"STARTTLS\r\n")
-    assert int(read_reply(sock)[:3]) == S220_READY_TLS
-    return sock
+from tests.helpers import after_starttls_220, deliver, read_reply, starttls_socket
+from tests.smtp_codes import S503_BAD_SEQUENCE, S552_TOO_BIG
 
 
 def _client_hello() -> bytes:
@@ -51,7 +41,7 @@ def _next_client_is_served_quickly(port: int) -> float:
 
 
 def test_garbage_after_starttls_ready_is_a_failed_handshake(receiver):
-    sock = _after_starttls_220(receiver.smtp_port)
+    sock = after_starttls_220(receiver.smtp_port)
     sock.sendall(b"\x00\xffTHIS IS NOT TLS\r\n" * 8)
     assert _closed_by_server(sock)
     sock.close()
@@ -64,7 +54,7 @@ def test_garbage_after_starttls_ready_is_a_failed_handshake(receiver):
 
 
 def test_plaintext_commands_after_starttls_ready_fail_the_handshake(receiver):
-    sock = _after_starttls_220(receiver.smtp_port)
+    sock = after_starttls_220(receiver.smtp_port)
     sock.sendall(b"MAIL FROM:<spammer@hostile.test>\r\n")
     assert _closed_by_server(sock)
     sock.close()
@@ -74,7 +64,7 @@ def test_plaintext_commands_after_starttls_ready_fail_the_handshake(receiver):
 
 
 def test_drop_mid_handshake_is_counted(receiver):
-    sock = _after_starttls_220(receiver.smtp_port)
+    sock = after_starttls_220(receiver.smtp_port)
     hello = _client_hello()
     sock.sendall(hello[: len(hello) // 2])
     sock.close()
@@ -87,7 +77,7 @@ def test_drop_mid_handshake_is_counted(receiver):
 @pytest.mark.parametrize("send_client_hello", [False, True], ids=["silence", "hello-then-silence"])
 def test_handshake_that_never_completes_times_out(start_receiver, send_client_hello):
     receiver = start_receiver(handshake_timeout_s=0.5)
-    sock = _after_starttls_220(receiver.smtp_port)
+    sock = after_starttls_220(receiver.smtp_port)
     if send_client_hello:
         sock.sendall(_client_hello())
     assert _next_client_is_served_quickly(receiver.smtp_port) < 1.0

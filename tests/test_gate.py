@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import deliver, read_reply
+from tests.helpers import after_starttls_220, deliver
 from tlsstorm.receiver.clienthello import HelloReader
 from tlsstorm.sender.profiles import PROFILES, profile_context
 
@@ -133,16 +133,6 @@ def test_real_clients_pass_the_gate(start_receiver):
     assert {d["decision"] for d in stats["gate"]["decisions"]} == {"allowed"}
 
 
-def _after_starttls(port: int) -> socket.socket:
-    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-    read_reply(raw)
-    raw.sendall(b"EHLO client.test\r\n")
-    read_reply(raw)
-    raw.sendall(b"STARTTLS\r\n")
-    assert read_reply(raw).startswith(b"220")
-    return raw
-
-
 def _answer(raw: socket.socket) -> bytes:
     """What the receiver sends back before closing (an alert, or nothing)."""
     received = b""
@@ -166,7 +156,7 @@ def test_broken_hellos_get_an_alert_and_a_count_and_the_receiver_serves_on(
     start_receiver, payload, counted
 ):
     receiver = start_receiver(gate_mode="enforce")
-    raw = _after_starttls(receiver.smtp_port)
+    raw = after_starttls_220(receiver.smtp_port)
 
     raw.sendall(payload)
     answer = _answer(raw)
@@ -183,7 +173,7 @@ def test_broken_hellos_get_an_alert_and_a_count_and_the_receiver_serves_on(
 
 def test_a_truncated_hello_then_silence_ends_at_the_handshake_deadline(start_receiver):
     receiver = start_receiver(gate_mode="enforce", handshake_timeout_s=1)
-    raw = _after_starttls(receiver.smtp_port)
+    raw = after_starttls_220(receiver.smtp_port)
     flight = _client_hello("default", "receiver.tlsstorm.test")
 
     raw.sendall(flight[:40])
