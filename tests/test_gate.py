@@ -247,3 +247,37 @@ def test_postfix_relaying_over_tls_passes_the_gate(start_receiver):
     assert [(d["decision"], d["rule"]) for d in stats["gate"]["decisions"]] == [
         ("allowed", "default")]
     assert stats["gate"]["fingerprints"][0]["ja4"].startswith("t13i")  # no SNI, as Postfix does
+
+
+def test_a_hello_split_over_records_and_segments_passes_the_gate_whole(start_receiver):
+    """The gate hands OpenSSL exactly the bytes it held: a hello in two records, written a
+    few bytes at a time, still makes a handshake that completes."""
+    receiver = start_receiver(gate_mode="enforce", gate_deny_below_tls13=True)
+    raw = after_starttls_220(receiver.smtp_port)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = profile_context("mta", None).wrap_bio(incoming, outgoing,
+                                                   server_hostname="receiver.tlsstorm.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    flight = outgoing.read()
+    message = flight[5:]
+    half = len(message) // 2
+    reframed = (b"\x16\x03\x01" + half.to_bytes(2, "big") + message[:half]
+                + b"\x16\x03\x01" + (len(message) - half).to_bytes(2, "big") + message[half:])
+    for start in range(0, len(reframed), 7):
+        raw.sendall(reframed[start:start + 7])
+        time.sleep(0.001)
+    while True:  # the rest of the handshake over the same socket
+        incoming.write(raw.recv(65536))
+        try:
+            client.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if outgoing.pending:
+                raw.sendall(outgoing.read())
+    raw.sendall(outgoing.read())
+    raw.close()
+
+    assert client.version() == "TLSv1.3"
+    gate = receiver.wait_sessions(1)["gate"]
+    assert [(d["decision"], d["rule"]) for d in gate["decisions"]] == [("allowed", "default")]

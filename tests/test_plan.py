@@ -128,3 +128,23 @@ def test_messages_per_connection_spread_the_per_session_part_measured_by_the_mat
     assert five["rows"][0]["mitigations"] == {"batch": pytest.approx(
         100 * five["rows"][0]["cpu_ms_per_message"]["mean"] / 1000 / 0.7 * (1 - 0.7 / 2),
         abs=1e-3)}
+
+
+def test_the_collector_pointed_at_a_sweep_plans_exactly_as_the_cli(start_collector, tmp_path):
+    wave = {"session_p99_ms": 5.0, "plain_bytes_per_session": 2400,
+            "plain_out_bytes_per_session": 300, "tls_bytes_per_session": 7000,
+            "tls_out_bytes_per_session": 4000}
+    waves = [{**wave, "tls_ratio": ratio, "achieved_rate": rate,
+              "process_cpu_ms_per_message": 1 + ratio + rate / 1e4}
+             for ratio in (0.0, 0.5, 1.0) for rate in (50.0, 100.0)]
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps({"waves": waves}))
+    collector = start_collector(plan_sweep=sweep)
+
+    page = httpx.get(f"{collector.http}/v1/plan", params={
+        "messages_per_day": 20_000_000, "tls_trajectory": "0.2,0.3,0.7"}).json()
+    cli = json.loads(subprocess.run(
+        [sys.executable, "-m", "tlsstorm", "plan", "--sweep", str(sweep), "--messages-per-day",
+         "20000000", "--json"], capture_output=True, text=True, timeout=60, check=True).stdout)
+
+    assert page["rows"] == cli["rows"] and page["model"]["source"] == str(sweep)

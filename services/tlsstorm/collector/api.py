@@ -14,7 +14,7 @@ from tlsstorm.collector.report import not_found_html, plan_page, render_html
 from tlsstorm.common.api import service_app
 from tlsstorm.common.metrics import CpuLimitCollector, metrics_response, registry_with
 from tlsstorm.plan.from_collector import model_from_waves
-from tlsstorm.plan.model import ModelError
+from tlsstorm.plan.model import ModelError, from_sweep
 from tlsstorm.plan.project import Demand, Inputs, plan
 from tlsstorm.plan.report import html_plan
 
@@ -135,7 +135,8 @@ def create_api(service: CollectorService) -> FastAPI:
             raise HTTPException(422, detail="tls_trajectory: ratios between 0 and 1")
         try:
             demand = Demand.of(messages_per_day, peak_factor, peak_rate)
-            model = model_from_waves(service.aggregator)
+            sweep = service.settings.plan_sweep
+            model = from_sweep(sweep) if sweep else model_from_waves(service.aggregator)
         except ModelError as error:
             raise HTTPException(409, detail=str(error)) from None
         except ValueError as error:

@@ -182,6 +182,9 @@ class CollectorSettings(BaseSettings):
     http_port: Port = Field(8027, description="OTLP/HTTP ingest, summary and report port")
     db_path: Path = Field(Path("results/collector.sqlite"), description="SQLite file of results")
     retention_hours: float = Field(168.0, gt=0, description="drop results older than this")
+    plan_sweep: Path | None = Field(None, description="a sweep's sweep.json the planner page "
+                                    "uses instead of the collector's own waves (the same "
+                                    "model as `tlsstorm plan --sweep`)")
     max_buckets: int = Field(200_000, ge=100, description="cap on stored per-second cells")
     flush_interval_s: float = Field(1.0, gt=0, description="how often results reach SQLite")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="OTLP body cap (413)")
