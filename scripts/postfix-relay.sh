@@ -6,17 +6,13 @@
 #   scripts/postfix-relay.sh send FROM TO (a message into its queue, relayed at once)
 #   scripts/postfix-relay.sh stop
 set -euo pipefail
+source "$(dirname "$0")/postfix-instance.sh"
 name=tlsstorm-postfix-relay
 config=/etc/$name
-spool=/var/spool/$name
 case "${1:-}" in
   start)
     port=$2
-    mkdir -p "$config" "$spool" /var/lib/$name
-    cp /etc/postfix/master.cf "$config/master.cf"
-    # No listener at all (mail comes in by sendmail); chroot off (no syslog in a chroot here).
-    sed -i -E '/^smtp +inet /d' "$config/master.cf"
-    sed -i -E 's/^(postlog +unix-dgram +n +- +)[ny]/\1n/' "$config/master.cf"
+    instance_prepare $name  # no listener at all: mail comes in by sendmail
     sed -i -E 's/^(smtp +unix +- +- +)[ny]/\1n/' "$config/master.cf"
     cat >"$config/main.cf" <<CONF
 compatibility_level = 3.6
@@ -32,11 +28,7 @@ smtp_tls_security_level = encrypt
 smtp_tls_loglevel = 1
 maillog_file = /var/log/$name.log
 CONF
-    chown postfix:postfix /var/lib/$name
-    postfix -c "$config" set-permissions >/dev/null 2>&1 || true
-    postfix -c "$config" check
-    postfix -c "$config" start >/dev/null 2>&1 || postfix -c "$config" reload >/dev/null
-    echo "$config"
+    instance_start $name
     ;;
   send)
     printf 'Subject: relayed by Postfix\r\n\r\nlegitimate mail over TLS\r\n' |

@@ -4,20 +4,17 @@
 #   scripts/postfix-sink.sh start PORT CERT KEY    (prints the instance's config directory)
 #   scripts/postfix-sink.sh stop
 set -euo pipefail
+source "$(dirname "$0")/postfix-instance.sh"
 name=tlsstorm-postfix
 config=/etc/$name
-spool=/var/spool/$name
 case "${1:-}" in
   start)
     port=$2 cert=$3 key=$4
-    mkdir -p "$config" "$spool" /var/lib/$name
+    instance_prepare $name
     install -m 0644 "$cert" "$config/cert.pem"
     install -m 0600 "$key" "$config/key.pem"
-    cp /etc/postfix/master.cf "$config/master.cf"
-    # Only our listener: a loopback port; chroot off (no syslog in a chroot here).
-    sed -i -E '/^smtp +inet /d' "$config/master.cf"
+    # Only our listener: a loopback port.
     echo "127.0.0.1:$port inet n - n - - smtpd" >>"$config/master.cf"
-    sed -i -E 's/^(postlog +unix-dgram +n +- +)[ny]/\1n/' "$config/master.cf"
     cat >"$config/main.cf" <<CONF
 compatibility_level = 3.6
 queue_directory = $spool
@@ -45,11 +42,7 @@ smtpd_client_message_rate_limit = 0
 smtpd_client_recipient_rate_limit = 0
 smtpd_client_new_tls_session_rate_limit = 0
 CONF
-    chown postfix:postfix /var/lib/$name
-    postfix -c "$config" set-permissions >/dev/null 2>&1 || true
-    postfix -c "$config" check
-    postfix -c "$config" start >/dev/null 2>&1 || postfix -c "$config" reload >/dev/null
-    echo "$config"
+    instance_start $name
     ;;
   stop)
     postfix -c "$config" stop >/dev/null 2>&1 || true
