@@ -91,6 +91,11 @@ def test_mitigation_matrix_rows_run_side_by_side(tmp_path):
     rejected = rows["reject"]["plain_ms_rounds"] + rows["reject"]["tls_ms_rounds"]
     assert max(rejected) < 2 * min(rejected), rejected
     assert "saving" in finished.stdout and "+- " in finished.stdout
+    # The process's CPU per attempted message too, each round; rejecting at connect saves.
+    assert all(len(row["process_at_rustock_rounds"]) == 2 for row in rows.values())
+    assert max(rows["reject"]["process_at_rustock_rounds"]) < min(
+        rows["baseline"]["process_at_rustock_rounds"])
+    assert "process at 70%" in finished.stdout
 
 
 def test_unknown_matrix_row_is_a_clear_error(tmp_path):
