@@ -332,3 +332,16 @@ def test_a_batch_sends_its_connections_in_order_at_its_tls_flags(sender, receive
     assert all(result["ok"] for result in results)
     stats = receiver.wait_sessions(5)
     assert (stats["tls"]["sessions"], stats["plain"]["sessions"]) == (2, 3)
+
+
+def test_every_message_of_a_refused_starttls_session_says_it_went_plain(
+    start_receiver, start_sender
+):
+    refusing = start_receiver(refuse_starttls_from="127.0.0.0/8")
+    sender = start_sender(refusing.smtp_port)
+
+    results = httpx.post(f"{sender.http}/v1/send", timeout=30, json={
+        "tls": True, "count": 3, "per_connection": 3}).json()["results"]
+
+    assert [result["tls_refused"] for result in results] == [True, True, True]
+    assert all(result["ok"] and result["tls_version"] is None for result in results)

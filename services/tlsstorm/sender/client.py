@@ -18,7 +18,6 @@ from tlsstorm.common.tls import (
     TimedSSLObject,
     client_context,
     resuming,
-    timed,
 )
 from tlsstorm.common.wire import wire_bytes
 from tlsstorm.sender.allowlist import Target
@@ -89,10 +88,9 @@ class SmtpClient:
     def __init__(self, settings: SenderSettings, provider: TracerProvider | None = None) -> None:
         self.settings = settings
         self.verify = settings.ca_file is not None
-        self.tls_context = timed(client_context(settings.ca_file))
         self.resuming_context = resuming(client_context(settings.ca_file))
         self.profile_contexts = {name: profile_context(name, settings.ca_file)
-                                 for name in PROFILES if name != "default"}
+                                 for name in PROFILES}
         self.tracer = provider.get_tracer("tlsstorm.sender") if provider else None
         self.totals = SendTotals()
         self.helo_name = settings.helo_name.encode("ascii")
@@ -109,10 +107,8 @@ class SmtpClient:
         same server (tickets), as a resuming client would. `profile` is the client's TLS
         personality (sender/profiles.py).
         """
-        context = self.resuming_context if resume else self.profile_contexts.get(
-            profile, self.tls_context)
-        session = _Session(self, target, tls, wave_id, context)
-        session.sni = PROFILES[profile].sni
+        context = self.resuming_context if resume else self.profile_contexts[profile]
+        session = _Session(self, target, tls, wave_id, context, PROFILES[profile].sni)
         results = await session.run(count, size)
         self.totals.add(tls, results)
         return results
@@ -122,25 +118,31 @@ class _Session:
     """Measures one connection's conversation (the SmtpWire's listener), message by message."""
 
     def __init__(self, client: SmtpClient, target: Target, tls: bool, wave_id: str | None,
-                 tls_context) -> None:
+                 tls_context, sni: bool) -> None:
         self.client = client
         self.tls_context = tls_context
-        self.tls_refused = False
+        self.sni = sni  # name the server in the ClientHello
         self.settings = client.settings
         self.target = target
         self.tls = tls
         self.wave_id = wave_id
         self.results: list[MessageResult] = []
         self.wire: SmtpWire | None = None
-        self.ssl_object: TimedSSLObject | None = None
         self.connect_ms: float | None = None
         self.trace_commands = client.tracer is not None and self.settings.trace_commands
         self.count = self.size = self.message_size = 0
         self.span: trace.Span | None = None
         self.last: MessageResult | None = None  # the last message waits for QUIT
         self.final: _Checkpoint | None = None
-        self.sni = True  # name the server in the ClientHello
         self.mark: _Checkpoint = self._checkpoint()
+
+    @property
+    def ssl_object(self) -> TimedSSLObject | None:
+        """The connection's TLS, once its handshake has completed (a failed one says none)."""
+        ssl_object = self.wire.ssl_object if self.wire is not None else None
+        if ssl_object is None or ssl_object.handshake_ms is None:
+            return None
+        return ssl_object
 
     def _checkpoint(self) -> _Checkpoint:
         counted = wire_bytes(self.wire.socket) if self.wire is not None else None
@@ -168,7 +170,6 @@ class _Session:
         return message
 
     def message_accepted(self, index: int, code: int, reply: str) -> None:
-        self.ssl_object = self.wire.ssl_object
         result = MessageResult(ok=True, tls=self.tls, code=code, reply=reply,
                                size=self.message_size)
         if index == self.count - 1:
@@ -197,10 +198,6 @@ class _Session:
             await converse(self.target.address, self.target.port, self.wire, settings.timeout_s)
         except (SmtpReplyError, StartTlsNotOffered, OSError, TimeoutError) as error:
             failure = error
-        self.tls_refused = self.wire.tls_refused
-        if self.ssl_object is None and self.wire.ssl_object is not None \
-                and self.wire.ssl_object.handshake_ms is not None:
-            self.ssl_object = self.wire.ssl_object
         if self.last is not None:  # every message is in, whatever became of QUIT
             self._close_message(self.last, self.span)
             if isinstance(self.ssl_object, ResumingSSLObject):
@@ -228,7 +225,7 @@ class _Session:
     def _close_message(self, result: MessageResult, span: trace.Span | None) -> None:
         """Charge the interval since the last checkpoint to this message and start a new one."""
         first = not self.results
-        result.tls_refused = self.tls_refused
+        result.tls_refused = self.wire is not None and self.wire.tls_refused
         previous, now = self.mark, self.final or self._checkpoint()
         result.total_ms = (now.perf_ns - previous.perf_ns) / 1e6
         result.bytes_received = now.received - previous.received
@@ -284,7 +281,7 @@ class _Session:
             if phase.ended_ns:
                 tracer.start_span(phase.name, context=context, start_time=phase.started_ns
                                   ).end(end_time=phase.ended_ns)
-        if first and self.ssl_object is not None and self.ssl_object.handshake_ms is not None:
+        if first and self.ssl_object is not None:
             started = self.ssl_object.handshake_started_ns
             handshake = tracer.start_span(
                 attr.SPAN_HANDSHAKE, context=context, start_time=started,
