@@ -281,3 +281,15 @@ def test_a_hello_split_over_records_and_segments_passes_the_gate_whole(start_rec
     assert client.version() == "TLSv1.3"
     gate = receiver.wait_sessions(1)["gate"]
     assert [(d["decision"], d["rule"]) for d in gate["decisions"]] == [("allowed", "default")]
+
+
+def test_a_learning_gate_counts_a_broken_hello_as_what_it_would_deny(start_receiver):
+    receiver = start_receiver(gate_mode="learn")
+    raw = after_starttls_220(receiver.smtp_port)
+
+    raw.sendall(b"hello, is this TLS?\r\n")
+    _answer(raw)
+
+    gate = receiver.wait_sessions(1)["gate"]
+    assert [(d["decision"], d["rule"]) for d in gate["decisions"]] == [
+        ("would_deny", "hello_malformed")]

@@ -107,26 +107,26 @@ class GatedTransportProtocol(RawTransportProtocol):
         if reader is None:
             super().buffer_updated(nbytes)
             return
-        record, policy = self._record, self._policy
         try:
             hello = reader.feed(self._scratch[:nbytes])
         except HelloError as error:
-            record.gate_decision, record.gate_rule = "denied", f"hello_{error.kind}"
-            if policy.mode == "enforce":
-                self._refuse(f"hello_{error.kind}", _ALERT_DECODE_ERROR)
-            else:
-                self._hand_on()  # OpenSSL answers it with an alert of its own
+            # Learning, OpenSSL answers the bytes with an alert of its own.
+            self._decide(False, f"hello_{error.kind}", _ALERT_DECODE_ERROR)
             return
         if hello is None:
             return
-        record.ja4 = ja4 = hello.ja4()
-        allowed, rule = policy.decide(hello, ja4)
+        self._record.ja4 = ja4 = hello.ja4()
+        self._decide(*self._policy.decide(hello, ja4), _ALERT_ACCESS_DENIED)
+
+    def _decide(self, allowed: bool, rule: str, alert: int) -> None:
+        """Let the hello in, refuse it (enforcing), or count what would be refused."""
+        record = self._record
         record.gate_rule = rule
         if allowed:
             record.gate_decision = "allowed"
-        elif policy.mode == "enforce":
+        elif self._policy.mode == "enforce":
             record.gate_decision = "denied"
-            self._refuse(rule, _ALERT_ACCESS_DENIED)
+            self._refuse(rule, alert)
             return
         else:
             record.gate_decision = "would_deny"
