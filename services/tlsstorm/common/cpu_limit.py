@@ -71,10 +71,10 @@ def cpu_limit() -> CpuLimit:
     """The limit this process runs under, found once at start."""
     affinity = float(len(os.sched_getaffinity(0)))
     folder, source = _own_cgroup_v2(), "cgroup v2 cpu.max"
-    quota = _v2_quota(folder) if folder is not None else None
+    quota = _tightest(folder, CGROUP_ROOT, _v2_cores) if folder is not None else None
     if folder is None:  # cgroup v1 (or none at all)
-        folder, source = _own_cgroup_v1(), "cgroup v1 cpu.cfs_quota_us"
-        quota = _v1_quota(folder) if folder is not None else None
+        folder, source, root = _own_cgroup_v1(), "cgroup v1 cpu.cfs_quota_us", _v1_root()
+        quota = _tightest(folder, root, _v1_cores) if folder is not None else None
     if quota is None:
         return CpuLimit(affinity, "cpu affinity", folder)
     return CpuLimit(min(quota, affinity), source, folder)
@@ -109,49 +109,48 @@ def _own_cgroup_v2() -> Path | None:
     return None
 
 
+def _v1_root() -> Path | None:
+    """Where cgroup v1's cpu controller is mounted (alone, or with cpuacct)."""
+    return next((CGROUP_ROOT / name for name in ("cpu,cpuacct", "cpu")
+                 if (CGROUP_ROOT / name).is_dir()), None)
+
+
 def _own_cgroup_v1() -> Path | None:
+    root = _v1_root()
     for controllers, path in _own_cgroup_lines():
-        if "cpu" in controllers.split(","):
-            for name in ("cpu,cpuacct", "cpu"):
-                if (CGROUP_ROOT / name).is_dir():
-                    return _located(CGROUP_ROOT / name, path)
+        if root is not None and "cpu" in controllers.split(","):
+            return _located(root, path)
     return None
 
 
-def _v2_quota(folder: Path) -> float | None:
-    """The tightest cpu.max from this cgroup up to the root (a parent's limit binds too)."""
+def _tightest(folder: Path, root: Path, cores_of) -> float | None:
+    """The tightest quota from this cgroup up to the hierarchy's root (a parent's binds too)."""
     tightest = None
-    while folder != CGROUP_ROOT.parent and folder.is_relative_to(CGROUP_ROOT):
-        try:
-            quota, period = (folder / "cpu.max").read_text().split()
-        except (OSError, ValueError):
-            quota = "max"
-        if quota != "max":
-            cores = int(quota) / int(period)
-            tightest = cores if tightest is None else min(tightest, cores)
-        if folder == CGROUP_ROOT:
-            break
-        folder = folder.parent
-    return tightest
-
-
-def _v1_quota(folder: Path) -> float | None:
-    tightest = None
-    root = next((CGROUP_ROOT / name for name in ("cpu,cpuacct", "cpu")
-                 if (CGROUP_ROOT / name).is_dir()), CGROUP_ROOT)
     while folder.is_relative_to(root):
-        try:
-            quota = int((folder / "cpu.cfs_quota_us").read_text())
-            period = int((folder / "cpu.cfs_period_us").read_text())
-        except (OSError, ValueError):
-            quota, period = -1, 1
-        if quota > 0:
-            cores = quota / period
+        cores = cores_of(folder)
+        if cores is not None:
             tightest = cores if tightest is None else min(tightest, cores)
         if folder == root:
             break
         folder = folder.parent
     return tightest
+
+
+def _v2_cores(folder: Path) -> float | None:
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def _v1_cores(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 else None
 
 
 def _cgroup_counters(folder: Path | None) -> tuple[float | None, int, float]:
@@ -174,9 +173,9 @@ def _cgroup_counters(folder: Path | None) -> tuple[float | None, int, float]:
 
 def _v1_cpuacct_of(folder: Path) -> Path:
     """The same cgroup in the cpuacct hierarchy, where cpu and cpuacct are mounted apart."""
-    for name in ("cpu,cpuacct", "cpu"):
-        if folder.is_relative_to(CGROUP_ROOT / name):
-            return CGROUP_ROOT / "cpuacct" / folder.relative_to(CGROUP_ROOT / name)
+    root = _v1_root()
+    if root is not None and folder.is_relative_to(root):
+        return CGROUP_ROOT / "cpuacct" / folder.relative_to(root)
     return folder
 
 
@@ -203,16 +202,18 @@ class CpuMonitor:
         self._then = self.limit.reading()
         self._recent: dict[str, object] | None = None
 
-    def recent(self) -> dict[str, object] | None:
-        now = self.limit.reading()
+    def recent(self, now: CpuReading | None = None) -> dict[str, object] | None:
+        """The use from the previous look to `now` (a reading the caller already took)."""
+        now = now or self.limit.reading()
         if now.monotonic_s - self._then.monotonic_s >= self.interval_s:
             self._recent = self.limit.usage(self._then, now)
             self._then = now
         return self._recent
 
     def snapshot(self) -> dict[str, object]:
+        now = self.limit.reading()
         return {"limit_cores": round(self.limit.cores, 3), "limit_source": self.limit.source,
-                "counters": asdict(self.limit.reading()), "recent": self.recent()}
+                "counters": asdict(now), "recent": self.recent(now)}
 
 
 def limited_by(usage: dict[str, dict | None]) -> list[str]:

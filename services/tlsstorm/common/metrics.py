@@ -52,7 +52,7 @@ class CpuLimitCollector:
                                   "throttled the cgroup in", value=reading.throttled_periods)
         yield CounterMetricFamily("tlsstorm_cpu_throttled_seconds", "time throttled",
                                   value=reading.throttled_s)
-        recent = self._monitor.recent()
+        recent = self._monitor.recent(reading)
         if recent is not None:
             share = GaugeMetricFamily("tlsstorm_cpu_share_of_limit", "share of the limit used "
                                       "since the previous look (at least a second before)")
