@@ -25,14 +25,17 @@ if TYPE_CHECKING:
     from tlsstorm.sender.app import SenderService
 
 
-class SendRequest(DeliveryOptions):
-    tls: bool = Field(description="use STARTTLS (else a truly plain session)")
-    count: int = Field(1, ge=1, le=10_000)
+class _Labelled(DeliveryOptions):
     wave: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
                              description="label that groups these messages in stats and spans")
 
 
-class BatchRequest(DeliveryOptions):
+class SendRequest(_Labelled):
+    tls: bool = Field(description="use STARTTLS (else a truly plain session)")
+    count: int = Field(1, ge=1, le=10_000)
+
+
+class BatchRequest(_Labelled):
     """A bot's next connections in one request (Locust's users send these): the HTTP cost of
     a request is shared by its messages instead of paid by each (issue 12)."""
 
@@ -40,9 +43,6 @@ class BatchRequest(DeliveryOptions):
                             description="one entry per connection, in order: STARTTLS or not")
     count: int | None = Field(None, ge=1, le=100_000, description="messages in all (default: "
                               "per_connection on every connection; fewer on the last)")
-    wave: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
-                             description="label that groups these messages in stats and spans")
-
     profiles: list[ProfileName] | None = Field(
         None, max_length=1000, description="each connection's TLS personality (instead of "
         "profile), as many as tls")
@@ -121,35 +121,34 @@ def create_api(service: SenderService) -> FastAPI:
             "instance": service.instance,
         }
 
+    async def one_after_another(request: _Labelled, connections: list[tuple[bool, str]],
+                                count: int) -> JSONResponse:
+        """`count` messages over these (STARTTLS or not, personality) connections, each
+        carrying per_connection of them (the last what is left); one result per message."""
+        target = await allowed(request.target)
+        results = []
+        for tls, profile in connections:
+            batch = min(request.per_connection, count)
+            results += await service.client.send(target, tls, batch, request.size,
+                                                 wave_id=request.wave, resume=request.resume,
+                                                 profile=profile)
+            count -= batch
+        return _results(target, results)
+
     @app.post("/v1/send", dependencies=guarded)
     async def send(request: SendRequest) -> JSONResponse:
         """Send now and wait; one result per message."""
-        target = await allowed(request.target)
-        results = []
-        remaining = request.count
-        while remaining:
-            batch = min(request.per_connection, remaining)
-            results += await service.client.send(target, request.tls, batch, request.size,
-                                                 wave_id=request.wave, resume=request.resume,
-                                                 profile=request.profile)
-            remaining -= batch
-        return _results(target, results)
+        connections = -(-request.count // request.per_connection)
+        return await one_after_another(request, [(request.tls, request.profile)] * connections,
+                                       request.count)
 
     @app.post("/v1/batch", dependencies=guarded)
     async def send_batch(request: BatchRequest) -> JSONResponse:
         """Connections one after another, as one bot works down its list; one result per
         message, in order."""
-        target = await allowed(request.target)
-        results = []
-        remaining = request.count or len(request.tls) * request.per_connection
         profiles = request.profiles or [request.profile] * len(request.tls)
-        for tls, profile in zip(request.tls, profiles, strict=True):
-            batch = min(request.per_connection, remaining)
-            results += await service.client.send(target, tls, batch, request.size,
-                                                 wave_id=request.wave, resume=request.resume,
-                                                 profile=profile)
-            remaining -= batch
-        return _results(target, results)
+        return await one_after_another(request, list(zip(request.tls, profiles, strict=True)),
+                                       request.count or len(request.tls) * request.per_connection)
 
     @app.post("/v1/waves", status_code=status.HTTP_202_ACCEPTED, dependencies=guarded)
     async def start_wave(spec: WaveSpec) -> dict:
