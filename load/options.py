@@ -88,9 +88,10 @@ def next_profile(environment: Environment) -> str:
         for part in text.split(","):
             name, _, share = part.partition(":")
             try:
-                shares[name.strip()] = float(share or 1)
+                shares[name.strip()] = float(share or 1)  # an unknown name: the sender says so
             except ValueError:
-                shares[name.strip()] = 1.0  # the sender names what it does not know
+                raise ValueError(f"--tls-profiles: {share!r} in {part!r} is not a share (give "
+                                 "name:share, e.g. mta:0.3,bot-tls12:0.7)") from None
         _mixes[text] = ProfileMix(shares)
     return _mixes[text].next()
 

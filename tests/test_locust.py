@@ -341,3 +341,15 @@ def test_locust_mixes_the_senders_tls_personalities_exactly(start_receiver, star
     gate = receiver.wait_sessions(20)["gate"]
     assert {(d["decision"], d["sessions"]) for d in gate["decisions"]} == {
         ("allowed", 10), ("would_deny", 10)}
+
+
+def test_a_share_that_is_no_number_in_tls_profiles_is_an_error_that_says_so(receiver, sender):
+    run = locust("SpamViaSender", "--headless", "--users", "1", "--spawn-rate", "1",
+                 "--max-messages", "2", "--tls-ratio", "1", "--tls-profiles",
+                 "mta:abc,bot-tls12:0.5", "--run-time", "5s", "--host", sender.http,
+                 "--only-summary")
+    output, _ = run.communicate(timeout=60)
+
+    assert run.returncode != 0
+    assert "--tls-profiles: 'abc' in 'mta:abc' is not a share" in output
+    assert receiver.stats()["tls"]["sessions"] == 0  # nothing sent at made-up shares
