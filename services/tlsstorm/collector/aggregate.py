@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tlsstorm.common import attributes as attr
+from tlsstorm.common import fingerprints
 from tlsstorm.common.histogram import LatencyHistogram
 from tlsstorm.common.memory_fit import MemorySamples
 
@@ -109,8 +110,7 @@ class Cell:
         self.busy_samples = 0
         self.errors: dict[str, int] = {}
         self.chains: dict[str, int] = {}  # certificate chain served -> sessions
-        # ClientHello JA4 -> [sessions, CPU us, sessions the gate denied]
-        self.fingerprints: dict[str, list[int]] = {}
+        self.fingerprints: fingerprints.FingerprintCounts = {}  # the receiver gate's ClientHellos
         self.duration_ms = LatencyHistogram()
         self.handshake_ms = LatencyHistogram()
 
@@ -121,10 +121,7 @@ class Cell:
             self.errors[kind] = self.errors.get(kind, 0) + count
         for chain, count in other.chains.items():
             self.chains[chain] = self.chains.get(chain, 0) + count
-        for ja4, counts in other.fingerprints.items():
-            mine = self.fingerprints.setdefault(ja4, [0, 0, 0])
-            for index, value in enumerate(counts):
-                mine[index] += value
+        fingerprints.merge(self.fingerprints, other.fingerprints)
         self.duration_ms.merge(other.duration_ms)
         self.handshake_ms.merge(other.handshake_ms)
 
@@ -158,8 +155,8 @@ class Cell:
             "messages": self.messages,
             "errors": dict(self.errors),
             "certificate_chains": dict(self.chains),
-            "fingerprints": _top_fingerprints(self.fingerprints, by=0),
-            "fingerprints_by_cpu": _top_fingerprints(self.fingerprints, by=1),
+            "fingerprints": fingerprints.top(self.fingerprints, fingerprints.SESSIONS),
+            "fingerprints_by_cpu": fingerprints.top(self.fingerprints, fingerprints.CPU_US),
             "handshakes_ok": self.handshakes_ok,
             "handshakes_failed": self.handshakes_failed,
             "handshake_ms": self.handshake_ms.summary(),
@@ -175,15 +172,6 @@ class Cell:
             "wire_bytes_out_per_session": _ratio(self.wire_out, self.sessions or None),
             "message_bytes_per_message": _ratio(self.message_bytes, per_message),
         }
-
-
-def _top_fingerprints(fingerprints: dict[str, list[int]], by: int, top: int = 10
-                      ) -> list[dict[str, Any]]:
-    """The ClientHello fingerprints first by sessions (by=0) or by CPU (by=1), each with its
-    sessions, CPU and refusals."""
-    ranked = sorted(fingerprints.items(), key=lambda item: (-item[1][by], item[0]))[:top]
-    return [{"ja4": ja4, "sessions": sessions, "cpu_ms": round(cpu_us / 1000, 3),
-             "denied": denied} for ja4, (sessions, cpu_us, denied) in ranked]
 
 
 def _ratio(numerator: float, denominator: float | None) -> float | None:
@@ -296,10 +284,8 @@ class Aggregator:
         if "chain" in values:
             cell.chains[values["chain"]] = cell.chains.get(values["chain"], 0) + 1
         if "ja4" in values or "gate_decision" in values:
-            counts = cell.fingerprints.setdefault(values.get("ja4") or "unreadable", [0, 0, 0])
-            counts[0] += 1
-            counts[1] += values.get("cpu_us", 0)
-            counts[2] += values.get("gate_decision") == "denied"
+            fingerprints.count(cell.fingerprints, values.get("ja4") or "unreadable",
+                               values.get("cpu_us", 0), values.get("gate_decision") == "denied")
 
     def evict(self, now_s: float | None = None) -> list[CellKey]:
         """Drop cells past retention or over the cap (oldest first); return what was dropped."""

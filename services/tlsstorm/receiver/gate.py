@@ -11,6 +11,7 @@ import asyncio
 import collections
 from dataclasses import dataclass
 
+from tlsstorm.common import fingerprints
 from tlsstorm.receiver.clienthello import ClientHello, HelloError, HelloReader
 from tlsstorm.receiver.session import RawTransportProtocol, SessionRecord
 
@@ -58,7 +59,7 @@ class GateCounts:
 
     def __init__(self) -> None:
         self.decisions: collections.Counter[tuple[str, str]] = collections.Counter()
-        self.fingerprints: dict[str, list[int]] = {}  # ja4 -> [sessions, denied, cpu_ns]
+        self.fingerprints: fingerprints.FingerprintCounts = {}
 
     def add(self, record: SessionRecord) -> None:
         if record.gate_decision is None:
@@ -67,20 +68,15 @@ class GateCounts:
         key = record.ja4 or "unreadable"
         if key not in self.fingerprints and len(self.fingerprints) >= _KEPT_FINGERPRINTS:
             key = "other"
-        entry = self.fingerprints.setdefault(key, [0, 0, 0])
-        entry[0] += 1
-        entry[1] += record.gate_decision == "denied"
-        entry[2] += record.cpu_ns
+        fingerprints.count(self.fingerprints, key, record.cpu_ns // 1000,
+                           record.gate_decision == "denied")
 
     def snapshot(self, mode: str, top: int = 20) -> dict[str, object]:
-        ranked = sorted(self.fingerprints.items(), key=lambda item: -item[1][0])[:top]
         return {
             "mode": mode,
             "decisions": [{"decision": decision, "rule": rule, "sessions": count}
                           for (decision, rule), count in sorted(self.decisions.items())],
-            "fingerprints": [{"ja4": ja4, "sessions": sessions, "denied": denied,
-                              "cpu_ms": round(cpu_ns / 1e6, 3)}
-                             for ja4, (sessions, denied, cpu_ns) in ranked],
+            "fingerprints": fingerprints.top(self.fingerprints, limit=top),
         }
 
 
