@@ -31,18 +31,14 @@ def run_sweep(ratios: list[float] | None, rate: float, messages: int, size: int,
                 capacity[ratio], steps[ratio] = runner.capacity(
                     ratio, capacity_rates, capacity_seconds, slo_p99_ms)
     fit = fit_cost([(point.tls_ratio, point.cpu_ms_per_message) for point in points])
-    # What a capacity plan is built on: all of the receiver process's CPU, not only what its
-    # sessions were charged.
-    process_fit = fit_cost([(point.tls_ratio, point.process_cpu_ms_per_message)
-                            for point in points])
     print(text_summary(points, fit, capacity))
     for line in scenario_lines(points, fit):
         print(f"  {line}")
     settings = {"rate": rate, "messages": messages, "size": size, "slo_p99_ms": slo_p99_ms,
                 "processing_cpu_us": processing_cpu_us, "queue_fsync": queue_fsync}
     page = write_report(output, points, fit, capacity, settings, scenario,
-                        extra={"process_fit": process_fit.as_dict(),
-                               "capacity_steps": {str(ratio): [step.as_dict() for step in found]
+                        # What `tlsstorm plan` reads beside the waves.
+                        extra={"capacity_steps": {str(ratio): [step.as_dict() for step in found]
                                                   for ratio, found in steps.items()},
                                "machine": machine_record()})
     print(f"report: {page.resolve()} (with waves.csv and sweep.json beside it)")
