@@ -8,9 +8,7 @@ import statistics
 from typing import Any
 
 from tlsstorm.collector.aggregate import Aggregator
-from tlsstorm.plan.fit import fit_scaling
-from tlsstorm.plan.latency import fit_latency
-from tlsstorm.plan.model import CostModel, ModelError
+from tlsstorm.plan.model import CostModel, ModelError, fits_from_waves
 
 
 def model_from_waves(aggregator: Aggregator) -> CostModel:
@@ -20,7 +18,7 @@ def model_from_waves(aggregator: Aggregator) -> CostModel:
         if point is not None:
             measured.append(point)
     try:
-        fit = fit_scaling([(p["ratio"], p["rate"], p["cores"]) for p in measured])
+        fit, latency = fits_from_waves(measured)
     except ValueError as error:
         raise ModelError(f"the collector's waves cannot make a model: {error} (it holds "
                          f"{len(measured)} usable waves: send waves at two or more TLS "
@@ -37,13 +35,13 @@ def model_from_waves(aggregator: Aggregator) -> CostModel:
                   tls["wire_bytes_in_per_message"] or 0.0),
         bytes_out=(plain["wire_bytes_out_per_message"] or 0.0,
                    tls["wire_bytes_out_per_message"] or 0.0),
-        latency=fit_latency([(p["cores"], p["ratio"], p["p99_ms"]) for p in measured
-                             if p["p99_ms"]]))
+        latency=latency)
 
 
 def _wave_point(summary: dict[str, Any]) -> dict[str, float] | None:
-    """A wave's TLS ratio, rate, receiver cores and session p99; None without process samples
-    (tracing was off) or without the senders' word that they had CPU to spare."""
+    """A wave as a sweep saves one (TLS ratio, achieved rate, receiver process CPU per
+    message, session p99); None without process samples (tracing was off) or without the
+    senders' word that they had CPU to spare."""
     process, receiver = summary["process"], summary["receiver"]
     generators = summary.get("generators") or {}
     if not process or not process["seconds"] or generators.get("limited_by"):
@@ -51,8 +49,9 @@ def _wave_point(summary: dict[str, Any]) -> dict[str, float] | None:
     plain, tls = receiver["plain"]["messages"], receiver["starttls"]["messages"]
     if not plain + tls:
         return None
-    seconds = process["seconds"]
     p99s = [mode["duration_ms"]["p99"] for mode in (receiver["plain"], receiver["starttls"])
             if mode["duration_ms"]["p99"]]
-    return {"ratio": tls / (plain + tls), "rate": process["messages"] / seconds,
-            "cores": process["cpu_ms"] / 1000 / seconds, "p99_ms": max(p99s) if p99s else 0.0}
+    return {"tls_ratio": tls / (plain + tls),
+            "achieved_rate": process["messages"] / process["seconds"],
+            "process_cpu_ms_per_message": process["cpu_ms"] / process["messages"],
+            "session_p99_ms": max(p99s) if p99s else 0.0}

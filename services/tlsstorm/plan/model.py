@@ -87,18 +87,13 @@ def from_sweep(path: Path, matrix: Path | None = None) -> CostModel:
     data = _read(path, "tlsstorm sweep --scenario rustock --capacity-rates 100 200 400")
     waves = data.get("waves") or []
     steps = [step for found in (data.get("capacity_steps") or {}).values() for step in found]
-    # Generator-limited waves measured the sender: no part of a plan.
-    measured = [wave for wave in [*waves, *steps] if "sender" not in wave.get("limited_by", [])]
     try:
-        fit = fit_scaling([(wave["tls_ratio"], wave["achieved_rate"], _cores(wave))
-                           for wave in measured])
+        fit, latency = fits_from_waves([*waves, *steps])
     except (KeyError, ValueError) as error:
         raise ModelError(f"{path}: {error}; a model needs waves at two or more TLS ratios "
                          "(tlsstorm sweep --scenario rustock --capacity-rates 100 200 400)"
                          ) from None
     settings = data.get("settings", {})
-    latency = fit_latency([(_cores(wave), wave["tls_ratio"], float(wave["session_p99_ms"]))
-                           for wave in measured if wave.get("session_p99_ms")])
     model = CostModel(
         source=str(path), machine=data.get("machine"), fit=fit,
         size=int(settings.get("size", 2048)),
@@ -130,9 +125,22 @@ def _read(path: Path, how: str) -> dict[str, Any]:
         raise ModelError(f"{path} is not JSON ({error.msg}, line {error.lineno})") from None
 
 
-def _cores(wave: dict[str, Any]) -> float:
+def receiver_cores(wave: dict[str, Any]) -> float:
     """The receiver's cores busy over a wave (its one event loop: the load on its core)."""
     return wave["achieved_rate"] * wave["process_cpu_ms_per_message"] / 1000
+
+
+def fits_from_waves(waves: list[dict[str, Any]]) -> tuple[ScalingFit, LatencyCurve | None]:
+    """The CPU fit and the latency curve from waves as a sweep saves them (TLS ratio,
+    achieved rate, process CPU per message, session p99). Generator-limited waves measured
+    the sender: no part of a model."""
+    measured = [wave for wave in waves if "sender" not in wave.get("limited_by", [])]
+    fit = fit_scaling([(wave["tls_ratio"], wave["achieved_rate"], receiver_cores(wave))
+                       for wave in measured])
+    latency = fit_latency([(receiver_cores(wave), wave["tls_ratio"],
+                            float(wave["session_p99_ms"]))
+                           for wave in measured if wave.get("session_p99_ms")])
+    return fit, latency
 
 
 def _per_message(waves: list[dict[str, Any]], mode: str, direction: str, path: Path) -> float:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tlsstorm.plan.fit import fit_scaling
-from tlsstorm.plan.latency import fit_latency
-from tlsstorm.sweep.run import SweepRunner, WavePoint
+from tlsstorm.plan.model import fits_from_waves, receiver_cores
+from tlsstorm.sweep.run import SweepRunner
 
 
 @dataclass(frozen=True)
@@ -41,24 +40,18 @@ class HeldOut:
                 f"{'right' if self.verdict_right else 'WRONG'}")
 
 
-def cores(point: WavePoint) -> float:
-    return point.achieved_rate * point.process_cpu_ms_per_message / 1000
-
-
 def hold_out(runner: SweepRunner, fitted: list[tuple[float, float, int]],
              held: tuple[float, float, int], slo_p99_ms: float) -> tuple[HeldOut, list]:
     """`fitted` and `held`: (TLS ratio, rate, messages) of each wave."""
     points = [runner.wave(ratio, rate, messages, f"fit {ratio:.0%} TLS at {rate:g}/s")
               for ratio, rate, messages in fitted]
-    fit = fit_scaling([(p.tls_ratio, p.achieved_rate, cores(p)) for p in points])
-    latency = fit_latency([(cores(p), p.tls_ratio, p.session_p99_ms) for p in points
-                           if p.session_p99_ms])
+    fit, latency = fits_from_waves([point.as_dict() for point in points])
     ratio, rate, messages = held
     predicted = fit.cores(rate, ratio)
     predicted_p99 = latency.predict(predicted, ratio) if latency else None
     point = runner.wave(ratio, rate, messages, f"held out {ratio:.0%} TLS at {rate:g}/s")
-    return HeldOut(ratio, rate, predicted, cores(point), predicted_p99, point.session_p99_ms,
-                   slo_p99_ms), points
+    return HeldOut(ratio, rate, predicted, receiver_cores(point.as_dict()), predicted_p99,
+                   point.session_p99_ms, slo_p99_ms), points
 
 
 def _ms(value: float | None) -> str:
