@@ -7,7 +7,8 @@ LOCK   := requirements.lock
 
 .DEFAULT_GOAL := help
 .PHONY: help install python-venv lock system-deps tools lint test demo up clean \
-        images kind-up kind-load deploy port-forward undeploy kind-down minikube-load
+        images kind-up kind-load deploy port-forward undeploy kind-down minikube-load \
+        jaeger cluster-up cluster-load cluster-down
 
 # Cluster path (kind or minikube): the image is tagged with the git SHA.
 IMAGE      ?= tlsstorm
@@ -18,6 +19,9 @@ CLUSTER    ?= tlsstorm
 BASE_IMAGE ?= python:3.11-slim-bookworm
 HELM       ?= $(shell command -v helm 2>/dev/null || echo .tools/bin/helm)
 KUBECTL    ?= $(shell command -v kubectl 2>/dev/null || echo .tools/bin/kubectl)
+# The local cluster (scripts/cluster.sh) keeps its state here, with the values `deploy` adds.
+CLUSTER_DIR    ?= /var/lib/tlsstorm-cluster
+CLUSTER_VALUES := $(wildcard $(CLUSTER_DIR)/values.yaml)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -72,8 +76,11 @@ test: install system-deps tools lint ## lint, then every test (real SMTP, STARTT
 demo: install ## start the local stack, send a mixed wave, print what TLS cost the receiver
 	$(BIN)/tlsstorm demo
 
-up: install ## run the local stack until Ctrl-C
+up: install ## run the local stack until Ctrl-C (with Jaeger when built: make jaeger)
 	$(BIN)/tlsstorm up
+
+jaeger: ## build Jaeger v2 from its Go module (the chart's version) into .tools/bin (needs Go)
+	scripts/go-build.sh jaeger
 
 images: ## build the image $(IMAGE):$(TAG) (BASE_IMAGE=..., EXTRA_CA=<bundle> behind a TLS proxy)
 	IMAGE_REPOSITORY=$(IMAGE) IMAGE_TAG=$(TAG) BASE_IMAGE=$(BASE_IMAGE) scripts/build-image.sh
@@ -89,7 +96,17 @@ minikube-load: ## load $(IMAGE):$(TAG) into minikube
 
 deploy: ## helm upgrade --install --wait, with the image tag of this checkout
 	$(HELM) upgrade --install $(RELEASE) charts/tlsstorm --namespace $(NAMESPACE) \
-	  --create-namespace --wait --timeout 5m --set image.repository=$(IMAGE) --set image.tag=$(TAG)
+	  --create-namespace --wait --timeout 5m --set image.repository=$(IMAGE) --set image.tag=$(TAG) \
+	  $(if $(CLUSTER_VALUES),--values $(CLUSTER_VALUES))
+
+cluster-up: tools ## as root: a single-node Kubernetes here, built from upstream Go modules (docs/local-cluster.md)
+	TLSSTORM_CLUSTER_DIR=$(CLUSTER_DIR) IMAGE=$(IMAGE) TAG=$(TAG) scripts/cluster.sh up
+
+cluster-load: ## rebuild $(IMAGE):$(TAG) and import it into the local cluster
+	TLSSTORM_CLUSTER_DIR=$(CLUSTER_DIR) IMAGE=$(IMAGE) TAG=$(TAG) scripts/cluster.sh load
+
+cluster-down: ## stop the local cluster and undo what it changed on the host
+	TLSSTORM_CLUSTER_DIR=$(CLUSTER_DIR) scripts/cluster.sh down
 
 port-forward: ## Locust UI :8089, Jaeger UI :16686, cost report :8027 (Ctrl-C stops)
 	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(RELEASE)-locust-master 8089:8089 & \

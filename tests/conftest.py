@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.browser import browser_page  # noqa: F401 - a fixture for the UI tests
 from tests.helpers import Running, RunningReceiver
 from tlsstorm.collector.app import CollectorService
 from tlsstorm.common.config import CollectorSettings, ReceiverSettings, SenderSettings

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,12 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.browser import CHROMIUM
 from tests.locust_helpers import assert_no_errors, clean_env, finish, free_port, locust
+from tests.locust_ui_helpers import receiver_wave, start_from_ui, wave_modes, wave_sessions
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-BROWSER_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
-                "--disable-quic", "--disable-dev-shm-usage"]
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "locust-ui.png"
 
 pytestmark = pytest.mark.skipif(
@@ -59,46 +56,11 @@ def start_stack(tmp_path):
         assert_no_errors(log)
 
 
-@pytest.fixture
-def browser_page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        yield browser.new_page(viewport={"width": 1280, "height": 1400})
-        browser.close()
-
-
-def _wave(receiver_url: str, wave: str) -> dict | None:
-    """The receiver's stats of one wave, or None if it saw no session of it."""
-    response = httpx.get(f"{receiver_url}/v1/stats", params={"wave": wave})
-    return response.json() if response.status_code == 200 else None
-
-
-def _modes(stats: dict | None) -> tuple[dict, dict] | None:
-    """A wave's plain and STARTTLS counters (its process figures move with time)."""
-    return (stats["plain"], stats["tls"]) if stats else None
-
-
-def _sessions(stats: dict | None) -> int:
-    return stats["plain"]["sessions"] + stats["tls"]["sessions"] if stats else 0
-
-
 def _wait_for_sessions(receiver_url: str, wave: str, count: int, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
-    while (seen := _sessions(_wave(receiver_url, wave))) < count:
+    while (seen := wave_sessions(receiver_wave(receiver_url, wave))) < count:
         assert time.monotonic() < deadline, f"only {seen} sessions of {wave}"
         time.sleep(0.3)
-
-
-def _start(page, fields: dict[str, str]) -> None:
-    """Fill the swarm form (a first run's page, or the dialog behind New) and press Start."""
-    custom = page.get_by_role("button", name="Custom parameters")
-    if custom.count() and not page.locator('input[name="waveId"]').is_visible():
-        custom.click()
-    for name, value in fields.items():
-        page.fill(f'input[name="{name}"]', value)
-    page.get_by_role("button", name="Start").click()
 
 
 def _wait_until_stopped(page, locust_url: str, timeout: float = 60) -> None:
@@ -120,26 +82,27 @@ def test_two_ui_runs_in_a_row_make_two_separate_waves(start_stack, browser_page,
     page.get_by_role("button", name="Custom parameters").click()
     page.screenshot(path=str(screenshot), full_page=True)
 
-    _start(page, {"tlsRatio": "0.7", "waveId": "ui-one", "userCount": "6", "spawnRate": "6"})
+    start_from_ui(page, {"tlsRatio": "0.7", "waveId": "ui-one", "userCount": "6", "spawnRate": "6"})
     _wait_for_sessions(receiver_url, "ui-one", 100)
     assert "running" in page.content()
     assert httpx.post(f"{locust_url}/stop", timeout=60).status_code == 200
     _wait_until_stopped(page, locust_url)
     time.sleep(1)
-    first = _wave(receiver_url, "ui-one")
+    first = receiver_wave(receiver_url, "ui-one")
 
     # The second run: another wave id, another ratio, and a message budget that ends it.
     page.get_by_role("button", name="New").click()
-    _start(page, {"tlsRatio": "0.2", "waveId": "ui-two", "maxMessages": "50"})
+    start_from_ui(page, {"tlsRatio": "0.2", "waveId": "ui-two", "maxMessages": "50"})
     _wait_until_stopped(page, locust_url)
     time.sleep(1)
 
-    assert _sessions(first) >= 100
-    assert first["tls"]["sessions"] / _sessions(first) == pytest.approx(0.7, abs=0.1)
+    assert wave_sessions(first) >= 100
+    assert first["tls"]["sessions"] / wave_sessions(first) == pytest.approx(0.7, abs=0.1)
     assert first["tls"]["handshakes_ok"] == first["tls"]["sessions"]
-    second = _wave(receiver_url, "ui-two")
+    second = receiver_wave(receiver_url, "ui-two")
     assert (second["plain"]["messages"], second["tls"]["messages"]) == (40, 10)
-    assert _modes(_wave(receiver_url, "ui-one")) == _modes(first)  # nothing of run 2 joined run 1
+    # Nothing of run 2 joined run 1.
+    assert wave_modes(receiver_wave(receiver_url, "ui-one")) == wave_modes(first)
 
 
 def test_rustock_preselected_restarts_from_its_first_phase(start_stack, browser_page):
@@ -149,27 +112,27 @@ def test_rustock_preselected_restarts_from_its_first_phase(start_stack, browser_
     assert page.locator('select[name="shapeClass"]').input_value() == "RustockTimeline"
 
     # Run 1 is stopped in its first phase ...
-    _start(page, {"waveId": "ui-rk1", "phaseSeconds": "30", "userCount": "4",
+    start_from_ui(page, {"waveId": "ui-rk1", "phaseSeconds": "30", "userCount": "4",
                   "spawnRate": "4"})
     _wait_for_sessions(receiver_url, "ui-rk1-phase1-tls20", 20)
     assert httpx.post(f"{locust_url}/stop", timeout=60).status_code == 200
     _wait_until_stopped(page, locust_url)
     time.sleep(1)
-    stopped_run = _wave(receiver_url, "ui-rk1-phase1-tls20")
+    stopped_run = receiver_wave(receiver_url, "ui-rk1-phase1-tls20")
 
     # ... run 2 starts again from 20% under its own wave id, and the shape ends it.
     page.get_by_role("button", name="New").click()
     assert page.locator('select[name="shapeClass"]').input_value() == "RustockTimeline"
-    _start(page, {"waveId": "ui-rk2", "phaseSeconds": "3"})
+    start_from_ui(page, {"waveId": "ui-rk2", "phaseSeconds": "3"})
     _wait_until_stopped(page, locust_url)
     time.sleep(1)
 
     for phase, ratio in ((1, 0.2), (2, 0.3), (3, 0.7)):
-        stats = _wave(receiver_url, f"ui-rk2-phase{phase}-tls{round(ratio * 100)}")
-        assert _sessions(stats) >= 20, (phase, stats)
-        assert stats["tls"]["sessions"] / _sessions(stats) == pytest.approx(ratio, abs=0.05)
-    assert _modes(_wave(receiver_url, "ui-rk1-phase1-tls20")) == _modes(stopped_run)
-    assert _wave(receiver_url, "ui-rk1-phase2-tls30") is None
+        stats = receiver_wave(receiver_url, f"ui-rk2-phase{phase}-tls{round(ratio * 100)}")
+        assert wave_sessions(stats) >= 20, (phase, stats)
+        assert stats["tls"]["sessions"] / wave_sessions(stats) == pytest.approx(ratio, abs=0.05)
+    assert wave_modes(receiver_wave(receiver_url, "ui-rk1-phase1-tls20")) == wave_modes(stopped_run)
+    assert receiver_wave(receiver_url, "ui-rk1-phase2-tls30") is None
 
 
 def test_distributed_rustock_from_the_ui_twice(receiver, sender, browser_page):
@@ -198,13 +161,13 @@ def test_distributed_rustock_from_the_ui_twice(receiver, sender, browser_page):
             if run == "ui-d2":
                 page.get_by_role("button", name="New").click()
             assert page.locator('select[name="shapeClass"]').input_value() == "RustockTimeline"
-            _start(page, {"waveId": run, "phaseSeconds": "3"})
+            start_from_ui(page, {"waveId": run, "phaseSeconds": "3"})
             _wait_until_stopped(page, locust_url)
             time.sleep(1)
             for phase, ratio in ((1, 0.2), (2, 0.3), (3, 0.7)):
-                stats = _wave(receiver.http, f"{run}-phase{phase}-tls{round(ratio * 100)}")
-                assert _sessions(stats) >= 20, (run, phase, stats)
-                share = stats["tls"]["sessions"] / _sessions(stats)
+                stats = receiver_wave(receiver.http, f"{run}-phase{phase}-tls{round(ratio * 100)}")
+                assert wave_sessions(stats) >= 20, (run, phase, stats)
+                share = stats["tls"]["sessions"] / wave_sessions(stats)
                 assert share == pytest.approx(ratio, abs=0.05), (run, phase, share)
     finally:
         master.send_signal(signal.SIGINT)  # the master tells its workers to quit
@@ -217,7 +180,7 @@ def test_sender_cpu_tab_shows_each_replica_against_its_limit(start_stack, browse
     locust_url, _ = start_stack()
     page = browser_page
     page.goto(locust_url)
-    _start(page, {"userCount": "2", "spawnRate": "2", "maxMessages": "40"})
+    start_from_ui(page, {"userCount": "2", "spawnRate": "2", "maxMessages": "40"})
     page.get_by_role("tab", name="Sender CPU").click()
     page.get_by_text("(cpu affinity)").first.wait_for(timeout=20_000)  # no quota here
 

@@ -51,9 +51,14 @@ def _collector(flags: argparse.Namespace) -> None:
 
 
 def _up(flags: argparse.Namespace) -> None:
+    from tlsstorm.jaeger import jaeger_binary
     from tlsstorm.local import LocalStack
 
-    local = LocalStack(with_locust=True)
+    binary = jaeger_binary() if flags.jaeger is not False else None
+    if flags.jaeger and binary is None:
+        raise SystemExit("--jaeger: no jaeger binary (build it: scripts/go-build.sh jaeger, or "
+                         "set TLSSTORM_JAEGER)")
+    local = LocalStack(with_locust=True, jaeger_binary=binary)
     local.stack.start()
     print("tlsstorm is up (Ctrl-C stops everything):")
     for name, url in local.urls().items():
@@ -179,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     collector.set_defaults(run=_collector)
 
     up = commands.add_parser("up", help="run the local stack until Ctrl-C")
+    up.add_argument("--jaeger", action=argparse.BooleanOptionalAction, default=None,
+                    help="run Jaeger and forward spans to it (default: when a jaeger binary is "
+                         "found: TLSSTORM_JAEGER, PATH, .tools/bin)")
     up.set_defaults(run=_up)
 
     demo = commands.add_parser(

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import tlsstorm
+from tlsstorm import jaeger
 from tlsstorm.common.config import CollectorSettings, ReceiverSettings, SenderSettings
 from tlsstorm.common.telemetry import endpoint_configured
 from tlsstorm.stack import Child, Stack, tlsstorm_command
@@ -41,9 +42,11 @@ def locustfile() -> Path:
 
 
 class LocalStack:
-    """Collector, receiver, sender (and the Locust web UI) as child processes, wired together."""
+    """Collector, receiver, sender (and the Locust web UI, and Jaeger) as child processes, wired
+    together. With `jaeger_binary` the collector forwards every span to that Jaeger."""
 
-    def __init__(self, with_locust: bool = False, tracing: bool = True) -> None:
+    def __init__(self, with_locust: bool = False, tracing: bool = True,
+                 jaeger_binary: Path | None = None) -> None:
         self.collector = CollectorSettings()
         self.receiver = ReceiverSettings()
         self.sender = SenderSettings()
@@ -59,8 +62,18 @@ class LocalStack:
         sender_env = dict(self.telemetry)
         if "TLSSTORM_SENDER_TARGET" not in os.environ:
             sender_env["TLSSTORM_SENDER_TARGET"] = self.receiver_target
-        children = [
-            Child("collector", tlsstorm_command("collector"), self.collector_url("/readyz")),
+        children = []
+        collector_env = {}
+        self.with_jaeger = jaeger_binary is not None
+        if jaeger_binary is not None:
+            config = jaeger.config_file(jaeger.render_config())
+            children.append(Child("jaeger", jaeger.command(jaeger_binary, config),
+                                  jaeger.health_url()))
+            if "TLSSTORM_FORWARD_OTLP_ENDPOINT" not in os.environ:
+                collector_env["TLSSTORM_FORWARD_OTLP_ENDPOINT"] = jaeger.otlp_endpoint()
+        children += [
+            Child("collector", tlsstorm_command("collector"), self.collector_url("/readyz"),
+                  env=collector_env),
             Child("receiver", tlsstorm_command("receiver"), self.receiver_url("/readyz"),
                   env=self.telemetry),
             Child("sender", tlsstorm_command("sender"), self.sender_url("/readyz"),
@@ -108,4 +121,6 @@ class LocalStack:
         }
         if not any(child.name == "locust" for child in self.stack.children):
             del urls["Locust web UI"]
+        if self.with_jaeger:
+            urls["Jaeger UI"] = jaeger.ui_url()
         return urls

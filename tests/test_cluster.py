@@ -1,0 +1,258 @@
+"""The user's path in a real single-node Kubernetes (issue 17): `make cluster-up` builds it here
+from upstream Go modules and Debian packages, `make deploy` installs the chart (Jaeger on) into a
+namespace enforcing restricted Pod Security, then `helm test`, the Locust UI driving the workers
+at a ratio picked here, Jaeger's API, NetworkPolicies enforced, the default swarm, and
+`make cluster-down` putting the host back. Needs root; CI never skips it."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.locust_ui_helpers import receiver_wave, start_from_ui, wave_sessions
+from tests.test_jaeger import both_ends, services_in
+
+ROOT = Path(__file__).resolve().parents[1]
+STATE = Path(os.environ.get("TLSSTORM_CLUSTER_DIR", "/var/lib/tlsstorm-cluster"))
+KUBECONFIG = STATE / "admin.kubeconfig"
+NAMESPACE = "tlsstorm"
+IN_CI = os.environ.get("CI") == "true"
+# Cold, Kubernetes, CoreDNS, the enforcer and Jaeger are built from source first.
+pytestmark = pytest.mark.timeout(3600)
+
+
+def run(*command: str, timeout: float = 600, check: bool = True,
+        **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KUBECONFIG": str(KUBECONFIG), "TLSSTORM_CLUSTER_DIR": str(STATE),
+           "PATH": f"{ROOT / '.tools' / 'bin'}:{os.environ['PATH']}"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+    if check:
+        assert done.returncode == 0, f"{command}: {done.stdout[-3000:]}{done.stderr[-3000:]}"
+    return done
+
+
+def kubectl(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return run("kubectl", *args, **kwargs)
+
+
+def cluster_ip(service: str) -> str:
+    return kubectl("-n", NAMESPACE, "get", "service", service,
+                   "-o", "jsonpath={.spec.clusterIP}").stdout
+
+
+def host_state() -> dict:
+    """What cluster-up changes on the host and cluster-down must put back."""
+    sysctls = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables",
+               "vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops")
+    return {
+        "sysctls": {name: Path("/proc/sys", *name.split(".")).read_text().strip()
+                    for name in sysctls},
+        "links": sorted(link for link in os.listdir("/sys/class/net")
+                        if link.startswith(("ts", "veth"))),
+        "netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
+        "iptables": sorted(line for tool in ("iptables-save", "ip6tables-save")
+                           for line in subprocess.run([tool], capture_output=True, text=True,
+                                                      check=True).stdout.splitlines()
+                           if "KUBE-" in line),
+        "nftables": subprocess.run(["nft", "list", "tables"], capture_output=True, text=True,
+                                   check=True).stdout.split("\n"),
+        "mounts": [line for line in Path("/proc/mounts").read_text().splitlines()
+                   if str(STATE) in line],
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("the cluster check needs root (CI runs as root)")
+        pytest.skip("the local cluster needs root")
+    if Path("/sys/class/net/tsnode0").exists():
+        pytest.fail("a local cluster is already up: make cluster-down first")
+    before = host_state()
+    started = time.monotonic()
+    up = run("make", "cluster-up", timeout=3000, check=False)
+    print(f"make cluster-up: {time.monotonic() - started:.0f} s")
+    try:
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-5000:]
+        yield before
+    finally:
+        run("make", "cluster-down", timeout=300, check=False)
+
+
+@pytest.fixture(scope="module")
+def release(cluster):
+    """The chart installed with `make deploy` into a namespace enforcing restricted PSS."""
+    kubectl("create", "namespace", NAMESPACE)
+    kubectl("label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted")
+    started = time.monotonic()
+    run("make", "deploy", f"NAMESPACE={NAMESPACE}", timeout=600)
+    print(f"make deploy: {time.monotonic() - started:.0f} s")
+    return NAMESPACE
+
+
+def restarts() -> dict[str, int]:
+    pods = json.loads(kubectl("-n", NAMESPACE, "get", "pods", "-o", "json").stdout)["items"]
+    return {pod["metadata"]["name"]: sum(status["restartCount"]
+                                         for status in pod["status"]["containerStatuses"])
+            for pod in pods if not pod["metadata"]["name"].endswith("-test")}
+
+
+def test_the_node_runs_the_pinned_release_with_dns_and_the_policy_enforcer(cluster):
+    version = json.loads(kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
+    go_mod = (ROOT / "gobuild" / "kube" / "go.mod").read_text()
+    assert f"k8s.io/kubernetes {version}" in go_mod
+    nodes = json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    assert [n["metadata"]["name"] for n in nodes] == ["tlsstorm-node"]
+    ready = {c["type"]: c["status"] for c in nodes[0]["status"]["conditions"]}
+    assert ready["Ready"] == "True"
+    system = json.loads(kubectl("-n", "kube-system", "get", "pods", "-o", "json").stdout)["items"]
+    running = {p["metadata"]["labels"].get("k8s-app"): p["status"]["phase"] for p in system}
+    assert running == {"kube-dns": "Running"}
+    # The NetworkPolicy enforcer runs on the node (kube-router's firewall, a host service).
+    assert httpx.get("http://127.0.0.1:20244/healthz", timeout=5).status_code == 200
+
+
+def test_restricted_namespace_installs_the_chart_and_helm_test_passes(release):
+    refused = kubectl("-n", release, "run", "privileged", "--image=tlsstorm:none",
+                      "--overrides", json.dumps({"spec": {"containers": [{
+                          "name": "privileged", "image": "tlsstorm:none",
+                          "securityContext": {"privileged": True}}]}}), check=False)
+    assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr, refused.stderr
+    tested = run(str(ROOT / ".tools" / "bin" / "helm"), "test", "tlsstorm", "-n", release,
+                 timeout=300)
+    assert "Phase:          Succeeded" in tested.stdout, tested.stdout
+
+
+def test_locust_ui_drives_the_workers_at_the_ratio_picked(release, browser_page):
+    ratio = random.choice((0.2, 0.35, 0.5, 0.65, 0.8))
+    print(f"TLS ratio picked: {ratio}")
+    locust_url = f"http://{cluster_ip('tlsstorm-locust-master')}:8089"
+    receiver_url = f"http://{cluster_ip('tlsstorm-receiver')}:8025"
+    page = browser_page
+    page.goto(locust_url)
+    workers = httpx.get(f"{locust_url}/stats/requests", timeout=10).json()["workers"]
+    assert len(workers) == 2, workers
+    start_from_ui(page, {"tlsRatio": str(ratio), "waveId": "cluster-ui", "userCount": "10",
+                  "spawnRate": "10"})
+    deadline = time.monotonic() + 120
+    while wave_sessions(receiver_wave(receiver_url, "cluster-ui")) < 400:
+        assert time.monotonic() < deadline, receiver_wave(receiver_url, "cluster-ui")
+        time.sleep(1)
+    assert httpx.post(f"{locust_url}/stop", timeout=60).status_code == 200
+    time.sleep(3)
+    stats = receiver_wave(receiver_url, "cluster-ui")
+    share = stats["tls"]["sessions"] / wave_sessions(stats)
+    print(f"receiver: {wave_sessions(stats)} sessions, STARTTLS share {share:.3f}")
+    assert share == pytest.approx(ratio, abs=0.05)
+    assert stats["tls"]["handshakes_ok"] == stats["tls"]["sessions"]
+
+
+def test_jaeger_in_the_cluster_finds_traces_with_both_handshake_spans(release):
+    jaeger = f"http://{cluster_ip('tlsstorm-jaeger')}:16686/api"
+    deadline = time.monotonic() + 60
+    while True:
+        traces = httpx.get(f"{jaeger}/traces", params={"service": "locust", "limit": 100},
+                           timeout=10).json()["data"] or []
+        joined = [trace for trace in traces if both_ends(trace)]
+        if joined or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert joined, f"{len(traces)} Locust traces, none with both handshake spans"
+    assert services_in(joined[0]) >= {"locust", "tlsstorm-sender", "tlsstorm-receiver"}
+
+
+# A new pod's address reaches the enforcer's sets a moment after the pod starts: each address
+# is tried for 20 s, and the last outcome counts.
+PROBE = """\
+import socket, time
+def reach(host, port):
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+            return "open"
+        except OSError as error:
+            if time.monotonic() > deadline:
+                return type(error).__name__
+        time.sleep(0.5)
+address = socket.gethostbyname("tlsstorm-sender.tlsstorm.svc.cluster.local")
+print("dns", address)
+print("api", reach("kubernetes.default.svc.cluster.local", 443))
+print("sender", reach(address, 8026))
+"""
+
+
+def probe_from(namespace: str, labels: dict[str, str]) -> dict[str, str]:
+    """What a restricted pod in `namespace` with `labels` reaches: DNS, the API, the sender."""
+    image = kubectl("-n", NAMESPACE, "get", "deployment", "tlsstorm-sender",
+                    "-o", "jsonpath={.spec.template.spec.containers[0].image}").stdout
+    secure = {"runAsNonRoot": True, "runAsUser": 10001, "allowPrivilegeEscalation": False,
+              "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+    overrides = {"metadata": {"labels": labels}, "spec": {"restartPolicy": "Never", "containers": [{
+        "name": "probe", "image": image, "imagePullPolicy": "Never",
+        "command": ["python3", "-c", PROBE], "securityContext": secure}]}}
+    kubectl("-n", namespace, "run", "probe", f"--image={image}", "--restart=Never",
+            "--overrides", json.dumps(overrides))
+    kubectl("-n", namespace, "wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/probe",
+            "--timeout=120s", timeout=150)
+    printed = kubectl("-n", namespace, "logs", "probe").stdout
+    kubectl("-n", namespace, "delete", "pod", "probe", "--wait=false")
+    return dict(line.split(" ", 1) for line in printed.splitlines())
+
+
+def test_network_policies_block_a_pod_outside_the_release(release):
+    """The same probe twice: labelled as part of the release it reaches the sender's API; from
+    another namespace it resolves the name (DNS is allowed) and reaches the API server (no
+    policy there), but kube-router rejects its connection to the sender."""
+    inside = probe_from(release, {"app.kubernetes.io/name": "tlsstorm",
+                                  "app.kubernetes.io/instance": "tlsstorm"})
+    assert inside["sender"] == "open", inside
+    kubectl("create", "namespace", "outsider")
+    kubectl("label", "namespace", "outsider", "pod-security.kubernetes.io/enforce=restricted")
+    outside = probe_from("outsider", {"run": "probe"})
+    assert outside["dns"] == cluster_ip("tlsstorm-sender")
+    assert outside["api"] == "open"
+    assert outside["sender"] in {"ConnectionRefusedError", "TimeoutError"}, outside
+
+
+def test_the_default_swarm_ends_with_no_pod_restarted(release, browser_page):
+    """200 users at 70% STARTTLS for 30 s: the load that OOMKilled the receiver before."""
+    before = restarts()
+    locust_url = f"http://{cluster_ip('tlsstorm-locust-master')}:8089"
+    receiver_url = f"http://{cluster_ip('tlsstorm-receiver')}:8025"
+    page = browser_page
+    page.goto(locust_url)
+    page.get_by_role("button", name="New").click()
+    start_from_ui(page, {"tlsRatio": "0.7", "waveId": "cluster-swarm", "userCount": "200",
+                  "spawnRate": "50"})
+    time.sleep(30)
+    assert httpx.post(f"{locust_url}/stop", timeout=60).status_code == 200
+    time.sleep(3)
+    stats = receiver_wave(receiver_url, "cluster-swarm")
+    print(f"swarm: {wave_sessions(stats)} sessions at the receiver")
+    assert wave_sessions(stats) > 0
+    after = restarts()
+    assert after == before and not any(after.values()), after
+    terminated = [status.get("lastState", {}).get("terminated", {}).get("reason")
+                  for pod in json.loads(kubectl("-n", NAMESPACE, "get", "pods", "-o",
+                                                "json").stdout)["items"]
+                  for status in pod["status"]["containerStatuses"]]
+    assert "OOMKilled" not in terminated
+
+
+def test_cluster_down_puts_the_host_back(cluster):
+    down = run("make", "cluster-down", timeout=300)
+    assert "down:" in down.stderr
+    assert host_state() == cluster
+    assert not STATE.exists()
+    leftovers = subprocess.run(["pgrep", "-af", str(STATE)], capture_output=True, text=True)
+    assert leftovers.stdout == "", leftovers.stdout
