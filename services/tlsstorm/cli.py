@@ -51,6 +51,7 @@ def _collector(flags: argparse.Namespace) -> None:
 
 
 def _up(flags: argparse.Namespace) -> None:
+    from tlsstorm.jaeger import api_example as jaeger_api_example
     from tlsstorm.jaeger import jaeger_binary
     from tlsstorm.local import LocalStack
 
@@ -63,6 +64,10 @@ def _up(flags: argparse.Namespace) -> None:
     print("tlsstorm is up (Ctrl-C stops everything):")
     for name, url in local.urls().items():
         print(f"  {name:<18} {url}")
+    if binary is None:
+        print("  (traces: `make jaeger` builds Jaeger, which `tlsstorm up` then starts)")
+    else:
+        print(f"  {'Jaeger query API':<18} {jaeger_api_example()}")
     print("open the Locust web UI, set the TLS ratio under 'Custom parameters', press Start;\n"
           "the receiver's numbers follow in its stats and in the cost report")
     try:

@@ -63,5 +63,10 @@ def ui_url() -> str:
     return f"http://127.0.0.1:{UI_PORT}/"
 
 
+def api_example() -> str:
+    """Where a user finds the traces that began in Locust (the query API answers JSON)."""
+    return f"http://127.0.0.1:{UI_PORT}/api/traces?service=locust&limit=20"
+
+
 def otlp_endpoint() -> str:
     return f"http://127.0.0.1:{OTLP_HTTP_PORT}"
