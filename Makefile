@@ -94,10 +94,10 @@ kind-load: ## load $(IMAGE):$(TAG) into the kind nodes
 minikube-load: ## load $(IMAGE):$(TAG) into minikube
 	minikube image load $(IMAGE):$(TAG)
 
-deploy: ## helm upgrade --install --wait, with the image tag of this checkout
+deploy: ## helm upgrade --install --wait, with the image tag of this checkout (DEPLOY_FLAGS=--set ...)
 	$(HELM) upgrade --install $(RELEASE) charts/tlsstorm --namespace $(NAMESPACE) \
 	  --create-namespace --wait --timeout 5m --set image.repository=$(IMAGE) --set image.tag=$(TAG) \
-	  $(if $(CLUSTER_VALUES),--values $(CLUSTER_VALUES))
+	  $(if $(CLUSTER_VALUES),--values $(CLUSTER_VALUES)) $(DEPLOY_FLAGS)
 
 cluster-up: tools ## as root: a single-node Kubernetes here, built from upstream Go modules (docs/local-cluster.md)
 	TLSSTORM_CLUSTER_DIR=$(CLUSTER_DIR) IMAGE=$(IMAGE) TAG=$(TAG) scripts/cluster.sh up

@@ -31,6 +31,7 @@ service_cidr=198.19.0.0/16
 api_ip=198.19.0.1
 dns_ip=198.19.0.10
 context=tlsstorm-local
+base_image=local/python-base:bookworm
 export PATH=$bin:$PATH
 # Sysctls this cluster (or its kubelet) changes; their values before `up` are put back by `down`.
 sysctls="net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables vm.overcommit_memory kernel.panic kernel.panic_on_oops"
@@ -44,6 +45,8 @@ kube() { kubectl --kubeconfig "$state/admin.kubeconfig" "$@"; }
 versions() {  # the pinned versions, from the go.mod files
     k8s=$(cd "$root/gobuild/kube" && go list -m -f '{{.Version}}' k8s.io/kubernetes)
     coredns=$(cd "$root/gobuild/coredns" && go list -m -f '{{.Version}}' github.com/coredns/coredns)
+    provisioner=$(cd "$root/gobuild/local-path-provisioner" &&
+        go list -m -f '{{.Version}}' github.com/rancher/local-path-provisioner)
     jaeger=$("$bin/jaeger" version 2>/dev/null | sed -n 's/.*"gitVersion":"v\([^"]*\)".*/\1/p')
 }
 
@@ -63,6 +66,7 @@ ensure_binaries() {
     [ -x "$bin/coredns" ] || missing="$missing coredns"
     [ -x "$bin/kube-router" ] || missing="$missing kube-router"
     [ -x "$bin/jaeger" ] || missing="$missing jaeger"
+    [ -x "$bin/local-path-provisioner" ] || missing="$missing local-path-provisioner"
     [ -x "$bin/pause" ] || missing="$missing pause"
     if [ -n "$missing" ]; then "$root/scripts/go-build.sh" $missing; fi
 }
@@ -222,6 +226,8 @@ images() {  # the images the cluster itself runs, each a static binary built her
     import_archive "localhost/tlsstorm/pause:$k8s" /pause "$bin/pause:/pause"
     import_archive "localhost/tlsstorm/coredns:$coredns" /coredns "$bin/coredns:/coredns"
     import_archive "localhost/tlsstorm/jaeger:$jaeger" /jaeger "$bin/jaeger:/jaeger"
+    import_archive "localhost/tlsstorm/local-path-provisioner:$provisioner" \
+        /local-path-provisioner "$bin/local-path-provisioner:/local-path-provisioner"
 }
 
 control_plane() {
@@ -303,6 +309,14 @@ addons() {
     sed -e "s|@DNS_IP@|$dns_ip|g" -e "s|@COREDNS_IMAGE@|localhost/tlsstorm/coredns:$coredns|g" \
         "$root/deploy/cluster/coredns.yaml" | kube apply -f - >/dev/null
     kube -n kube-system rollout status deployment/coredns --timeout 120s >/dev/null
+    # The default StorageClass; its helper pods make and remove volume directories with the
+    # Debian base image's shell.
+    docker save "$base_image" | ctr_ images import - >/dev/null
+    sed -e "s|@PROVISIONER_IMAGE@|localhost/tlsstorm/local-path-provisioner:$provisioner|g" \
+        -e "s|@VOLUMES@|$state/volumes|g" -e "s|@HELPER_IMAGE@|$base_image|g" \
+        "$root/deploy/cluster/local-path-storage.yaml" | kube apply -f - >/dev/null
+    kube -n local-path-storage rollout status deployment/local-path-provisioner --timeout 120s \
+        >/dev/null
     # What `make deploy` adds on this cluster: Jaeger as built here.
     cat >"$state/values.yaml" <<EOF
 jaeger:
@@ -322,7 +336,7 @@ user_kubeconfig() {  # merge the admin context into ~/.kube/config, as kind does
 load() {  # the tlsstorm image of this checkout, built with Docker, into containerd
     [ -S "$state/run/containerd.sock" ] || die "no cluster: run scripts/cluster.sh up"
     "$root/scripts/dockerd.sh"
-    "$root/scripts/base-image.sh" local/python-base:bookworm
+    "$root/scripts/base-image.sh" "$base_image"
     # pip in the build trusts what this host trusts (some networks re-sign HTTPS).
     local bundle=${EXTRA_CA:-}
     if [ -z "$bundle" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
@@ -375,6 +389,8 @@ up() {
     runc_wrapper
     containerd_
     images
+    "$root/scripts/dockerd.sh"
+    "$root/scripts/base-image.sh" "$base_image"
     control_plane
     node_
     firewall

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Build the Go programs tlsstorm runs beside its own services from their upstream
 # modules, at the versions pinned in gobuild/<name>/go.mod (go.sum checks them).
-# Usage: scripts/go-build.sh jaeger|kube|coredns|kube-router|pause [...]   Output: .tools/bin
+# Usage: scripts/go-build.sh jaeger|kube|coredns|kube-router|local-path-provisioner|pause [...]   Output: .tools/bin
 # The Go build and module caches are reused when present, so a second build is quick.
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -48,11 +48,14 @@ for name in "$@"; do
         v=$(module_version kube-router github.com/cloudnativelabs/kube-router/v2)
         build kube-router "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$v" \
             github.com/cloudnativelabs/kube-router/v2 ;;
+    local-path-provisioner)
+        v=$(module_version local-path-provisioner github.com/rancher/local-path-provisioner)
+        build local-path-provisioner "-X main.VERSION=$v" github.com/rancher/local-path-provisioner ;;
     pause)
         # The pod sandbox's init process, from the pinned Kubernetes release's own source.
         src=$(module_dir kube k8s.io/kubernetes)/build/pause/linux/pause.c
         echo "go-build: pause ($src)"
         cc -Os -static -o "$bin/pause" -DVERSION="$(module_version kube k8s.io/kubernetes)" "$src" ;;
-    *) echo "go-build: unknown program $name (jaeger, kube, coredns, kube-router, pause)" >&2; exit 2 ;;
+    *) echo "go-build: unknown program $name (jaeger, kube, coredns, kube-router, local-path-provisioner, pause)" >&2; exit 2 ;;
     esac
 done

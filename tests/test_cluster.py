@@ -94,7 +94,9 @@ def release(cluster):
     kubectl("create", "namespace", NAMESPACE)
     kubectl("label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted")
     started = time.monotonic()
-    run("make", "deploy", f"NAMESPACE={NAMESPACE}", timeout=600)
+    # The collector keeps its results on a volume of the default StorageClass.
+    run("make", "deploy", f"NAMESPACE={NAMESPACE}",
+        "DEPLOY_FLAGS=--set components.collector.persistence.enabled=true", timeout=600)
     print(f"make deploy: {time.monotonic() - started:.0f} s")
     return NAMESPACE
 
@@ -117,6 +119,10 @@ def test_the_node_runs_the_pinned_release_with_dns_and_the_policy_enforcer(clust
     system = json.loads(kubectl("-n", "kube-system", "get", "pods", "-o", "json").stdout)["items"]
     running = {p["metadata"]["labels"].get("k8s-app"): p["status"]["phase"] for p in system}
     assert running == {"kube-dns": "Running"}
+    classes = json.loads(kubectl("get", "storageclass", "-o", "json").stdout)["items"]
+    defaults = [c["metadata"]["name"] for c in classes if c["metadata"].get("annotations", {})
+                .get("storageclass.kubernetes.io/is-default-class") == "true"]
+    assert defaults == ["local-path"]
     # The NetworkPolicy enforcer runs on the node (kube-router's firewall, a host service).
     assert httpx.get("http://127.0.0.1:20244/healthz", timeout=5).status_code == 200
 
@@ -130,6 +136,17 @@ def test_restricted_namespace_installs_the_chart_and_helm_test_passes(release):
     tested = run(str(ROOT / ".tools" / "bin" / "helm"), "test", "tlsstorm", "-n", release,
                  timeout=300)
     assert "Phase:          Succeeded" in tested.stdout, tested.stdout
+
+
+def test_the_collector_keeps_its_results_on_a_volume_of_the_default_storage_class(release):
+    claims = json.loads(kubectl("-n", release, "get", "pvc", "-o", "json").stdout)["items"]
+    assert [(c["spec"]["storageClassName"], c["status"]["phase"]) for c in claims] == [
+        ("local-path", "Bound")]
+    volume = kubectl("get", "pv", claims[0]["spec"]["volumeName"],
+                     "-o", "jsonpath={.spec.hostPath.path}").stdout
+    assert volume.startswith(str(STATE / "volumes"))
+    # The collector's SQLite file, seen on the node's disk where the provisioner made the volume.
+    assert list(Path(volume).glob("*.sqlite")), sorted(os.listdir(volume))
 
 
 def test_locust_ui_drives_the_workers_at_the_ratio_picked(release, browser_page):
