@@ -86,8 +86,9 @@ def test_up_starts_the_stack_and_ctrl_c_stops_it_cleanly(tmp_path):
     locust_url = f"http://127.0.0.1:{env['TLSSTORM_LOCUST_WEB_PORT']}"
     sender_url = f"http://127.0.0.1:{env['TLSSTORM_SENDER_HTTP_PORT']}"
     receiver_url = f"http://127.0.0.1:{env['TLSSTORM_RECEIVER_HTTP_PORT']}"
-    up = subprocess.Popen([sys.executable, "-m", "tlsstorm", "up"], env=env, cwd=tmp_path,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    up = subprocess.Popen([sys.executable, "-m", "tlsstorm", "up", "--no-jaeger"], env=env,
+                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:  # Locust starts last: then all are up

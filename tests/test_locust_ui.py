@@ -33,7 +33,7 @@ def start_stack(tmp_path):
             "TLSSTORM_RECEIVER_SMTP_PORT", "TLSSTORM_RECEIVER_HTTP_PORT",
             "TLSSTORM_SENDER_HTTP_PORT", "TLSSTORM_COLLECTOR_HTTP_PORT",
             "TLSSTORM_LOCUST_WEB_PORT")}
-        up = subprocess.Popen([sys.executable, "-m", "tlsstorm", "up"],
+        up = subprocess.Popen([sys.executable, "-m", "tlsstorm", "up", "--no-jaeger"],
                               env=clean_env(**ports, **env), cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         started.append(up)
