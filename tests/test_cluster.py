@@ -6,15 +6,19 @@ at a ratio picked here, Jaeger's API, NetworkPolicies enforced, the default swar
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
+import re
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.locust_ui_helpers import receiver_wave, start_from_ui, wave_sessions
 from tests.test_jaeger import both_ends, services_in
@@ -264,6 +268,32 @@ def test_the_default_swarm_ends_with_no_pod_restarted(release, browser_page):
                                                 "json").stdout)["items"]
                   for status in pod["status"]["containerStatuses"]]
     assert "OOMKilled" not in terminated
+
+
+def test_an_upgrade_to_an_ecdsa_leaf_serves_it_under_the_kept_root(release, tmp_path):
+    """`helm upgrade` to an ECDSA P-256 leaf: helm test passes again, and the receiver's
+    STARTTLS serves an ECDSA leaf that verifies by service name against the root kept in the
+    release's Secret across the upgrade."""
+    root = kubectl("-n", release, "get", "secret", "tlsstorm-receiver-ca",
+                   "-o", r"jsonpath={.data.ca\.crt}").stdout
+    helm = str(ROOT / ".tools" / "bin" / "helm")
+    run(helm, "upgrade", "tlsstorm", "charts/tlsstorm", "-n", release, "--reuse-values",
+        "--set", "components.receiver.tls.keyType=ecdsa-p256", "--wait", "--timeout", "5m")
+    assert "Phase:          Succeeded" in run(helm, "test", "tlsstorm", "-n", release).stdout
+    assert kubectl("-n", release, "get", "secret", "tlsstorm-receiver-ca",
+                   "-o", r"jsonpath={.data.ca\.crt}").stdout == root
+    (tmp_path / "root.pem").write_bytes(base64.b64decode(root))
+    name = f"tlsstorm-receiver.{release}.svc"
+    served = run("openssl", "s_client", "-connect", f"{cluster_ip('tlsstorm-receiver')}:2525",
+                 "-starttls", "smtp", "-servername", name, "-verify_hostname", name,
+                 "-CAfile", str(tmp_path / "root.pem"), "-verify_return_error", "-showcerts",
+                 input="", timeout=30)
+    leaf = x509.load_pem_x509_certificate(re.search(
+        r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", served.stdout, re.S)
+        .group(0).encode())
+    assert isinstance(leaf.public_key(), ec.EllipticCurvePublicKey)
+    assert leaf.public_key().curve.name == "secp256r1"
+    assert "Verify return code: 0 (ok)" in served.stdout
 
 
 def test_cluster_down_puts_the_host_back(cluster):
