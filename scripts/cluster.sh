@@ -35,6 +35,8 @@ base_image=local/python-base:bookworm
 export PATH=$bin:$PATH
 # Sysctls this cluster (or its kubelet) changes; their values before `up` are put back by `down`.
 sysctls="net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables vm.overcommit_memory kernel.panic kernel.panic_on_oops"
+# What `up` starts, in the order `down` stops it.
+services="kube-router kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver containerd etcd"
 debs="containerd runc etcd-server containernetworking-plugins iptables ipset conntrack nftables"
 
 log() { echo "cluster: $*" >&2; }
@@ -55,6 +57,7 @@ ensure_debs() {
     for deb in $debs; do dpkg -s "$deb" >/dev/null 2>&1 || missing="$missing $deb"; done
     [ -z "$missing" ] && return
     log "installing Debian packages:$missing"
+    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 $missing >/dev/null
 }
 
@@ -233,12 +236,13 @@ images() {  # the images the cluster itself runs, each a static binary built her
 control_plane() {
     local pki=$state/pki
     mkdir -p "$state/etcd"
+    # Ports beside etcd's defaults: Debian's etcd-server starts its own where systemd runs.
     start etcd etcd --name "$node" --data-dir "$state/etcd" \
-        --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
-        --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-        --initial-cluster "$node=http://127.0.0.1:2380"
-    wait_for etcd 30 curl -fsS http://127.0.0.1:2379/health
-    start kube-apiserver kube-apiserver --etcd-servers http://127.0.0.1:2379 \
+        --listen-client-urls http://127.0.0.1:12379 --advertise-client-urls http://127.0.0.1:12379 \
+        --listen-peer-urls http://127.0.0.1:12380 --initial-advertise-peer-urls http://127.0.0.1:12380 \
+        --initial-cluster "$node=http://127.0.0.1:12380"
+    wait_for etcd 30 curl -fsS http://127.0.0.1:12379/health
+    start kube-apiserver kube-apiserver --etcd-servers http://127.0.0.1:12379 \
         --bind-address "$node_ip" --advertise-address "$node_ip" --secure-port 6443 \
         --service-cluster-ip-range "$service_cidr" --authorization-mode Node,RBAC \
         --enable-admission-plugins NodeRestriction --allow-privileged=true \
@@ -265,7 +269,7 @@ node_() {
     cat >"$state/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-# This host runs cgroup v1, which the kubelet refuses unless told otherwise.
+# The kubelet refuses a cgroup v1 host (this kind of machine) unless told; harmless on v2.
 failCgroupV1: false
 cgroupDriver: cgroupfs
 address: $node_ip
@@ -377,6 +381,7 @@ up() {
     [ "$(id -u)" = 0 ] || die "needs root (it starts the kubelet and containerd)"
     if [ -e "$state/run" ]; then die "$state exists: a cluster is up (scripts/cluster.sh down first)"; fi
     local t0=$SECONDS
+    trap '[ $? = 0 ] || log "up failed; make cluster-down (scripts/cluster.sh down) removes what it started"' EXIT
     ensure_debs
     ensure_binaries
     versions
@@ -411,7 +416,7 @@ down() {
         for c in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers delete "$c" >/dev/null 2>&1 || true; done
     fi
     # Each service was started in its own session: the session goes, helpers included.
-    for name in kube-router kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver containerd etcd; do
+    for name in $services; do
         if [ -f "$state/run/$name.pid" ]; then
             kill -TERM -- "-$(cat "$state/run/$name.pid")" 2>/dev/null || true
         fi
@@ -419,7 +424,7 @@ down() {
     sleep 2
     # containerd's shims left their sessions on purpose (they outlive containerd restarts).
     pkill -KILL -f -- "-address $state/run/containerd.sock" 2>/dev/null || true
-    for name in kube-router kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver containerd etcd; do
+    for name in $services; do
         if [ -f "$state/run/$name.pid" ]; then
             kill -KILL -- "-$(cat "$state/run/$name.pid")" 2>/dev/null || true
         fi

@@ -34,10 +34,10 @@ def jaeger_binary() -> Path | None:
     return built if built.is_file() else None
 
 
-def render_config(host: str = "127.0.0.1", max_traces: int | None = None) -> str:
-    """The chart's config with its listening host and trace bound filled in, as the chart does."""
-    bound = max_traces or int(os.environ.get("TLSSTORM_JAEGER_MAX_TRACES", MAX_TRACES))
-    return (CONFIG_TEMPLATE.read_text().replace("@HOST@", host)
+def render_config() -> str:
+    """The chart's config as the chart fills it in, listening on loopback only."""
+    bound = int(os.environ.get("TLSSTORM_JAEGER_MAX_TRACES", MAX_TRACES))
+    return (CONFIG_TEMPLATE.read_text().replace("@HOST@", "127.0.0.1")
             .replace("@MAX_TRACES@", str(bound)))
 
 
