@@ -50,6 +50,7 @@ versions() {  # the pinned versions, from the go.mod files
     provisioner=$(cd "$root/gobuild/local-path-provisioner" &&
         go list -m -f '{{.Version}}' github.com/rancher/local-path-provisioner)
     jaeger=$("$bin/jaeger" version 2>/dev/null | sed -n 's/.*"gitVersion":"v\([^"]*\)".*/\1/p')
+    [ -n "$jaeger" ] || die "$bin/jaeger names no version: rebuild it (scripts/go-build.sh jaeger)"
 }
 
 ensure_debs() {

@@ -15,8 +15,8 @@ module_version() {  # the version go.mod pins for module $2 in gobuild/$1
     (cd "$root/gobuild/$1" && go list -m -f '{{.Version}}' "$2")
 }
 
-module_dir() {
-    (cd "$root/gobuild/$1" && go list -m -f '{{.Dir}}' "$2")
+module_dir() {  # the module's source, downloaded first (an empty module cache has none)
+    (cd "$root/gobuild/$1" && go mod download "$2" && go list -m -f '{{.Dir}}' "$2")
 }
 
 build() {  # build DIR LDFLAGS MODULE: gobuild/DIR's `tool` packages into $bin
@@ -33,6 +33,7 @@ for name in "$@"; do
         v1=$(module_version jaeger github.com/jaegertracing/jaeger)
         # Jaeger's v1.x module tags carry the v2 binary; its CHANGELOG pairs them ("v1.74.0 / v2.11.0").
         v2=$(sed -n "s|^$v1 / \(v2[.0-9]*\).*|\1|p" "$(module_dir jaeger github.com/jaegertracing/jaeger)/CHANGELOG.md" | head -n1)
+        [ -n "$v2" ] || { echo "go-build: no v2 version beside $v1 in Jaeger's CHANGELOG" >&2; exit 1; }
         build jaeger "-X github.com/jaegertracing/jaeger/internal/version.latestVersion=$v2" github.com/jaegertracing/jaeger ;;
     kube)
         v=$(module_version kube k8s.io/kubernetes)
