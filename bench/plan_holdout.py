@@ -22,6 +22,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--slo-p99-ms", type=float, default=50.0)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="fitted and held-out waves sent in turn this many times")
     flags = parser.parse_args()
     fitted = [(ratio, rate, int(rate * flags.seconds))
               for ratio in FITTED_RATIOS for rate in FITTED_RATES]
@@ -30,7 +32,7 @@ def main() -> None:
         runner.wave(0.5, 100, 200, "warm-up")
         for ratio, rate in HELD_OUT:
             held, _ = hold_out(runner, fitted, (ratio, rate, int(rate * flags.seconds)),
-                               flags.slo_p99_ms)
+                               flags.slo_p99_ms, flags.rounds)
             results.append(held)
     print(f"\nmachine: {machine_note()}")
     print(f"fitted on {len(fitted)} waves ({', '.join(f'{r:.0%}' for r in FITTED_RATIOS)} "

@@ -29,8 +29,10 @@ def test_a_held_out_wave_is_predicted_within_15_percent_and_its_verdict_is_right
     ports["TLSSTORM_COLLECTOR_DB_PATH"] = str(tmp_path / "collector.sqlite")
     with stack_runner(overrides=ports) as runner:
         runner.wave(0.5, 50, 50, "warm-up")
-        held, fitted = hold_out(runner, FITTED, HELD_OUT, SLO_P99_MS)
+        # Two interleaved rounds: the machine's drift over a minute falls on both sides.
+        held, fitted = hold_out(runner, FITTED, HELD_OUT, SLO_P99_MS, rounds=2)
 
+    print(held.text())
     assert all(not point.generator_limited for point in fitted)
     assert abs(held.error) <= 0.15, held.text()
     assert held.verdict_right, held.text()

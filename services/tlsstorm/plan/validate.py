@@ -3,6 +3,7 @@ was not fitted on), then send that wave and compare. The test and the bench both
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 from tlsstorm.plan.model import fits_from_waves, receiver_cores
@@ -41,17 +42,26 @@ class HeldOut:
 
 
 def hold_out(runner: SweepRunner, fitted: list[tuple[float, float, int]],
-             held: tuple[float, float, int], slo_p99_ms: float) -> tuple[HeldOut, list]:
-    """`fitted` and `held`: (TLS ratio, rate, messages) of each wave."""
-    points = [runner.wave(ratio, rate, messages, f"fit {ratio:.0%} TLS at {rate:g}/s")
-              for ratio, rate, messages in fitted]
-    fit, latency = fits_from_waves([point.as_dict() for point in points])
+             held: tuple[float, float, int], slo_p99_ms: float,
+             rounds: int = 1) -> tuple[HeldOut, list]:
+    """`fitted` and `held`: (TLS ratio, rate, messages) of each wave. With `rounds` > 1 the
+    fitted waves and the held-out one are sent in turn that many times, so a drift of the
+    machine's speed during the run falls on both sides; the held-out figures are then means."""
     ratio, rate, messages = held
+    points, held_points = [], []
+    for _ in range(rounds):
+        points += [runner.wave(fit_ratio, fit_rate, fit_messages,
+                               f"fit {fit_ratio:.0%} TLS at {fit_rate:g}/s")
+                   for fit_ratio, fit_rate, fit_messages in fitted]
+        held_points.append(runner.wave(ratio, rate, messages,
+                                       f"held out {ratio:.0%} TLS at {rate:g}/s"))
+    fit, latency = fits_from_waves([point.as_dict() for point in points])
     predicted = fit.cores(rate, ratio)
     predicted_p99 = latency.predict(predicted, ratio) if latency else None
-    point = runner.wave(ratio, rate, messages, f"held out {ratio:.0%} TLS at {rate:g}/s")
-    return HeldOut(ratio, rate, predicted, receiver_cores(point.as_dict()), predicted_p99,
-                   point.session_p99_ms, slo_p99_ms), points
+    p99s = [point.session_p99_ms for point in held_points if point.session_p99_ms is not None]
+    return HeldOut(ratio, rate, predicted,
+                   statistics.fmean(receiver_cores(point.as_dict()) for point in held_points),
+                   predicted_p99, statistics.fmean(p99s) if p99s else None, slo_p99_ms), points
 
 
 def _ms(value: float | None) -> str:
