@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.helpers import exporting_to
-from tests.locust_helpers import clean_env, finish, locust
+from tests.locust_helpers import traced_locust_run
 from tests.test_chart import ROOT, render
 from tlsstorm import jaeger
 
@@ -112,19 +112,7 @@ def test_chart_config_answers_the_probes_and_holds_a_trace_from_locust_to_both_h
         forward_otlp_endpoint=f"http://127.0.0.1:{ports['otlp-http']}")
     receiver, sender = exporting_to(collector.http, start_receiver, start_sender)
 
-    run = locust("SpamViaSender", "--headless", "--otel", "--users", "1", "--spawn-rate", "1",
-                 "--max-messages", "3", "--tls-ratio", "1", "--run-time", "60s",
-                 "--host", sender.http, "--only-summary",
-                 env=clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=collector.http,
-                               OTEL_SERVICE_NAME="locust",
-                               OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-                               OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none",
-                               OTEL_BSP_SCHEDULE_DELAY="200"))
-    output = finish(run)
-    assert run.returncode == 0, output[-3000:]
-    receiver.wait_sessions(3)
-    receiver.service.provider.force_flush()
-    sender.service.provider.force_flush()
+    traced_locust_run(collector.http, receiver, sender, messages=3)
 
     traces = traces_with_both_handshakes("locust")
     assert traces, "no trace from Locust holds both handshake spans"

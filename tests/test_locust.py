@@ -19,7 +19,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.helpers import exporting_to
-from tests.locust_helpers import clean_env, finish, free_port, locust, smtp_rows
+from tests.locust_helpers import clean_env, finish, free_port, locust, smtp_rows, traced_locust_run
 from tlsstorm.common.telemetry import tracer_provider
 
 SLOW_WORKER = Path(__file__).parent / "slow_worker_locustfile.py"
@@ -290,18 +290,7 @@ def test_one_trace_spans_locust_the_sender_and_the_receiver(start_receiver, star
     sender = start_sender(receiver.smtp_port, provider=tracer_provider(
         "tlsstorm-sender", exporter=OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")))
 
-    run = locust("SpamViaSender", "--headless", "--otel", "--users", "1", "--spawn-rate", "1",
-                 "--max-messages", "3", "--tls-ratio", "1", "--run-time", "60s",
-                 "--host", sender.http, "--only-summary",
-                 env=clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_SERVICE_NAME="locust",
-                               OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-                               OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none",
-                               OTEL_BSP_SCHEDULE_DELAY="200"))
-    output = finish(run)
-    assert run.returncode == 0, output[-3000:]
-    receiver.wait_sessions(3)
-    receiver.service.provider.force_flush()
-    sender.service.provider.force_flush()
+    traced_locust_run(endpoint, receiver, sender, messages=3)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         spans = {}
