@@ -289,6 +289,11 @@ resolvConf: /etc/resolv.conf
 failSwapOn: false
 podCIDR: $pod_cidr
 serializeImagePulls: false
+# Images here come from tarballs, not a registry: one the kubelet garbage-collects cannot come
+# back. So no image GC, and eviction only when the disk is nearly full.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: 100Mi, nodefs.available: 2Gi, imagefs.available: 2Gi}
 EOF
     start kubelet kubelet --config "$state/kubelet.yaml" --kubeconfig "$state/kubelet-client.kubeconfig" \
         --root-dir "$state/kubelet" --hostname-override "$node" --node-ip "$node_ip"
