@@ -137,7 +137,7 @@ def test_restricted_namespace_installs_the_chart_and_helm_test_passes(release):
                           "name": "privileged", "image": "tlsstorm:none",
                           "securityContext": {"privileged": True}}]}}), check=False)
     assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr, refused.stderr
-    tested = run(str(ROOT / ".tools" / "bin" / "helm"), "test", "tlsstorm", "-n", release,
+    tested = run(str(ROOT / ".tools" / "bin" / "helm"), "test", "tlsstorm", "-n", release, "--logs",
                  timeout=300)
     assert "Phase:          Succeeded" in tested.stdout, tested.stdout
 
@@ -279,7 +279,9 @@ def test_an_upgrade_to_an_ecdsa_leaf_serves_it_under_the_kept_root(release, tmp_
     helm = str(ROOT / ".tools" / "bin" / "helm")
     run(helm, "upgrade", "tlsstorm", "charts/tlsstorm", "-n", release, "--reuse-values",
         "--set", "components.receiver.tls.keyType=ecdsa-p256", "--wait", "--timeout", "5m")
-    assert "Phase:          Succeeded" in run(helm, "test", "tlsstorm", "-n", release).stdout
+    # --logs: the test pod's output is in the failure message when it fails.
+    tested = run(helm, "test", "tlsstorm", "-n", release, "--logs")
+    assert "Phase:          Succeeded" in tested.stdout
     assert kubectl("-n", release, "get", "secret", "tlsstorm-receiver-ca",
                    "-o", r"jsonpath={.data.ca\.crt}").stdout == root
     (tmp_path / "root.pem").write_bytes(base64.b64decode(root))
