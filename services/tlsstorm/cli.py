@@ -276,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
         "TLSSTORM_CHECK_COLLECTOR_URL", "http://127.0.0.1:8027"), metavar="URL",
         help="the collector's API")
     check.add_argument("--timeout", type=_positive_float, default=60.0, metavar="SECONDS",
-                       help="seconds to wait for spans")
+                       help="seconds for the whole check: the sender accepting connections, "
+                       "then the collector holding both sessions")
     check.set_defaults(run=_check)
     return parser
 
