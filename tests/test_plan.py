@@ -29,8 +29,9 @@ def test_a_held_out_wave_is_predicted_within_15_percent_and_its_verdict_is_right
     ports["TLSSTORM_COLLECTOR_DB_PATH"] = str(tmp_path / "collector.sqlite")
     with stack_runner(overrides=ports) as runner:
         runner.wave(0.5, 50, 50, "warm-up")
-        # Two interleaved rounds: the machine's drift over a minute falls on both sides.
-        held, fitted = hold_out(runner, FITTED, HELD_OUT, SLO_P99_MS, rounds=2)
+        # Three interleaved rounds: the machine's drift over a minute falls on both sides, and
+        # its wave-to-wave noise (about 6% on a 4 s wave on a shared 2-core VM) averages down.
+        held, fitted = hold_out(runner, FITTED, HELD_OUT, SLO_P99_MS, rounds=3)
 
     print(held.text())
     assert all(not point.generator_limited for point in fitted)
