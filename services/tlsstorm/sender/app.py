@@ -21,12 +21,13 @@ from tlsstorm.sender.waves import WaveBook
 class SenderService:
     def __init__(self, settings: SenderSettings, provider: TracerProvider | None = None):
         self.settings = settings
-        self.cpu = CpuMonitor()
+        self.client = SmtpClient(settings, provider)
+        # The compiled engine's CPU is the sender's own.
+        self.cpu = CpuMonitor(helpers=self.client.helper_pids)
         # Which replica answered (behind a Service): the pod's name, and the process.
         self.instance = f"{socket.gethostname()}/{os.getpid()}"
         self.provider = provider
         self.allowlist = Allowlist(settings.allowed_targets, settings.target)
-        self.client = SmtpClient(settings, provider)
         self.waves = WaveBook()
         self._http_sock = bind(settings.host, settings.http_port)
         self.http_port = port_of(self._http_sock)
@@ -42,7 +43,8 @@ class SenderService:
 
     def describe(self) -> str:
         return (f"sender: API http://{self.settings.host}:{self.http_port}, target "
-                f"{self.settings.target}, allowed {', '.join(self.allowlist.entries)}")
+                f"{self.settings.target}, allowed {', '.join(self.allowlist.entries)}, "
+                f"SMTP engine {self.client.engine_name}")
 
     async def start(self) -> None:
         await self._http.start()
@@ -55,5 +57,6 @@ class SenderService:
             self._process_task.cancel()
         self.waves.stop_all()
         await self._http.stop()
+        await self.client.close()
         if self.provider is not None:
             self.provider.shutdown()

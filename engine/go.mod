@@ -1,0 +1,3 @@
+module tlsstorm/engine
+
+go 1.26
