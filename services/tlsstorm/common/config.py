@@ -166,10 +166,6 @@ class SenderSettings(BaseSettings):
         "at once: no 40 ms delayed-ACK stalls against servers that answer in several "
         "segments (Postfix after STARTTLS)")
     max_concurrency: int = Field(256, ge=1, le=10_000, description="cap on wave concurrency")
-    engine: str = Field(
-        "auto", min_length=1, description="who holds the SMTP connections: auto (the compiled "
-        "engine, tlsstorm-engine, when found on PATH or in .tools/bin; else Python), python, "
-        "or the engine binary's path")
     api_token: str | None = Field(
         None,
         validation_alias=AliasChoices("api_token", "TLSSTORM_API_TOKEN"),

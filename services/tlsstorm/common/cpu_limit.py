@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,7 +16,6 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 # A component above this share of its limit (or of the one core its event loop can use), or
 # throttled at all, limited the wave (issue 12).
 BUSY_SHARE = 0.85
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,14 +36,10 @@ class CpuLimit:
     cores: float  # the quota in cores, or the cores this process may use
     source: str  # "cgroup v2 cpu.max", "cgroup v1 cpu.cfs_quota_us" or "cpu affinity"
     cgroup: Path | None
-    # Child processes whose CPU is this service's own (the sender's SMTP engine).
-    helpers: Callable[[], list[int]] | None = None
 
     def reading(self) -> CpuReading:
         usage, periods, throttled = _cgroup_counters(self.cgroup)
-        process = time.process_time() + sum(map(_process_cpu_s, self.helpers() if self.helpers
-                                                else ()))
-        return CpuReading(time.monotonic(), process, usage, periods, throttled)
+        return CpuReading(time.monotonic(), time.process_time(), usage, periods, throttled)
 
     def usage(self, before: CpuReading, after: CpuReading) -> dict[str, object]:
         """Use between two readings: cores, share of the limit, throttling, busy or not."""
@@ -73,9 +67,8 @@ class CpuLimit:
         }
 
 
-def cpu_limit(helpers: Callable[[], list[int]] | None = None) -> CpuLimit:
-    """The limit this process runs under, found once at start; `helpers` lists the child
-    processes whose CPU counts as this process's."""
+def cpu_limit() -> CpuLimit:
+    """The limit this process runs under, found once at start."""
     affinity = float(len(os.sched_getaffinity(0)))
     folder, source = _own_cgroup_v2(), "cgroup v2 cpu.max"
     quota = _tightest(folder, CGROUP_ROOT, _v2_cores) if folder is not None else None
@@ -83,17 +76,8 @@ def cpu_limit(helpers: Callable[[], list[int]] | None = None) -> CpuLimit:
         folder, source, root = _own_cgroup_v1(), "cgroup v1 cpu.cfs_quota_us", _v1_root()
         quota = _tightest(folder, root, _v1_cores) if folder is not None else None
     if quota is None:
-        return CpuLimit(affinity, "cpu affinity", folder, helpers)
-    return CpuLimit(min(quota, affinity), source, folder, helpers)
-
-
-def _process_cpu_s(pid: int) -> float:
-    """A process's user and system CPU so far, from /proc (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return CpuLimit(affinity, "cpu affinity", folder)
+    return CpuLimit(min(quota, affinity), source, folder)
 
 
 def _own_cgroup_lines() -> list[tuple[str, str]]:
@@ -212,9 +196,8 @@ class CpuMonitor:
     """The limit, the cumulative counters for anyone to diff, and the recent use: from the
     previous look (at least `interval_s` before) to now, so no task has to sample it."""
 
-    def __init__(self, interval_s: float = 1.0,
-                 helpers: Callable[[], list[int]] | None = None) -> None:
-        self.limit = cpu_limit(helpers)
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.limit = cpu_limit()
         self.interval_s = interval_s
         self._then = self.limit.reading()
         self._recent: dict[str, object] | None = None

@@ -21,13 +21,12 @@ from tlsstorm.sender.waves import WaveBook
 class SenderService:
     def __init__(self, settings: SenderSettings, provider: TracerProvider | None = None):
         self.settings = settings
-        self.client = SmtpClient(settings, provider)
-        # The compiled engine's CPU is the sender's own.
-        self.cpu = CpuMonitor(helpers=self.client.helper_pids)
+        self.cpu = CpuMonitor()
         # Which replica answered (behind a Service): the pod's name, and the process.
         self.instance = f"{socket.gethostname()}/{os.getpid()}"
         self.provider = provider
         self.allowlist = Allowlist(settings.allowed_targets, settings.target)
+        self.client = SmtpClient(settings, provider)
         self.waves = WaveBook()
         self._http_sock = bind(settings.host, settings.http_port)
         self.http_port = port_of(self._http_sock)
@@ -43,8 +42,7 @@ class SenderService:
 
     def describe(self) -> str:
         return (f"sender: API http://{self.settings.host}:{self.http_port}, target "
-                f"{self.settings.target}, allowed {', '.join(self.allowlist.entries)}, "
-                f"SMTP engine {self.client.engine_name}")
+                f"{self.settings.target}, allowed {', '.join(self.allowlist.entries)}")
 
     async def start(self) -> None:
         await self._http.start()
@@ -57,6 +55,5 @@ class SenderService:
             self._process_task.cancel()
         self.waves.stop_all()
         await self._http.stop()
-        await self.client.close()
         if self.provider is not None:
             self.provider.shutdown()

@@ -47,15 +47,6 @@ def profile_context(name: str, ca_file: Path | None) -> ssl.SSLContext:
     return context
 
 
-def engine_profile(context: ssl.SSLContext, profile: Profile, resume: bool = False) -> dict:
-    """The personality as the compiled engine takes it: the same TLS 1.2 suites, in OpenSSL's
-    order (their IANA numbers, from the context itself), versions and tickets."""
-    suites = [cipher["id"] & 0xFFFF for cipher in context.get_ciphers()
-              if cipher["protocol"] != "TLSv1.3"] if profile.ciphers else []
-    return {"max_version": 0x0304 if profile.max_version == ssl.TLSVersion.TLSv1_3 else 0x0303,
-            "suites": suites, "tickets": profile.tickets, "resume": resume}
-
-
 class ProfileMix:
     """Picks each connection's profile so that the shares hold exactly as connections go:
     the next is the one furthest behind its share."""

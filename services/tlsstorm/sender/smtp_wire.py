@@ -190,7 +190,7 @@ class SmtpWire(asyncio.Protocol):
         elif step == _RCPT:
             self._send(_DATA, b"DATA")
         elif step == _DATA:
-            self._send(_BODY, dot_stuffed(self._listener.message_body(self.accepted)), raw=True)
+            self._send(_BODY, _dot_stuffed(self._listener.message_body(self.accepted)), raw=True)
         elif step == _BODY:
             self.accepted += 1
             self._listener.message_accepted(self.accepted - 1, code, _message_of(text))
@@ -302,7 +302,7 @@ def _message_of(text: bytes) -> str:
     return "\n".join(line[4:].decode("utf-8", "replace") for line in text.split(b"\r\n"))
 
 
-def dot_stuffed(message: bytes) -> bytes:
+def _dot_stuffed(message: bytes) -> bytes:
     """The DATA payload: lines starting with '.' doubled, CRLF ended, then '.'."""
     if message.startswith(b".") or b"\n." in message:
         message = message.replace(b"\n.", b"\n..")

@@ -1,3 +1,0 @@
-module tlsstorm/engine
-
-go 1.26
