@@ -69,3 +69,23 @@ def test_sender_and_receiver_agree_on_wire_bytes(sender, receiver):
     # The receiver also counts what the sender sends after reading 221 (its TLS close_notify).
     assert 0 <= stats["wire_bytes_in"] - results[0]["bytes_sent"] <= 64
     assert 0 <= stats["wire_bytes_out"] - results[0]["bytes_received"] <= 64
+
+
+def test_a_client_that_closes_first_is_counted_without_its_fin(receiver):
+    """The kernel's bytes_received takes in the peer's FIN once it arrives; a client that ends
+    the session by closing (no QUIT) is counted for its payload only."""
+    sock = socket.create_connection(("127.0.0.1", receiver.smtp_port))
+    read_reply(sock)
+    sent = 0
+    for line in DIALOGUE[:-1]:
+        sock.sendall(line)
+        sent += len(line)
+        read_reply(sock)
+    sock.shutdown(socket.SHUT_WR)
+    while sock.recv(4096):
+        pass
+    sock.close()
+
+    stats = receiver.wait_sessions(1)["plain"]
+
+    assert stats["wire_bytes_in"] == sent
