@@ -20,6 +20,7 @@ from reporting import MessageBudget, report_sender_result
 from sender_watch import add_sender_tab  # noqa: F401 (the web UI's "Sender CPU" tab)
 from shapes import ordered_shapes, preselect_in_web_ui
 from smtp_bot import DirectSmtpBot  # noqa: F401 (a pickable user class)
+from worker_cpu import start_cpu_reports  # noqa: F401 (each worker's CPU to the collector)
 
 
 class SpamViaSender(HttpUser):

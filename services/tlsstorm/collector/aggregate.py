@@ -13,7 +13,9 @@ from tlsstorm.common import attributes as attr
 from tlsstorm.common import fingerprints
 from tlsstorm.common.histogram import LatencyHistogram
 from tlsstorm.common.memory_fit import MemorySamples
+from tlsstorm.common.process_report import GENERATOR_ROLES
 
+# The two sides; process samples of every load generator (senders, Locust workers) are SENDER's.
 RECEIVER, SENDER = "receiver", "sender"
 PLAIN, STARTTLS = "plain", "starttls"
 MODES = (PLAIN, STARTTLS)
@@ -244,7 +246,7 @@ class Aggregator:
             role = RECEIVER if values.get("side") == "server" else SENDER
             mode = STARTTLS
         elif name == attr.SPAN_PROCESS:
-            role = SENDER if values.get("process_role") == SENDER else RECEIVER
+            role = SENDER if values.get("process_role") in GENERATOR_ROLES else RECEIVER
             mode, values["wave"] = PROCESS, ""
         else:
             role = RECEIVER if name == attr.SPAN_SESSION else SENDER

@@ -103,7 +103,8 @@ def process_sentence(process: dict[str, Any] | None) -> str:
 
 
 def generator_sentence(generators: dict[str, Any] | None) -> str:
-    """Whether the senders had CPU to spare over these seconds, or limited what was measured."""
+    """Whether the load generators (senders, Locust workers) had CPU to spare over these
+    seconds, or limited what was measured."""
     if not generators or not generators["services"]:
         return ("The senders' CPU is not known for these seconds (each reports it once a second "
                 "with tracing on), so these figures may describe a starved generator.")
@@ -114,8 +115,9 @@ def generator_sentence(generators: dict[str, Any] | None) -> str:
     if generators["limited_by"]:
         return (f"GENERATOR-LIMITED: {', '.join(generators['limited_by'])} ran out of CPU "
                 f"({'; '.join(parts)}); latency and capacity here describe the generator as "
-                "much as the receiver: give the sender more CPU or replicas.")
-    return f"The senders had CPU to spare ({'; '.join(parts)})."
+                "much as the receiver: give the sender (or Locust's workers) more CPU or "
+                "replicas.")
+    return f"The load generators had CPU to spare ({'; '.join(parts)})."
 
 
 def memory_sentence(memory: dict[str, Any] | None) -> str:
