@@ -24,14 +24,14 @@ class ServiceProcess:
 
     def __init__(self, service: str, env: dict[str, str], cgroup_procs: Path | None = None
                  ) -> None:
-        http_port = free_port()
+        port_variable = f"TLSSTORM_{service.upper()}_HTTP_PORT"
+        http_port = int(env.get(port_variable) or free_port())
         self.http = f"http://127.0.0.1:{http_port}"
         command = [sys.executable, "-m", "tlsstorm", service]
         if cgroup_procs is not None:
             command = ["sh", "-c", f'echo $$ > {cgroup_procs} && exec "$@"', "sh", *command]
         self.process = subprocess.Popen(
-            command, env={**os.environ, f"TLSSTORM_{service.upper()}_HTTP_PORT": str(http_port),
-                          **env},
+            command, env={**os.environ, port_variable: str(http_port), **env},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         while True:

@@ -245,15 +245,32 @@ def _target(name: str, port: int) -> Target:
 
 
 def test_network_policies_limit_sender_and_receiver_egress():
-    policies = _by_kind(render(), "NetworkPolicy")
-
-    def egress_components(name: str) -> set[str]:
-        return {peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+    def egress(name: str, *args: str) -> set[tuple[str, int]]:
+        policies = _by_kind(render(*args), "NetworkPolicy")
+        return {(peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+                 rule["ports"][0]["port"])
                 for rule in policies[f"{RELEASE}-tlsstorm-{name}"]["spec"]["egress"]
                 for peer in rule.get("to", [])}
 
-    assert egress_components("sender") == {"receiver", "collector"}
-    assert egress_components("receiver") == {"collector"}
+    # Replicas reach each other's API: a wave posted to one is split over all.
+    assert egress("sender") == {("receiver", 2525), ("collector", 8027), ("sender", 8026)}
+    assert egress("sender", "--set", "components.sender.replicas=1") == {
+        ("receiver", 2525), ("collector", 8027)}
+    assert egress("receiver") == {("collector", 8027)}
+
+
+def test_sender_replicas_find_each_other_through_a_headless_service():
+    objects = render()
+    peers = _by_kind(objects, "Service")[f"{RELEASE}-tlsstorm-sender-peers"]
+    sender = _by_kind(objects, "Deployment")[f"{RELEASE}-tlsstorm-sender"]
+    env = {item["name"]: item.get("value")
+           for item in sender["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    assert peers["spec"]["clusterIP"] == "None"
+    assert peers["spec"]["selector"] == sender["spec"]["selector"]["matchLabels"]
+    assert env["TLSSTORM_SENDER_PEERS"] == f"{RELEASE}-tlsstorm-sender-peers:8026"
+    single = render("--set", "components.sender.replicas=1")
+    assert f"{RELEASE}-tlsstorm-sender-peers" not in _by_kind(single, "Service")
 
 
 @pytest.mark.parametrize(("setting", "message"), [

@@ -245,6 +245,32 @@ def test_network_policies_block_a_pod_outside_the_release(release):
     assert outside["sender"] in {"ConnectionRefusedError", "TimeoutError"}, outside
 
 
+def test_a_wave_posted_to_the_sender_service_is_split_over_its_replicas(release):
+    """`POST /v1/waves` through the sender's Service: both replicas (named by the headless
+    Service, reaching each other through the NetworkPolicy) send a part, and the replica a
+    poll lands on answers for the whole wave."""
+    token = base64.b64decode(kubectl("-n", release, "get", "secret", "tlsstorm-api-token",
+                                     "-o", "jsonpath={.data.token}").stdout).decode()
+    sender = f"http://{cluster_ip('tlsstorm-sender')}:8026"
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
+        started = http.post(f"{sender}/v1/waves", json={
+            "rate": 50, "count": 200, "tls_ratio": 0.5}).json()
+        deadline = time.monotonic() + 90
+        while (wave := http.get(f"{sender}{started['url']}").json())["status"] == "running":
+            assert time.monotonic() < deadline, wave
+            time.sleep(1)
+
+    assert started["replicas"] == 2, started
+    assert (wave["done"], wave["tls"]["ok"], wave["plain"]["ok"]) == (200, 100, 100), wave
+    assert sorted(part["done"] for part in wave["parts"]) == [100, 100], wave["parts"]
+    receiver = f"http://{cluster_ip('tlsstorm-receiver')}:8025"
+    deadline = time.monotonic() + 15  # a session is counted once it has closed
+    while wave_sessions(stats := receiver_wave(receiver, started["id"])) < 200:
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.5)
+    assert wave_sessions(stats) == 200, stats
+
+
 def test_the_default_swarm_ends_with_no_pod_restarted(release, browser_page):
     """200 users at 70% STARTTLS for 30 s: the load that OOMKilled the receiver before."""
     before = restarts()

@@ -66,6 +66,10 @@ env:
   # Only the in-cluster receiver: the sender is a spam cannon.
   - {name: TLSSTORM_ALLOWED_TARGETS, value: {{ include "tlsstorm.receiverTarget" . | quote }}}
   - {name: TLSSTORM_SENDER_MAX_CONCURRENCY, value: {{ .Values.components.sender.maxConcurrency | quote }}}
+  {{- if gt (int .Values.components.sender.replicas) 1 }}
+  # Every ready replica, by the headless Service: a wave posted to one is split over all.
+  - {name: TLSSTORM_SENDER_PEERS, value: {{ printf "%s:8026" (include "tlsstorm.name" (dict "root" . "component" "sender-peers")) | quote }}}
+  {{- end }}
   {{- if .Values.components.sender.verifyReceiver }}
   - {name: TLSSTORM_SENDER_CA_FILE, value: /etc/tlsstorm/receiver-root/root.pem}
   {{- end }}

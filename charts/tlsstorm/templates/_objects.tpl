@@ -119,6 +119,24 @@ spec:
     {{- end }}
 {{- end -}}
 
+{{/* The sender replicas, each by its own address (no cluster IP): the replica a wave is
+posted to finds the others here and gives each a share. */}}
+{{- define "tlsstorm.peersService" -}}
+{{- $names := dict "root" . "component" "sender" -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "tlsstorm.name" (dict "root" . "component" "sender-peers") }}
+  labels:
+    {{- include "tlsstorm.labels" $names | nindent 4 }}
+spec:
+  clusterIP: None
+  selector:
+    {{- include "tlsstorm.selectorLabels" $names | nindent 4 }}
+  ports:
+    - {name: http, port: 8026, targetPort: http, protocol: TCP}
+{{- end -}}
+
 {{/* The Secret the receiver's certificate comes from: the user's, the root CA it issues its
 chain from (chain shape) or its self-signed certificate. */}}
 {{- define "tlsstorm.receiverTlsSecret" -}}

@@ -166,6 +166,10 @@ class SenderSettings(BaseSettings):
         "at once: no 40 ms delayed-ACK stalls against servers that answer in several "
         "segments (Postfix after STARTTLS)")
     max_concurrency: int = Field(256, ge=1, le=10_000, description="cap on wave concurrency")
+    peers: CommaList = Field(
+        default_factory=list, description="comma list of host:port naming every sender replica "
+        "(a headless Service's name gives them all); a wave posted to one is split over those "
+        "that answer")
     api_token: str | None = Field(
         None,
         validation_alias=AliasChoices("api_token", "TLSSTORM_API_TOKEN"),

@@ -38,6 +38,20 @@ class LatencyHistogram:
         self.sum_ms += other.sum_ms
         self.max_ms = max(self.max_ms, other.max_ms)
 
+    def state(self) -> dict:
+        """Everything merge() needs, as JSON (one replica's share of a wave to another)."""
+        return {"counts": {str(index): hits for index, hits in self.counts.items()},
+                "count": self.count, "sum_ms": self.sum_ms, "max_ms": self.max_ms}
+
+    @classmethod
+    def from_state(cls, state: dict) -> LatencyHistogram:
+        histogram = cls()
+        histogram.counts = {int(index): int(hits) for index, hits in state["counts"].items()}
+        histogram.count = int(state["count"])
+        histogram.sum_ms = float(state["sum_ms"])
+        histogram.max_ms = float(state["max_ms"])
+        return histogram
+
     def percentile(self, fraction: float) -> float | None:
         """The value below which `fraction` of samples fall (bucket midpoint, capped at max)."""
         if not self.count:

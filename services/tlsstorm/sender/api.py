@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import httpx
 from fastapi import Depends, FastAPI, HTTPException, status
 from fastapi.responses import JSONResponse
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -19,6 +20,7 @@ from tlsstorm.common.metrics import (
 )
 from tlsstorm.common.serve import BodyLimit
 from tlsstorm.sender.allowlist import Target, TargetRefused
+from tlsstorm.sender.spread import other_replicas, start_shares, stop_parts, whole_wave
 from tlsstorm.sender.waves import DeliveryOptions, ProfileName, Wave, WaveSpec
 
 if TYPE_CHECKING:
@@ -93,6 +95,20 @@ def create_api(service: SenderService) -> FastAPI:
     registry = registry_with(_SenderCollector(service), SpanCountsCollector(service.provider),
                              CpuLimitCollector(service.cpu))
 
+    def peers_http() -> httpx.AsyncClient:
+        """A client for the other replicas' APIs, with this replica's token (they share it)."""
+        token = service.settings.api_token
+        return httpx.AsyncClient(timeout=5.0, headers={"Authorization": f"Bearer {token}"}
+                                 if token else {})
+
+    async def replicas() -> list[str]:
+        """The other sender replicas that answer now (none without TLSSTORM_SENDER_PEERS)."""
+        if not service.settings.peers:
+            return []
+        async with peers_http() as http:
+            return await other_replicas(http, service.settings.peers, service.http_port,
+                                        service.instance)
+
     async def allowed(target: str | None) -> Target:
         try:
             return await service.allowlist.check(target or service.settings.target)
@@ -158,10 +174,18 @@ def create_api(service: SenderService) -> FastAPI:
                 422, detail=f"concurrency {spec.concurrency} is above the sender's cap "
                 f"{service.settings.max_concurrency} (TLSSTORM_SENDER_MAX_CONCURRENCY)")
         target = await allowed(spec.target)
-        wave = Wave(spec, target, service.client)
+        if spec.share is not None and spec.share.id in service.waves.waves:
+            raise HTTPException(409, detail=f"wave {spec.share.id} is already here")
+        remotes = await replicas() if spec.share is None else []
+        wave = Wave(spec, target, service.client, stride=len(remotes) + 1)
         service.waves.add(wave)
         wave.start()
-        return {"id": wave.id, "status": wave.status, "url": f"/v1/waves/{wave.id}"}
+        if remotes:
+            async with peers_http() as http:
+                for refusal in await start_shares(http, wave, remotes):
+                    wave.errors[f"share refused: {refusal}"] += 1
+        return {"id": wave.id, "status": wave.status, "url": f"/v1/waves/{wave.id}",
+                "replicas": wave.stride}
 
     @app.get("/v1/waves")
     def list_waves() -> dict:
@@ -174,15 +198,27 @@ def create_api(service: SenderService) -> FastAPI:
         return wave
 
     @app.get("/v1/waves/{wave_id}")
-    def get_wave(wave_id: str) -> dict:
-        return find(wave_id).as_dict()
+    async def get_wave(wave_id: str, part: bool = False) -> dict:
+        """The whole wave, whichever replica holds which part; `part`: this replica's part
+        alone, with its latency histograms (what replicas ask each other)."""
+        wave = find(wave_id)
+        if part or wave.stride == 1:
+            return wave.as_dict(histograms=part)
+        remotes = await replicas()
+        async with peers_http() as http:
+            return await whole_wave(http, wave, remotes)
 
     @app.delete("/v1/waves/{wave_id}", dependencies=guarded)
-    async def stop_wave(wave_id: str) -> dict:
+    async def stop_wave(wave_id: str, part: bool = False) -> dict:
+        """Stop the wave on every replica (`part`: on this one only)."""
         wave = find(wave_id)
         wave.stop()
+        if not part and wave.stride > 1:
+            remotes = await replicas()
+            async with peers_http() as http:
+                await stop_parts(http, wave.id, remotes)
         await wave.wait()
-        return wave.as_dict()
+        return await get_wave(wave_id, part)
 
     @app.get("/metrics")
     def metrics():

@@ -34,6 +34,23 @@ class DeliveryOptions(BaseModel):
     profile: ProfileName = Field("default", description="the client's TLS personality")
 
 
+class WaveShare(BaseModel):
+    """This replica's part of a wave that another replica split over its peers: the
+    connections whose index in the whole wave is `offset` modulo `stride`, under its id."""
+
+    model_config = {"extra": "forbid"}
+
+    id: str = Field(pattern=r"^[0-9a-f]{12}$")
+    offset: int = Field(ge=0)
+    stride: int = Field(ge=2, le=64)
+
+    @model_validator(mode="after")
+    def _offset_below_stride(self) -> WaveShare:
+        if self.offset >= self.stride:
+            raise ValueError("offset is below stride")
+        return self
+
+
 class WaveSpec(DeliveryOptions):
     """A wave: `count` messages, or as many as `rate` gives in `duration_s`."""
 
@@ -45,6 +62,8 @@ class WaveSpec(DeliveryOptions):
     profiles: dict[ProfileName, float] | None = Field(
         None, description="a mix of TLS personalities over the STARTTLS connections, e.g. "
         '{"mta": 0.3, "bot-tls12": 0.7} (shares; instead of profile)')
+    share: WaveShare | None = Field(
+        None, description="set by a replica that splits a wave over its peers, not by users")
 
     @model_validator(mode="after")
     def _shares_positive(self) -> WaveSpec:
@@ -66,6 +85,17 @@ class WaveSpec(DeliveryOptions):
         return max(1, math.ceil(self.rate * (self.duration_s or 0)))
 
 
+def _connections(spec: WaveSpec, offset: int, stride: int) -> range:
+    """The indexes, in the whole wave, of one share's connections."""
+    return range(offset, math.ceil(spec.total_messages / spec.per_connection), stride)
+
+
+def messages_in(spec: WaveSpec, offset: int, stride: int) -> int:
+    """The messages one share of a wave sends (the last connection may carry fewer)."""
+    return sum(min(spec.per_connection, spec.total_messages - index * spec.per_connection)
+               for index in _connections(spec, offset, stride))
+
+
 def is_tls(index: int, ratio: float) -> bool:
     """Spread TLS evenly: exactly floor(n * ratio) of the first n messages use STARTTLS."""
     return math.floor((index + 1) * ratio) > math.floor(index * ratio)
@@ -74,8 +104,12 @@ def is_tls(index: int, ratio: float) -> bool:
 class Wave:
     """One running or finished wave and its counters."""
 
-    def __init__(self, spec: WaveSpec, target: Target, client: SmtpClient) -> None:
-        self.id = uuid.uuid4().hex[:12]
+    def __init__(self, spec: WaveSpec, target: Target, client: SmtpClient,
+                 stride: int = 1) -> None:
+        """`stride` > 1: this replica sends the first of that many shares (offset 0)."""
+        share = spec.share
+        self.id = share.id if share else uuid.uuid4().hex[:12]
+        self.offset, self.stride = (share.offset, share.stride) if share else (0, stride)
         self.spec = spec
         self.target = target
         self.client = client
@@ -92,6 +126,8 @@ class Wave:
         self._senders: set[asyncio.Task] = set()
         self._mix = ProfileMix(spec.profiles) if spec.profiles else None
         self.by_profile: collections.Counter[str] = collections.Counter()
+        self._connections = _connections(spec, self.offset, self.stride)
+        self.total = messages_in(spec, self.offset, self.stride)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -105,24 +141,24 @@ class Wave:
             await asyncio.shield(self._task)
 
     async def _run(self) -> None:
+        """Connection `index` of the whole wave is due at index x period, whichever replica
+        sends it; its TLS flag comes from the whole wave's exact sequence."""
         spec = self.spec
         loop = asyncio.get_running_loop()
-        total = spec.total_messages
         period = spec.per_connection / spec.rate
-        tolerance = max(0.005, period)
+        tolerance = max(0.005, period * self.stride)
+        concurrency = math.ceil(spec.concurrency / self.stride)
         started = loop.time()
-        connection = 0
         try:
-            while self.scheduled < total:
-                due = started + connection * period
+            for index in self._connections:
+                due = started + index * period
                 delay = due - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                batch = min(spec.per_connection, total - self.scheduled)
-                tls = is_tls(connection, spec.tls_ratio)
+                batch = min(spec.per_connection, spec.total_messages - index * spec.per_connection)
+                tls = is_tls(index, spec.tls_ratio)
                 self.scheduled += batch
-                connection += 1
-                if self.in_flight >= spec.concurrency:
+                if self.in_flight >= concurrency:
                     self.skipped += batch
                     continue
                 if loop.time() - due > tolerance:
@@ -163,7 +199,8 @@ class Wave:
             if result.error:
                 self.errors[result.error.split(":")[0]] += 1
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, histograms: bool = False) -> dict[str, Any]:
+        """With `histograms`, each mode's latency histograms too (for merging shares)."""
         done = sum(counters.sent for counters in self.by_mode.values())
         elapsed = (self.ended_unix_s or time.time()) - self.started_unix_s
         return {
@@ -171,7 +208,7 @@ class Wave:
             "status": self.status,
             "spec": self.spec.model_dump(),
             "target": self.target.label,
-            "total": self.spec.total_messages,
+            "total": self.total,
             "scheduled": self.scheduled,
             "done": done,
             "late": self.late,
@@ -181,8 +218,8 @@ class Wave:
             "ended_unix_s": self.ended_unix_s,
             "elapsed_s": round(elapsed, 3),
             "achieved_rate": round(done / elapsed, 2) if elapsed > 0 else None,
-            "plain": self.by_mode["plain"].as_dict(),
-            "tls": self.by_mode["tls"].as_dict(),
+            "plain": self.by_mode["plain"].as_dict(histograms),
+            "tls": self.by_mode["tls"].as_dict(histograms),
             "errors": dict(self.errors),
             "starttls_by_profile": dict(self.by_profile),
         }
@@ -214,8 +251,8 @@ class _ModeCounters:
         if result.handshake_ms is not None:
             self.handshake_ms.record(result.handshake_ms)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
+    def as_dict(self, histograms: bool = False) -> dict[str, Any]:
+        counts = {
             "ok": self.ok,
             "failed": self.failed,
             "bytes_sent": self.bytes_sent,
@@ -223,6 +260,10 @@ class _ModeCounters:
             "handshake_ms": self.handshake_ms.summary(),
             "total_ms": self.total_ms.summary(),
         }
+        if histograms:
+            counts["histograms"] = {"handshake_ms": self.handshake_ms.state(),
+                                    "total_ms": self.total_ms.state()}
+        return counts
 
 
 class WaveBook:

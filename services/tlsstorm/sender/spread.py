@@ -1,0 +1,131 @@
+"""A wave split over the sender's replicas (issue 12): the replica that takes it finds its peers
+(TLSSTORM_SENDER_PEERS; in the chart, a headless Service that names every ready replica), asks
+each to send every Nth connection under the same wave id, and sends its own share. Any replica
+holding a part answers for the whole wave (behind a Service, a poll lands on any of them):
+counters summed, latency histograms merged, each part listed."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import socket
+import time
+from typing import Any
+
+import httpx
+
+from tlsstorm.common.histogram import LatencyHistogram
+from tlsstorm.sender.allowlist import split_host_port
+from tlsstorm.sender.waves import Wave
+
+
+async def other_replicas(http: httpx.AsyncClient, peers: list[str], default_port: int,
+                         own_instance: str) -> list[str]:
+    """The base URLs of the replicas that answer, without this one (known by its instance)."""
+    loop = asyncio.get_running_loop()
+    urls: set[str] = set()
+    for entry in peers:
+        host, port = split_host_port(entry, default_port)
+        with contextlib.suppress(OSError):
+            for family, _, _, _, address in await loop.getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM):
+                host_part = f"[{address[0]}]" if family == socket.AF_INET6 else address[0]
+                urls.add(f"http://{host_part}:{port}")
+
+    async def instance(url: str) -> str | None:
+        try:
+            return (await http.get(f"{url}/v1/stats")).json()["instance"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return None
+
+    ordered = sorted(urls)
+    names = await asyncio.gather(*(instance(url) for url in ordered))
+    return [url for url, name in zip(ordered, names, strict=True)
+            if name not in (None, own_instance)]
+
+
+async def start_shares(http: httpx.AsyncClient, wave: Wave, remotes: list[str]) -> list[str]:
+    """Share k (connections k, k + N, ...) to the k-th peer; what each refusal said."""
+    spec = wave.spec.model_dump(exclude={"share"})
+
+    async def start(offset: int, url: str) -> str | None:
+        body = {**spec, "share": {"id": wave.id, "offset": offset, "stride": wave.stride}}
+        try:
+            response = await http.post(f"{url}/v1/waves", json=body)
+        except httpx.HTTPError as failure:
+            return f"{url}: {type(failure).__name__}: {failure}"
+        return None if response.status_code == 202 else \
+            f"{url}: {response.status_code} {response.text[:300]}"
+
+    refusals = await asyncio.gather(*(start(offset, url)
+                                      for offset, url in enumerate(remotes, start=1)))
+    return [refusal for refusal in refusals if refusal]
+
+
+async def stop_parts(http: httpx.AsyncClient, wave_id: str, remotes: list[str]) -> None:
+    async def stop(url: str) -> None:
+        # A replica out of reach ends its part on its own.
+        with contextlib.suppress(httpx.HTTPError):
+            await http.delete(f"{url}/v1/waves/{wave_id}", params={"part": "true"})
+
+    await asyncio.gather(*(stop(url) for url in remotes))
+
+
+async def whole_wave(http: httpx.AsyncClient, wave: Wave, remotes: list[str]) -> dict[str, Any]:
+    """This replica's part and every other replica's part of the wave, combined; messages of
+    a part that no replica holds (it never started) count as skipped."""
+
+    async def part(url: str) -> dict[str, Any] | None:
+        try:
+            response = await http.get(f"{url}/v1/waves/{wave.id}", params={"part": "true"})
+            return response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    found = await asyncio.gather(*(part(url) for url in remotes))
+    parts = [("this replica", wave.as_dict(histograms=True))]
+    parts += [(url, found_part) for url, found_part in zip(remotes, found, strict=True)
+              if found_part is not None]
+    return _combined(wave, [found_part for _, found_part in parts], [
+        {"replica": url, "offset": (found_part["spec"]["share"] or {}).get("offset", 0),
+         "status": found_part["status"], "total": found_part["total"],
+         "done": found_part["done"]} for url, found_part in parts])
+
+
+def _combined(wave: Wave, parts: list[dict], listed: list[dict]) -> dict[str, Any]:
+    summed = {key: sum(part[key] for part in parts)
+              for key in ("total", "scheduled", "done", "late", "skipped", "in_flight")}
+    summed["skipped"] += wave.spec.total_messages - summed.pop("total")
+    statuses = {part["status"] for part in parts}
+    status = next((s for s in ("running", "failed", "stopped") if s in statuses), "completed")
+    started = min(part["started_unix_s"] for part in parts)
+    ends = [part["ended_unix_s"] for part in parts]
+    ended = None if None in ends else max(ends)
+    elapsed = (ended or time.time()) - started
+    errors: collections.Counter[str] = collections.Counter()
+    profiles: collections.Counter[str] = collections.Counter()
+    for part in parts:
+        errors.update(part["errors"])
+        profiles.update(part["starttls_by_profile"])
+    spec = {**parts[0]["spec"], "share": None}
+    return {
+        **parts[0], **summed, "spec": spec, "status": status, "total": wave.spec.total_messages,
+        "started_unix_s": started, "ended_unix_s": ended, "elapsed_s": round(elapsed, 3),
+        "achieved_rate": round(summed["done"] / elapsed, 2) if elapsed > 0 else None,
+        "plain": _mode([part["plain"] for part in parts]),
+        "tls": _mode([part["tls"] for part in parts]),
+        "errors": dict(errors), "starttls_by_profile": dict(profiles),
+        "parts": sorted(listed, key=lambda entry: entry["offset"]),
+    }
+
+
+def _mode(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    mode = {key: sum(part[key] for part in parts)
+            for key in ("ok", "failed", "bytes_sent", "bytes_received")}
+    for name in ("handshake_ms", "total_ms"):
+        merged = LatencyHistogram()
+        for part in parts:
+            merged.merge(LatencyHistogram.from_state(part["histograms"][name]))
+        mode[name] = merged.summary()
+    return mode

@@ -1,0 +1,105 @@
+"""A wave posted to one sender replica is split over every replica (issue 12): each sends every
+Nth connection under the same wave id, the TLS ratio stays exact over the whole wave, and the
+replica that took it answers (and stops) for all of it."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.locust_helpers import free_port
+from tests.receiver_process import ServiceProcess
+
+TOKEN = "spread-test-token"
+
+
+@pytest.fixture
+def replicas(receiver) -> Iterator[list[ServiceProcess]]:
+    """Two sender processes that name each other (and a peer that never answers) as peers."""
+    ports = [free_port(), free_port()]
+    peers = ",".join([*(f"127.0.0.1:{port}" for port in ports), f"127.0.0.1:{free_port()}"])
+    started = []
+    try:
+        for port in ports:
+            started.append(ServiceProcess("sender", {
+                "OTEL_SDK_DISABLED": "true", "TLSSTORM_API_TOKEN": TOKEN,
+                "TLSSTORM_SENDER_TARGET": f"127.0.0.1:{receiver.smtp_port}",
+                "TLSSTORM_SENDER_PEERS": peers, "TLSSTORM_SENDER_HTTP_PORT": str(port)}))
+        yield started
+    finally:
+        for sender in started:
+            sender.stop()
+
+
+def _http() -> httpx.Client:
+    return httpx.Client(timeout=30, headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+def _until_over(http: httpx.Client, url: str, deadline_s: float = 60) -> dict:
+    deadline = time.monotonic() + deadline_s
+    while (wave := http.get(url).json())["status"] == "running":
+        assert time.monotonic() < deadline, wave
+        time.sleep(0.2)
+    return wave
+
+
+def _sent(sender: ServiceProcess) -> int:
+    return sum(sender.stats()["messages"].values())
+
+
+def test_a_wave_is_shared_by_the_replicas_and_answered_for_as_one(receiver, replicas):
+    first, second = replicas
+    with _http() as http:
+        started = http.post(f"{first.http}/v1/waves", json={
+            "rate": 100, "count": 201, "tls_ratio": 0.3, "concurrency": 16}).json()
+        wave = _until_over(http, f"{first.http}{started['url']}")
+
+    assert started["replicas"] == 2
+    assert wave["status"] == "completed", wave
+    assert (wave["total"], wave["done"], wave["skipped"]) == (201, 201, 0)
+    # Exact over the whole wave, not per share: floor(201 x 0.3) STARTTLS.
+    assert (wave["tls"]["ok"], wave["plain"]["ok"]) == (math.floor(201 * 0.3), 141)
+    assert wave["tls"]["handshake_ms"]["count"] == 60
+    assert [(part["offset"], part["done"]) for part in wave["parts"]] == [(0, 101), (1, 100)]
+    assert (_sent(first), _sent(second)) == (101, 100)
+    # Behind a Service a poll lands on any replica: the one holding the other part answers
+    # for the whole wave too.
+    with _http() as http:
+        seen_from_second = http.get(f"{second.http}{started['url']}").json()
+    assert {key: seen_from_second[key] for key in ("done", "total", "plain", "tls")} == \
+        {key: wave[key] for key in ("done", "total", "plain", "tls")}
+    receiver.wait_sessions(201)
+    by_wave = receiver.stats(wave=started["id"])
+    assert (by_wave["plain"]["sessions"], by_wave["tls"]["sessions"]) == (141, 60)
+
+
+def test_stopping_the_wave_stops_every_replicas_share(replicas):
+    first, second = replicas
+    with _http() as http:
+        started = http.post(f"{first.http}/v1/waves", json={
+            "rate": 20, "count": 2000, "tls_ratio": 0.5}).json()
+        time.sleep(1)
+        stopped = http.delete(f"{first.http}{started['url']}").json()
+        part = http.get(f"{second.http}{started['url']}", params={"part": "true"}).json()
+
+    assert stopped["status"] == "stopped"
+    assert part["status"] == "stopped"
+    assert [entry["status"] for entry in stopped["parts"]] == ["stopped", "stopped"]
+    assert 0 < stopped["done"] < 2000
+
+
+def test_a_share_needs_the_token_and_a_wave_id_cannot_be_sent_twice(replicas):
+    first, _ = replicas
+    share = {"rate": 10, "count": 4, "share": {"id": "0123456789ab", "offset": 1, "stride": 2}}
+    assert httpx.post(f"{first.http}/v1/waves", json=share).status_code == 401
+    with _http() as http:
+        assert http.post(f"{first.http}/v1/waves", json=share).status_code == 202
+        again = http.post(f"{first.http}/v1/waves", json=share)
+        bad = http.post(f"{first.http}/v1/waves", json={
+            **share, "share": {"id": "0123456789ab", "offset": 2, "stride": 2}})
+    assert again.status_code == 409 and "already here" in again.text
+    assert bad.status_code == 422
