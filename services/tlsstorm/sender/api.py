@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import httpx
 from fastapi import Depends, FastAPI, HTTPException, status
 from fastapi.responses import JSONResponse
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -95,19 +94,18 @@ def create_api(service: SenderService) -> FastAPI:
     registry = registry_with(_SenderCollector(service), SpanCountsCollector(service.provider),
                              CpuLimitCollector(service.cpu))
 
-    def peers_http() -> httpx.AsyncClient:
-        """A client for the other replicas' APIs, with this replica's token (they share it)."""
-        token = service.settings.api_token
-        return httpx.AsyncClient(timeout=5.0, headers={"Authorization": f"Bearer {token}"}
-                                 if token else {})
-
-    async def replicas() -> list[str]:
-        """The other sender replicas that answer now (none without TLSSTORM_SENDER_PEERS)."""
-        if not service.settings.peers:
+    async def replicas(wave: Wave | None = None) -> list[str]:
+        """The other sender replicas that answer (none without TLSSTORM_SENDER_PEERS); for a
+        wave, the ones found when it was first asked about."""
+        if service.peers_http is None:
             return []
-        async with peers_http() as http:
-            return await other_replicas(http, service.settings.peers, service.http_port,
-                                        service.instance)
+        if wave is not None and wave.peers is not None:
+            return wave.peers
+        found = await other_replicas(service.peers_http, service.settings.peers,
+                                     service.http_port, service.instance)
+        if wave is not None:
+            wave.peers = found
+        return found
 
     async def allowed(target: str | None) -> Target:
         try:
@@ -178,12 +176,12 @@ def create_api(service: SenderService) -> FastAPI:
             raise HTTPException(409, detail=f"wave {spec.share.id} is already here")
         remotes = await replicas() if spec.share is None else []
         wave = Wave(spec, target, service.client, stride=len(remotes) + 1)
+        wave.peers = remotes if remotes else None
         service.waves.add(wave)
         wave.start()
         if remotes:
-            async with peers_http() as http:
-                for refusal in await start_shares(http, wave, remotes):
-                    wave.errors[f"share refused: {refusal}"] += 1
+            for refusal in await start_shares(service.peers_http, wave, remotes):
+                wave.errors[f"share refused: {refusal}"] += 1
         return {"id": wave.id, "status": wave.status, "url": f"/v1/waves/{wave.id}",
                 "replicas": wave.stride}
 
@@ -202,21 +200,17 @@ def create_api(service: SenderService) -> FastAPI:
         """The whole wave, whichever replica holds which part; `part`: this replica's part
         alone, with its latency histograms (what replicas ask each other)."""
         wave = find(wave_id)
-        if part or wave.stride == 1:
+        if part or wave.stride == 1 or service.peers_http is None:
             return wave.as_dict(histograms=part)
-        remotes = await replicas()
-        async with peers_http() as http:
-            return await whole_wave(http, wave, remotes)
+        return await whole_wave(service.peers_http, wave, await replicas(wave))
 
     @app.delete("/v1/waves/{wave_id}", dependencies=guarded)
     async def stop_wave(wave_id: str, part: bool = False) -> dict:
         """Stop the wave on every replica (`part`: on this one only)."""
         wave = find(wave_id)
         wave.stop()
-        if not part and wave.stride > 1:
-            remotes = await replicas()
-            async with peers_http() as http:
-                await stop_parts(http, wave.id, remotes)
+        if not part and wave.stride > 1 and service.peers_http is not None:
+            await stop_parts(service.peers_http, wave.id, await replicas(wave))
         await wave.wait()
         return await get_wave(wave_id, part)
 

@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 
+import httpx
 from opentelemetry.sdk.trace import TracerProvider
 
 from tlsstorm.common.config import SenderSettings
@@ -26,6 +27,12 @@ class SenderService:
         self.instance = f"{socket.gethostname()}/{os.getpid()}"
         self.provider = provider
         self.allowlist = Allowlist(settings.allowed_targets, settings.target)
+        # One client for the other replicas' APIs, kept: a new one per poll would build a TLS
+        # context each time (tens of ms of CPU, on the loop that paces the wave).
+        token = settings.api_token
+        self.peers_http = httpx.AsyncClient(
+            timeout=5.0, verify=False, headers={"Authorization": f"Bearer {token}"} if token
+            else {}) if settings.peers else None
         self.client = SmtpClient(settings, provider)
         self.waves = WaveBook()
         self._http_sock = bind(settings.host, settings.http_port)
@@ -55,5 +62,7 @@ class SenderService:
             self._process_task.cancel()
         self.waves.stop_all()
         await self._http.stop()
+        if self.peers_http is not None:
+            await self.peers_http.aclose()
         if self.provider is not None:
             self.provider.shutdown()

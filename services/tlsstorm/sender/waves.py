@@ -128,6 +128,7 @@ class Wave:
         self.by_profile: collections.Counter[str] = collections.Counter()
         self._connections = _connections(spec, self.offset, self.stride)
         self.total = messages_in(spec, self.offset, self.stride)
+        self.peers: list[str] | None = None  # the replicas holding the other parts, once known
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
