@@ -65,17 +65,20 @@ def smtp_rows(json_file: Path) -> dict[str, dict]:
             if row["method"] == "SMTP"}
 
 
+def otel_env(otlp_endpoint: str) -> dict[str, str]:
+    """Locust's environment for `--otel`: traces only, over OTLP/HTTP, exported quickly."""
+    return clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint, OTEL_SERVICE_NAME="locust",
+                     OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+                     OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none",
+                     OTEL_BSP_SCHEDULE_DELAY="200")
+
+
 def traced_locust_run(otlp_endpoint: str, receiver, sender, messages: int) -> None:
     """Headless Locust with --otel sends `messages` STARTTLS messages through the sender; its
     spans go to `otlp_endpoint`, and the receiver's and sender's are flushed when it is done."""
     run = locust("SpamViaSender", "--headless", "--otel", "--users", "1", "--spawn-rate", "1",
                  "--max-messages", str(messages), "--tls-ratio", "1", "--run-time", "60s",
-                 "--host", sender.http, "--only-summary",
-                 env=clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint,
-                               OTEL_SERVICE_NAME="locust",
-                               OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-                               OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none",
-                               OTEL_BSP_SCHEDULE_DELAY="200"))
+                 "--host", sender.http, "--only-summary", env=otel_env(otlp_endpoint))
     output = finish(run)
     assert run.returncode == 0, output[-3000:]
     receiver.wait_sessions(messages)

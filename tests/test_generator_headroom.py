@@ -13,7 +13,7 @@ import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
 from tests import cgroups
-from tests.locust_helpers import clean_env, finish, locust
+from tests.locust_helpers import finish, locust, otel_env
 from tests.receiver_process import ServiceProcess
 from tlsstorm.common.telemetry import tracer_provider
 from tlsstorm.sweep.run import SweepRunner, WavePoint
@@ -21,12 +21,16 @@ from tlsstorm.sweep.run import SweepRunner, WavePoint
 RATE, MESSAGES, TLS_RATIO = 150.0, 450, 0.7
 
 
+def _otel_env(collector) -> dict[str, str]:
+    """A sender process's export to the collector, quick enough for a wave's last second."""
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.http, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+
+
 def _wave_with_sender_limited_to(cores: float, receiver, collector) -> tuple[dict, WavePoint]:
     with cgroups.cpu_group(cores) as group:
         sender = ServiceProcess("sender", {
             "TLSSTORM_SENDER_TARGET": f"127.0.0.1:{receiver.smtp_port}",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.http, "OTEL_BSP_SCHEDULE_DELAY": "200"},
-            group.procs)
+            **_otel_env(collector)}, group.procs)
         try:
             with httpx.Client(timeout=30) as http:
                 runner = SweepRunner(sender.http, receiver.http, http)
@@ -80,19 +84,12 @@ def _locust_wave(wave_id: str, receiver, sender, collector, cgroup_procs=None) -
     run = locust("SpamViaSender", "--headless", "--otel", "--users", "4", "--spawn-rate", "4",
                  "--max-messages", "600", "--tls-ratio", "0.7", "--wave-id", wave_id,
                  "--run-time", "60s", "--host", sender.http, "--only-summary",
-                 env=clean_env(**_otel_env(collector), OTEL_SERVICE_NAME="locust",
-                               OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-                               OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none"),
-                 preexec_fn=enter)
+                 env=otel_env(collector.http), preexec_fn=enter)
     output = finish(run, timeout=180)
     assert run.returncode == 0, output[-3000:]
     receiver.wait_sessions(600)
     receiver.service.provider.force_flush()
     time.sleep(1.5)  # the sender's last second of CPU, reported as a span
-
-
-def _otel_env(collector) -> dict[str, str]:
-    return {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.http, "OTEL_BSP_SCHEDULE_DELAY": "200"}
 
 
 @pytest.mark.timeout(420)

@@ -47,7 +47,7 @@ class WaveShare(BaseModel):
     @model_validator(mode="after")
     def _offset_below_stride(self) -> WaveShare:
         if self.offset >= self.stride:
-            raise ValueError("offset is below stride")
+            raise ValueError("offset must be below stride")
         return self
 
 
@@ -91,9 +91,15 @@ def _connections(spec: WaveSpec, offset: int, stride: int) -> range:
 
 
 def messages_in(spec: WaveSpec, offset: int, stride: int) -> int:
-    """The messages one share of a wave sends (the last connection may carry fewer)."""
-    return sum(min(spec.per_connection, spec.total_messages - index * spec.per_connection)
-               for index in _connections(spec, offset, stride))
+    """The messages one share of a wave sends: `per_connection` on each of its connections,
+    less what the wave's last connection lacks if it is this share's (counted, not summed:
+    a wave may have a million connections, and this runs on the loop that paces the others)."""
+    connections = _connections(spec, offset, stride)
+    if not connections:
+        return 0
+    last = connections.stop - 1  # the wave's last connection
+    lacking = (last + 1) * spec.per_connection - spec.total_messages
+    return len(connections) * spec.per_connection - (lacking if connections[-1] == last else 0)
 
 
 def is_tls(index: int, ratio: float) -> bool:
