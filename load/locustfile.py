@@ -22,6 +22,8 @@ from shapes import ordered_shapes, preselect_in_web_ui
 from smtp_bot import DirectSmtpBot  # noqa: F401 (a pickable user class)
 from worker_cpu import start_cpu_reports  # noqa: F401 (each worker's CPU to the collector)
 
+from tlsstorm.common.heap import freeze_startup_objects
+
 
 class SpamViaSender(HttpUser):
     """A bot that drives the tlsstorm sender; Locust's --otel traces flow through it."""
@@ -67,3 +69,10 @@ globals().update(ordered_shapes(DEFAULT_SHAPE))
 @events.init.add_listener
 def preselect_default_shape(environment: Environment, **_kwargs) -> None:
     preselect_in_web_ui(environment, DEFAULT_SHAPE)
+
+
+@events.init.add_listener
+def freeze_what_locust_built(**_kwargs) -> None:
+    """Locust freezes its heap only when it forks workers itself (--processes); our workers are
+    processes of their own, and a generator must not stall on its own collections."""
+    freeze_startup_objects()

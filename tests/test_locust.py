@@ -19,7 +19,15 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.helpers import exporting_to
-from tests.locust_helpers import clean_env, finish, free_port, locust, smtp_rows, traced_locust_run
+from tests.locust_helpers import (
+    LOCUSTFILE,
+    clean_env,
+    finish,
+    free_port,
+    locust,
+    smtp_rows,
+    traced_locust_run,
+)
 from tlsstorm.common.telemetry import tracer_provider
 
 SLOW_WORKER = Path(__file__).parent / "slow_worker_locustfile.py"
@@ -89,6 +97,23 @@ def test_max_messages_sends_exactly_that_many_at_the_exact_ratio(receiver, sende
     assert rows["SMTP plain"]["num_requests"] == 30
     stats = receiver.stats("budget")
     assert (stats["tls"]["messages"], stats["plain"]["messages"]) == (10, 30)
+
+
+def test_locust_keeps_what_it_built_at_start_out_of_the_garbage_collectors_walk(
+    receiver, sender, tmp_path
+):
+    probe = tmp_path / "gc_probe.py"
+    probe.write_text(
+        "import gc\nfrom locust import events\n\n\n@events.quitting.add_listener\n"
+        "def say_frozen(**_kwargs):\n    print(f'frozen objects: {gc.get_freeze_count()}')\n")
+    run = locust("SpamViaSender", "--headless", "--users", "1", "--spawn-rate", "1",
+                 "--max-messages", "2", "--run-time", "30s", "--host", sender.http,
+                 "--only-summary", locustfile=f"{LOCUSTFILE},{probe}")
+    output = finish(run)
+
+    frozen = re.search(r"frozen objects: (\d+)", output)
+    assert frozen, output[-3000:]
+    assert int(frozen.group(1)) > 10_000  # Locust, gevent, our load/ modules: ~100,000
 
 
 @pytest.mark.parametrize("per_connection", [1, 5])

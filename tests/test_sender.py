@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import socket
+import ssl
 import threading
 import time
 
 import httpx
 import pytest
 
+from tests.receiver_process import ServiceProcess
+from tlsstorm.common.pki import self_signed
+from tlsstorm.common.tls import server_context
 from tlsstorm.sender.waves import is_tls
 
 
@@ -245,8 +251,6 @@ def test_refused_starttls_goes_on_in_plain_and_rejected_clients_get_554(
 def test_the_sender_process_on_uvloop_counts_the_bytes_the_receiver_counts(receiver):
     """`tlsstorm sender` runs on uvloop (the in-process fixtures on asyncio's loop): its bytes
     per message, read from TCP_INFO before the socket closes, are the receiver's bytes in."""
-    from tests.receiver_process import ServiceProcess
-
     sender = ServiceProcess("sender", {"OTEL_SDK_DISABLED": "true",
                                        "TLSSTORM_SENDER_TARGET": f"127.0.0.1:{receiver.smtp_port}"})
     try:
@@ -264,6 +268,22 @@ def test_the_sender_process_on_uvloop_counts_the_bytes_the_receiver_counts(recei
     # sender's last count, and may count the sender's FIN: a socket already closed both ways
     # (TCP_CLOSE) cannot say whether a FIN or a reset ended it, so its FIN is not taken off.
     assert 0 <= counted_in - sent <= 24 + 1, (counted_in, sent)
+
+
+def test_the_sender_process_keeps_what_it_built_at_start_out_of_the_garbage_collectors_walk(
+    receiver
+):
+    sender = ServiceProcess("sender", {"OTEL_SDK_DISABLED": "true",
+                                       "TLSSTORM_SENDER_TARGET": f"127.0.0.1:{receiver.smtp_port}"})
+    try:
+        metrics = httpx.get(f"{sender.http}/metrics", timeout=10).text
+    finally:
+        sender.stop()
+
+    frozen = re.search(r"^tlsstorm_gc_frozen_objects ([\d.e+]+)$", metrics, re.MULTILINE)
+    assert frozen, metrics
+    assert float(frozen.group(1)) > 10_000  # the app, its modules and settings: ~80,000
+    assert 'python_gc_collections_total{generation="2"}' in metrics
 
 
 def _scripted_server(replies: list[bytes]) -> tuple[socket.socket, threading.Thread]:
@@ -308,6 +328,74 @@ def test_broken_servers_give_a_failed_result_with_a_reason(start_sender, receive
     assert result["results"][0]["ok"] is False
     assert result["results"][0]["error"].startswith(error), result
     assert httpx.get(f"{sender.http}/healthz").status_code == 200
+
+
+def _tls_server_writing_records_together() -> tuple[socket.socket, threading.Thread]:
+    """One STARTTLS connection whose replies after the handshake each arrive as several TLS
+    records in one segment (a record per line, or half a line); QUIT's reply comes with
+    close_notify behind it."""
+    context = server_context(self_signed("mx.test", "ecdsa-p256"), session_tickets=False)
+    server = socket.create_server(("127.0.0.1", 0))
+    replies = [  # (what ends the command answered, the reply's records)
+        (b"\r\n", [b"250-mx.test\r\n", b"250-SIZE 1000000\r\n", b"250 8BITMIME\r\n"]),
+        (b"\r\n", [b"250 ", b"sender ok\r\n"]),
+        (b"\r\n", [b"250 recipient ok\r\n"]),
+        (b"\r\n", [b"354 go on\r\n"]),
+        (b"\r\n.\r\n", [b"250 ", b"queued\r\n"]),
+        (b"\r\n", [b"221 bye\r\n"]),
+    ]
+
+    def serve() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.sendall(b"220 mx.test ready\r\n")
+            connection.recv(4096)  # EHLO
+            connection.sendall(b"250-mx.test\r\n250 STARTTLS\r\n")
+            connection.recv(4096)  # STARTTLS
+            connection.sendall(b"220 go ahead\r\n")
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = context.wrap_bio(incoming, outgoing, server_side=True)
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    connection.sendall(outgoing.read())
+                    incoming.write(connection.recv(65536))
+            received = b""
+            for ending, records in replies:
+                while ending not in received:
+                    try:
+                        received += tls.read(65536)
+                    except ssl.SSLWantReadError:
+                        connection.sendall(outgoing.read())
+                        incoming.write(connection.recv(65536))
+                received = received.partition(ending)[2]
+                for record in records:
+                    tls.write(record)
+            with contextlib.suppress(ssl.SSLWantReadError):
+                tls.unwrap()  # close_notify, in the same segment as QUIT's reply
+            connection.sendall(outgoing.read())
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def test_replies_in_several_tls_records_of_one_segment_are_read_whole(start_sender):
+    server, thread = _tls_server_writing_records_together()
+    sender = start_sender(server.getsockname()[1], timeout_s=5)
+    try:
+        result = httpx.post(f"{sender.http}/v1/send", json={"tls": True}, timeout=30).json()
+    finally:
+        thread.join(5)
+        server.close()
+
+    message = result["results"][0]
+    assert message["ok"] is True, message
+    assert (message["code"], message["reply"]) == (250, "queued")
+    assert message["tls_version"] == "TLSv1.3"
 
 
 @pytest.mark.parametrize("payload", [

@@ -41,7 +41,11 @@ def _sender(flags: argparse.Namespace) -> None:
     # (and its CPU meter hooks that loop).
     import uvloop
 
-    _serve(SenderService(settings, tracer_provider("tlsstorm-sender")), uvloop.run)
+    from tlsstorm.common.heap import freeze_startup_objects
+
+    service = SenderService(settings, tracer_provider("tlsstorm-sender"))
+    freeze_startup_objects()
+    _serve(service, uvloop.run)
 
 
 def _collector(flags: argparse.Namespace) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+
 from fastapi import Response
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -12,9 +14,19 @@ from prometheus_client.registry import Collector
 def registry_with(*collectors: Collector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=True)
     ProcessCollector(registry=registry)
+    GCCollector(registry=registry)
+    registry.register(FrozenObjectsCollector())
     for collector in collectors:
         registry.register(collector)
     return registry
+
+
+class FrozenObjectsCollector:
+    """tlsstorm_gc_frozen_objects: what the collector no longer walks (common/heap.py)."""
+
+    def collect(self):
+        yield GaugeMetricFamily("tlsstorm_gc_frozen_objects", "objects frozen at start, out "
+                                "of the garbage collector's reach", value=gc.get_freeze_count())
 
 
 class SpanCountsCollector:

@@ -21,6 +21,7 @@ from typing import Protocol
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 _TLS_NOT_AVAILABLE = 454
 _MAX_REPLY_BYTES = 64 * 1024  # far above any real reply (RFC 5321: 512 bytes per line)
+_READ_BYTES = 16 * 1024  # one TLS record's plaintext at most
 
 
 class SmtpReplyError(Exception):
@@ -94,6 +95,7 @@ class SmtpWire(asyncio.Protocol):
         self._incoming: ssl.MemoryBIO | None = None
         self._outgoing: ssl.MemoryBIO | None = None
         self._received = bytearray()
+        self._plain_buffer: memoryview | None = None  # decrypted replies land here
         self._step = _GREETING
         self._phase_started_ns = time.time_ns()
         self._deadline = self._loop.time() + timeout_s
@@ -114,18 +116,21 @@ class SmtpWire(asyncio.Protocol):
             self._advance_handshake()
             if self._step == _HANDSHAKE:
                 return
+        ssl_object, incoming, buffer = self.ssl_object, self._incoming, self._plain_buffer
         while not self.done.done():
             try:
-                plain = self.ssl_object.read(65536)
+                count = ssl_object.read(_READ_BYTES, buffer)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLError as error:
                 self._finish(error)
                 return
-            if not plain:  # the server's close_notify
+            if not count:  # the server's close_notify
                 self._finish(ConnectionResetError("the server ended TLS (close_notify)"))
                 return
-            self._take(plain)
+            self._take(buffer[:count])
+            if not incoming.pending and not ssl_object.pending():
+                break  # all decrypted: another read would only raise SSLWantReadError
         self._flush_tls()
 
     def eof_received(self) -> bool:
@@ -217,6 +222,9 @@ class SmtpWire(asyncio.Protocol):
 
     def _start_handshake(self) -> None:
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        # One buffer for the connection: a fresh 64 KiB bytes per read made glibc consolidate
+        # its free chunks at every reply.
+        self._plain_buffer = memoryview(bytearray(_READ_BYTES))
         self.ssl_object = self._plan.tls_context.wrap_bio(
             self._incoming, self._outgoing, server_hostname=self._plan.server_hostname)
         self._step = _HANDSHAKE
