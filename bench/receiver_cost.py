@@ -60,30 +60,37 @@ def openssl_handshake_cpu_us(cert: Path, key: Path, seconds: int) -> tuple[float
     return cpu * 1e6 / handshakes, handshakes / float(match.group(2))
 
 
-def in_process_handshake_cpu_us(cert: Path, key: Path, handshakes: int = 300) -> float:
-    """Server-side thread CPU per full handshake done by Python's ssl module over memory BIOs:
-    the OpenSSL work the receiver cannot avoid, without sockets, event loop or SMTP."""
+class Halves(typing.NamedTuple):
+    """Thread CPU per full handshake of each end, in microseconds."""
+
+    server_us: float
+    client_us: float
+
+
+def in_process_handshake_cpu_us(cert: Path, key: Path, handshakes: int = 300) -> Halves:
+    """Each end's thread CPU per full handshake done by Python's ssl module over memory BIOs:
+    the OpenSSL work the receiver (server) and the sender (client) cannot avoid, without
+    sockets, event loop or SMTP."""
     server_side = server_context(load_pair(cert, key), session_tickets=False)
     client_side = client_context()
-    spent_ns = 0
+    spent_ns = {"server": 0, "client": 0}
     for _ in range(handshakes):
         to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
-        client = client_side.wrap_bio(to_client, to_server)
-        server = server_side.wrap_bio(to_server, to_client, server_side=True)
-        done = {client: False, server: False}
+        ends = {"client": client_side.wrap_bio(to_client, to_server),
+                "server": server_side.wrap_bio(to_server, to_client, server_side=True)}
+        done = dict.fromkeys(ends, False)
         while not all(done.values()):
-            for end in (client, server):
-                if done[end]:
+            for name, end in ends.items():
+                if done[name]:
                     continue
                 started = time.thread_time_ns()
                 try:
                     end.do_handshake()
-                    done[end] = True
+                    done[name] = True
                 except ssl.SSLWantReadError:
                     pass
-                if end is server:
-                    spent_ns += time.thread_time_ns() - started
-    return spent_ns / 1000 / handshakes
+                spent_ns[name] += time.thread_time_ns() - started
+    return Halves(spent_ns["server"] / 1000 / handshakes, spent_ns["client"] / 1000 / handshakes)
 
 
 @dataclass
@@ -115,16 +122,19 @@ def ratios(numerators: list[float], denominators: list[float]) -> list[float]:
     return [top / bottom for top, bottom in zip(numerators, denominators, strict=True)]
 
 
-def report(key_type: str, openssl: list[tuple[float, float]], in_process: list[float],
+def report(key_type: str, openssl: list[tuple[float, float]], halves: list[Halves],
            off: dict[str, list[Costs]], on: dict[str, list[Costs]]) -> None:
     def column(costs: dict[str, list[Costs]], mode: str, name: str) -> list[float]:
         return [getattr(cost, name) for cost in costs[mode]]
 
     print(f"\n== certificate {key_type} ==")
     anchor = [cpu_us for cpu_us, _ in openssl]
+    server_half = [half.server_us for half in halves]
+    client_half = [half.client_us for half in halves]
     print(f"anchor: openssl s_server {shown(anchor, 'us')} CPU per full handshake, "
           f"{shown([per_second for _, per_second in openssl])} handshakes/s from s_time; the "
-          f"same handshake in Python's ssl over memory BIOs {shown(in_process, 'us')} (server)")
+          f"same handshake in Python's ssl over memory BIOs {shown(server_half, 'us')} (server), "
+          f"{shown(client_half, 'us')} (client)")
     print(f"{'CPU per message (us)':<34}{'plain':>20}{'STARTTLS':>20}{'TLS/plain':>16}")
     rows = [("receiver, charged to sessions", off, "receiver_session"),
             ("receiver process", off, "receiver_process"),
@@ -155,13 +165,23 @@ def report(key_type: str, openssl: list[tuple[float, float]], in_process: list[f
         print(f"receiver's extra CPU for STARTTLS ({what}): {shown(extra, 'us')} = "
               f"{shown(over, 'x', 2)} openssl's handshake "
               f"(target <= {TARGET_EXTRA_OVER_OPENSSL}x: {verdict}); beyond OpenSSL's own "
-              f"work: {shown([e - h for e, h in zip(extra, in_process, strict=True)], 'us')}")
+              f"work: {shown([e - h for e, h in zip(extra, server_half, strict=True)], 'us')}")
     for traced, costs in (("", off), (", tracing on", on)):
         for _, mode in MODES:
             share = ratios(column(costs, mode, "sender_process"),
                            column(costs, mode, "receiver_process"))
             print(f"sender / receiver process CPU, {mode}{traced}: {shown(share, 'x', 2)} "
                   f"(target <= {TARGET_SENDER_SHARE}: {_verdict(share, TARGET_SENDER_SHARE)})")
+    sender_plain = column(off, "plain", "sender_process")
+    sender_extra = [tls - plain for tls, plain in zip(column(off, "STARTTLS", "sender_process"),
+                                                      sender_plain, strict=True)]
+    floor = ratios([plain + client for plain, client in zip(sender_plain, client_half,
+                                                            strict=True)],
+                   column(off, "STARTTLS", "receiver_process"))
+    print(f"sender's extra CPU for STARTTLS: {shown(sender_extra, 'us')}, of which the client's "
+          f"half of the handshake is {shown(client_half, 'us')} at the least (back to back); "
+          f"its plain message plus that half, over the receiver's STARTTLS message: "
+          f"{shown(floor, 'x', 2)} (the least this client could reach)")
     for name in ("receiver_process", "sender_process"):
         for _, mode in MODES:
             growth = [ratio - 1 for ratio in ratios(column(on, mode, name),
@@ -203,14 +223,14 @@ def main() -> None:
             cert, key = certificate_files(Path(folder), key_type)
             openssl = [openssl_handshake_cpu_us(cert, key, seconds=3)
                        for _ in range(flags.repeat)]
-            in_process = [in_process_handshake_cpu_us(cert, key) for _ in range(flags.repeat)]
+            halves = [in_process_handshake_cpu_us(cert, key) for _ in range(flags.repeat)]
             environment = stack_environment(Path(folder), cert, key)
             with stack_runner(overrides=environment) as runner:
                 off = measure(runner, flags, f"{key_type}")
             with stack_runner(overrides=environment, label="the local stack, tracing on",
                               tracing=True) as runner:
                 on = measure(runner, flags, f"{key_type} traced")
-        results.append((key_type, openssl, in_process, off, on))
+        results.append((key_type, openssl, halves, off, on))
     print(f"\nmachine: {machine_note()}")
     print(f"TLS 1.3, no tickets (every handshake full); {flags.repeat} rounds of waves of "
           f"{flags.messages} messages at {flags.rate:g}/s, one message per session; "

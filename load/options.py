@@ -37,7 +37,7 @@ def add_wave_options(parser) -> None:
     parser.add_argument("--per-connection", type=int, default=1,
                         env_var="LOCUST_PER_CONNECTION", include_in_web_ui=True,
                         help="messages per SMTP connection")
-    parser.add_argument("--batch", type=int, default=5, env_var="LOCUST_BATCH",
+    parser.add_argument("--batch", type=int, default=10, env_var="LOCUST_BATCH",
                         include_in_web_ui=True,
                         help="SpamViaSender: connections per request to the sender, sent one "
                         "after another (the request's HTTP cost is shared by them)")

@@ -31,7 +31,10 @@ def test_receiver_cost_prints_every_figure_beside_its_anchor(tmp_path):
                  "--key-types", "ecdsa-p256")
 
     assert re.search(rf"openssl s_server {FIGURE} us CPU per full handshake", out), out
-    assert re.search(rf"Python's ssl over memory BIOs {FIGURE} us", out), out
+    assert re.search(rf"Python's ssl over memory BIOs {FIGURE} us \(server\), {FIGURE} us "
+                     r"\(client\)", out), out
+    assert re.search(rf"half of the handshake is {FIGURE} us .* STARTTLS message: {FIGURE} x",
+                     out), out
     for row in ("receiver, charged to sessions", "receiver process", "sender process",
                 "receiver, charged, tracing on", "receiver process, tracing on",
                 "sender process, tracing on"):
