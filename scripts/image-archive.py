@@ -51,7 +51,8 @@ def image_archive(reference: str, entrypoint: list[str], files: list[tuple[Path,
                             "Layers": ["layer.tar"]}]).encode()
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in (("layer.tar", layer), (config_name, config), ("manifest.json", manifest)):
+        members = (("layer.tar", layer), (config_name, config), ("manifest.json", manifest))
+        for name, data in members:
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o644
             archive.addfile(info, io.BytesIO(data))
@@ -60,7 +61,8 @@ def image_archive(reference: str, entrypoint: list[str], files: list[tuple[Path,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("reference", help="image name and tag, e.g. localhost/tlsstorm/jaeger:2.11.0")
+    parser.add_argument("reference",
+                        help="image name and tag, e.g. localhost/tlsstorm/jaeger:2.11.0")
     parser.add_argument("--file", action="append", required=True, metavar="SOURCE:TARGET",
                         help="a file to put in the image at TARGET (repeatable)")
     parser.add_argument("--entrypoint", required=True, help="the command, space-separated")
@@ -71,7 +73,8 @@ def main() -> None:
     for source, target in files:
         if not source.is_file() or not target.startswith("/"):
             parser.error(f"--file {source}:{target}: needs an existing file and an absolute target")
-    args.output.write_bytes(image_archive(args.reference, args.entrypoint.split(), files, args.user))
+    archive = image_archive(args.reference, args.entrypoint.split(), files, args.user)
+    args.output.write_bytes(archive)
 
 
 if __name__ == "__main__":
