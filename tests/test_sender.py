@@ -307,6 +307,18 @@ def _scripted_server(replies: list[bytes]) -> tuple[socket.socket, threading.Thr
     return server, thread
 
 
+def _send_once_to(start_sender, scripted: tuple[socket.socket, threading.Thread], tls: bool):
+    """A sender aimed at a scripted server sends one message; the sender and its answer."""
+    server, thread = scripted
+    sender = start_sender(server.getsockname()[1], timeout_s=5)
+    try:
+        result = httpx.post(f"{sender.http}/v1/send", json={"tls": tls}, timeout=30).json()
+    finally:
+        thread.join(5)
+        server.close()
+    return sender, result
+
+
 @pytest.mark.parametrize(("replies", "error"), [
     # A reply split mid-line and over several lines is one reply; then a reply that never ends.
     ([b"220-mx.test ESMTP|\r\n220 ready\r\n", b"250-mx.test\r\n25|0 SIZE 1000\r\n",
@@ -317,13 +329,7 @@ def _scripted_server(replies: list[bytes]) -> tuple[socket.socket, threading.Thr
 ])
 def test_broken_servers_give_a_failed_result_with_a_reason(start_sender, receiver, replies,
                                                            error):
-    server, thread = _scripted_server(replies)
-    sender = start_sender(server.getsockname()[1], timeout_s=5)
-    try:
-        result = httpx.post(f"{sender.http}/v1/send", json={"tls": False}, timeout=30).json()
-    finally:
-        thread.join(5)
-        server.close()
+    sender, result = _send_once_to(start_sender, _scripted_server(replies), tls=False)
 
     assert result["results"][0]["ok"] is False
     assert result["results"][0]["error"].startswith(error), result
@@ -384,13 +390,7 @@ def _tls_server_writing_records_together() -> tuple[socket.socket, threading.Thr
 
 
 def test_replies_in_several_tls_records_of_one_segment_are_read_whole(start_sender):
-    server, thread = _tls_server_writing_records_together()
-    sender = start_sender(server.getsockname()[1], timeout_s=5)
-    try:
-        result = httpx.post(f"{sender.http}/v1/send", json={"tls": True}, timeout=30).json()
-    finally:
-        thread.join(5)
-        server.close()
+    _, result = _send_once_to(start_sender, _tls_server_writing_records_together(), tls=True)
 
     message = result["results"][0]
     assert message["ok"] is True, message
