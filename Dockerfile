@@ -3,6 +3,15 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
+# The sender's SMTP engine is C (services/tlsstorm/sender/engine): a compiler and OpenSSL's
+# headers for this stage only; the final image keeps the OpenSSL library Python already uses.
+# Not pinned: they come from the base image's own Debian release and never reach the final image.
+# hadolint ignore=DL3008
+RUN command -v cc >/dev/null && [ -f /usr/include/openssl/ssl.h ] || { \
+      apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+           gcc libc6-dev libssl-dev \
+      && rm -rf /var/lib/apt/lists/*; }
 # Behind a TLS-intercepting proxy, put its CA bundle in docker/extra-ca/*.crt (make images
 # EXTRA_CA=/etc/ssl/certs/ca-certificates.crt does) and pip will trust it.
 COPY docker/extra-ca/ /tmp/extra-ca/

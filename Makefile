@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 LOCK   := requirements.lock
 
 .DEFAULT_GOAL := help
-.PHONY: help install python-venv lock system-deps tools lint test demo up clean \
+.PHONY: help install python-venv build-deps lock system-deps tools lint test demo up clean \
         images kind-up kind-load deploy port-forward undeploy kind-down minikube-load \
         jaeger cluster-up cluster-load cluster-down
 
@@ -28,8 +28,10 @@ help: ## list the targets
 
 install: $(STAMP) ## create .venv and install tlsstorm (editable) with its dev tools, as locked
 
-$(STAMP): pyproject.toml $(LOCK)
-	@$(MAKE) --no-print-directory python-venv
+ENGINE_SOURCE := services/tlsstorm/sender/engine/smtp_engine.c
+
+$(STAMP): pyproject.toml $(LOCK) $(ENGINE_SOURCE)
+	@$(MAKE) --no-print-directory python-venv build-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --constraint $(LOCK) -e '.[dev]'
@@ -43,6 +45,18 @@ python-venv: ## Debian's python3 lacks venv until python3-venv is installed: as 
 	      -o DPkg::Lock::Timeout=600 python3-venv; \
 	  else \
 	    echo "tlsstorm needs Python's venv module. Run: sudo apt-get install -y python3-venv"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+build-deps: ## the sender's SMTP engine is C: a compiler and OpenSSL's headers (as root: installed)
+	@if ! command -v cc >/dev/null || [ ! -f /usr/include/openssl/ssl.h ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing gcc, libc6-dev and libssl-dev (Debian packages) for the SMTP engine"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      -o DPkg::Lock::Timeout=600 gcc libc6-dev libssl-dev; \
+	  else \
+	    echo "tlsstorm's SMTP engine needs a C compiler and OpenSSL's headers. Run: sudo apt-get install -y gcc libssl-dev"; \
 	    exit 1; \
 	  fi; \
 	fi

@@ -5,14 +5,18 @@ No OTLP endpoint configured means no tracer provider at all: services then build
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import time
+from collections.abc import Iterator
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -107,11 +111,51 @@ class _CountingBatchProcessor(BatchSpanProcessor):
         super().on_end(span)
 
 
+class PresetIdGenerator(RandomIdGenerator):
+    """Random ids, except for a span whose ids were chosen before it was recorded.
+
+    The sender's SMTP engine reports a connection when it is over, yet each message already
+    carried its span's traceparent header: that span is recorded afterwards with those ids.
+    """
+
+    def __init__(self) -> None:
+        self._trace_id: int | None = None
+        self._span_id: int | None = None
+
+    @staticmethod
+    def choose() -> tuple[int, int]:
+        """Ids for a span to record later under the current span (or as a new trace)."""
+        parent = trace.get_current_span().get_span_context()
+        trace_id = parent.trace_id if parent.is_valid else random.getrandbits(128) or 1
+        return trace_id, random.getrandbits(64) or 1
+
+    @contextlib.contextmanager
+    def preset(self, trace_id: int, span_id: int) -> Iterator[None]:
+        """The span started inside gets these ids (the trace id only if it has no parent)."""
+        self._trace_id, self._span_id = trace_id, span_id
+        try:
+            yield
+        finally:
+            self._trace_id = self._span_id = None
+
+    def generate_trace_id(self) -> int:
+        if self._trace_id is not None:
+            return self._trace_id
+        return super().generate_trace_id()
+
+    def generate_span_id(self) -> int:
+        if self._span_id is not None:
+            return self._span_id
+        return super().generate_span_id()
+
+
 class CountedTracerProvider(TracerProvider):
-    """A tracer provider whose spans are counted from end to export (see SpanCounts)."""
+    """A tracer provider whose spans are counted from end to export (see SpanCounts), with
+    ids that can be chosen ahead (see PresetIdGenerator)."""
 
     def __init__(self, exporter: SpanExporter, resource: Resource) -> None:
-        super().__init__(resource=resource)
+        self.ids = PresetIdGenerator()
+        super().__init__(resource=resource, id_generator=self.ids)
         self.span_counts = SpanCounts()
         self.add_span_processor(
             _CountingBatchProcessor(_CountingExporter(exporter, self.span_counts),

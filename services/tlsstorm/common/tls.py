@@ -98,35 +98,6 @@ class TimedSSLObject(ssl.SSLObject):
         return (self.handshake_ended_perf_ns - self.handshake_started_perf_ns) / 1e6
 
 
-class ResumingSSLObject(TimedSSLObject):
-    """Offers the last session its context saw for the same server, as resuming clients do.
-
-    asyncio's start_tls takes no session argument; the SSL object can still be given one
-    before its handshake starts.
-    """
-
-    sessions: dict[str, ssl.SSLSession] = {}  # noqa: RUF012 (replaced per context by resuming)
-
-    def do_handshake(self) -> None:
-        if not self.handshake_started_perf_ns:
-            saved = self.sessions.get(self.server_hostname or "")
-            if saved is not None:
-                self.session = saved
-        super().do_handshake()
-
-    def remember_session(self) -> None:
-        """Keep this connection's session (with its tickets) for the next handshake."""
-        if self.session is not None:
-            self.sessions[self.server_hostname or ""] = self.session
-
-
 def timed(context: ssl.SSLContext) -> ssl.SSLContext:
     context.sslobject_class = TimedSSLObject
-    return context
-
-
-def resuming(context: ssl.SSLContext) -> ssl.SSLContext:
-    """A context whose connections resume the previous session with the same server."""
-    context.sslobject_class = type("ContextResumingSSLObject", (ResumingSSLObject,),
-                                   {"sessions": {}})
     return context

@@ -62,6 +62,7 @@ class SenderService:
             self._process_task.cancel()
         self.waves.stop_all()
         await self._http.stop()
+        self.client.close()
         if self.peers_http is not None:
             await self.peers_http.aclose()
         if self.provider is not None:

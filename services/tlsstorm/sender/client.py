@@ -1,29 +1,27 @@
-"""One SMTP connection carrying one or more messages, plain or STARTTLS, measured per message."""
+"""One SMTP connection carrying one or more messages, plain or STARTTLS, measured per message.
+
+The conversation itself is held by the compiled engine (sender/engine.py); this module says
+what to send, and turns the engine's report into each message's result and spans.
+"""
 
 from __future__ import annotations
 
 import collections
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tlsstorm.common import attributes as attr
 from tlsstorm.common.config import SenderSettings
-from tlsstorm.common.telemetry import traceparent_of
-from tlsstorm.common.tls import (
-    ResumingSSLObject,
-    TimedSSLObject,
-    client_context,
-    resuming,
-)
-from tlsstorm.common.wire import wire_bytes
+from tlsstorm.common.telemetry import CountedTracerProvider
+from tlsstorm.common.tls import client_context
 from tlsstorm.sender.allowlist import Target
+from tlsstorm.sender.engine import Conversation, Engine
 from tlsstorm.sender.message import build_message
 from tlsstorm.sender.profiles import PROFILES, profile_context
-from tlsstorm.sender.smtp_wire import Plan, SmtpReplyError, SmtpWire, StartTlsNotOffered, converse
 
 
 @dataclass(slots=True)
@@ -55,7 +53,7 @@ class MessageResult:
 class _Phase:
     name: str
     started_ns: int
-    ended_ns: int = 0
+    ended_ns: int
 
 
 @dataclass(slots=True)
@@ -65,6 +63,15 @@ class _Checkpoint:
     received: int
     sent: int
     phases: list[_Phase] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Handshake:
+    version: str
+    cipher: str | None
+    resumed: bool
+    started_wall_ns: int
+    ms: float
 
 
 class SendTotals:
@@ -83,19 +90,35 @@ class SendTotals:
 
 
 class SmtpClient:
-    """Holds what every connection reuses: the TLS context, names, the tracer."""
+    """Holds what every connection reuses: the TLS contexts, names, the tracer, the engine."""
 
-    def __init__(self, settings: SenderSettings, provider: TracerProvider | None = None) -> None:
+    def __init__(self, settings: SenderSettings,
+                 provider: CountedTracerProvider | None = None) -> None:
         self.settings = settings
         self.verify = settings.ca_file is not None
-        self.resuming_context = resuming(client_context(settings.ca_file))
+        # Its own context, so that the engine keeps resumed sessions apart from the others.
+        self.resuming_context = client_context(settings.ca_file)
         self.profile_contexts = {name: profile_context(name, settings.ca_file)
                                  for name in PROFILES}
         self.tracer = provider.get_tracer("tlsstorm.sender") if provider else None
+        self.ids = provider.ids if provider else None
         self.totals = SendTotals()
         self.helo_name = settings.helo_name.encode("ascii")
         self.mail_from = settings.mail_from.encode("ascii")
         self.rcpt_to = settings.rcpt_to.encode("ascii")
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """Made on first use, on the event loop that will drive it."""
+        if self._engine is None:
+            self._engine = Engine()
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
     async def send(
         self, target: Target, tls: bool, count: int, size: int, wave_id: str | None = None,
@@ -108,145 +131,139 @@ class SmtpClient:
         personality (sender/profiles.py).
         """
         context = self.resuming_context if resume else self.profile_contexts[profile]
-        session = _Session(self, target, tls, wave_id, context, PROFILES[profile].sni)
-        results = await session.run(count, size)
+        session = _Session(self, target, tls, wave_id)
+        results = await session.run(count, size, context, PROFILES[profile].sni, resume)
         self.totals.add(tls, results)
         return results
 
 
 class _Session:
-    """Measures one connection's conversation (the SmtpWire's listener), message by message."""
+    """One connection: what to send, then the engine's report as each message's result."""
 
-    def __init__(self, client: SmtpClient, target: Target, tls: bool, wave_id: str | None,
-                 tls_context, sni: bool) -> None:
+    def __init__(self, client: SmtpClient, target: Target, tls: bool,
+                 wave_id: str | None) -> None:
         self.client = client
-        self.tls_context = tls_context
-        self.sni = sni  # name the server in the ClientHello
         self.settings = client.settings
         self.target = target
         self.tls = tls
         self.wave_id = wave_id
         self.results: list[MessageResult] = []
-        self.wire: SmtpWire | None = None
+        self.handshake: _Handshake | None = None
+        self.tls_refused = False
         self.connect_ms: float | None = None
         self.trace_commands = client.tracer is not None and self.settings.trace_commands
-        self.count = self.size = self.message_size = 0
-        self.span: trace.Span | None = None
-        self.last: MessageResult | None = None  # the last message waits for QUIT
-        self.final: _Checkpoint | None = None
-        self.mark: _Checkpoint = self._checkpoint()
 
-    @property
-    def ssl_object(self) -> TimedSSLObject | None:
-        """The connection's TLS, once its handshake has completed (a failed one says none)."""
-        ssl_object = self.wire.ssl_object if self.wire is not None else None
-        if ssl_object is None or ssl_object.handshake_ms is None:
-            return None
-        return ssl_object
-
-    def _checkpoint(self) -> _Checkpoint:
-        counted = wire_bytes(self.wire.socket) if self.wire is not None else None
-        received, sent = counted or (0, 0)
-        return _Checkpoint(time.perf_counter_ns(), time.time_ns(), received, sent)
-
-    # -- what the wire tells us -------------------------------------------------------------
-
-    def phase(self, name: str, started_ns: int, ended_ns: int) -> None:
-        """One SMTP command, timed as a phase (a span of its own) when commands are traced."""
-        self.mark.phases.append(_Phase(name, started_ns, ended_ns))
-
-    def greeted(self) -> None:
-        self.connect_ms = (time.perf_counter_ns() - self.mark.perf_ns) / 1e6
-
-    def message_body(self, index: int) -> bytes:
-        """The next message, built as its DATA is accepted; its span starts where it began."""
-        if index:
-            self.span = self._start_span()
-        traceparent = traceparent_of(self.span) if self.span is not None else None
-        settings = self.settings
-        message = build_message(self.size, settings.mail_from, settings.rcpt_to, traceparent,
-                                self.wave_id)
-        self.message_size = len(message)
-        return message
-
-    def message_accepted(self, index: int, code: int, reply: str) -> None:
-        result = MessageResult(ok=True, tls=self.tls, code=code, reply=reply,
-                               size=self.message_size)
-        if index == self.count - 1:
-            self.last = result  # QUIT is charged to the last message
-            return
-        self._close_message(result, self.span)
-        self.span = None
-
-    def ending(self) -> None:
-        """The last count of bytes, taken before the socket closes."""
-        self.final = self._checkpoint()
-
-    # -- the connection ---------------------------------------------------------------------
-
-    async def run(self, count: int, size: int) -> list[MessageResult]:
-        self.count, self.size = count, size
-        self.span = self._start_span()
-        settings, client = self.settings, self.client
-        plan = Plan(client.helo_name, client.mail_from, client.rcpt_to, count,
-                    self.tls_context if self.tls else None,
-                    self.target.host if self.sni else None)
-        self.wire = SmtpWire(plan, self, settings.timeout_s, quick_ack=settings.quick_ack,
-                             trace_phases=self.trace_commands)
-        failure: Exception | None = None
+    async def run(self, count: int, size: int, context, sni: bool,
+                  resume: bool) -> list[MessageResult]:
+        client, settings, target = self.client, self.settings, self.target
+        ids = [client.ids.choose() for _ in range(count)] if client.tracer else []
+        bodies, sizes = self._messages(ids, count, size)
+        talk = Conversation(target.address, target.port, context if self.tls else None,
+                            target.host if sni else None, resume, client.helo_name,
+                            client.mail_from, client.rcpt_to, bodies, settings.timeout_s,
+                            settings.quick_ack, self.trace_commands)
+        started_ns, started_wall_ns = time.perf_counter_ns(), time.time_ns()
         try:
-            await converse(self.target.address, self.target.port, self.wire, settings.timeout_s)
-        except (SmtpReplyError, StartTlsNotOffered, OSError, TimeoutError) as error:
-            failure = error
-        if self.last is not None:  # every message is in, whatever became of QUIT
-            self._close_message(self.last, self.span)
-            if isinstance(self.ssl_object, ResumingSSLObject):
-                self.ssl_object.remember_session()
-        elif failure is not None:
-            self._close_message(self._failed_result(failure, size), self.span)
-        while len(self.results) < count:
-            self.results.append(MessageResult(ok=False, tls=self.tls, size=size,
-                                              error=f"not sent: {_describe(failure)}"))
+            report = await client.engine.converse(talk)
+        except OSError as error:  # no socket at all: nothing was sent
+            report = {"start_ns": started_ns, "start_wall_ns": started_wall_ns,
+                      "greeted_ns": 0, "tls": None, "tls_refused": False, "accepted": [],
+                      "phases": [], "failure": {"code": 0, "reply": None,
+                                                "text": f"{type(error).__name__}: {error}"},
+                      "final": {"ns": time.perf_counter_ns(), "received": 0, "sent": 0}}
+        self._replay(report, ids, sizes, count, size)
         return self.results
 
-    def _start_span(self) -> trace.Span | None:
-        tracer = self.client.tracer
-        if tracer is None:
-            return None
-        return tracer.start_span(attr.SPAN_SEND, kind=SpanKind.CLIENT, start_time=self.mark.wall_ns)
+    def _messages(self, ids: list[tuple[int, int]], count: int,
+                  size: int) -> tuple[list[bytes], list[int]]:
+        """Each message, dot-stuffed for DATA, with its span's traceparent when tracing."""
+        parent = trace.get_current_span().get_span_context()
+        flags = int(parent.trace_flags) if parent.is_valid else 1
+        settings = self.settings
+        bodies, sizes = [], []
+        for index in range(count):
+            traceparent = (f"00-{ids[index][0]:032x}-{ids[index][1]:016x}-{flags:02x}"
+                           if ids else None)
+            message = build_message(size, settings.mail_from, settings.rcpt_to, traceparent,
+                                    self.wave_id)
+            sizes.append(len(message))
+            bodies.append(_dot_stuffed(message))
+        return bodies, sizes
 
-    def _failed_result(self, failure: BaseException, size: int) -> MessageResult:
-        code = getattr(failure, "code", None)
-        reply = getattr(failure, "message", None)
-        return MessageResult(ok=False, tls=self.tls, code=code if isinstance(code, int) else None,
-                             reply=reply if isinstance(reply, str) else None, size=size,
-                             error=_describe(failure))
+    def _replay(self, report: dict[str, Any], ids: list[tuple[int, int]], sizes: list[int],
+                count: int, size: int) -> None:
+        """The engine's marks as this session's checkpoints, message by message."""
+        start_ns, start_wall_ns = report["start_ns"], report["start_wall_ns"]
 
-    def _close_message(self, result: MessageResult, span: trace.Span | None) -> None:
-        """Charge the interval since the last checkpoint to this message and start a new one."""
+        def checkpoint(mark: dict[str, int], phases: list[_Phase]) -> _Checkpoint:
+            return _Checkpoint(mark["ns"], start_wall_ns + mark["ns"] - start_ns,
+                               mark["received"], mark["sent"], phases)
+
+        handshake = report["tls"]
+        if handshake is not None:
+            self.handshake = _Handshake(
+                handshake["version"], handshake["cipher"] or None, handshake["resumed"],
+                start_wall_ns + handshake["started_ns"] - start_ns,
+                (handshake["ended_ns"] - handshake["started_ns"]) / 1e6)
+        self.tls_refused = report["tls_refused"]
+        if report["greeted_ns"]:
+            self.connect_ms = (report["greeted_ns"] - start_ns) / 1e6
+        phases: list[list[_Phase]] = [[] for _ in range(count)]
+        for name, message, started, ended in report["phases"]:
+            phases[message].append(_Phase(name, start_wall_ns + started - start_ns,
+                                          start_wall_ns + ended - start_ns))
+        mark = _Checkpoint(start_ns, start_wall_ns, 0, 0, phases[0])
+        final = checkpoint(report["final"], [])
+        accepted = report["accepted"]
+        for index, message in enumerate(accepted):
+            result = MessageResult(ok=True, tls=self.tls, code=message["code"],
+                                   reply=_text(message["reply"]), size=sizes[index])
+            last = index == count - 1  # QUIT is charged to the last message
+            now = final if last else checkpoint(message["at"], phases[index + 1])
+            self._close_message(result, mark, now, ids[index] if ids else None)
+            mark = now
+        failure = report["failure"]
+        why = _text(failure["text"]) if failure else "the connection ended"
+        if failure is not None and len(accepted) < count:
+            reply = failure["reply"]
+            result = MessageResult(ok=False, tls=self.tls, code=failure["code"] or None,
+                                   reply=_text(reply) if reply is not None else None,
+                                   size=size, error=why)
+            self._close_message(result, mark, final, ids[len(accepted)] if ids else None)
+        while len(self.results) < count:
+            self.results.append(MessageResult(ok=False, tls=self.tls, size=size,
+                                              error=f"not sent: {why}"))
+
+    def _close_message(self, result: MessageResult, previous: _Checkpoint, now: _Checkpoint,
+                       span_ids: tuple[int, int] | None) -> None:
+        """Charge the interval between two checkpoints to this message."""
         first = not self.results
-        result.tls_refused = self.wire is not None and self.wire.tls_refused
-        previous, now = self.mark, self.final or self._checkpoint()
+        result.tls_refused = self.tls_refused
         result.total_ms = (now.perf_ns - previous.perf_ns) / 1e6
         result.bytes_received = now.received - previous.received
         result.bytes_sent = now.sent - previous.sent
         if first:
             result.connect_ms = self.connect_ms
-        if self.ssl_object is not None:
-            result.tls_version = self.ssl_object.version()
-            cipher = self.ssl_object.cipher()
-            result.cipher = cipher[0] if cipher else None
-            result.tls_resumed = self.ssl_object.session_reused
+        handshake = self.handshake
+        if handshake is not None:
+            result.tls_version = handshake.version
+            result.cipher = handshake.cipher
+            result.tls_resumed = handshake.resumed
             result.cert_verified = self.client.verify
             if first:
-                result.handshake_ms = self.ssl_object.handshake_ms
+                result.handshake_ms = handshake.ms
         self.results.append(result)
-        if span is not None:
-            self._finish_span(span, result, previous, now, first)
-        self.mark = now
+        if span_ids is not None:
+            self._record_span(span_ids, result, previous, now, handshake if first else None)
 
-    def _finish_span(self, span, result: MessageResult, previous: _Checkpoint,
-                     now: _Checkpoint, first: bool) -> None:
+    def _record_span(self, span_ids: tuple[int, int], result: MessageResult,
+                     previous: _Checkpoint, now: _Checkpoint,
+                     handshake: _Handshake | None) -> None:
+        """The message's span, with the ids its traceparent header carried."""
+        tracer = self.client.tracer
+        with self.client.ids.preset(*span_ids):
+            span = tracer.start_span(attr.SPAN_SEND, kind=SpanKind.CLIENT,
+                                     start_time=previous.wall_ns)
         target = self.target
         span.set_attributes({
             attr.SERVER_ADDRESS: target.host,
@@ -276,23 +293,32 @@ class _Session:
             span.set_status(Status(StatusCode.ERROR, result.error or "failed"))
             span.set_attribute(attr.ERROR_TYPE, (result.error or "error").split(":")[0])
         context = trace.set_span_in_context(span)
-        tracer = self.client.tracer
         for phase in previous.phases:
-            if phase.ended_ns:
-                tracer.start_span(phase.name, context=context, start_time=phase.started_ns
-                                  ).end(end_time=phase.ended_ns)
-        if first and self.ssl_object is not None:
-            started = self.ssl_object.handshake_started_ns
-            handshake = tracer.start_span(
-                attr.SPAN_HANDSHAKE, context=context, start_time=started,
+            tracer.start_span(phase.name, context=context, start_time=phase.started_ns
+                              ).end(end_time=phase.ended_ns)
+        if handshake is not None:
+            tracer.start_span(
+                attr.SPAN_HANDSHAKE, context=context, start_time=handshake.started_wall_ns,
                 attributes=attr.handshake_attributes(
                     "client", True, result.tls_version, result.cipher, bool(result.tls_resumed),
-                    self.wave_id))
-            handshake.end(end_time=started + int(self.ssl_object.handshake_ms * 1e6))
+                    self.wave_id),
+            ).end(end_time=handshake.started_wall_ns + int(handshake.ms * 1e6))
         span.end(end_time=now.wall_ns)
 
 
-def _describe(failure: BaseException | None) -> str:
-    if isinstance(failure, SmtpReplyError):
-        return f"smtp_{failure.code}: {failure.message}"
-    return f"{type(failure).__name__}: {failure}"
+def _text(engine_text: str) -> str:
+    """The engine writes bytes above 0x7f as code points below 256: back to UTF-8 text."""
+    if engine_text.isascii():
+        return engine_text
+    return engine_text.encode("latin-1").decode("utf-8", "replace")
+
+
+def _dot_stuffed(message: bytes) -> bytes:
+    """The DATA payload: lines starting with '.' doubled, CRLF ended, then '.'."""
+    if message.startswith(b".") or b"\n." in message:
+        message = message.replace(b"\n.", b"\n..")
+        if message.startswith(b"."):
+            message = b"." + message
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    return message + b".\r\n"

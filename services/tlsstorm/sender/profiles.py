@@ -8,7 +8,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlsstorm.common.tls import client_context, timed
+from tlsstorm.common.tls import client_context
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ PROFILES = {
 
 def profile_context(name: str, ca_file: Path | None) -> ssl.SSLContext:
     profile = PROFILES[name]
-    context = timed(client_context(ca_file))
+    context = client_context(ca_file)
     context.maximum_version = profile.max_version
     if profile.ciphers:
         context.set_ciphers(profile.ciphers)

@@ -1,0 +1,941 @@
+/* The sender's SMTP conversations, held in C and driven from Python's event loop (issue 12).
+ *
+ * Why: in Python every reply costs an event-loop callback, a few method calls and, under TLS,
+ * copies through memory BIOs; per message the sender spent more than half the CPU of the
+ * receiver it measures. Here one epoll set holds every connection; Python watches that set's
+ * descriptor and calls engine_run() when it is readable, so no thread and no lock: the
+ * engine only ever runs on the event loop's thread. TLS is OpenSSL's, on the socket itself,
+ * with the SSL_CTX of the Python SSLContext the sender built (same ClientHello).
+ *
+ * A connection ends with one JSON line (engine_run returns the finished ones): its marks on
+ * CLOCK_MONOTONIC (Python's perf_counter_ns), the messages accepted with the kernel's byte
+ * counts (TCP_INFO), the handshake, the command phases, and the failure that ended it.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_REPLY_BYTES (64 * 1024) /* far above any real reply (RFC 5321: 512 per line) */
+#define READ_BYTES (16 * 1024)
+#define MAX_SESSIONS 64
+
+enum step { GREETING, EHLO, STARTTLS, HANDSHAKE, EHLO_TLS, MAIL, RCPT, DATA, BODY, QUIT };
+static const char *const PHASE_NAMES[] = {"smtp.connect", "smtp.ehlo", "smtp.starttls",
+                                          "smtp.starttls", "smtp.ehlo", "smtp.mail",
+                                          "smtp.rcpt", "smtp.data", "smtp.data", "smtp.quit"};
+static const int EXPECTED[] = {220, 250, 220, 0, 250, 250, 250, 354, 250, 221};
+
+/* What Python asks for: one connection (ctypes mirrors this struct in sender/engine.py). */
+typedef struct {
+    const char *address;     /* numeric IPv4 or IPv6 */
+    int port;
+    void *ssl_ctx;           /* the SSL_CTX to STARTTLS with; NULL: plain */
+    const char *server_name; /* SNI and the name checked; NULL: none */
+    int check_hostname;
+    int resume;              /* offer the last session kept for this context and name */
+    const char *ehlo, *mail_from, *rcpt_to;
+    int messages;
+    const char *bodies;      /* every message, dot-stuffed and ended by ".\r\n", one after another */
+    const int *body_lengths;
+    int timeout_ms;
+    int quick_ack, trace_phases;
+} job_t;
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+} buf_t;
+
+typedef struct {
+    SSL_CTX *ctx;
+    char *name;
+    SSL_SESSION *session;
+} kept_session_t;
+
+typedef struct conn conn_t;
+
+typedef struct {
+    int epoll_fd, timer_fd;
+    int64_t timer_armed_ns; /* 0: not armed */
+    conn_t *live;           /* a doubly linked list of the connections in flight */
+    conn_t *ended;          /* finished in this run, freed at its end (events may name them) */
+    buf_t finished;         /* JSON lines of the connections that ended */
+    long next_id;
+    kept_session_t sessions[MAX_SESSIONS];
+} engine_t;
+
+struct conn {
+    engine_t *engine;
+    conn_t *prev, *next;
+    long id;
+    int fd;
+    enum step step;
+    int connected, finished;
+    SSL_CTX *ctx;
+    SSL *ssl;
+    char *server_name, *ehlo, *mail_from, *rcpt_to, *bodies;
+    int *body_lengths;
+    size_t *body_offsets;
+    int messages, accepted, timeout_ms, quick_ack, trace_phases, check_hostname, resume;
+    int tls_refused;
+    buf_t rx; /* reply lines not yet complete */
+    buf_t tx; /* what the socket did not take yet */
+    size_t tx_off;
+    int64_t deadline_ns, phase_started_ns, start_ns, greeted_ns, handshake_started_ns,
+        handshake_ended_ns;
+    int64_t start_wall_ns;
+    buf_t accepted_json, phases_json;
+};
+
+static int64_t now_ns(clockid_t clock) {
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int buf_reserve(buf_t *b, size_t more) {
+    if (b->len + more + 1 <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + more + 1)
+        cap *= 2;
+    char *grown = realloc(b->data, cap);
+    if (!grown)
+        return -1;
+    b->data = grown;
+    b->cap = cap;
+    return 0;
+}
+
+static void buf_add(buf_t *b, const char *data, size_t len) {
+    if (buf_reserve(b, len) == 0) {
+        memcpy(b->data + b->len, data, len);
+        b->len += len;
+        b->data[b->len] = 0;
+    }
+}
+
+static void buf_printf(buf_t *b, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    int needed = vsnprintf(NULL, 0, format, args);
+    va_end(args);
+    if (needed < 0 || buf_reserve(b, (size_t)needed) != 0)
+        return;
+    va_start(args, format);
+    vsnprintf(b->data + b->len, (size_t)needed + 1, format, args);
+    va_end(args);
+    b->len += (size_t)needed;
+}
+
+/* A JSON string of raw bytes; bytes above 0x7f as \u00XX (Python decodes them back). */
+static void buf_json_string(buf_t *b, const char *data, size_t len) {
+    static const char hex[] = "0123456789abcdef";
+    buf_add(b, "\"", 1);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)data[i];
+        if (c == '"' || c == '\\') {
+            char escaped[2] = {'\\', (char)c};
+            buf_add(b, escaped, 2);
+        } else if (c < 0x20 || c > 0x7e) {
+            char escaped[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            buf_add(b, escaped, 6);
+        } else {
+            buf_add(b, (const char *)&c, 1);
+        }
+    }
+    buf_add(b, "\"", 1);
+}
+
+/* Payload bytes so far (received, sent), as tlsstorm.common.wire.wire_bytes counts them. */
+static void wire_bytes(int fd, uint64_t *received, uint64_t *sent) {
+    unsigned char info[256];
+    socklen_t len = sizeof info;
+    *received = *sent = 0;
+    memset(info, 0, sizeof info);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &len) != 0 || len < 136)
+        return;
+    memcpy(received, info + 128, 8);
+    unsigned char state = info[0];
+    if (state == 6 || state == 8 || state == 9 || state == 11)
+        *received -= 1; /* the peer's FIN takes a sequence number, not a payload byte */
+    if (len >= 216) {
+        uint64_t bytes_sent, retransmitted;
+        uint32_t not_sent;
+        memcpy(&bytes_sent, info + 200, 8);
+        memcpy(&retransmitted, info + 208, 8);
+        memcpy(&not_sent, info + 144, 4);
+        *sent = bytes_sent - retransmitted + not_sent;
+    } else {
+        memcpy(sent, info + 120, 8);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static void conn_free(conn_t *c) {
+    if (c->ssl)
+        SSL_free(c->ssl);
+    if (c->fd >= 0)
+        close(c->fd); /* also leaves the epoll set */
+    free(c->server_name);
+    free(c->ehlo);
+    free(c->mail_from);
+    free(c->rcpt_to);
+    free(c->bodies);
+    free(c->body_lengths);
+    free(c->body_offsets);
+    free(c->tx.data);
+    free(c->rx.data);
+    free(c->accepted_json.data);
+    free(c->phases_json.data);
+    free(c);
+}
+
+static kept_session_t *kept_session(engine_t *e, SSL_CTX *ctx, const char *name, int create) {
+    const char *key = name ? name : "";
+    for (int i = 0; i < MAX_SESSIONS; i++)
+        if (e->sessions[i].ctx == ctx && strcmp(e->sessions[i].name, key) == 0)
+            return &e->sessions[i];
+    if (!create)
+        return NULL;
+    for (int i = 0; i < MAX_SESSIONS; i++)
+        if (e->sessions[i].ctx == NULL) {
+            e->sessions[i].ctx = ctx;
+            e->sessions[i].name = strdup(key);
+            return &e->sessions[i];
+        }
+    return NULL;
+}
+
+static void mark_wire(buf_t *out, int fd, int64_t at_ns) {
+    uint64_t received, sent;
+    wire_bytes(fd, &received, &sent);
+    buf_printf(out, "{\"ns\":%lld,\"received\":%llu,\"sent\":%llu}", (long long)at_ns,
+               (unsigned long long)received, (unsigned long long)sent);
+}
+
+/* Over: one JSON line for Python, the socket closed (politely after a complete conversation:
+ * close_notify under TLS), the session kept when resuming. `failure` is NULL on success;
+ * `code` is an SMTP reply code (with `reply`) or 0. */
+static void finish(conn_t *c, const char *kind, const char *failure, int code,
+                   const char *reply, size_t reply_len) {
+    if (c->finished)
+        return;
+    c->finished = 1;
+    engine_t *e = c->engine;
+    buf_t *out = &e->finished;
+    int64_t ended = now_ns(CLOCK_MONOTONIC);
+    buf_printf(out, "{\"id\":%ld,\"start_ns\":%lld,\"start_wall_ns\":%lld,\"greeted_ns\":%lld,",
+               c->id, (long long)c->start_ns, (long long)c->start_wall_ns,
+               (long long)c->greeted_ns);
+    buf_add(out, "\"final\":", 8);
+    if (c->connected)
+        mark_wire(out, c->fd, ended);
+    else
+        buf_printf(out, "{\"ns\":%lld,\"received\":0,\"sent\":0}", (long long)ended);
+    buf_printf(out, ",\"tls_refused\":%s,\"tls\":", c->tls_refused ? "true" : "false");
+    if (c->ssl && c->handshake_ended_ns) {
+        const SSL_CIPHER *cipher = SSL_get_current_cipher(c->ssl);
+        buf_printf(out,
+                   "{\"version\":\"%s\",\"cipher\":\"%s\",\"resumed\":%s,\"started_ns\":%lld,"
+                   "\"ended_ns\":%lld}",
+                   SSL_get_version(c->ssl), cipher ? SSL_CIPHER_get_name(cipher) : "",
+                   SSL_session_reused(c->ssl) ? "true" : "false",
+                   (long long)c->handshake_started_ns, (long long)c->handshake_ended_ns);
+    } else {
+        buf_add(out, "null", 4);
+    }
+    buf_add(out, ",\"accepted\":[", 13);
+    if (c->accepted_json.len)
+        buf_add(out, c->accepted_json.data, c->accepted_json.len);
+    buf_add(out, "],\"phases\":[", 12);
+    if (c->phases_json.len)
+        buf_add(out, c->phases_json.data, c->phases_json.len);
+    buf_add(out, "],\"failure\":", 12);
+    if (failure) {
+        buf_printf(out, "{\"code\":%d,\"reply\":", code);
+        if (reply)
+            buf_json_string(out, reply, reply_len);
+        else
+            buf_add(out, "null", 4);
+        buf_add(out, ",\"text\":", 8);
+        buf_t text = {0};
+        buf_printf(&text, "%s: %s", kind, failure);
+        buf_json_string(out, text.data, text.len);
+        free(text.data);
+        buf_add(out, "}", 1);
+    } else {
+        buf_add(out, "null", 4);
+    }
+    buf_add(out, "}\n", 2);
+
+    if (c->ssl && c->accepted == c->messages && c->resume) {
+        kept_session_t *kept = kept_session(e, c->ctx, c->server_name, 1);
+        SSL_SESSION *session = SSL_get1_session(c->ssl);
+        if (kept && session) {
+            if (kept->session)
+                SSL_SESSION_free(kept->session);
+            kept->session = session;
+        } else if (session) {
+            SSL_SESSION_free(session);
+        }
+    }
+    if (c->ssl && !failure && c->handshake_ended_ns)
+        SSL_shutdown(c->ssl); /* our close_notify; the peer's is not waited for */
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        e->live = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = NULL;
+    c->next = e->ended;
+    e->ended = c;
+}
+
+static const char *errno_kind(int error) {
+    switch (error) {
+    case ECONNREFUSED: return "ConnectionRefusedError";
+    case ECONNRESET: return "ConnectionResetError";
+    case ECONNABORTED: return "ConnectionAbortedError";
+    case EPIPE: return "BrokenPipeError";
+    case ETIMEDOUT: return "TimeoutError";
+    default: return "OSError";
+    }
+}
+
+static void fail_errno(conn_t *c, int error) {
+    char text[160];
+    snprintf(text, sizeof text, "[Errno %d] %s", error, strerror(error));
+    finish(c, errno_kind(error), text, 0, NULL, 0);
+}
+
+/* Python's ssl names an error "[SSL: REASON] reason"; the reason's mnemonic is its text in
+ * capitals with underscores, as OpenSSL's own tables have it. */
+static void fail_ssl(conn_t *c, int ssl_error) {
+    unsigned long error = ERR_get_error();
+    ERR_clear_error();
+    if (!error) {
+        if (ssl_error == SSL_ERROR_SYSCALL && errno) {
+            fail_errno(c, errno);
+            return;
+        }
+        finish(c, "ConnectionResetError", "the server closed the connection", 0, NULL, 0);
+        return;
+    }
+    const char *reason = ERR_reason_error_string(error);
+    char mnemonic[128], text[512];
+    snprintf(mnemonic, sizeof mnemonic, "%s", reason ? reason : "unknown error");
+    for (char *p = mnemonic; *p; p++)
+        *p = *p == ' ' ? '_' : (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
+    long verified = SSL_get_verify_result(c->ssl);
+    if (verified != X509_V_OK && strcmp(mnemonic, "CERTIFICATE_VERIFY_FAILED") == 0) {
+        snprintf(text, sizeof text, "[SSL: %s] %s: %s", mnemonic, reason,
+                 X509_verify_cert_error_string(verified));
+        finish(c, "SSLCertVerificationError", text, 0, NULL, 0);
+        return;
+    }
+    snprintf(text, sizeof text, "[SSL: %s] %s", mnemonic, reason ? reason : "unknown error");
+    finish(c, "SSLError", text, 0, NULL, 0);
+}
+
+static void acknowledge_at_once(conn_t *c) {
+    /* TCP_QUICKACK after each command (see SenderSettings.quick_ack). */
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+}
+
+static void want_write(conn_t *c, int on) {
+    struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0), .data.ptr = c};
+    epoll_ctl(c->engine->epoll_fd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+static void flush_plain(conn_t *c) {
+    while (c->tx_off < c->tx.len) {
+        ssize_t n = send(c->fd, c->tx.data + c->tx_off, c->tx.len - c->tx_off, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EAGAIN) {
+                want_write(c, 1);
+                return;
+            }
+            if (errno == EINTR)
+                continue;
+            fail_errno(c, errno);
+            return;
+        }
+        c->tx_off += (size_t)n;
+    }
+    if (c->tx.len) {
+        c->tx.len = c->tx_off = 0;
+        want_write(c, 0);
+    }
+}
+
+static void write_data(conn_t *c, const char *data, size_t len) {
+    if (c->ssl) {
+        /* Partial writes are off (OpenSSL's default): a record is all taken or retried
+         * whole. Commands and bodies fit the socket's buffer on every path we drive. */
+        int n = SSL_write(c->ssl, data, (int)len);
+        if (n <= 0) {
+            int error = SSL_get_error(c->ssl, n);
+            if (error == SSL_ERROR_WANT_WRITE || error == SSL_ERROR_WANT_READ) {
+                buf_add(&c->tx, data, len); /* retried from flush_tls */
+                want_write(c, 1);
+                return;
+            }
+            fail_ssl(c, error);
+            return;
+        }
+    } else if (c->tx.len) {
+        buf_add(&c->tx, data, len);
+    } else {
+        ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL);
+        if (n < 0 && errno != EAGAIN) {
+            fail_errno(c, errno);
+            return;
+        }
+        if (n < (ssize_t)len) {
+            buf_add(&c->tx, data + (n > 0 ? n : 0), len - (size_t)(n > 0 ? n : 0));
+            want_write(c, 1);
+        }
+    }
+    if (c->quick_ack && !c->finished)
+        acknowledge_at_once(c);
+}
+
+static void flush_tls(conn_t *c) {
+    if (!c->tx.len)
+        return;
+    int n = SSL_write(c->ssl, c->tx.data, (int)c->tx.len);
+    if (n > 0) {
+        c->tx.len = 0;
+        want_write(c, 0);
+        return;
+    }
+    int error = SSL_get_error(c->ssl, n);
+    if (error != SSL_ERROR_WANT_WRITE && error != SSL_ERROR_WANT_READ)
+        fail_ssl(c, error);
+}
+
+static void send_command(conn_t *c, enum step step, const char *command) {
+    char line[1024]; /* commands are short: names and addresses are checked in Python */
+    int len = snprintf(line, sizeof line, "%s\r\n", command);
+    c->step = step;
+    c->deadline_ns = now_ns(CLOCK_MONOTONIC) + (int64_t)c->timeout_ms * 1000000;
+    write_data(c, line, len < (int)sizeof line ? (size_t)len : sizeof line - 1);
+}
+
+static void phase(conn_t *c, const char *name) {
+    int64_t now = now_ns(CLOCK_MONOTONIC);
+    int message = c->accepted < c->messages ? c->accepted : c->messages - 1;
+    buf_printf(&c->phases_json, "%s[\"%s\",%d,%lld,%lld]", c->phases_json.len ? "," : "", name,
+               message, (long long)c->phase_started_ns, (long long)now);
+    c->phase_started_ns = now;
+}
+
+static void next_message(conn_t *c) {
+    char command[600];
+    if (c->accepted < c->messages) {
+        snprintf(command, sizeof command, "MAIL FROM:<%s>", c->mail_from);
+        send_command(c, MAIL, command);
+    } else {
+        send_command(c, QUIT, "QUIT");
+    }
+}
+
+static void advance_handshake(conn_t *c);
+
+static void start_handshake(conn_t *c) {
+    c->ssl = SSL_new(c->ctx);
+    if (!c->ssl) {
+        fail_ssl(c, SSL_ERROR_SSL);
+        return;
+    }
+    SSL_set_fd(c->ssl, c->fd);
+    SSL_set_connect_state(c->ssl);
+    SSL_set_read_ahead(c->ssl, 1); /* one recv per readable socket, not one per record part */
+    SSL_set_mode(c->ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_AUTO_RETRY);
+    if (c->server_name) {
+        ASN1_OCTET_STRING *ip = a2i_IPADDRESS(c->server_name);
+        if (!ip) /* RFC 6066: no SNI for an address, as Python's ssl does */
+            SSL_set_tlsext_host_name(c->ssl, c->server_name);
+        if (c->check_hostname) {
+            X509_VERIFY_PARAM *param = SSL_get0_param(c->ssl);
+            X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+            if (ip)
+                X509_VERIFY_PARAM_set1_ip(param, ip->data, (size_t)ip->length);
+            else
+                X509_VERIFY_PARAM_set1_host(param, c->server_name, 0);
+        }
+        ASN1_OCTET_STRING_free(ip);
+    }
+    if (c->resume) {
+        kept_session_t *kept = kept_session(c->engine, c->ctx, c->server_name, 0);
+        if (kept && kept->session)
+            SSL_set_session(c->ssl, kept->session);
+    }
+    c->step = HANDSHAKE;
+    c->deadline_ns = now_ns(CLOCK_MONOTONIC) + (int64_t)c->timeout_ms * 1000000;
+    c->handshake_started_ns = now_ns(CLOCK_MONOTONIC);
+    advance_handshake(c);
+}
+
+static void advance_handshake(conn_t *c) {
+    ERR_clear_error();
+    errno = 0;
+    int done = SSL_connect(c->ssl);
+    if (done != 1) {
+        int error = SSL_get_error(c->ssl, done);
+        if (error == SSL_ERROR_WANT_READ)
+            return;
+        if (error == SSL_ERROR_WANT_WRITE) {
+            want_write(c, 1);
+            return;
+        }
+        fail_ssl(c, error);
+        return;
+    }
+    c->handshake_ended_ns = now_ns(CLOCK_MONOTONIC);
+    if (c->trace_phases)
+        phase(c, "smtp.starttls"); /* the handshake belongs to the STARTTLS phase */
+    char command[300];
+    snprintf(command, sizeof command, "EHLO %s", c->ehlo);
+    send_command(c, EHLO_TLS, command);
+}
+
+static int contains_starttls(const char *text, size_t len) {
+    for (size_t i = 0; i + 8 <= len; i++)
+        if (strncasecmp(text + i, "STARTTLS", 8) == 0)
+            return 1;
+    return 0;
+}
+
+/* The reply's text as Python's client gives it: each line past its code, joined by \n. */
+static size_t reply_message(const char *text, size_t len, char *out) {
+    size_t n = 0, start = 0;
+    while (start <= len) {
+        const char *end = memmem(text + start, len - start, "\r\n", 2);
+        size_t stop = end ? (size_t)(end - text) : len;
+        if (n)
+            out[n++] = '\n';
+        if (stop > start + 4) {
+            memcpy(out + n, text + start + 4, stop - start - 4);
+            n += stop - start - 4;
+        }
+        if (!end)
+            break;
+        start = stop + 2;
+    }
+    return n;
+}
+
+static void fail_reply(conn_t *c, int code, const char *text, size_t len) {
+    if (c->step == QUIT) { /* every message is in: QUIT's answer does not matter */
+        finish(c, NULL, NULL, 0, NULL, 0);
+        return;
+    }
+    char *message = malloc(len + 1);
+    size_t message_len = message ? reply_message(text, len, message) : 0;
+    char *failure = malloc(message_len + 16);
+    if (message && failure) {
+        memcpy(failure, message, message_len);
+        failure[message_len] = 0;
+        char kind[16];
+        snprintf(kind, sizeof kind, "smtp_%d", code);
+        finish(c, kind, failure, code, message, message_len);
+    } else {
+        finish(c, "MemoryError", "", code, NULL, 0);
+    }
+    free(message);
+    free(failure);
+}
+
+static void replied(conn_t *c, int code, const char *text, size_t len) {
+    enum step step = c->step;
+    if (c->trace_phases && !(step == STARTTLS && code == 220))
+        phase(c, PHASE_NAMES[step]);
+    if (code != EXPECTED[step]) {
+        if (step == STARTTLS && code == 454) { /* as opportunistic bots do: carry on plain */
+            c->tls_refused = 1;
+            next_message(c);
+            return;
+        }
+        fail_reply(c, code, text, len);
+        return;
+    }
+    char command[600];
+    switch (step) {
+    case GREETING:
+        c->greeted_ns = now_ns(CLOCK_MONOTONIC);
+        snprintf(command, sizeof command, "EHLO %s", c->ehlo);
+        send_command(c, EHLO, command);
+        break;
+    case EHLO:
+        if (!c->ctx)
+            next_message(c);
+        else if (contains_starttls(text, len))
+            send_command(c, STARTTLS, "STARTTLS");
+        else
+            finish(c, "StartTlsNotOffered", "the server's EHLO does not offer STARTTLS", 0,
+                   NULL, 0);
+        break;
+    case STARTTLS:
+        start_handshake(c);
+        break;
+    case EHLO_TLS:
+        next_message(c);
+        break;
+    case MAIL:
+        snprintf(command, sizeof command, "RCPT TO:<%s>", c->rcpt_to);
+        send_command(c, RCPT, command);
+        break;
+    case RCPT:
+        send_command(c, DATA, "DATA");
+        break;
+    case DATA:
+        c->step = BODY;
+        c->deadline_ns = now_ns(CLOCK_MONOTONIC) + (int64_t)c->timeout_ms * 1000000;
+        write_data(c, c->bodies + c->body_offsets[c->accepted],
+                   (size_t)c->body_lengths[c->accepted]);
+        break;
+    case BODY: {
+        char *message = malloc(len + 1);
+        size_t message_len = message ? reply_message(text, len, message) : 0;
+        buf_t *out = &c->accepted_json;
+        buf_printf(out, "%s{\"code\":%d,\"reply\":", out->len ? "," : "", code);
+        buf_json_string(out, message ? message : "", message_len);
+        free(message);
+        if (c->accepted < c->messages - 1) { /* the last one ends at the connection's end */
+            buf_add(out, ",\"at\":", 6);
+            mark_wire(out, c->fd, now_ns(CLOCK_MONOTONIC));
+        }
+        buf_add(out, "}", 1);
+        c->accepted++;
+        next_message(c);
+        break;
+    }
+    case QUIT:
+        finish(c, NULL, NULL, 0, NULL, 0);
+        break;
+    default:
+        break;
+    }
+}
+
+/* Reply lines collected; a reply ends at a line whose fourth byte is not '-'. */
+static void take(conn_t *c, const char *data, size_t len) {
+    buf_t *rx = &c->rx;
+    buf_add(rx, data, len);
+    size_t start = 0;
+    while (!c->finished) {
+        char *end = memmem(rx->data + start, rx->len - start, "\r\n", 2);
+        if (!end)
+            break;
+        const char *line = rx->data + start;
+        size_t stop = (size_t)(end - rx->data), line_len = stop - start;
+        start = stop + 2;
+        if (line_len > 3 && line[3] == '-')
+            continue;
+        int code = 0;
+        if (line_len >= 3 && line[0] >= '0' && line[0] <= '9' && line[1] >= '0' &&
+            line[1] <= '9' && line[2] >= '0' && line[2] <= '9')
+            code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + line[2] - '0';
+        /* The whole reply, all its lines, from the buffer's start; what follows it stays. */
+        char *reply = malloc(stop + 1);
+        if (!reply) {
+            finish(c, "MemoryError", "", 0, NULL, 0);
+            return;
+        }
+        memcpy(reply, rx->data, stop);
+        memmove(rx->data, rx->data + start, rx->len - start);
+        rx->len -= start;
+        start = 0;
+        replied(c, code, reply, stop);
+        free(reply);
+    }
+    if (rx->len > MAX_REPLY_BYTES && !c->finished)
+        finish(c, "ConnectionAbortedError", "the server's reply ran past 64 KiB without ending",
+               0, NULL, 0);
+}
+
+static void on_readable(conn_t *c) {
+    char data[READ_BYTES];
+    if (!c->ssl) {
+        ssize_t n = recv(c->fd, data, sizeof data, 0);
+        if (n > 0)
+            take(c, data, (size_t)n);
+        else if (n == 0)
+            finish(c, "ConnectionResetError", "the server closed the connection", 0, NULL, 0);
+        else if (errno != EAGAIN && errno != EINTR)
+            fail_errno(c, errno);
+        return;
+    }
+    if (c->step == HANDSHAKE) {
+        advance_handshake(c);
+        if (c->finished || c->step == HANDSHAKE)
+            return;
+    }
+    while (!c->finished) {
+        ERR_clear_error();
+        errno = 0;
+        int n = SSL_read(c->ssl, data, sizeof data);
+        if (n > 0) {
+            take(c, data, (size_t)n);
+            if (!SSL_has_pending(c->ssl))
+                break; /* all decrypted: another read would only find the socket empty */
+            continue;
+        }
+        int error = SSL_get_error(c->ssl, n);
+        if (error == SSL_ERROR_WANT_READ)
+            break;
+        if (error == SSL_ERROR_WANT_WRITE) {
+            want_write(c, 1);
+            break;
+        }
+        if (error == SSL_ERROR_ZERO_RETURN) {
+            finish(c, "ConnectionResetError", "the server ended TLS (close_notify)", 0, NULL, 0);
+            break;
+        }
+        fail_ssl(c, error);
+        break;
+    }
+}
+
+static void on_connected(conn_t *c) {
+    int error = 0;
+    socklen_t len = sizeof error;
+    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &error, &len);
+    if (error) {
+        fail_errno(c, error);
+        return;
+    }
+    c->connected = 1;
+    want_write(c, 0);
+}
+
+static void on_event(conn_t *c, uint32_t events) {
+    if (!c->connected) {
+        on_connected(c);
+        if (c->finished)
+            return;
+    }
+    if (events & EPOLLOUT) {
+        if (c->ssl && c->step == HANDSHAKE)
+            advance_handshake(c);
+        else if (c->ssl)
+            flush_tls(c);
+        else
+            flush_plain(c);
+    }
+    if (!c->finished && (events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+        on_readable(c);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static void arm_timer(engine_t *e) {
+    int64_t earliest = 0;
+    for (conn_t *c = e->live; c; c = c->next)
+        if (!earliest || c->deadline_ns < earliest)
+            earliest = c->deadline_ns;
+    if (earliest == e->timer_armed_ns)
+        return;
+    struct itimerspec when = {0};
+    if (earliest) {
+        when.it_value.tv_sec = earliest / 1000000000;
+        when.it_value.tv_nsec = earliest % 1000000000;
+    }
+    timerfd_settime(e->timer_fd, TFD_TIMER_ABSTIME, &when, NULL);
+    e->timer_armed_ns = earliest;
+}
+
+static void expire(engine_t *e) {
+    uint64_t expirations;
+    if (read(e->timer_fd, &expirations, sizeof expirations) < 0 && errno != EAGAIN)
+        return;
+    e->timer_armed_ns = 0;
+    int64_t now = now_ns(CLOCK_MONOTONIC);
+    conn_t *c = e->live;
+    while (c) {
+        conn_t *next = c->next;
+        if (c->deadline_ns <= now) {
+            char text[64];
+            if (c->connected)
+                snprintf(text, sizeof text, "no reply within %g s", c->timeout_ms / 1000.0);
+            else
+                text[0] = 0; /* as asyncio.timeout says it of a connect that never came */
+            finish(c, "TimeoutError", text, 0, NULL, 0);
+        }
+        c = next;
+    }
+}
+
+engine_t *engine_new(void) {
+    engine_t *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    e->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    e->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+    if (e->epoll_fd < 0 || e->timer_fd < 0 ||
+        epoll_ctl(e->epoll_fd, EPOLL_CTL_ADD, e->timer_fd, &ev) != 0) {
+        if (e->epoll_fd >= 0)
+            close(e->epoll_fd);
+        if (e->timer_fd >= 0)
+            close(e->timer_fd);
+        free(e);
+        return NULL;
+    }
+    return e;
+}
+
+int engine_fd(engine_t *e) { return e->epoll_fd; }
+
+static char *copy_of(const char *text) { return text ? strdup(text) : NULL; }
+
+/* A connection started: its id (> 0), or -errno when no socket could be made. */
+long engine_start(engine_t *e, const job_t *job) {
+    struct sockaddr_storage address = {0};
+    socklen_t address_len;
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&address;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&address;
+    if (inet_pton(AF_INET, job->address, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)job->port);
+        address_len = sizeof *v4;
+    } else if (inet_pton(AF_INET6, job->address, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)job->port);
+        address_len = sizeof *v6;
+    } else {
+        return -EINVAL;
+    }
+    conn_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    c->engine = e;
+    c->start_ns = now_ns(CLOCK_MONOTONIC);
+    c->start_wall_ns = now_ns(CLOCK_REALTIME);
+    c->fd = socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0) {
+        int error = errno;
+        free(c);
+        return -error;
+    }
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->ctx = job->ssl_ctx;
+    c->server_name = copy_of(job->server_name);
+    c->ehlo = copy_of(job->ehlo);
+    c->mail_from = copy_of(job->mail_from);
+    c->rcpt_to = copy_of(job->rcpt_to);
+    c->messages = job->messages;
+    c->body_lengths = malloc(sizeof(int) * (size_t)job->messages);
+    c->body_offsets = malloc(sizeof(size_t) * (size_t)job->messages);
+    size_t total = 0;
+    for (int i = 0; c->body_lengths && c->body_offsets && i < job->messages; i++) {
+        c->body_lengths[i] = job->body_lengths[i];
+        c->body_offsets[i] = total;
+        total += (size_t)job->body_lengths[i];
+    }
+    c->bodies = malloc(total ? total : 1);
+    if (!c->ehlo || !c->mail_from || !c->rcpt_to || !c->body_lengths || !c->body_offsets ||
+        !c->bodies) {
+        conn_free(c);
+        return -ENOMEM;
+    }
+    memcpy(c->bodies, job->bodies, total);
+    c->timeout_ms = job->timeout_ms;
+    c->quick_ack = job->quick_ack;
+    c->trace_phases = job->trace_phases;
+    c->check_hostname = job->check_hostname;
+    c->resume = job->resume;
+    c->step = GREETING;
+    c->phase_started_ns = c->start_ns;
+    c->deadline_ns = c->start_ns + (int64_t)c->timeout_ms * 1000000;
+    c->id = ++e->next_id;
+    if (connect(c->fd, (struct sockaddr *)&address, address_len) != 0 && errno != EINPROGRESS) {
+        int error = errno;
+        conn_free(c);
+        return -error;
+    }
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
+    if (epoll_ctl(e->epoll_fd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
+        int error = errno;
+        conn_free(c);
+        return -error;
+    }
+    c->next = e->live;
+    if (e->live)
+        e->live->prev = c;
+    e->live = c;
+    if (!e->timer_armed_ns || c->deadline_ns < e->timer_armed_ns)
+        arm_timer(e);
+    return c->id;
+}
+
+/* Handle what is ready without waiting; the connections that ended, as JSON lines (free with
+ * engine_free_text), or NULL when none did. */
+char *engine_run(engine_t *e) {
+    struct epoll_event events[64];
+    int ready;
+    do {
+        ready = epoll_wait(e->epoll_fd, events, 64, 0);
+        for (int i = 0; i < ready; i++) {
+            conn_t *c = events[i].data.ptr;
+            if (!c) {
+                expire(e);
+                arm_timer(e);
+                continue;
+            }
+            if (!c->finished)
+                on_event(c, events[i].events);
+        }
+    } while (ready == 64);
+    while (e->ended) {
+        conn_t *c = e->ended;
+        e->ended = c->next;
+        conn_free(c);
+    }
+    if (!e->finished.len)
+        return NULL;
+    char *text = e->finished.data;
+    e->finished = (buf_t){0};
+    return text;
+}
+
+void engine_free_text(char *text) { free(text); }
+
+/* Every connection in flight dropped without a result (the sender is stopping). */
+void engine_free(engine_t *e) {
+    while (e->live) {
+        conn_t *c = e->live;
+        e->live = c->next;
+        conn_free(c);
+    }
+    for (int i = 0; i < MAX_SESSIONS; i++) {
+        free(e->sessions[i].name);
+        if (e->sessions[i].session)
+            SSL_SESSION_free(e->sessions[i].session);
+    }
+    close(e->timer_fd);
+    close(e->epoll_fd);
+    free(e->finished.data);
+    free(e);
+}
