@@ -25,7 +25,7 @@ from tlsstorm.common.config import KeyType
 from tlsstorm.common.intervals import mean_ci, shown
 from tlsstorm.common.machine import machine_note
 from tlsstorm.common.pki import load_pair
-from tlsstorm.common.process import cpu_seconds_of
+from tlsstorm.common.process import cpu_seconds_of, thread_cpu_seconds_of
 from tlsstorm.common.tls import client_context, server_context
 from tlsstorm.sweep.run import SweepRunner, stack_runner
 
@@ -33,6 +33,7 @@ MODES = ((0.0, "plain"), (1.0, "STARTTLS"))
 TARGET_EXTRA_OVER_OPENSSL = 1.3
 TARGET_TRACING_OVERHEAD = 0.10
 TARGET_SENDER_SHARE = 0.5  # the generator never the bottleneck (issue 12)
+ENGINE_THREAD = "tlsstorm-engine"  # the sender's SMTP engine (sender/engine/smtp_engine.c)
 
 
 def openssl_handshake_cpu_us(cert: Path, key: Path, seconds: int) -> tuple[float, float]:
@@ -100,6 +101,7 @@ class Costs:
     receiver_session: float  # charged to the receiver's sessions
     receiver_process: float  # the receiver process's, all of it
     sender_process: float
+    sender_engine: float  # of which the SMTP engine's thread: C, OpenSSL, its system calls
 
 
 def measure(runner: SweepRunner, flags: argparse.Namespace, label: str) -> dict[str, list[Costs]]:
@@ -110,11 +112,15 @@ def measure(runner: SweepRunner, flags: argparse.Namespace, label: str) -> dict[
     for round_number in range(1, flags.repeat + 1):
         for ratio, mode in MODES:
             sender_before = cpu_seconds_of(sender_pid)
+            engine_before = thread_cpu_seconds_of(sender_pid, ENGINE_THREAD)
             point = runner.wave(ratio, flags.rate, flags.messages,
                                 f"{label} {mode:>8} {round_number}/{flags.repeat}")
             sender_us = (cpu_seconds_of(sender_pid) - sender_before) * 1e6 / point.messages
+            engine_us = ((thread_cpu_seconds_of(sender_pid, ENGINE_THREAD) - engine_before)
+                         * 1e6 / point.messages)
             costs[mode].append(Costs(point.cpu_ms_per_message * 1000,
-                                     point.process_cpu_ms_per_message * 1000, sender_us))
+                                     point.process_cpu_ms_per_message * 1000, sender_us,
+                                     engine_us))
     return costs
 
 
@@ -139,9 +145,11 @@ def report(key_type: str, openssl: list[tuple[float, float]], halves: list[Halve
     rows = [("receiver, charged to sessions", off, "receiver_session"),
             ("receiver process", off, "receiver_process"),
             ("sender process", off, "sender_process"),
+            ("  of which its engine thread", off, "sender_engine"),
             ("receiver, charged, tracing on", on, "receiver_session"),
             ("receiver process, tracing on", on, "receiver_process"),
-            ("sender process, tracing on", on, "sender_process")]
+            ("sender process, tracing on", on, "sender_process"),
+            ("  of which its engine thread", on, "sender_engine")]
     for name, costs, field in rows:
         plain, tls = column(costs, "plain", field), column(costs, "STARTTLS", field)
         print(f"{name:<34}{shown(plain):>20}{shown(tls):>20}"

@@ -36,8 +36,8 @@ def test_receiver_cost_prints_every_figure_beside_its_anchor(tmp_path):
     assert re.search(rf"half of the handshake is {FIGURE} us .* STARTTLS message: {FIGURE} x",
                      out), out
     for row in ("receiver, charged to sessions", "receiver process", "sender process",
-                "receiver, charged, tracing on", "receiver process, tracing on",
-                "sender process, tracing on"):
+                "  of which its engine thread", "receiver, charged, tracing on",
+                "receiver process, tracing on", "sender process, tracing on"):
         assert re.search(rf"^{re.escape(row)} +{FIGURE} +{FIGURE} +{FIGURE} x$", out,
                          re.MULTILINE), row
     assert re.search(r"extra CPU for STARTTLS \(charged to sessions\).*target <= 1\.3x: "

@@ -8,12 +8,14 @@ import socket
 import ssl
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.receiver_process import ServiceProcess
 from tlsstorm.common.pki import self_signed
+from tlsstorm.common.process import cpu_seconds_of, thread_cpu_seconds_of
 from tlsstorm.common.tls import server_context
 from tlsstorm.sender.waves import is_tls
 
@@ -268,6 +270,33 @@ def test_the_sender_process_on_uvloop_counts_the_bytes_the_receiver_counts(recei
     # sender's last count, and may count the sender's FIN: a socket already closed both ways
     # (TCP_CLOSE) cannot say whether a FIN or a reset ended it, so its FIN is not taken off.
     assert 0 <= counted_in - sent <= 24 + 1, (counted_in, sent)
+
+
+def test_the_engine_thread_holds_the_conversations_and_its_cpu_is_the_sender_process_s(
+    receiver
+):
+    """The SMTP engine runs on a thread of the sender's own (named, so benches can split its
+    CPU out): its CPU is inside the process's, which the kernel counts for every thread, and
+    the conversations are its work, not the event loop's."""
+    sender = ServiceProcess("sender", {"OTEL_SDK_DISABLED": "true",
+                                       "TLSSTORM_SENDER_TARGET": f"127.0.0.1:{receiver.smtp_port}"})
+    try:
+        engine_before = thread_cpu_seconds_of(sender.pid, "tlsstorm-engine")
+        process_before = cpu_seconds_of(sender.pid)
+        results = httpx.post(f"{sender.http}/v1/send", timeout=60, json={
+            "tls": True, "count": 40, "per_connection": 1}).json()["results"]
+        engine = thread_cpu_seconds_of(sender.pid, "tlsstorm-engine") - engine_before
+        process = cpu_seconds_of(sender.pid) - process_before
+        names = [(task / "comm").read_text().strip()
+                 for task in Path(f"/proc/{sender.pid}/task").iterdir()]
+    finally:
+        sender.stop()
+
+    assert all(result["ok"] for result in results), results
+    assert names.count("tlsstorm-engine") == 1, names
+    # 40 full handshakes: at least the client's half of each (~250 us here) in the engine.
+    assert engine > 40 * 100e-6, engine
+    assert engine < process, (engine, process)
 
 
 def test_the_sender_process_keeps_what_it_built_at_start_out_of_the_garbage_collectors_walk(

@@ -31,6 +31,17 @@ def cpu_seconds_of(pid: int) -> float:
     return time.clock_gettime(clock.value)
 
 
+def thread_cpu_seconds_of(pid: int, name: str) -> float:
+    """CPU of another process's threads called `name` (live ones), from the scheduler's own
+    count in nanoseconds (/proc/PID/task/TID/schedstat)."""
+    total_ns = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            if (task / "comm").read_text().strip() == name:
+                total_ns += int((task / "schedstat").read_text().split()[0])
+    return total_ns / 1e9
+
+
 def rss_bytes() -> int:
     try:
         with open("/proc/self/statm", "rb") as statm:

@@ -2,10 +2,10 @@
 
 Why compiled: in Python each SMTP reply cost the sender an event-loop callback and a few calls,
 and under TLS copies through memory BIOs; per message it spent more than half the CPU of the
-receiver it measures (issue 12). The engine holds every connection in one epoll set whose
-descriptor the event loop watches, so it runs on the loop's own thread: no thread, no lock.
-Each connection ends with one JSON report: its marks, the messages accepted, the handshake, the
-command phases and the failure that ended it.
+receiver it measures (issue 12). The engine holds every connection in one epoll set, served by
+a thread of its own (which never touches Python objects), so the event loop wakes once per
+finished connection, not once per reply. Each connection ends with one JSON report: its marks,
+the messages accepted, the handshake, the command phases and the failure that ended it.
 
 TLS is OpenSSL's own, with the SSL_CTX inside the Python SSLContext the sender configured (the
 first field after CPython's object header, as common/tls.py reads it too): the ClientHello and
@@ -61,11 +61,11 @@ def _load() -> ctypes.CDLL:
     ctypes.CDLL(_ssl.__file__, mode=ctypes.RTLD_GLOBAL)  # the OpenSSL Python's ssl uses
     library = ctypes.CDLL(str(_library_path()))
     library.engine_new.restype = ctypes.c_void_p
-    library.engine_fd.argtypes = [ctypes.c_void_p]
+    library.engine_done_fd.argtypes = [ctypes.c_void_p]
     library.engine_start.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Job)]
     library.engine_start.restype = ctypes.c_long
-    library.engine_run.argtypes = [ctypes.c_void_p]
-    library.engine_run.restype = ctypes.c_void_p
+    library.engine_take.argtypes = [ctypes.c_void_p]
+    library.engine_take.restype = ctypes.c_void_p
     library.engine_free_text.argtypes = [ctypes.c_void_p]
     library.engine_free.argtypes = [ctypes.c_void_p]
     return library
@@ -107,9 +107,9 @@ class Engine:
         self._lib = _library
         self._engine = self._lib.engine_new()
         if not self._engine:
-            raise OSError("the SMTP engine could not make its epoll set")
+            raise OSError("the SMTP engine could not start (epoll set, descriptors or thread)")
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._lib.engine_fd(self._engine), self._on_ready)
+        self._loop.add_reader(self._lib.engine_done_fd(self._engine), self._on_ready)
         self._waiting: dict[int, asyncio.Future[dict]] = {}
         self._contexts: dict[int, ssl.SSLContext] = {}  # kept alive while the engine uses them
 
@@ -134,7 +134,7 @@ class Engine:
         return await waiting
 
     def _on_ready(self) -> None:
-        text = self._lib.engine_run(self._engine)
+        text = self._lib.engine_take(self._engine)
         if not text:
             return
         try:
@@ -150,7 +150,7 @@ class Engine:
     def close(self) -> None:
         """Drop every connection in flight (the sender is stopping)."""
         if self._engine:
-            self._loop.remove_reader(self._lib.engine_fd(self._engine))
+            self._loop.remove_reader(self._lib.engine_done_fd(self._engine))
             self._lib.engine_free(self._engine)
             self._engine = None
         for waiting in self._waiting.values():
