@@ -111,6 +111,7 @@ struct conn {
     size_t *body_offsets;
     int messages, accepted, timeout_ms, quick_ack, trace_phases, check_hostname, resume;
     int tls_refused;
+    int writing; /* EPOLLOUT asked for: something waits for room in the socket */
     buf_t rx; /* reply lines not yet complete */
     buf_t tx; /* what the socket did not take yet */
     size_t tx_off;
@@ -380,8 +381,19 @@ static void acknowledge_at_once(conn_t *c) {
 }
 
 static void want_write(conn_t *c, int on) {
+    if (c->writing == on)
+        return;
+    c->writing = on;
     struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0), .data.ptr = c};
     epoll_ctl(c->engine->epoll_fd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+/* OpenSSL must wait for the socket: for data (the next readable event comes anyway) or for
+ * room (asked for). */
+static int ssl_waits(conn_t *c, int error) {
+    if (error == SSL_ERROR_WANT_WRITE)
+        want_write(c, 1);
+    return error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE;
 }
 
 static void flush_plain(conn_t *c) {
@@ -438,8 +450,10 @@ static void write_data(conn_t *c, const char *data, size_t len) {
 }
 
 static void flush_tls(conn_t *c) {
-    if (!c->tx.len)
+    if (!c->tx.len) {
+        want_write(c, 0);
         return;
+    }
     int n = SSL_write(c->ssl, c->tx.data, (int)c->tx.len);
     if (n > 0) {
         c->tx.len = 0;
@@ -447,7 +461,7 @@ static void flush_tls(conn_t *c) {
         return;
     }
     int error = SSL_get_error(c->ssl, n);
-    if (error != SSL_ERROR_WANT_WRITE && error != SSL_ERROR_WANT_READ)
+    if (!ssl_waits(c, error))
         fail_ssl(c, error);
 }
 
@@ -520,16 +534,12 @@ static void advance_handshake(conn_t *c) {
     int done = SSL_connect(c->ssl);
     if (done != 1) {
         int error = SSL_get_error(c->ssl, done);
-        if (error == SSL_ERROR_WANT_READ)
-            return;
-        if (error == SSL_ERROR_WANT_WRITE) {
-            want_write(c, 1);
-            return;
-        }
-        fail_ssl(c, error);
+        if (!ssl_waits(c, error))
+            fail_ssl(c, error);
         return;
     }
     c->handshake_ended_ns = now_ns(CLOCK_MONOTONIC);
+    want_write(c, 0); /* if the handshake had to wait for room */
     if (c->trace_phases)
         phase(c, "smtp.starttls"); /* the handshake belongs to the STARTTLS phase */
     char command[300];
@@ -720,12 +730,8 @@ static void on_readable(conn_t *c) {
             continue;
         }
         int error = SSL_get_error(c->ssl, n);
-        if (error == SSL_ERROR_WANT_READ)
+        if (ssl_waits(c, error))
             break;
-        if (error == SSL_ERROR_WANT_WRITE) {
-            want_write(c, 1);
-            break;
-        }
         if (error == SSL_ERROR_ZERO_RETURN) {
             finish(c, "ConnectionResetError", "the server ended TLS (close_notify)", 0, NULL, 0);
             break;
@@ -826,6 +832,7 @@ static void take_incoming(engine_t *e, conn_t *incoming) {
         if (e->live)
             e->live->prev = c;
         e->live = c;
+        c->writing = 1; /* the connect's completion */
         struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
         if (epoll_ctl(e->epoll_fd, EPOLL_CTL_ADD, c->fd, &ev) != 0)
             fail_errno(c, errno);
