@@ -58,8 +58,12 @@ def _library_path() -> Path:
 
 
 def _load() -> ctypes.CDLL:
-    ctypes.CDLL(_ssl.__file__, mode=ctypes.RTLD_GLOBAL)  # the OpenSSL Python's ssl uses
+    # Linked against the system's libssl.so.3, the very library Python's ssl module loaded:
+    # one OpenSSL in the process, so the SSL_CTX of a Python SSLContext is the engine's too.
     library = ctypes.CDLL(str(_library_path()))
+    if _address(library.SSL_CTX_new) != _address(ctypes.CDLL(_ssl.__file__).SSL_CTX_new):
+        raise ImportError("the SMTP engine and Python's ssl module load different OpenSSL "
+                          "libraries; rebuild tlsstorm against the OpenSSL Python uses")
     library.engine_new.restype = ctypes.c_void_p
     library.engine_done_fd.argtypes = [ctypes.c_void_p]
     library.engine_start.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Job)]
@@ -69,6 +73,10 @@ def _load() -> ctypes.CDLL:
     library.engine_free_text.argtypes = [ctypes.c_void_p]
     library.engine_free.argtypes = [ctypes.c_void_p]
     return library
+
+
+def _address(function: ctypes._CFuncPtr) -> int:
+    return ctypes.cast(function, ctypes.c_void_p).value
 
 
 _library: ctypes.CDLL | None = None
