@@ -109,3 +109,12 @@ def test_memory_per_session_compares_three_servers(tmp_path):
         rows += ["Postfix smtpd (PSS)", "Postfix smtpd (RSS)"]
     for row in rows:
         assert re.search(rf"^{re.escape(row)} +{FIGURE} +{FIGURE}$", out, re.MULTILINE), out
+
+
+def test_tls_client_halves_prints_each_end_of_both_stacks(tmp_path):
+    out = _bench(tmp_path, "tls_client_halves.py", "--handshakes", "20", "--repeat", "2",
+                 "--key-types", "ecdsa-p256")
+
+    assert re.search(rf"^ecdsa-p256 +OpenSSL 3\.0 via Python ssl +{FIGURE} +{FIGURE}$", out,
+                     re.MULTILINE), out
+    assert re.search(rf"^ +rustls 0\.23 \(ring\) +{FIGURE} +{FIGURE}$", out, re.MULTILINE), out
