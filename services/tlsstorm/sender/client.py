@@ -7,6 +7,7 @@ what to send, and turns the engine's report into each message's result and spans
 from __future__ import annotations
 
 import collections
+import ssl
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -153,7 +154,7 @@ class _Session:
         self.connect_ms: float | None = None
         self.trace_commands = client.tracer is not None and self.settings.trace_commands
 
-    async def run(self, count: int, size: int, context, sni: bool,
+    async def run(self, count: int, size: int, context: ssl.SSLContext, sni: bool,
                   resume: bool) -> list[MessageResult]:
         client, settings, target = self.client, self.settings, self.target
         ids = [client.ids.choose() for _ in range(count)] if client.tracer else []
