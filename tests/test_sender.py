@@ -299,6 +299,31 @@ def test_the_engine_thread_holds_the_conversations_and_its_cpu_is_the_sender_pro
     assert engine < process, (engine, process)
 
 
+def _peak_rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024
+
+
+def test_a_connection_of_large_messages_holds_about_one_message_in_memory(receiver):
+    """The largest values the API takes (10 MiB messages, 1,000 to a connection) must not
+    make the sender hold every message of a connection at once: 40 messages of 4 MiB on one
+    connection, 160 MiB in all, raise its peak RSS by a few messages' worth at most."""
+    sender = ServiceProcess("sender", {"OTEL_SDK_DISABLED": "true",
+                                       "TLSSTORM_SENDER_TARGET": f"127.0.0.1:{receiver.smtp_port}"})
+    try:
+        httpx.post(f"{sender.http}/v1/send", timeout=60,
+                   json={"tls": True, "size": 4 << 20}).raise_for_status()
+        before = _peak_rss_mib(sender.pid)
+        results = httpx.post(f"{sender.http}/v1/send", timeout=120, json={
+            "tls": True, "count": 40, "per_connection": 40, "size": 4 << 20}).json()["results"]
+        grown = _peak_rss_mib(sender.pid) - before
+    finally:
+        sender.stop()
+
+    assert all(result["ok"] for result in results), results[:2]
+    assert grown < 40, f"peak RSS grew by {grown:.0f} MiB for 160 MiB of messages"
+
+
 def test_the_sender_process_keeps_what_it_built_at_start_out_of_the_garbage_collectors_walk(
     receiver
 ):

@@ -21,7 +21,7 @@ from tlsstorm.common.telemetry import CountedTracerProvider
 from tlsstorm.common.tls import client_context
 from tlsstorm.sender.allowlist import Target
 from tlsstorm.sender.engine import Conversation, Engine
-from tlsstorm.sender.message import build_message
+from tlsstorm.sender.message import message_parts
 from tlsstorm.sender.profiles import PROFILES, profile_context
 
 
@@ -158,11 +158,11 @@ class _Session:
                   resume: bool) -> list[MessageResult]:
         client, settings, target = self.client, self.settings, self.target
         ids = [client.ids.choose() for _ in range(count)] if client.tracer else []
-        bodies, sizes = self._messages(ids, count, size)
+        pieces, head_of, text_of, sizes = self._messages(ids, count, size)
         talk = Conversation(target.address, target.port, context if self.tls else None,
                             target.host if sni else None, resume, client.helo_name,
-                            client.mail_from, client.rcpt_to, bodies, settings.timeout_s,
-                            settings.quick_ack, self.trace_commands)
+                            client.mail_from, client.rcpt_to, pieces, head_of, text_of,
+                            settings.timeout_s, settings.quick_ack, self.trace_commands)
         started_ns, started_wall_ns = time.perf_counter_ns(), time.time_ns()
         try:
             report = await client.engine.converse(talk)
@@ -175,21 +175,32 @@ class _Session:
         self._replay(report, ids, sizes, count, size)
         return self.results
 
-    def _messages(self, ids: list[tuple[int, int]], count: int,
-                  size: int) -> tuple[list[bytes], list[int]]:
-        """Each message, dot-stuffed for DATA, with its span's traceparent when tracing."""
+    def _messages(self, ids: list[tuple[int, int]], count: int, size: int
+                  ) -> tuple[list[bytes], list[int], list[int], list[int]]:
+        """The messages as the engine's pieces, dot-stuffed for DATA: each its own header (with
+        its span's traceparent when tracing), texts of one length one shared piece; which
+        pieces each message is made of; and each message's size."""
         parent = trace.get_current_span().get_span_context()
         flags = int(parent.trace_flags) if parent.is_valid else 1
         settings = self.settings
-        bodies, sizes = [], []
+        pieces: list[bytes] = []
+        text_pieces: dict[bytes, int] = {}
+        head_of, text_of, sizes = [], [], []
         for index in range(count):
             traceparent = (f"00-{ids[index][0]:032x}-{ids[index][1]:016x}-{flags:02x}"
                            if ids else None)
-            message = build_message(size, settings.mail_from, settings.rcpt_to, traceparent,
-                                    self.wave_id)
-            sizes.append(len(message))
-            bodies.append(_dot_stuffed(message))
-        return bodies, sizes
+            head, text = message_parts(size, settings.mail_from, settings.rcpt_to, traceparent,
+                                       self.wave_id)
+            sizes.append(len(head) + len(text))
+            head_of.append(len(pieces))
+            pieces.append(_dot_stuffed(head))
+            if text not in text_pieces:
+                text_pieces[text] = len(pieces)
+                stuffed = _dot_stuffed(text)
+                pieces.append(stuffed if not text or stuffed.endswith(b"\r\n")
+                              else stuffed + b"\r\n")
+            text_of.append(text_pieces[text])
+        return pieces, head_of, text_of, sizes
 
     def _replay(self, report: dict[str, Any], ids: list[tuple[int, int]], sizes: list[int],
                 count: int, size: int) -> None:
@@ -314,12 +325,11 @@ def _text(engine_text: str) -> str:
     return engine_text.encode("latin-1").decode("utf-8", "replace")
 
 
-def _dot_stuffed(message: bytes) -> bytes:
-    """The DATA payload: lines starting with '.' doubled, CRLF ended, then '.'."""
-    if message.startswith(b".") or b"\n." in message:
-        message = message.replace(b"\n.", b"\n..")
-        if message.startswith(b"."):
-            message = b"." + message
-    if not message.endswith(b"\r\n"):
-        message += b"\r\n"
-    return message + b".\r\n"
+def _dot_stuffed(lines: bytes) -> bytes:
+    """Lines starting with '.' doubled for DATA (RFC 5321 4.5.2); `lines` begin at a line's
+    start (a message's header, or its text after the header's blank line)."""
+    if lines.startswith(b".") or b"\n." in lines:
+        lines = lines.replace(b"\n.", b"\n..")
+        if lines.startswith(b"."):
+            lines = b"." + lines
+    return lines

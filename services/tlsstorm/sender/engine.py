@@ -38,8 +38,11 @@ class _Job(ctypes.Structure):
         ("mail_from", ctypes.c_char_p),
         ("rcpt_to", ctypes.c_char_p),
         ("messages", ctypes.c_int),
-        ("bodies", ctypes.c_char_p),
-        ("body_lengths", ctypes.POINTER(ctypes.c_int)),
+        ("pieces", ctypes.c_char_p),
+        ("piece_lengths", ctypes.POINTER(ctypes.c_int)),
+        ("piece_count", ctypes.c_int),
+        ("head_of", ctypes.POINTER(ctypes.c_int)),
+        ("text_of", ctypes.POINTER(ctypes.c_int)),
         ("timeout_ms", ctypes.c_int),
         ("quick_ack", ctypes.c_int),
         ("trace_phases", ctypes.c_int),
@@ -75,6 +78,11 @@ def _load() -> ctypes.CDLL:
     return library
 
 
+def _ints(values) -> ctypes.Array:
+    listed = list(values)
+    return (ctypes.c_int * len(listed))(*listed)
+
+
 def _address(function: ctypes._CFuncPtr) -> int:
     return ctypes.cast(function, ctypes.c_void_p).value
 
@@ -99,7 +107,11 @@ class Conversation:
     ehlo: bytes
     mail_from: bytes
     rcpt_to: bytes
-    bodies: list[bytes]  # dot-stuffed, each ending with ".\r\n"
+    # Message i is pieces[head_of[i]] then pieces[text_of[i]], both dot-stuffed; the engine
+    # ends it with ".\r\n". Messages of one size share their text piece.
+    pieces: list[bytes]
+    head_of: list[int]
+    text_of: list[int]
     timeout_s: float
     quick_ack: bool
     trace_phases: bool
@@ -128,12 +140,13 @@ class Engine:
         if context is not None:
             ctx = ssl_ctx_of(context)
             self._contexts[ctx] = context
-        lengths = (ctypes.c_int * len(talk.bodies))(*map(len, talk.bodies))
+        messages = len(talk.head_of)
         job = _Job(talk.address.encode(), talk.port, ctx or None,
                    talk.server_name.encode() if talk.server_name else None,
                    int(bool(context is not None and context.check_hostname)), int(talk.resume),
-                   talk.ehlo, talk.mail_from, talk.rcpt_to, len(talk.bodies),
-                   b"".join(talk.bodies), lengths, int(talk.timeout_s * 1000),
+                   talk.ehlo, talk.mail_from, talk.rcpt_to, messages,
+                   b"".join(talk.pieces), _ints(map(len, talk.pieces)), len(talk.pieces),
+                   _ints(talk.head_of), _ints(talk.text_of), int(talk.timeout_s * 1000),
                    int(talk.quick_ack), int(talk.trace_phases))
         started = self._lib.engine_start(self._engine, ctypes.byref(job))
         if started < 0:

@@ -23,6 +23,15 @@ def build_message(
     size: int, mail_from: str, rcpt_to: str, traceparent: str | None, wave_id: str | None
 ) -> bytes:
     """A message of `size` bytes (or just its headers, when they are longer)."""
+    return b"".join(message_parts(size, mail_from, rcpt_to, traceparent, wave_id))
+
+
+def message_parts(
+    size: int, mail_from: str, rcpt_to: str, traceparent: str | None, wave_id: str | None
+) -> tuple[bytes, bytes]:
+    """build_message's header (with the blank line) and text, apart: every message of one size
+    shares the same text object (built once per size), which a sender of many large messages
+    then holds once."""
     number = next(_counter)
     headers = (
         f"From: <{mail_from}>\r\nTo: <{rcpt_to}>\r\n"
@@ -34,4 +43,4 @@ def build_message(
     if wave_id:
         headers += f"X-Tlsstorm-Wave: {wave_id}\r\n"
     head = headers.encode("ascii") + b"\r\n"
-    return head + _filler(size - len(head))
+    return head, _filler(size - len(head))

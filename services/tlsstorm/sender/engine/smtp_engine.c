@@ -56,8 +56,13 @@ typedef struct {
     int resume;              /* offer the last session kept for this context and name */
     const char *ehlo, *mail_from, *rcpt_to;
     int messages;
-    const char *bodies;      /* every message, dot-stuffed and ended by ".\r\n", one after another */
-    const int *body_lengths;
+    /* Each message is its header piece then its text piece, both dot-stuffed (the engine ends
+     * it with ".\r\n"); messages of one size share their text, so a connection of large
+     * messages holds its text about once, not once per message. */
+    const char *pieces; /* every piece, one after another */
+    const int *piece_lengths;
+    int piece_count;
+    const int *head_of, *text_of; /* per message: the index of its header and of its text */
     int timeout_ms;
     int quick_ack, trace_phases;
 } job_t;
@@ -106,9 +111,10 @@ struct conn {
     int connected, finished;
     SSL_CTX *ctx;
     SSL *ssl;
-    char *server_name, *ehlo, *mail_from, *rcpt_to, *bodies;
-    int *body_lengths;
-    size_t *body_offsets;
+    char *server_name, *ehlo, *mail_from, *rcpt_to, *pieces;
+    size_t *piece_offsets;
+    int *piece_lengths, *head_of, *text_of;
+    buf_t message; /* the message being sent, put together from its pieces */
     int messages, accepted, timeout_ms, quick_ack, trace_phases, check_hostname, resume;
     int tls_refused;
     int writing; /* EPOLLOUT asked for: something waits for room in the socket */
@@ -216,9 +222,12 @@ static void conn_free(conn_t *c) {
     free(c->ehlo);
     free(c->mail_from);
     free(c->rcpt_to);
-    free(c->bodies);
-    free(c->body_lengths);
-    free(c->body_offsets);
+    free(c->pieces);
+    free(c->piece_offsets);
+    free(c->piece_lengths);
+    free(c->head_of);
+    free(c->text_of);
+    free(c->message.data);
     free(c->tx.data);
     free(c->rx.data);
     free(c->accepted_json.data);
@@ -594,6 +603,17 @@ static void fail_reply(conn_t *c, int code, const char *text, size_t len) {
     free(failure);
 }
 
+/* Message `index` as DATA sends it: its header, its text, the ending dot; one write, so one
+ * record under TLS, as a client that had the whole message would make. */
+static void put_message_together(conn_t *c, int index) {
+    buf_t *message = &c->message;
+    int head = c->head_of[index], text = c->text_of[index];
+    message->len = 0;
+    buf_add(message, c->pieces + c->piece_offsets[head], (size_t)c->piece_lengths[head]);
+    buf_add(message, c->pieces + c->piece_offsets[text], (size_t)c->piece_lengths[text]);
+    buf_add(message, ".\r\n", 3);
+}
+
 static void replied(conn_t *c, int code, const char *text, size_t len) {
     enum step step = c->step;
     if (c->trace_phases && !(step == STARTTLS && code == 220))
@@ -639,8 +659,8 @@ static void replied(conn_t *c, int code, const char *text, size_t len) {
     case DATA:
         c->step = BODY;
         c->deadline_ns = now_ns(CLOCK_MONOTONIC) + (int64_t)c->timeout_ms * 1000000;
-        write_data(c, c->bodies + c->body_offsets[c->accepted],
-                   (size_t)c->body_lengths[c->accepted]);
+        put_message_together(c, c->accepted);
+        write_data(c, c->message.data, c->message.len);
         break;
     case BODY: {
         char *message = malloc(len + 1);
@@ -966,21 +986,26 @@ long engine_start(engine_t *e, const job_t *job) {
     c->mail_from = copy_of(job->mail_from);
     c->rcpt_to = copy_of(job->rcpt_to);
     c->messages = job->messages;
-    c->body_lengths = malloc(sizeof(int) * (size_t)job->messages);
-    c->body_offsets = malloc(sizeof(size_t) * (size_t)job->messages);
+    size_t pieces = (size_t)job->piece_count, messages = (size_t)job->messages;
+    c->piece_lengths = malloc(sizeof(int) * pieces);
+    c->piece_offsets = malloc(sizeof(size_t) * pieces);
+    c->head_of = malloc(sizeof(int) * messages);
+    c->text_of = malloc(sizeof(int) * messages);
     size_t total = 0;
-    for (int i = 0; c->body_lengths && c->body_offsets && i < job->messages; i++) {
-        c->body_lengths[i] = job->body_lengths[i];
-        c->body_offsets[i] = total;
-        total += (size_t)job->body_lengths[i];
+    for (size_t i = 0; c->piece_lengths && c->piece_offsets && i < pieces; i++) {
+        c->piece_lengths[i] = job->piece_lengths[i];
+        c->piece_offsets[i] = total;
+        total += (size_t)job->piece_lengths[i];
     }
-    c->bodies = malloc(total ? total : 1);
-    if (!c->ehlo || !c->mail_from || !c->rcpt_to || !c->body_lengths || !c->body_offsets ||
-        !c->bodies) {
+    c->pieces = malloc(total ? total : 1);
+    if (!c->ehlo || !c->mail_from || !c->rcpt_to || !c->piece_lengths || !c->piece_offsets ||
+        !c->head_of || !c->text_of || !c->pieces) {
         conn_free(c);
         return -ENOMEM;
     }
-    memcpy(c->bodies, job->bodies, total);
+    memcpy(c->pieces, job->pieces, total);
+    memcpy(c->head_of, job->head_of, sizeof(int) * messages);
+    memcpy(c->text_of, job->text_of, sizeof(int) * messages);
     c->timeout_ms = job->timeout_ms;
     c->quick_ack = job->quick_ack;
     c->trace_phases = job->trace_phases;
