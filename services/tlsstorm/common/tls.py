@@ -74,10 +74,11 @@ def client_context(ca_file: Path | None = None) -> ssl.SSLContext:
 
 
 class TimedSSLObject(ssl.SSLObject):
-    """Remembers when its handshake began and ended, so either side can time it exactly.
+    """Remembers when its handshake began and ended, so the receiver can time it exactly
+    (the sender's engine times its own, in C).
 
-    asyncio's SSLProtocol calls do_handshake() first when the handshake starts (the client
-    writes its ClientHello, the server starts waiting for one) and last when it completes.
+    asyncio's SSLProtocol calls do_handshake() first when the handshake starts (the server
+    starts waiting for a ClientHello) and last when it completes.
     """
 
     handshake_started_ns: int = 0

@@ -131,15 +131,11 @@ class Engine:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._lib.engine_done_fd(self._engine), self._on_ready)
         self._waiting: dict[int, asyncio.Future[dict]] = {}
-        self._contexts: dict[int, ssl.SSLContext] = {}  # kept alive while the engine uses them
 
     async def converse(self, talk: Conversation) -> dict:
         """Hold one conversation to its end; raises OSError when no socket could be made."""
         context = talk.context
-        ctx = 0
-        if context is not None:
-            ctx = ssl_ctx_of(context)
-            self._contexts[ctx] = context
+        ctx = ssl_ctx_of(context) if context is not None else 0  # the engine takes a reference
         messages = len(talk.head_of)
         job = _Job(talk.address.encode(), talk.port, ctx or None,
                    talk.server_name.encode() if talk.server_name else None,

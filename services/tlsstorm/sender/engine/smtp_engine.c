@@ -216,6 +216,7 @@ static void wire_bytes(int fd, uint64_t *received, uint64_t *sent) {
 static void conn_free(conn_t *c) {
     if (c->ssl)
         SSL_free(c->ssl);
+    SSL_CTX_free(c->ctx);
     if (c->fd >= 0)
         close(c->fd); /* also leaves the epoll set */
     free(c->server_name);
@@ -244,6 +245,7 @@ static kept_session_t *kept_session(engine_t *e, SSL_CTX *ctx, const char *name,
         return NULL;
     for (int i = 0; i < MAX_SESSIONS; i++)
         if (e->sessions[i].ctx == NULL) {
+            SSL_CTX_up_ref(ctx); /* the key stays this context while its session is kept */
             e->sessions[i].ctx = ctx;
             e->sessions[i].name = strdup(key);
             return &e->sessions[i];
@@ -482,6 +484,12 @@ static void send_command(conn_t *c, enum step step, const char *command) {
     write_data(c, line, len < (int)sizeof line ? (size_t)len : sizeof line - 1);
 }
 
+static void send_ehlo(conn_t *c, enum step step) {
+    char command[300];
+    snprintf(command, sizeof command, "EHLO %s", c->ehlo);
+    send_command(c, step, command);
+}
+
 static void phase(conn_t *c, const char *name) {
     int64_t now = now_ns(CLOCK_MONOTONIC);
     int message = c->accepted < c->messages ? c->accepted : c->messages - 1;
@@ -551,9 +559,7 @@ static void advance_handshake(conn_t *c) {
     want_write(c, 0); /* if the handshake had to wait for room */
     if (c->trace_phases)
         phase(c, "smtp.starttls"); /* the handshake belongs to the STARTTLS phase */
-    char command[300];
-    snprintf(command, sizeof command, "EHLO %s", c->ehlo);
-    send_command(c, EHLO_TLS, command);
+    send_ehlo(c, EHLO_TLS);
 }
 
 static int contains_starttls(const char *text, size_t len) {
@@ -564,22 +570,19 @@ static int contains_starttls(const char *text, size_t len) {
 }
 
 /* The reply's text as Python's client gives it: each line past its code, joined by \n. */
-static size_t reply_message(const char *text, size_t len, char *out) {
-    size_t n = 0, start = 0;
+static void reply_message(const char *text, size_t len, buf_t *out) {
+    size_t start = 0;
     while (start <= len) {
         const char *end = memmem(text + start, len - start, "\r\n", 2);
         size_t stop = end ? (size_t)(end - text) : len;
-        if (n)
-            out[n++] = '\n';
-        if (stop > start + 4) {
-            memcpy(out + n, text + start + 4, stop - start - 4);
-            n += stop - start - 4;
-        }
+        if (start)
+            buf_add(out, "\n", 1);
+        if (stop > start + 4)
+            buf_add(out, text + start + 4, stop - start - 4);
         if (!end)
             break;
         start = stop + 2;
     }
-    return n;
 }
 
 static void fail_reply(conn_t *c, int code, const char *text, size_t len) {
@@ -587,20 +590,13 @@ static void fail_reply(conn_t *c, int code, const char *text, size_t len) {
         finish(c, NULL, NULL, 0, NULL, 0);
         return;
     }
-    char *message = malloc(len + 1);
-    size_t message_len = message ? reply_message(text, len, message) : 0;
-    char *failure = malloc(message_len + 16);
-    if (message && failure) {
-        memcpy(failure, message, message_len);
-        failure[message_len] = 0;
-        char kind[16];
-        snprintf(kind, sizeof kind, "smtp_%d", code);
-        finish(c, kind, failure, code, message, message_len);
-    } else {
-        finish(c, "MemoryError", "", code, NULL, 0);
-    }
-    free(message);
-    free(failure);
+    buf_t message = {0};
+    reply_message(text, len, &message);
+    char kind[16];
+    snprintf(kind, sizeof kind, "smtp_%d", code);
+    finish(c, kind, message.data ? message.data : "", code, message.data ? message.data : "",
+           message.len);
+    free(message.data);
 }
 
 /* Message `index` as DATA sends it: its header, its text, the ending dot; one write, so one
@@ -631,8 +627,7 @@ static void replied(conn_t *c, int code, const char *text, size_t len) {
     switch (step) {
     case GREETING:
         c->greeted_ns = now_ns(CLOCK_MONOTONIC);
-        snprintf(command, sizeof command, "EHLO %s", c->ehlo);
-        send_command(c, EHLO, command);
+        send_ehlo(c, EHLO);
         break;
     case EHLO:
         if (!c->ctx)
@@ -663,12 +658,12 @@ static void replied(conn_t *c, int code, const char *text, size_t len) {
         write_data(c, c->message.data, c->message.len);
         break;
     case BODY: {
-        char *message = malloc(len + 1);
-        size_t message_len = message ? reply_message(text, len, message) : 0;
+        buf_t message = {0};
+        reply_message(text, len, &message);
         buf_t *out = &c->accepted_json;
         buf_printf(out, "%s{\"code\":%d,\"reply\":", out->len ? "," : "", code);
-        buf_json_string(out, message ? message : "", message_len);
-        free(message);
+        buf_json_string(out, message.data ? message.data : "", message.len);
+        free(message.data);
         if (c->accepted < c->messages - 1) { /* the last one ends at the connection's end */
             buf_add(out, ",\"at\":", 6);
             mark_wire(out, c->fd, now_ns(CLOCK_MONOTONIC));
@@ -705,17 +700,10 @@ static void take(conn_t *c, const char *data, size_t len) {
             line[1] <= '9' && line[2] >= '0' && line[2] <= '9')
             code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + line[2] - '0';
         /* The whole reply, all its lines, from the buffer's start; what follows it stays. */
-        char *reply = malloc(stop + 1);
-        if (!reply) {
-            finish(c, "MemoryError", "", 0, NULL, 0);
-            return;
-        }
-        memcpy(reply, rx->data, stop);
+        replied(c, code, rx->data, stop);
         memmove(rx->data, rx->data + start, rx->len - start);
         rx->len -= start;
         start = 0;
-        replied(c, code, reply, stop);
-        free(reply);
     }
     if (rx->len > MAX_REPLY_BYTES && !c->finished)
         finish(c, "ConnectionAbortedError", "the server's reply ran past 64 KiB without ending",
@@ -981,6 +969,8 @@ long engine_start(engine_t *e, const job_t *job) {
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->ctx = job->ssl_ctx;
+    if (c->ctx)
+        SSL_CTX_up_ref(c->ctx); /* ours until the connection is freed, whatever Python drops */
     c->server_name = copy_of(job->server_name);
     c->ehlo = copy_of(job->ehlo);
     c->mail_from = copy_of(job->mail_from);
@@ -1062,6 +1052,7 @@ void engine_free(engine_t *e) {
     free_list(e->incoming);
     for (int i = 0; i < MAX_SESSIONS; i++) {
         free(e->sessions[i].name);
+        SSL_CTX_free(e->sessions[i].ctx);
         if (e->sessions[i].session)
             SSL_SESSION_free(e->sessions[i].session);
     }
