@@ -25,13 +25,13 @@ from tlsstorm.common.machine import machine_note
 RUST_BENCH = Path(__file__).resolve().parent / "tls_client_halves"
 
 
-def rustls_binary() -> Path:
-    """The rustls program, built (cargo fetches its crates the first time)."""
+def rustls_binary(name: str = "tls_client_halves") -> Path:
+    """One of the crate's rustls programs, built (cargo fetches its crates the first time)."""
     if not shutil.which("cargo"):
         raise SystemExit("cargo is needed for the rustls side (https://rustup.rs)")
     subprocess.run(["cargo", "build", "--release", "--quiet", "--locked", "--manifest-path",
                     str(RUST_BENCH / "Cargo.toml")], check=True, timeout=900)
-    return RUST_BENCH / "target" / "release" / "tls_client_halves"
+    return RUST_BENCH / "target" / "release" / name
 
 
 def rustls_halves(binary: Path, cert: Path, key: Path, handshakes: int) -> tuple[float, float]:

@@ -118,3 +118,24 @@ def test_tls_client_halves_prints_each_end_of_both_stacks(tmp_path):
     assert re.search(rf"^ecdsa-p256 +OpenSSL 3\.0 via Python ssl +{FIGURE} +{FIGURE}$", out,
                      re.MULTILINE), out
     assert re.search(rf"^ +rustls 0\.23 \(ring\) +{FIGURE} +{FIGURE}$", out, re.MULTILINE), out
+
+
+def test_client_stack_floor_sets_both_stacks_beside_the_receiver_they_drive(tmp_path):
+    out = _bench(tmp_path, "client_stack_floor.py", "--messages", "40", "--rate", "100",
+                 "--repeat", "2", "--key-types", "ecdsa-p256")
+
+    for row in ("receiver process, driven by the tlsstorm sender", "tlsstorm sender process",
+                "  of which its engine thread (C, OpenSSL 3.0)",
+                "receiver process, driven by the rustls program",
+                "rustls program's process (no Python)"):
+        assert re.search(rf"^{re.escape(row)} +{FIGURE} +{FIGURE}$", out, re.MULTILINE), out
+    rustls = re.search(rf"^rustls program's process \(no Python\) +({FIGURE}) +({FIGURE})$", out,
+                       re.MULTILINE)
+    plain, starttls = (float(cell.split()[0].replace(",", "")) for cell in rustls.groups())
+    assert starttls > plain > 0, out  # its handshakes cost it CPU: the TLS really ran
+    receiver = re.search(rf"^receiver process, driven by the rustls program +({FIGURE}) +"
+                         rf"({FIGURE})$", out, re.MULTILINE)
+    # Every session was a real one for the receiver (it answered each of them in Python).
+    assert all(float(cell.split()[0].replace(",", "")) > 100 for cell in receiver.groups()), out
+    assert re.search(r"^  rustls program's process +plain [\d.]+ \+- [\d.]+ x \(.+\); "
+                     r"STARTTLS [\d.]+ \+- [\d.]+ x \(.+\)$", out, re.MULTILINE), out

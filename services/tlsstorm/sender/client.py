@@ -7,11 +7,12 @@ what to send, and turns the engine's report into each message's result and spans
 from __future__ import annotations
 
 import collections
-import ssl
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -20,7 +21,7 @@ from tlsstorm.common.config import SenderSettings
 from tlsstorm.common.telemetry import CountedTracerProvider
 from tlsstorm.common.tls import client_context
 from tlsstorm.sender.allowlist import Target
-from tlsstorm.sender.engine import Conversation, Engine
+from tlsstorm.sender.engine import Conversation, Engine, Report, Schedule
 from tlsstorm.sender.message import message_parts
 from tlsstorm.sender.profiles import PROFILES, profile_context
 
@@ -131,11 +132,39 @@ class SmtpClient:
         same server (tickets), as a resuming client would. `profile` is the client's TLS
         personality (sender/profiles.py).
         """
-        context = self.resuming_context if resume else self.profile_contexts[profile]
         session = _Session(self, target, tls, wave_id)
-        results = await session.run(count, size, context, PROFILES[profile].sni, resume)
+        talk = session.conversation(count, size, profile, resume)
+        try:
+            report = await self.engine.converse(talk)
+        except OSError as error:  # the engine could not take it: nothing was sent
+            report = session.no_socket(error)
+        results = session.results_of(report)
         self.totals.add(tls, results)
         return results
+
+    def submit(
+        self, target: Target, tls: bool, count: int, size: int, schedule: Schedule,
+        on_done: Callable[[Report, list[MessageResult]], None], wave_id: str | None = None,
+        resume: bool = False, profile: str = "default",
+    ) -> None:
+        """`send` for a wave: handed to the engine now, sent when `schedule` says it is due (or
+        skipped). `on_done` gets the engine's report and the results (none when the report
+        says skipped or cancelled) once the wave takes its reports (SmtpClient.engine.take)."""
+        session = _Session(self, target, tls, wave_id)
+        talk = session.conversation(count, size, profile, resume)
+
+        def done(report: Report) -> None:
+            if report.get("skipped") or report.get("cancelled"):
+                on_done(report, [])
+                return
+            results = session.results_of(report)
+            self.totals.add(tls, results)
+            on_done(report, results)
+
+        try:
+            self.engine.start(talk, done, schedule)
+        except OSError as error:
+            done(session.no_socket(error))
 
 
 class _Session:
@@ -153,26 +182,37 @@ class _Session:
         self.tls_refused = False
         self.connect_ms: float | None = None
         self.trace_commands = client.tracer is not None and self.settings.trace_commands
+        # The spans are recorded when the report comes, under the span current now.
+        self.parent = otel_context.get_current() if client.tracer else None
+        self.ids: list[tuple[int, int]] = []
+        self.sizes: list[int] = []
+        self.count = self.size = 0
 
-    async def run(self, count: int, size: int, context: ssl.SSLContext, sni: bool,
-                  resume: bool) -> list[MessageResult]:
+    def conversation(self, count: int, size: int, profile: str, resume: bool) -> Conversation:
+        """What the engine is to say, with the messages (and their span ids) made here."""
         client, settings, target = self.client, self.settings, self.target
-        ids = [client.ids.choose() for _ in range(count)] if client.tracer else []
-        pieces, head_of, text_of, sizes = self._messages(ids, count, size)
-        talk = Conversation(target.address, target.port, context if self.tls else None,
+        context = client.resuming_context if resume else client.profile_contexts[profile]
+        sni = PROFILES[profile].sni
+        self.count, self.size = count, size
+        self.ids = [client.ids.choose() for _ in range(count)] if client.tracer else []
+        pieces, head_of, text_of, self.sizes = self._messages(self.ids, count, size)
+        return Conversation(target.address, target.port, context if self.tls else None,
                             target.host if sni else None, resume, client.helo_name,
                             client.mail_from, client.rcpt_to, pieces, head_of, text_of,
                             settings.timeout_s, settings.quick_ack, self.trace_commands)
-        started_ns, started_wall_ns = time.perf_counter_ns(), time.time_ns()
-        try:
-            report = await client.engine.converse(talk)
-        except OSError as error:  # no socket at all: nothing was sent
-            report = {"start_ns": started_ns, "start_wall_ns": started_wall_ns,
-                      "greeted_ns": 0, "tls": None, "tls_refused": False, "accepted": [],
-                      "phases": [], "failure": {"code": 0, "reply": None,
-                                                "text": f"{type(error).__name__}: {error}"},
-                      "final": {"ns": time.perf_counter_ns(), "received": 0, "sent": 0}}
-        self._replay(report, ids, sizes, count, size)
+
+    @staticmethod
+    def no_socket(error: OSError) -> Report:
+        """The report of a connection the engine could not take: nothing was sent."""
+        now_ns = time.perf_counter_ns()
+        return {"start_ns": now_ns, "start_wall_ns": time.time_ns(), "greeted_ns": 0,
+                "tls": None, "tls_refused": False, "accepted": [], "phases": [],
+                "failure": {"code": 0, "reply": None,
+                            "text": f"{type(error).__name__}: {error}"},
+                "final": {"ns": now_ns, "received": 0, "sent": 0}}
+
+    def results_of(self, report: Report) -> list[MessageResult]:
+        self._replay(report, self.ids, self.sizes, self.count, self.size)
         return self.results
 
     def _messages(self, ids: list[tuple[int, int]], count: int, size: int
@@ -274,7 +314,7 @@ class _Session:
         """The message's span, with the ids its traceparent header carried."""
         tracer = self.client.tracer
         with self.client.ids.preset(*span_ids):
-            span = tracer.start_span(attr.SPAN_SEND, kind=SpanKind.CLIENT,
+            span = tracer.start_span(attr.SPAN_SEND, context=self.parent, kind=SpanKind.CLIENT,
                                      start_time=previous.wall_ns)
         target = self.target
         span.set_attributes({

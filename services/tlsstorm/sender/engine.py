@@ -7,6 +7,11 @@ a thread of its own (which never touches Python objects), so the event loop wake
 finished connection, not once per reply. Each connection ends with one JSON report: its marks,
 the messages accepted, the handshake, the command phases and the failure that ended it.
 
+A wave hands its connections over ahead of their due times (`start` with `due_ns`): the engine
+connects each when due, or skips it when the wave has its limit in flight, and keeps their
+reports (`quiet`) until the wave takes them on its next tick; so a wave wakes the event loop a
+few dozen times a second, whatever its rate, instead of a few times per connection.
+
 TLS is OpenSSL's own, with the SSL_CTX inside the Python SSLContext the sender configured (the
 first field after CPython's object header, as common/tls.py reads it too): the ClientHello and
 certificate checks are the ones that context describes.
@@ -20,6 +25,7 @@ import ctypes
 import importlib.machinery
 import json
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +52,10 @@ class _Job(ctypes.Structure):
         ("timeout_ms", ctypes.c_int),
         ("quick_ack", ctypes.c_int),
         ("trace_phases", ctypes.c_int),
+        ("due_ns", ctypes.c_longlong),
+        ("group", ctypes.c_long),
+        ("group_limit", ctypes.c_int),
+        ("quiet", ctypes.c_int),
     )
 
 
@@ -74,6 +84,7 @@ def _load() -> ctypes.CDLL:
     library.engine_take.argtypes = [ctypes.c_void_p]
     library.engine_take.restype = ctypes.c_void_p
     library.engine_free_text.argtypes = [ctypes.c_void_p]
+    library.engine_cancel.argtypes = [ctypes.c_void_p, ctypes.c_long]
     library.engine_free.argtypes = [ctypes.c_void_p]
     return library
 
@@ -117,8 +128,21 @@ class Conversation:
     trace_phases: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """When a wave's connection is due, and the wave's limit of connections in flight."""
+
+    due_ns: int  # time.perf_counter_ns()'s clock (CLOCK_MONOTONIC)
+    group: int  # the wave's number (waves.next_group)
+    limit: int  # due while the group has that many in flight: skipped
+
+
+Report = dict  # one connection's JSON report, or {"id", "skipped"} / {"id", "cancelled"}
+
+
 class Engine:
-    """One engine per event loop; `converse` resolves with the connection's report."""
+    """One engine per event loop: `converse` resolves with a connection's report; `start`
+    hands one over with a callback for its report."""
 
     def __init__(self) -> None:
         global _library
@@ -129,11 +153,28 @@ class Engine:
         if not self._engine:
             raise OSError("the SMTP engine could not start (epoll set, descriptors or thread)")
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._lib.engine_done_fd(self._engine), self._on_ready)
-        self._waiting: dict[int, asyncio.Future[dict]] = {}
+        self._loop.add_reader(self._lib.engine_done_fd(self._engine), self.take)
+        self._waiting: dict[int, Callable[[Report], None]] = {}
 
-    async def converse(self, talk: Conversation) -> dict:
-        """Hold one conversation to its end; raises OSError when no socket could be made."""
+    async def converse(self, talk: Conversation) -> Report:
+        """Hold one conversation to its end, at once."""
+        waiting = self._loop.create_future()
+
+        def done(report: Report) -> None:
+            if waiting.done():
+                return
+            if report.get("cancelled"):
+                waiting.cancel()
+            else:
+                waiting.set_result(report)
+
+        self.start(talk, done)
+        return await waiting
+
+    def start(self, talk: Conversation, on_report: Callable[[Report], None],
+              schedule: Schedule | None = None) -> None:
+        """Hand one conversation over: at once, or with `schedule` when due (its report then
+        waits for `take`); raises OSError when the engine cannot take it."""
         context = talk.context
         ctx = ssl_ctx_of(context) if context is not None else 0  # the engine takes a reference
         messages = len(talk.head_of)
@@ -143,14 +184,19 @@ class Engine:
                    talk.ehlo, talk.mail_from, talk.rcpt_to, messages,
                    b"".join(talk.pieces), _ints(map(len, talk.pieces)), len(talk.pieces),
                    _ints(talk.head_of), _ints(talk.text_of), int(talk.timeout_s * 1000),
-                   int(talk.quick_ack), int(talk.trace_phases))
+                   int(talk.quick_ack), int(talk.trace_phases),
+                   *((schedule.due_ns, schedule.group, schedule.limit, 1) if schedule else ()))
         started = self._lib.engine_start(self._engine, ctypes.byref(job))
         if started < 0:
             raise OSError(-started, f"no connection to {talk.address}:{talk.port}")
-        waiting = self._waiting[started] = self._loop.create_future()
-        return await waiting
+        self._waiting[started] = on_report
 
-    def _on_ready(self) -> None:
+    def cancel(self, group: int) -> None:
+        """The group's connections not yet due are dropped (reports {"cancelled": true})."""
+        self._lib.engine_cancel(self._engine, group)
+
+    def take(self) -> None:
+        """Each report waiting goes to its connection's callback."""
         text = self._lib.engine_take(self._engine)
         if not text:
             return
@@ -160,9 +206,14 @@ class Engine:
             self._lib.engine_free_text(text)
         for line in lines:
             report = json.loads(line)
-            waiting = self._waiting.pop(report["id"], None)
-            if waiting is not None and not waiting.done():
-                waiting.set_result(report)
+            on_report = self._waiting.pop(report["id"], None)
+            if on_report is None:
+                continue
+            try:
+                on_report(report)
+            except Exception as error:  # one callback's bug must not strand the other reports
+                self._loop.call_exception_handler(
+                    {"message": "a connection's report could not be taken", "exception": error})
 
     def close(self) -> None:
         """Drop every connection in flight (the sender is stopping)."""
@@ -170,5 +221,6 @@ class Engine:
             self._loop.remove_reader(self._lib.engine_done_fd(self._engine))
             self._lib.engine_free(self._engine)
             self._engine = None
-        for waiting in self._waiting.values():
-            waiting.cancel()
+        waiting, self._waiting = self._waiting, {}
+        for identifier, on_report in waiting.items():
+            on_report({"id": identifier, "cancelled": True})

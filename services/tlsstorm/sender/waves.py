@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import math
 import time
 import uuid
@@ -14,11 +15,18 @@ from pydantic import BaseModel, Field, model_validator
 from tlsstorm.common.histogram import LatencyHistogram
 from tlsstorm.sender.allowlist import TARGET_PATTERN, Target
 from tlsstorm.sender.client import MessageResult, SmtpClient
+from tlsstorm.sender.engine import Engine, Report, Schedule
 from tlsstorm.sender.profiles import PROFILES, ProfileMix
 
 ProfileName = Literal[tuple(PROFILES)]  # type: ignore[valid-type]
 
 _KEPT_WAVES = 100
+# A wave hands each connection to the engine this far ahead of its due time, and takes its
+# reports at least every TICK_S and at most every MAX_TICK_S (the engine connects on time).
+HORIZON_NS = 50_000_000
+TICK_S = 0.025
+MAX_TICK_S = 0.2
+_groups = itertools.count(1)  # the engine's number for each wave (its limit in flight)
 
 
 class DeliveryOptions(BaseModel):
@@ -129,7 +137,6 @@ class Wave:
         self.by_mode = {mode: _ModeCounters() for mode in ("plain", "tls")}
         self.errors: collections.Counter[str] = collections.Counter()
         self._task: asyncio.Task | None = None
-        self._senders: set[asyncio.Task] = set()
         self._mix = ProfileMix(spec.profiles) if spec.profiles else None
         self.by_profile: collections.Counter[str] = collections.Counter()
         self._connections = _connections(spec, self.offset, self.stride)
@@ -149,62 +156,73 @@ class Wave:
 
     async def _run(self) -> None:
         """Connection `index` of the whole wave is due at index x period, whichever replica
-        sends it; its TLS flag comes from the whole wave's exact sequence."""
+        sends it; its TLS flag comes from the whole wave's exact sequence. The engine connects
+        each when due, or skips it while `concurrency` are in flight; this loop hands them over
+        a little ahead and takes the reports, waking a few dozen times a second at any rate."""
         spec = self.spec
-        loop = asyncio.get_running_loop()
-        period = spec.per_connection / spec.rate
-        tolerance = max(0.005, period * self.stride)
+        engine = self.client.engine
+        period_ns = spec.per_connection / spec.rate * 1e9
+        tolerance_ns = int(max(0.005e9, period_ns * self.stride))
         concurrency = math.ceil(spec.concurrency / self.stride)
-        started = loop.time()
+        group = next(_groups)
+        started = time.perf_counter_ns()
         try:
             for index in self._connections:
-                due = started + index * period
-                delay = due - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                due = started + int(index * period_ns)
+                while (ahead := due - HORIZON_NS - time.perf_counter_ns()) > 0:
+                    engine.take()
+                    await asyncio.sleep(min(max(ahead / 1e9, TICK_S), MAX_TICK_S))
                 batch = min(spec.per_connection, spec.total_messages - index * spec.per_connection)
-                tls = is_tls(index, spec.tls_ratio)
                 self.scheduled += batch
-                if self.in_flight >= concurrency:
-                    self.skipped += batch
-                    continue
-                if loop.time() - due > tolerance:
-                    self.late += batch
-                self._launch(tls, batch)
-            if self._senders:
-                await asyncio.gather(*self._senders, return_exceptions=True)
+                self._launch(is_tls(index, spec.tls_ratio), batch,
+                             Schedule(due, group, concurrency), due + tolerance_ns)
+            await self._reports_in(engine)
             self.status = "completed"
         except asyncio.CancelledError:
             self.status = "stopped"
-            if self._senders:
-                await asyncio.gather(*self._senders, return_exceptions=True)
+            engine.cancel(group)
+            await self._reports_in(engine)
         except Exception as error:  # a bug must still end the wave visibly
             self.status = "failed"
             self.errors[f"wave: {type(error).__name__}: {error}"] += 1
         finally:
             self.ended_unix_s = time.time()
 
-    def _launch(self, tls: bool, batch: int) -> None:
+    async def _reports_in(self, engine: Engine) -> None:
+        """Until every connection handed over has its report."""
+        while self.in_flight:
+            engine.take()
+            if self.in_flight:
+                await asyncio.sleep(TICK_S)
+
+    def _launch(self, tls: bool, batch: int, schedule: Schedule, late_after_ns: int) -> None:
+        """One connection to the engine; counted when its report comes (`in_flight` holds it
+        from now: the engine's limit counts only the connections it has begun)."""
         self.in_flight += 1
         profile = self._mix.next() if tls and self._mix else self.spec.profile
         if tls:
             self.by_profile[profile] += batch
-        task = asyncio.create_task(self._send(tls, batch, profile))
-        self._senders.add(task)
-        task.add_done_callback(self._senders.discard)
 
-    async def _send(self, tls: bool, batch: int, profile: str) -> None:
-        try:
-            results = await self.client.send(
-                self.target, tls, batch, self.spec.size, wave_id=self.id,
-                resume=self.spec.resume, profile=profile)
-        finally:
+        def done(report: Report, results: list[MessageResult]) -> None:
             self.in_flight -= 1
-        counters = self.by_mode["tls" if tls else "plain"]
-        for result in results:
-            counters.add(result)
-            if result.error:
-                self.errors[result.error.split(":")[0]] += 1
+            if report.get("cancelled") or report.get("skipped"):
+                if tls:
+                    self.by_profile[profile] -= batch
+                if report.get("cancelled"):  # stopped before it was due
+                    self.scheduled -= batch
+                else:
+                    self.skipped += batch
+                return
+            if report["start_ns"] > late_after_ns:
+                self.late += batch
+            counters = self.by_mode["tls" if tls else "plain"]
+            for result in results:
+                counters.add(result)
+                if result.error:
+                    self.errors[result.error.split(":")[0]] += 1
+
+        self.client.submit(self.target, tls, batch, self.spec.size, schedule, done,
+                           wave_id=self.id, resume=self.spec.resume, profile=profile)
 
     def as_dict(self, histograms: bool = False) -> dict[str, Any]:
         """With `histograms`, each mode's latency histograms too (for merging shares)."""
@@ -228,7 +246,7 @@ class Wave:
             "plain": self.by_mode["plain"].as_dict(histograms),
             "tls": self.by_mode["tls"].as_dict(histograms),
             "errors": dict(self.errors),
-            "starttls_by_profile": dict(self.by_profile),
+            "starttls_by_profile": dict(+self.by_profile),  # the profiles of those begun
         }
 
 

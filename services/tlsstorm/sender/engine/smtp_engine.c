@@ -9,6 +9,11 @@
  * that hand-over. TLS is OpenSSL's, on the socket itself, with the SSL_CTX of the Python
  * SSLContext the sender built (same ClientHello).
  *
+ * A wave's connections are handed over ahead of their due times, a few at a time: the engine
+ * connects each when it is due, or skips it when its group (the wave) already has its limit
+ * of connections in flight; their reports wait, without waking Python, until the wave next
+ * takes them. So Python wakes a few dozen times a second, not several times per connection.
+ *
  * A connection ends with one JSON line in the reports: its marks on
  * CLOCK_MONOTONIC (Python's perf_counter_ns), the messages accepted with the kernel's byte
  * counts (TCP_INFO), the handshake, the command phases, and the failure that ended it.
@@ -65,6 +70,10 @@ typedef struct {
     const int *head_of, *text_of; /* per message: the index of its header and of its text */
     int timeout_ms;
     int quick_ack, trace_phases;
+    long long due_ns; /* CLOCK_MONOTONIC; 0: at once */
+    long group;       /* the wave, which has at most group_limit connections in flight; 0: none */
+    int group_limit;
+    int quiet;        /* its report does not wake Python (engine_take fetches it) */
 } job_t;
 
 typedef struct {
@@ -80,11 +89,20 @@ typedef struct {
 
 typedef struct conn conn_t;
 
+typedef struct group {
+    long id;
+    int limit, in_flight, waiting; /* waiting: handed over, not yet due */
+    struct group *next;
+} group_t;
+
 typedef struct {
     /* The engine's thread alone: */
     int epoll_fd, timer_fd;
     int64_t timer_armed_ns; /* 0: not armed */
     conn_t *live;           /* a doubly linked list of the connections in flight */
+    conn_t *pending;        /* handed over, not yet due: a list by due time */
+    group_t *groups;
+    int wake_python;        /* a report in this pass is awaited at once */
     conn_t *ended;          /* finished in this pass, freed at its end (events may name them) */
     buf_t finished;         /* JSON lines of the connections that ended in this pass */
     kept_session_t sessions[MAX_SESSIONS];
@@ -96,6 +114,7 @@ typedef struct {
     int wake_fd; /* Python -> engine: connections are waiting, or stop */
     int done_fd; /* engine -> Python: reports are waiting */
     conn_t *incoming;
+    buf_t cancels; /* groups whose connections not yet due are dropped (longs) */
     buf_t reports;
     int stopping;
 } engine_t;
@@ -107,6 +126,14 @@ struct conn {
     conn_t *prev, *next;
     long id;
     int fd;
+    struct sockaddr_storage address;
+    socklen_t address_len;
+    char *address_text;
+    int port;
+    int64_t due_ns;
+    long group_id;
+    int group_limit, quiet;
+    group_t *group;
     enum step step;
     int connected, finished;
     SSL_CTX *ctx;
@@ -219,6 +246,7 @@ static void conn_free(conn_t *c) {
     SSL_CTX_free(c->ctx);
     if (c->fd >= 0)
         close(c->fd); /* also leaves the epoll set */
+    free(c->address_text);
     free(c->server_name);
     free(c->ehlo);
     free(c->mail_from);
@@ -253,6 +281,33 @@ static kept_session_t *kept_session(engine_t *e, SSL_CTX *ctx, const char *name,
     return NULL;
 }
 
+/* The group of that id, made on first use; NULL when out of memory (then no limit holds). */
+static group_t *group_of(engine_t *e, long id, int limit) {
+    for (group_t *g = e->groups; g; g = g->next)
+        if (g->id == id)
+            return g;
+    group_t *g = calloc(1, sizeof *g);
+    if (g) {
+        g->id = id;
+        g->limit = limit;
+        g->next = e->groups;
+        e->groups = g;
+    }
+    return g;
+}
+
+/* Forgotten once none of its connections is in flight or waiting. */
+static void release_group(engine_t *e, group_t *g) {
+    if (g->in_flight || g->waiting)
+        return;
+    for (group_t **link = &e->groups; *link; link = &(*link)->next)
+        if (*link == g) {
+            *link = g->next;
+            free(g);
+            return;
+        }
+}
+
 static void mark_wire(buf_t *out, int fd, int64_t at_ns) {
     uint64_t received, sent;
     wire_bytes(fd, &received, &sent);
@@ -269,6 +324,13 @@ static void finish(conn_t *c, const char *kind, const char *failure, int code,
         return;
     c->finished = 1;
     engine_t *e = c->engine;
+    if (!c->quiet)
+        e->wake_python = 1;
+    if (c->group) {
+        c->group->in_flight--;
+        release_group(e, c->group);
+        c->group = NULL;
+    }
     buf_t *out = &e->finished;
     int64_t ended = now_ns(CLOCK_MONOTONIC);
     buf_printf(out, "{\"id\":%ld,\"start_ns\":%lld,\"start_wall_ns\":%lld,\"greeted_ns\":%lld,",
@@ -782,7 +844,7 @@ static void on_event(conn_t *c, uint32_t events) {
 /* ---------------------------------------------------------------------------------------- */
 
 static void arm_timer(engine_t *e) {
-    int64_t earliest = 0;
+    int64_t earliest = e->pending ? e->pending->due_ns : 0;
     for (conn_t *c = e->live; c; c = c->next)
         if (!earliest || c->deadline_ns < earliest)
             earliest = c->deadline_ns;
@@ -830,22 +892,100 @@ static void drain_fd(int fd) {
     }
 }
 
-/* Connections Python handed over: into the epoll set and the list of those in flight. */
+/* Connections Python handed over: into the list of those waiting, by due time (a wave hands
+ * them over in that order, so the walk from the end is short). */
 static void take_incoming(engine_t *e, conn_t *incoming) {
+    conn_t *reversed = NULL; /* Python pushed them newest first */
     while (incoming) {
         conn_t *c = incoming;
         incoming = c->next;
-        c->prev = NULL;
-        c->next = e->live;
-        if (e->live)
-            e->live->prev = c;
-        e->live = c;
-        c->writing = 1; /* the connect's completion */
-        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
-        if (epoll_ctl(e->epoll_fd, EPOLL_CTL_ADD, c->fd, &ev) != 0)
-            fail_errno(c, errno);
-        else if (!e->timer_armed_ns || c->deadline_ns < e->timer_armed_ns)
-            arm_timer(e);
+        c->next = reversed;
+        reversed = c;
+    }
+    while (reversed) {
+        conn_t *c = reversed;
+        reversed = c->next;
+        if (c->group_id && (c->group = group_of(e, c->group_id, c->group_limit)))
+            c->group->waiting++;
+        conn_t **link = &e->pending;
+        while (*link && (*link)->due_ns <= c->due_ns)
+            link = &(*link)->next;
+        c->next = *link;
+        *link = c;
+    }
+}
+
+/* A due connection: its socket made and connecting, in the epoll set and the list of those in
+ * flight. A failure here is the connection's report, as Python's OSError would say it. */
+static void begin(engine_t *e, conn_t *c) {
+    c->start_ns = now_ns(CLOCK_MONOTONIC);
+    c->start_wall_ns = now_ns(CLOCK_REALTIME);
+    c->phase_started_ns = c->start_ns;
+    c->deadline_ns = c->start_ns + (int64_t)c->timeout_ms * 1000000;
+    c->prev = NULL;
+    c->next = e->live;
+    if (e->live)
+        e->live->prev = c;
+    e->live = c;
+    if (c->group)
+        c->group->in_flight++;
+    c->fd = socket(c->address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (c->fd < 0 ||
+        (setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one),
+         connect(c->fd, (struct sockaddr *)&c->address, c->address_len) != 0 &&
+             errno != EINPROGRESS)) {
+        int error = errno;
+        char text[160];
+        snprintf(text, sizeof text, "[Errno %d] no connection to %s:%d", error, c->address_text,
+                 c->port);
+        finish(c, errno_kind(error), text, 0, NULL, 0);
+        return;
+    }
+    c->writing = 1; /* the connect's completion */
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
+    if (epoll_ctl(e->epoll_fd, EPOLL_CTL_ADD, c->fd, &ev) != 0)
+        fail_errno(c, errno);
+}
+
+/* Each connection now due begins, or is skipped when its group has its limit in flight. */
+static void launch_due(engine_t *e) {
+    int64_t now = now_ns(CLOCK_MONOTONIC);
+    while (e->pending && e->pending->due_ns <= now) {
+        conn_t *c = e->pending;
+        e->pending = c->next;
+        if (c->group)
+            c->group->waiting--;
+        if (c->group && c->group->in_flight >= c->group->limit) {
+            buf_printf(&e->finished, "{\"id\":%ld,\"skipped\":true}\n", c->id);
+            e->wake_python |= !c->quiet;
+            release_group(e, c->group);
+            conn_free(c);
+        } else {
+            begin(e, c);
+        }
+    }
+}
+
+/* The waiting connections of the groups Python stopped: dropped, each with a report. */
+static void cancel(engine_t *e, const long *groups, size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        conn_t **link = &e->pending;
+        while (*link) {
+            conn_t *c = *link;
+            if (c->group_id != groups[i]) {
+                link = &c->next;
+                continue;
+            }
+            *link = c->next;
+            buf_printf(&e->finished, "{\"id\":%ld,\"cancelled\":true}\n", c->id);
+            e->wake_python = 1;
+            if (c->group) {
+                c->group->waiting--;
+                release_group(e, c->group);
+            }
+            conn_free(c);
+        }
     }
 }
 
@@ -858,12 +998,12 @@ static void publish(engine_t *e) {
     if (!e->finished.len)
         return;
     pthread_mutex_lock(&e->lock);
-    int was_empty = e->reports.len == 0;
     buf_add(&e->reports, e->finished.data, e->finished.len);
     pthread_mutex_unlock(&e->lock);
     e->finished.len = 0;
-    if (was_empty)
+    if (e->wake_python)
         signal_fd(e->done_fd);
+    e->wake_python = 0;
 }
 
 static void *engine_loop(void *argument) {
@@ -879,24 +1019,29 @@ static void *engine_loop(void *argument) {
         pthread_mutex_lock(&e->lock);
         conn_t *incoming = e->incoming;
         e->incoming = NULL;
+        buf_t cancels = e->cancels;
+        e->cancels = (buf_t){0};
         int stopping = e->stopping;
         pthread_mutex_unlock(&e->lock);
         if (stopping) {
             e->incoming = incoming; /* freed by engine_free */
+            free(cancels.data);
             break;
         }
         take_incoming(e, incoming);
+        cancel(e, (const long *)cancels.data, cancels.len / sizeof(long));
+        free(cancels.data);
         for (int i = 0; i < ready; i++) {
             void *tag = events[i].data.ptr;
-            if (tag == &WAKE_TAG) {
+            if (tag == &WAKE_TAG)
                 drain_fd(e->wake_fd);
-            } else if (tag == &TIMER_TAG) {
+            else if (tag == &TIMER_TAG)
                 expire(e);
-                arm_timer(e);
-            } else if (!((conn_t *)tag)->finished) {
+            else if (!((conn_t *)tag)->finished)
                 on_event(tag, events[i].events);
-            }
         }
+        launch_due(e);
+        arm_timer(e);
         publish(e);
     }
     return NULL;
@@ -936,8 +1081,8 @@ int engine_done_fd(engine_t *e) { return e->done_fd; }
 
 static char *copy_of(const char *text) { return text ? strdup(text) : NULL; }
 
-/* A connection started: its id (> 0), or -errno when no socket could be made. Called from
- * Python's thread: the socket is made and connecting here, the engine's thread takes it on. */
+/* A connection handed over: its id (> 0), or -errno (an address that is not numeric, no
+ * memory). Called from Python's thread; the engine's thread connects it when it is due. */
 long engine_start(engine_t *e, const job_t *job) {
     struct sockaddr_storage address = {0};
     socklen_t address_len;
@@ -958,16 +1103,15 @@ long engine_start(engine_t *e, const job_t *job) {
     if (!c)
         return -ENOMEM;
     c->engine = e;
-    c->start_ns = now_ns(CLOCK_MONOTONIC);
-    c->start_wall_ns = now_ns(CLOCK_REALTIME);
-    c->fd = socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (c->fd < 0) {
-        int error = errno;
-        free(c);
-        return -error;
-    }
-    int one = 1;
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->fd = -1;
+    c->address = address;
+    c->address_len = address_len;
+    c->address_text = copy_of(job->address);
+    c->port = job->port;
+    c->due_ns = job->due_ns;
+    c->group_id = job->group;
+    c->group_limit = job->group_limit;
+    c->quiet = job->quiet;
     c->ctx = job->ssl_ctx;
     if (c->ctx)
         SSL_CTX_up_ref(c->ctx); /* ours until the connection is freed, whatever Python drops */
@@ -988,8 +1132,8 @@ long engine_start(engine_t *e, const job_t *job) {
         total += (size_t)job->piece_lengths[i];
     }
     c->pieces = malloc(total ? total : 1);
-    if (!c->ehlo || !c->mail_from || !c->rcpt_to || !c->piece_lengths || !c->piece_offsets ||
-        !c->head_of || !c->text_of || !c->pieces) {
+    if (!c->address_text || !c->ehlo || !c->mail_from || !c->rcpt_to || !c->piece_lengths ||
+        !c->piece_offsets || !c->head_of || !c->text_of || !c->pieces) {
         conn_free(c);
         return -ENOMEM;
     }
@@ -1002,20 +1146,21 @@ long engine_start(engine_t *e, const job_t *job) {
     c->check_hostname = job->check_hostname;
     c->resume = job->resume;
     c->step = GREETING;
-    c->phase_started_ns = c->start_ns;
-    c->deadline_ns = c->start_ns + (int64_t)c->timeout_ms * 1000000;
     c->id = ++e->next_id;
-    if (connect(c->fd, (struct sockaddr *)&address, address_len) != 0 && errno != EINPROGRESS) {
-        int error = errno;
-        conn_free(c);
-        return -error;
-    }
     pthread_mutex_lock(&e->lock);
     c->next = e->incoming;
     e->incoming = c;
     pthread_mutex_unlock(&e->lock);
     signal_fd(e->wake_fd);
     return c->id;
+}
+
+/* The group's connections not yet due are dropped, each with a report {"cancelled": true}. */
+void engine_cancel(engine_t *e, long group) {
+    pthread_mutex_lock(&e->lock);
+    buf_add(&e->cancels, (const char *)&group, sizeof group);
+    pthread_mutex_unlock(&e->lock);
+    signal_fd(e->wake_fd);
 }
 
 /* The reports waiting, as JSON lines (free with engine_free_text), or NULL when none are. */
@@ -1050,6 +1195,13 @@ void engine_free(engine_t *e) {
     free_list(e->live);
     free_list(e->ended);
     free_list(e->incoming);
+    free_list(e->pending);
+    while (e->groups) {
+        group_t *next = e->groups->next;
+        free(e->groups);
+        e->groups = next;
+    }
+    free(e->cancels.data);
     for (int i = 0; i < MAX_SESSIONS; i++) {
         free(e->sessions[i].name);
         SSL_CTX_free(e->sessions[i].ctx);

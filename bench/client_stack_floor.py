@@ -1,0 +1,155 @@
+"""Sender CPU per message on two TLS client stacks, each beside the receiver it drives: the
+tlsstorm sender (Python around its C engine on OpenSSL 3.0), and a small rustls program that
+holds the same SMTP conversation with no Python at all (bench/tls_client_halves, binary
+smtp_client_floor). Why: issue 12 asks the sender for at most 0.5x the receiver's CPU per
+message; this says which part of the sender can get there, and on which stack.
+
+Round by round, each stack sends one plain and one STARTTLS run of --messages at --rate to the
+same receiver process; each figure is the mean of --repeat rounds with its 95% confidence
+interval, and each ratio is taken against the receiver's process CPU during that same run. The
+rustls program's CPU is the kernel's account of the finished process (wait4), start-up included.
+
+Usage: python bench/client_stack_floor.py [--messages 1000] [--rate 200] [--repeat 3]
+                                          [--key-types ecdsa-p256,rsa2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fixtures import certificate_files, stack_environment  # bench/ is on sys.path
+from receiver_cost import ENGINE_THREAD, TARGET_SENDER_SHARE, _verdict, ratios
+from tls_client_halves import rustls_binary
+from tlsstorm.common.intervals import shown
+from tlsstorm.common.machine import machine_note
+from tlsstorm.common.process import cpu_seconds_of, thread_cpu_seconds_of
+from tlsstorm.sweep.run import SweepRunner, stack_runner
+
+MODES = ((0.0, "plain"), (1.0, "STARTTLS"))
+RUSTLS_WORKERS = 16  # threads of the rustls program: far more than the sessions in flight
+MESSAGE_SIZE = 2048  # the sweep runner's size
+
+
+@dataclass
+class Round:
+    """Microseconds of CPU per message in one run of each stack, in one mode."""
+
+    receiver_under_sender: float
+    sender: float
+    engine: float  # the sender's engine thread: C, OpenSSL and their system calls
+    receiver_under_rustls: float
+    rustls: float
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rustls_run(binary: Path, port: int, mode: str, flags: argparse.Namespace,
+               receiver_pid: int) -> tuple[float, float]:
+    """The rustls program's and the receiver's process CPU per message over one run."""
+    receiver_before, client_before = cpu_seconds_of(receiver_pid), children_cpu_seconds()
+    finished = subprocess.run(
+        [str(binary), "127.0.0.1", str(port), mode.lower(), str(flags.messages),
+         str(flags.rate), str(RUSTLS_WORKERS), str(MESSAGE_SIZE)],
+        capture_output=True, text=True, timeout=flags.messages / flags.rate + 120)
+    client_cpu = children_cpu_seconds() - client_before
+    time.sleep(0.5)  # the receiver closes the last sessions
+    receiver_cpu = cpu_seconds_of(receiver_pid) - receiver_before
+    ok, failed = map(int, finished.stdout.split() or ("0", "-1"))
+    if finished.returncode != 0 or failed:
+        raise SystemExit(f"the rustls client failed ({failed} conversations): "
+                         f"{finished.stderr[-500:]}")
+    return client_cpu * 1e6 / ok, receiver_cpu * 1e6 / ok
+
+
+def sender_run(runner: SweepRunner, ratio: float, flags: argparse.Namespace, label: str,
+               receiver_pid: int) -> tuple[float, float, float]:
+    """The sender's process and engine-thread CPU, and the receiver's, per message."""
+    sender_pid = runner.stack.stack.pid("sender")
+    before = (cpu_seconds_of(sender_pid), thread_cpu_seconds_of(sender_pid, ENGINE_THREAD),
+              cpu_seconds_of(receiver_pid))
+    point = runner.wave(ratio, flags.rate, flags.messages, label)
+    after = (cpu_seconds_of(sender_pid), thread_cpu_seconds_of(sender_pid, ENGINE_THREAD),
+             cpu_seconds_of(receiver_pid))
+    sender, engine, receiver = ((end - start) * 1e6 / point.messages
+                                for start, end in zip(before, after, strict=True))
+    return sender, engine, receiver
+
+
+def measure(key_type: str, binary: Path, flags: argparse.Namespace) -> dict[str, list[Round]]:
+    rounds: dict[str, list[Round]] = {mode: [] for _, mode in MODES}
+    with tempfile.TemporaryDirectory() as folder:
+        cert, key = certificate_files(Path(folder), key_type)
+        environment = stack_environment(Path(folder), cert, key)
+        port = int(environment["TLSSTORM_RECEIVER_SMTP_PORT"])
+        with stack_runner(overrides=environment) as runner:
+            receiver_pid = runner.stack.stack.pid("receiver")
+            runner.wave(0.5, flags.rate, 100, "warm-up")
+            rustls_run(binary, port, "STARTTLS", argparse.Namespace(
+                messages=100, rate=flags.rate), receiver_pid)
+            for number in range(1, flags.repeat + 1):
+                for ratio, mode in MODES:
+                    sender, engine, receiver = sender_run(
+                        runner, ratio, flags, f"{key_type} {mode:>8} {number}/{flags.repeat}",
+                        receiver_pid)
+                    rustls, receiver_rustls = rustls_run(binary, port, mode, flags,
+                                                         receiver_pid)
+                    rounds[mode].append(Round(receiver, sender, engine, receiver_rustls, rustls))
+    return rounds
+
+
+def report(key_type: str, rounds: dict[str, list[Round]]) -> None:
+    def column(mode: str, name: str) -> list[float]:
+        return [getattr(one, name) for one in rounds[mode]]
+
+    print(f"\n== certificate {key_type} ==")
+    print(f"{'CPU per message (us)':<52}{'plain':>16}{'STARTTLS':>16}")
+    for name, field in (("receiver process, driven by the tlsstorm sender", "receiver_under_sender"),
+                        ("tlsstorm sender process", "sender"),
+                        ("  of which its engine thread (C, OpenSSL 3.0)", "engine"),
+                        ("receiver process, driven by the rustls program", "receiver_under_rustls"),
+                        ("rustls program's process (no Python)", "rustls")):
+        print(f"{name:<52}{shown(column('plain', field)):>16}"
+              f"{shown(column('STARTTLS', field)):>16}")
+    print("over the receiver's process CPU in the same run:")
+    for name, field, receiver in (
+            ("tlsstorm sender process", "sender", "receiver_under_sender"),
+            ("  its engine thread alone", "engine", "receiver_under_sender"),
+            ("rustls program's process", "rustls", "receiver_under_rustls")):
+        cells = []
+        for _, mode in MODES:
+            share = ratios(column(mode, field), column(mode, receiver))
+            cells.append(f"{shown(share, 'x', 2)} ({_verdict(share, TARGET_SENDER_SHARE)})")
+        print(f"  {name:<32}plain {cells[0]}; STARTTLS {cells[1]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--key-types", default="ecdsa-p256,rsa2048")
+    flags = parser.parse_args()
+    binary = rustls_binary("smtp_client_floor")
+    results = [(key_type, measure(key_type, binary, flags))
+               for key_type in flags.key_types.split(",")]
+    print(f"\nmachine: {machine_note()}")
+    print(f"TLS 1.3, X25519, no tickets, no chain check (the sender's default: any certificate, "
+          f"the handshake's signature checked); {flags.repeat} rounds of {flags.messages} "
+          f"messages of {MESSAGE_SIZE} B at {flags.rate:g}/s per stack and mode, one message "
+          f"per session, tracing off; mean +- 95% confidence interval; verdicts against "
+          f"<= {TARGET_SENDER_SHARE}x")
+    for key_type, rounds in results:
+        report(key_type, rounds)
+
+
+if __name__ == "__main__":
+    main()
