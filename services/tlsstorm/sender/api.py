@@ -140,13 +140,12 @@ def create_api(service: SenderService) -> FastAPI:
         """`count` messages over these (STARTTLS or not, personality) connections, each
         carrying per_connection of them (the last what is left); one result per message."""
         target = await allowed(request.target)
-        results = []
+        batches = []
         for tls, profile in connections:
-            batch = min(request.per_connection, count)
-            results += await service.client.send(target, tls, batch, request.size,
-                                                 wave_id=request.wave, resume=request.resume,
-                                                 profile=profile)
-            count -= batch
+            batches.append((tls, profile, min(request.per_connection, count)))
+            count -= batches[-1][2]
+        results = await service.client.send_in_order(target, batches, request.size,
+                                                     wave_id=request.wave, resume=request.resume)
         return _results(target, results)
 
     @app.post("/v1/send", dependencies=guarded)

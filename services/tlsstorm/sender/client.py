@@ -6,6 +6,7 @@ what to send, and turns the engine's report into each message's result and spans
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from tlsstorm.common.config import SenderSettings
 from tlsstorm.common.telemetry import CountedTracerProvider
 from tlsstorm.common.tls import client_context
 from tlsstorm.sender.allowlist import Target
-from tlsstorm.sender.engine import Conversation, Engine, Report, Schedule
+from tlsstorm.sender.engine import Conversation, Engine, Report, Schedule, next_group
 from tlsstorm.sender.message import message_parts
 from tlsstorm.sender.profiles import PROFILES, profile_context
 
@@ -142,14 +143,46 @@ class SmtpClient:
         self.totals.add(tls, results)
         return results
 
+    async def send_in_order(
+        self, target: Target, connections: list[tuple[bool, str, int]], size: int,
+        wave_id: str | None = None, resume: bool = False,
+    ) -> list[MessageResult]:
+        """Connections (STARTTLS or not, profile, messages) one after another, as one bot
+        works down its list: the engine begins each when the one before has ended, and the
+        event loop wakes once, after the last; the results in order. With `resume`, each
+        offers the session the one before it left."""
+        results: list[list[MessageResult]] = [[] for _ in connections]
+        left = len(connections)
+        all_in = asyncio.get_running_loop().create_future()
+        schedule = Schedule(0, next_group(), 1, queue=True)
+
+        def done(index: int, report: Report, connection_results: list[MessageResult]) -> None:
+            nonlocal left
+            results[index] = connection_results
+            left -= 1
+            if not left and not all_in.done():
+                all_in.set_result(None)
+
+        for index, (tls, profile, count) in enumerate(connections):
+            self.submit(target, tls, count, size, schedule,
+                        lambda report, got, index=index: done(index, report, got),
+                        wave_id=wave_id, resume=resume, profile=profile)
+        try:
+            if left:
+                await all_in
+        except asyncio.CancelledError:  # the caller went away: the rest are not sent
+            self.engine.cancel(schedule.group)
+            raise
+        return [result for connection_results in results for result in connection_results]
+
     def submit(
         self, target: Target, tls: bool, count: int, size: int, schedule: Schedule,
         on_done: Callable[[Report, list[MessageResult]], None], wave_id: str | None = None,
         resume: bool = False, profile: str = "default",
     ) -> None:
-        """`send` for a wave: handed to the engine now, sent when `schedule` says it is due (or
-        skipped). `on_done` gets the engine's report and the results (none when the report
-        says skipped or cancelled) once the wave takes its reports (SmtpClient.engine.take)."""
+        """`send` in a group: handed to the engine now, sent as `schedule` says (or skipped).
+        `on_done` gets the engine's report and the results (none when the report says skipped
+        or cancelled) once the reports are taken (engine.take, or the group's last ended)."""
         session = _Session(self, target, tls, wave_id)
         talk = session.conversation(count, size, profile, resume)
 

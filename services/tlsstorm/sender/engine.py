@@ -9,8 +9,9 @@ the messages accepted, the handshake, the command phases and the failure that en
 
 A wave hands its connections over ahead of their due times (`start` with `due_ns`): the engine
 connects each when due, or skips it when the wave has its limit in flight, and keeps their
-reports (`quiet`) until the wave takes them on its next tick; so a wave wakes the event loop a
-few dozen times a second, whatever its rate, instead of a few times per connection.
+reports (`quiet`) until the wave takes them on its next tick, or its last has ended; so a wave
+wakes the event loop a few dozen times a second, whatever its rate, instead of a few times per
+connection. A bot's connections one after another are a group of limit 1 that queues.
 
 TLS is OpenSSL's own, with the SSL_CTX inside the Python SSLContext the sender configured (the
 first field after CPython's object header, as common/tls.py reads it too): the ClientHello and
@@ -23,6 +24,7 @@ import _ssl
 import asyncio
 import ctypes
 import importlib.machinery
+import itertools
 import json
 import ssl
 from collections.abc import Callable
@@ -55,6 +57,7 @@ class _Job(ctypes.Structure):
         ("due_ns", ctypes.c_longlong),
         ("group", ctypes.c_long),
         ("group_limit", ctypes.c_int),
+        ("queue", ctypes.c_int),
         ("quiet", ctypes.c_int),
     )
 
@@ -99,6 +102,12 @@ def _address(function: ctypes._CFuncPtr) -> int:
 
 
 _library: ctypes.CDLL | None = None
+_groups = itertools.count(1)
+
+
+def next_group() -> int:
+    """A number for a new group of connections (a wave, a bot's list)."""
+    return next(_groups)
 
 
 def ssl_ctx_of(context: ssl.SSLContext) -> int:
@@ -130,11 +139,12 @@ class Conversation:
 
 @dataclass(frozen=True, slots=True)
 class Schedule:
-    """When a wave's connection is due, and the wave's limit of connections in flight."""
+    """When a connection of a group is due, and the group's limit of connections in flight."""
 
-    due_ns: int  # time.perf_counter_ns()'s clock (CLOCK_MONOTONIC)
-    group: int  # the wave's number (waves.next_group)
-    limit: int  # due while the group has that many in flight: skipped
+    due_ns: int  # time.perf_counter_ns()'s clock (CLOCK_MONOTONIC); 0: at once
+    group: int  # next_group()
+    limit: int  # due while the group has that many in flight: skipped, or with `queue` waits
+    queue: bool = False
 
 
 Report = dict  # one connection's JSON report, or {"id", "skipped"} / {"id", "cancelled"}
@@ -173,8 +183,9 @@ class Engine:
 
     def start(self, talk: Conversation, on_report: Callable[[Report], None],
               schedule: Schedule | None = None) -> None:
-        """Hand one conversation over: at once, or with `schedule` when due (its report then
-        waits for `take`); raises OSError when the engine cannot take it."""
+        """Hand one conversation over: at once, or as `schedule` says (its report then waits
+        for `take`, or for its group's last to end); raises OSError when the engine cannot
+        take it."""
         context = talk.context
         ctx = ssl_ctx_of(context) if context is not None else 0  # the engine takes a reference
         messages = len(talk.head_of)
@@ -185,7 +196,8 @@ class Engine:
                    b"".join(talk.pieces), _ints(map(len, talk.pieces)), len(talk.pieces),
                    _ints(talk.head_of), _ints(talk.text_of), int(talk.timeout_s * 1000),
                    int(talk.quick_ack), int(talk.trace_phases),
-                   *((schedule.due_ns, schedule.group, schedule.limit, 1) if schedule else ()))
+                   *((schedule.due_ns, schedule.group, schedule.limit, int(schedule.queue), 1)
+                     if schedule else ()))
         started = self._lib.engine_start(self._engine, ctypes.byref(job))
         if started < 0:
             raise OSError(-started, f"no connection to {talk.address}:{talk.port}")

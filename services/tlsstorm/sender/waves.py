@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import math
 import time
 import uuid
@@ -15,7 +14,7 @@ from pydantic import BaseModel, Field, model_validator
 from tlsstorm.common.histogram import LatencyHistogram
 from tlsstorm.sender.allowlist import TARGET_PATTERN, Target
 from tlsstorm.sender.client import MessageResult, SmtpClient
-from tlsstorm.sender.engine import Engine, Report, Schedule
+from tlsstorm.sender.engine import Engine, Report, Schedule, next_group
 from tlsstorm.sender.profiles import PROFILES, ProfileMix
 
 ProfileName = Literal[tuple(PROFILES)]  # type: ignore[valid-type]
@@ -26,7 +25,6 @@ _KEPT_WAVES = 100
 HORIZON_NS = 50_000_000
 TICK_S = 0.025
 MAX_TICK_S = 0.2
-_groups = itertools.count(1)  # the engine's number for each wave (its limit in flight)
 
 
 class DeliveryOptions(BaseModel):
@@ -164,7 +162,7 @@ class Wave:
         period_ns = spec.per_connection / spec.rate * 1e9
         tolerance_ns = int(max(0.005e9, period_ns * self.stride))
         concurrency = math.ceil(spec.concurrency / self.stride)
-        group = next(_groups)
+        group = next_group()
         started = time.perf_counter_ns()
         try:
             for index in self._connections:

@@ -12,7 +12,9 @@
  * A wave's connections are handed over ahead of their due times, a few at a time: the engine
  * connects each when it is due, or skips it when its group (the wave) already has its limit
  * of connections in flight; their reports wait, without waking Python, until the wave next
- * takes them. So Python wakes a few dozen times a second, not several times per connection.
+ * takes them or the group has nothing left. So Python wakes a few dozen times a second, not
+ * several times per connection. A bot's list of connections one after another (the sender's
+ * /v1/batch) is a group of limit 1 whose connections queue instead of being skipped.
  *
  * A connection ends with one JSON line in the reports: its marks on
  * CLOCK_MONOTONIC (Python's perf_counter_ns), the messages accepted with the kernel's byte
@@ -73,7 +75,8 @@ typedef struct {
     long long due_ns; /* CLOCK_MONOTONIC; 0: at once */
     long group;       /* the wave, which has at most group_limit connections in flight; 0: none */
     int group_limit;
-    int quiet;        /* its report does not wake Python (engine_take fetches it) */
+    int queue;        /* due while the group is full: it waits for room instead of being skipped */
+    int quiet;        /* its report wakes Python only when its group has nothing left */
 } job_t;
 
 typedef struct {
@@ -132,7 +135,7 @@ struct conn {
     int port;
     int64_t due_ns;
     long group_id;
-    int group_limit, quiet;
+    int group_limit, queue, quiet;
     group_t *group;
     enum step step;
     int connected, finished;
@@ -296,10 +299,12 @@ static group_t *group_of(engine_t *e, long id, int limit) {
     return g;
 }
 
-/* Forgotten once none of its connections is in flight or waiting. */
+/* Forgotten once none of its connections is in flight or waiting; Python then takes the
+ * reports it kept. */
 static void release_group(engine_t *e, group_t *g) {
     if (g->in_flight || g->waiting)
         return;
+    e->wake_python = 1;
     for (group_t **link = &e->groups; *link; link = &(*link)->next)
         if (*link == g) {
             *link = g->next;
@@ -843,8 +848,19 @@ static void on_event(conn_t *c, uint32_t events) {
 
 /* ---------------------------------------------------------------------------------------- */
 
+static int waits_for_room(const conn_t *c) {
+    return c->queue && c->group && c->group->in_flight >= c->group->limit;
+}
+
+/* At the next deadline of a connection in flight, or due time of one that may begin (one that
+ * waits for room begins when a connection of its group ends, which wakes the loop anyway). */
 static void arm_timer(engine_t *e) {
-    int64_t earliest = e->pending ? e->pending->due_ns : 0;
+    int64_t earliest = 0;
+    for (conn_t *c = e->pending; c; c = c->next)
+        if (!waits_for_room(c)) {
+            earliest = c->due_ns;
+            break;
+        }
     for (conn_t *c = e->live; c; c = c->next)
         if (!earliest || c->deadline_ns < earliest)
             earliest = c->deadline_ns;
@@ -948,15 +964,22 @@ static void begin(engine_t *e, conn_t *c) {
         fail_errno(c, errno);
 }
 
-/* Each connection now due begins, or is skipped when its group has its limit in flight. */
+/* Each connection now due begins; or, when its group has its limit in flight, waits (queue)
+ * or is skipped. */
 static void launch_due(engine_t *e) {
     int64_t now = now_ns(CLOCK_MONOTONIC);
-    while (e->pending && e->pending->due_ns <= now) {
-        conn_t *c = e->pending;
-        e->pending = c->next;
+    conn_t **link = &e->pending;
+    while (*link && (*link)->due_ns <= now) {
+        conn_t *c = *link;
+        if (waits_for_room(c)) {
+            link = &c->next;
+            continue;
+        }
+        int full = c->group && c->group->in_flight >= c->group->limit;
+        *link = c->next;
         if (c->group)
             c->group->waiting--;
-        if (c->group && c->group->in_flight >= c->group->limit) {
+        if (full) {
             buf_printf(&e->finished, "{\"id\":%ld,\"skipped\":true}\n", c->id);
             e->wake_python |= !c->quiet;
             release_group(e, c->group);
@@ -1111,6 +1134,7 @@ long engine_start(engine_t *e, const job_t *job) {
     c->due_ns = job->due_ns;
     c->group_id = job->group;
     c->group_limit = job->group_limit;
+    c->queue = job->queue;
     c->quiet = job->quiet;
     c->ctx = job->ssl_ctx;
     if (c->ctx)
