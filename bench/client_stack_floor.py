@@ -16,7 +16,6 @@ Usage: python bench/client_stack_floor.py [--messages 1000] [--rate 200] [--repe
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fixtures import certificate_files, stack_environment  # bench/ is on sys.path
+from locust_path import children_cpu_seconds
 from receiver_cost import ENGINE_THREAD, TARGET_SENDER_SHARE, _verdict, ratios
 from tls_client_halves import rustls_binary
 from tlsstorm.common.intervals import shown
@@ -45,11 +45,6 @@ class Round:
     engine: float  # the sender's engine thread: C, OpenSSL and their system calls
     receiver_under_rustls: float
     rustls: float
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def rustls_run(binary: Path, port: int, mode: str, flags: argparse.Namespace,
@@ -112,11 +107,12 @@ def report(key_type: str, rounds: dict[str, list[Round]]) -> None:
 
     print(f"\n== certificate {key_type} ==")
     print(f"{'CPU per message (us)':<52}{'plain':>16}{'STARTTLS':>16}")
-    for name, field in (("receiver process, driven by the tlsstorm sender", "receiver_under_sender"),
-                        ("tlsstorm sender process", "sender"),
-                        ("  of which its engine thread (C, OpenSSL 3.0)", "engine"),
-                        ("receiver process, driven by the rustls program", "receiver_under_rustls"),
-                        ("rustls program's process (no Python)", "rustls")):
+    rows = (("receiver process, driven by the tlsstorm sender", "receiver_under_sender"),
+            ("tlsstorm sender process", "sender"),
+            ("  of which its engine thread (C, OpenSSL 3.0)", "engine"),
+            ("receiver process, driven by the rustls program", "receiver_under_rustls"),
+            ("rustls program's process (no Python)", "rustls"))
+    for name, field in rows:
         print(f"{name:<52}{shown(column('plain', field)):>16}"
               f"{shown(column('STARTTLS', field)):>16}")
     print("over the receiver's process CPU in the same run:")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import socket
 import ssl
@@ -113,6 +114,43 @@ def test_open_loop_counts_skipped_sends_when_the_server_stalls(start_sender):
     assert wave["skipped"] >= 20
     assert wave["done"] + wave["skipped"] == 30
     assert wave["plain"]["failed"] == wave["done"]
+
+
+def test_the_engine_connects_each_wave_connection_at_its_due_time(start_sender):
+    """Waves hand connections to the engine up to 50 ms ahead, several per tick; each must
+    still reach the server at its own due time, 20 ms apart at 50/s, not in bursts."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    arrivals: list[float] = []
+    stop = threading.Event()
+
+    def accept_and_close() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                connection = listener.accept()[0]
+            except TimeoutError:
+                continue
+            arrivals.append(time.monotonic())
+            connection.close()
+
+    acceptor = threading.Thread(target=accept_and_close, daemon=True)
+    acceptor.start()
+    sender = start_sender(listener.getsockname()[1], timeout_s=2)
+    try:
+        accepted = httpx.post(f"{sender.http}/v1/waves", json={
+            "rate": 50, "count": 15, "concurrency": 15}).json()
+        wave = _wait_wave(sender, accepted["id"])
+    finally:
+        stop.set()
+        acceptor.join(5)
+        listener.close()
+
+    assert wave["status"] == "completed" and wave["skipped"] == 0, wave
+    assert len(arrivals) == 15
+    gaps_ms = [(later - earlier) * 1000 for earlier, later in itertools.pairwise(arrivals)]
+    # Handed over as they are (three or so per tick), most would arrive within a millisecond.
+    assert sum(gap >= 10 for gap in gaps_ms) >= 11, gaps_ms
+    assert 200 <= (arrivals[-1] - arrivals[0]) * 1000 <= 400, gaps_ms  # 14 periods of 20 ms
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.2, 0.3, 0.7, 1.0])
@@ -475,6 +513,48 @@ def test_a_batch_sends_its_connections_in_order_at_its_tls_flags(sender, receive
     assert all(result["ok"] for result in results)
     stats = receiver.wait_sessions(5)
     assert (stats["tls"]["sessions"], stats["plain"]["sessions"]) == (2, 3)
+
+
+def test_a_batch_begins_each_connection_when_the_one_before_has_ended(start_sender):
+    """The engine holds a batch's whole list: one connection at a time, as one bot works. The
+    server greets each only after 60 ms, so connections begun together would arrive together."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    arrivals: list[float] = []
+    stop = threading.Event()
+
+    def greet_late(connection: socket.socket) -> None:
+        with connection:
+            time.sleep(0.06)
+            connection.sendall(b"554 5.3.2 no service here\r\n")
+            connection.settimeout(5)
+            with contextlib.suppress(OSError):
+                while connection.recv(1024):
+                    pass
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                connection = listener.accept()[0]
+            except TimeoutError:
+                continue
+            arrivals.append(time.monotonic())
+            threading.Thread(target=greet_late, args=(connection,), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    sender = start_sender(listener.getsockname()[1], timeout_s=5)
+    try:
+        body = httpx.post(f"{sender.http}/v1/batch", timeout=30,
+                          json={"tls": [False, True, False, False]}).json()
+    finally:
+        stop.set()
+        acceptor.join(5)
+        listener.close()
+
+    assert [result["code"] for result in body["results"]] == [554] * 4, body
+    gaps_ms = [(later - earlier) * 1000 for earlier, later in itertools.pairwise(arrivals)]
+    assert len(arrivals) == 4 and min(gaps_ms) >= 50, gaps_ms
 
 
 def test_every_message_of_a_refused_starttls_session_says_it_went_plain(
