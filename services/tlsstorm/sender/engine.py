@@ -7,7 +7,7 @@ a thread of its own (which never touches Python objects), so the event loop wake
 finished connection, not once per reply. Each connection ends with one JSON report: its marks,
 the messages accepted, the handshake, the command phases and the failure that ended it.
 
-A wave hands its connections over ahead of their due times (`start` with `due_ns`): the engine
+A wave hands its connections over ahead of their due times (`start` with a Schedule): the engine
 connects each when due, or skips it when the wave has its limit in flight, and keeps their
 reports (`quiet`) until the wave takes them on its next tick, or its last has ended; so a wave
 wakes the event loop a few dozen times a second, whatever its rate, instead of a few times per
@@ -167,7 +167,8 @@ class Engine:
         self._waiting: dict[int, Callable[[Report], None]] = {}
 
     async def converse(self, talk: Conversation) -> Report:
-        """Hold one conversation to its end, at once."""
+        """Hold one conversation to its end, at once; raises OSError when the engine cannot
+        take it."""
         waiting = self._loop.create_future()
 
         def done(report: Report) -> None:

@@ -908,8 +908,8 @@ static void drain_fd(int fd) {
     }
 }
 
-/* Connections Python handed over: into the list of those waiting, by due time (a wave hands
- * them over in that order, so the walk from the end is short). */
+/* Connections Python handed over: into the list of those waiting, by due time, after those
+ * due no later (the list holds a tick's worth of each wave and the batches' queues). */
 static void take_incoming(engine_t *e, conn_t *incoming) {
     conn_t *reversed = NULL; /* Python pushed them newest first */
     while (incoming) {
