@@ -9,6 +9,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -28,6 +29,34 @@ def _wait_wave(sender, wave_id: str, timeout: float = 60) -> dict:
         if wave["status"] != "running" or time.monotonic() > deadline:
             return wave
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def _accepting(serve: Callable[[socket.socket], None]) -> Iterator[tuple[int, list[float]]]:
+    """A loopback server whose thread notes when each connection arrives and hands it to
+    `serve`; yields its port and the arrival times (time.monotonic)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    arrivals: list[float] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                connection = listener.accept()[0]
+            except TimeoutError:
+                continue
+            arrivals.append(time.monotonic())
+            serve(connection)
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield listener.getsockname()[1], arrivals
+    finally:
+        stop.set()
+        acceptor.join(5)
+        listener.close()
 
 
 def test_send_returns_one_measured_result_per_message(sender):
@@ -83,32 +112,16 @@ def test_wave_paces_open_loop_and_can_be_stopped(sender):
 
 def test_open_loop_counts_skipped_sends_when_the_server_stalls(start_sender):
     """A server that accepts and never answers: the rate is kept, the backlog is skipped."""
-    silent = socket.create_server(("127.0.0.1", 0))
-    port = silent.getsockname()[1]
     held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept_forever() -> None:
-        silent.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(silent.accept()[0])
-            except TimeoutError:
-                continue
-
-    acceptor = threading.Thread(target=accept_forever, daemon=True)
-    acceptor.start()
-    sender = start_sender(port, timeout_s=2)
-    try:
-        accepted = httpx.post(f"{sender.http}/v1/waves", json={
-            "rate": 50, "count": 30, "concurrency": 2}).json()
-        wave = _wait_wave(sender, accepted["id"])
-    finally:
-        stop.set()
-        acceptor.join(5)
-        for connection in held:
-            connection.close()
-        silent.close()
+    with _accepting(held.append) as (port, _):
+        sender = start_sender(port, timeout_s=2)
+        try:
+            accepted = httpx.post(f"{sender.http}/v1/waves", json={
+                "rate": 50, "count": 30, "concurrency": 2}).json()
+            wave = _wait_wave(sender, accepted["id"])
+        finally:
+            for connection in held:
+                connection.close()
 
     assert wave["status"] == "completed"
     assert wave["skipped"] >= 20
@@ -119,31 +132,11 @@ def test_open_loop_counts_skipped_sends_when_the_server_stalls(start_sender):
 def test_the_engine_connects_each_wave_connection_at_its_due_time(start_sender):
     """Waves hand connections to the engine up to 50 ms ahead, several per tick; each must
     still reach the server at its own due time, 20 ms apart at 50/s, not in bursts."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    arrivals: list[float] = []
-    stop = threading.Event()
-
-    def accept_and_close() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                connection = listener.accept()[0]
-            except TimeoutError:
-                continue
-            arrivals.append(time.monotonic())
-            connection.close()
-
-    acceptor = threading.Thread(target=accept_and_close, daemon=True)
-    acceptor.start()
-    sender = start_sender(listener.getsockname()[1], timeout_s=2)
-    try:
+    with _accepting(socket.socket.close) as (port, arrivals):
+        sender = start_sender(port, timeout_s=2)
         accepted = httpx.post(f"{sender.http}/v1/waves", json={
             "rate": 50, "count": 15, "concurrency": 15}).json()
         wave = _wait_wave(sender, accepted["id"])
-    finally:
-        stop.set()
-        acceptor.join(5)
-        listener.close()
 
     assert wave["status"] == "completed" and wave["skipped"] == 0, wave
     assert len(arrivals) == 15
@@ -518,9 +511,6 @@ def test_a_batch_sends_its_connections_in_order_at_its_tls_flags(sender, receive
 def test_a_batch_begins_each_connection_when_the_one_before_has_ended(start_sender):
     """The engine holds a batch's whole list: one connection at a time, as one bot works. The
     server greets each only after 60 ms, so connections begun together would arrive together."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    arrivals: list[float] = []
-    stop = threading.Event()
 
     def greet_late(connection: socket.socket) -> None:
         with connection:
@@ -531,26 +521,13 @@ def test_a_batch_begins_each_connection_when_the_one_before_has_ended(start_send
                 while connection.recv(1024):
                     pass
 
-    def accept() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                connection = listener.accept()[0]
-            except TimeoutError:
-                continue
-            arrivals.append(time.monotonic())
-            threading.Thread(target=greet_late, args=(connection,), daemon=True).start()
+    def serve(connection: socket.socket) -> None:
+        threading.Thread(target=greet_late, args=(connection,), daemon=True).start()
 
-    acceptor = threading.Thread(target=accept, daemon=True)
-    acceptor.start()
-    sender = start_sender(listener.getsockname()[1], timeout_s=5)
-    try:
+    with _accepting(serve) as (port, arrivals):
+        sender = start_sender(port, timeout_s=5)
         body = httpx.post(f"{sender.http}/v1/batch", timeout=30,
                           json={"tls": [False, True, False, False]}).json()
-    finally:
-        stop.set()
-        acceptor.join(5)
-        listener.close()
 
     assert [result["code"] for result in body["results"]] == [554] * 4, body
     gaps_ms = [(later - earlier) * 1000 for earlier, later in itertools.pairwise(arrivals)]
