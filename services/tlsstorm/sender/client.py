@@ -22,9 +22,18 @@ from tlsstorm.common.config import SenderSettings
 from tlsstorm.common.telemetry import CountedTracerProvider
 from tlsstorm.common.tls import client_context
 from tlsstorm.sender.allowlist import Target
-from tlsstorm.sender.engine import Conversation, Engine, Report, Schedule, next_group
+from tlsstorm.sender.engine import (
+    Conversation,
+    Engine,
+    Report,
+    Schedule,
+    connections_ahead,
+    next_group,
+)
 from tlsstorm.sender.message import message_parts
 from tlsstorm.sender.profiles import PROFILES, profile_context
+
+SEND_IN_ORDER_AHEAD = 32  # a bot's list goes to the engine this many connections at a time
 
 
 @dataclass(slots=True)
@@ -148,30 +157,44 @@ class SmtpClient:
         wave_id: str | None = None, resume: bool = False,
     ) -> list[MessageResult]:
         """Connections (STARTTLS or not, profile, messages) one after another, as one bot
-        works down its list: the engine begins each when the one before has ended, and the
-        event loop wakes once, after the last; the results in order. With `resume`, each
-        offers the session the one before it left."""
+        works down its list: the engine begins each when the one before has ended. They are
+        handed over a window at a time (BYTES_AHEAD of messages at most), and the event loop
+        wakes once per half window, not per connection. The results in order. With `resume`,
+        each offers the session the one before it left."""
         results: list[list[MessageResult]] = [[] for _ in connections]
-        left = len(connections)
+        window = connections_ahead(size, connections[0][2], SEND_IN_ORDER_AHEAD)
+        group = next_group()
+        quiet, loud = (Schedule(0, group, 1, queue=True, quiet=flag) for flag in (True, False))
+        left, handed = len(connections), 0
         all_in = asyncio.get_running_loop().create_future()
-        schedule = Schedule(0, next_group(), 1, queue=True)
 
-        def done(index: int, report: Report, connection_results: list[MessageResult]) -> None:
+        def hand_over() -> None:
+            nonlocal handed
+            while handed < len(connections) and handed - (len(connections) - left) < window:
+                index = handed
+                tls, profile, count = connections[index]
+                wakes = (index + 1) % max(1, window // 2) == 0 or index == len(connections) - 1
+                handed += 1
+                self.submit(target, tls, count, size, loud if wakes else quiet,
+                            lambda report, got, index=index: done(index, got),
+                            wave_id=wave_id, resume=resume, profile=profile)
+
+        def done(index: int, connection_results: list[MessageResult]) -> None:
             nonlocal left
             results[index] = connection_results
             left -= 1
-            if not left and not all_in.done():
-                all_in.set_result(None)
+            if not left:
+                if not all_in.done():
+                    all_in.set_result(None)
+            elif not all_in.done():
+                hand_over()
 
-        for index, (tls, profile, count) in enumerate(connections):
-            self.submit(target, tls, count, size, schedule,
-                        lambda report, got, index=index: done(index, report, got),
-                        wave_id=wave_id, resume=resume, profile=profile)
+        hand_over()
         try:
             if left:
                 await all_in
         except asyncio.CancelledError:  # the caller went away: the rest are not sent
-            self.engine.cancel(schedule.group)
+            self.engine.cancel(group)
             raise
         return [result for connection_results in results for result in connection_results]
 

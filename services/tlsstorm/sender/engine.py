@@ -103,6 +103,14 @@ def _address(function: ctypes._CFuncPtr) -> int:
 
 _library: ctypes.CDLL | None = None
 _groups = itertools.count(1)
+# What a group hands the engine ahead of its connections' beginnings holds their messages: at
+# most about this many bytes of them (every connection holds its own copy).
+BYTES_AHEAD = 8 * 1024 * 1024
+
+
+def connections_ahead(size: int, per_connection: int, most: int) -> int:
+    """How many connections of messages of `size` a group may hand over ahead: 2 to `most`."""
+    return max(2, min(most, BYTES_AHEAD // (size + 256 * per_connection)))
 
 
 def next_group() -> int:
@@ -144,7 +152,8 @@ class Schedule:
     due_ns: int  # time.perf_counter_ns()'s clock (CLOCK_MONOTONIC); 0: at once
     group: int  # next_group()
     limit: int  # due while the group has that many in flight: skipped, or with `queue` waits
-    queue: bool = False
+    queue: bool = False  # begins when the group has room, after those queued before it
+    quiet: bool = True  # its report waits for `take` (or for the group's last to end)
 
 
 Report = dict  # one connection's JSON report, or {"id", "skipped"} / {"id", "cancelled"}
@@ -197,8 +206,8 @@ class Engine:
                    b"".join(talk.pieces), _ints(map(len, talk.pieces)), len(talk.pieces),
                    _ints(talk.head_of), _ints(talk.text_of), int(talk.timeout_s * 1000),
                    int(talk.quick_ack), int(talk.trace_phases),
-                   *((schedule.due_ns, schedule.group, schedule.limit, int(schedule.queue), 1)
-                     if schedule else ()))
+                   *((schedule.due_ns, schedule.group, schedule.limit, int(schedule.queue),
+                      int(schedule.quiet)) if schedule else ()))
         started = self._lib.engine_start(self._engine, ctypes.byref(job))
         if started < 0:
             raise OSError(-started, f"no connection to {talk.address}:{talk.port}")

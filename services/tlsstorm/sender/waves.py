@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, model_validator
 from tlsstorm.common.histogram import LatencyHistogram
 from tlsstorm.sender.allowlist import TARGET_PATTERN, Target
 from tlsstorm.sender.client import MessageResult, SmtpClient
-from tlsstorm.sender.engine import Engine, Report, Schedule, next_group
+from tlsstorm.sender.engine import Engine, Report, Schedule, connections_ahead, next_group
 from tlsstorm.sender.profiles import PROFILES, ProfileMix
 
 ProfileName = Literal[tuple(PROFILES)]  # type: ignore[valid-type]
@@ -25,6 +25,7 @@ _KEPT_WAVES = 100
 HORIZON_NS = 50_000_000
 TICK_S = 0.025
 MAX_TICK_S = 0.2
+FAR_NS = 10**17  # about three years: a due time no wave reaches
 
 
 class DeliveryOptions(BaseModel):
@@ -158,17 +159,25 @@ class Wave:
         each when due, or skips it while `concurrency` are in flight; this loop hands them over
         a little ahead and takes the reports, waking a few dozen times a second at any rate."""
         spec = self.spec
-        engine = self.client.engine
-        period_ns = spec.per_connection / spec.rate * 1e9
-        tolerance_ns = int(max(0.005e9, period_ns * self.stride))
-        concurrency = math.ceil(spec.concurrency / self.stride)
         group = next_group()
-        started = time.perf_counter_ns()
+        engine: Engine | None = None
         try:
+            engine = self.client.engine
+            # A rate near zero makes the period infinite: the first connection is due at once,
+            # the others too far off to come (FAR_NS keeps the due times in the engine's range).
+            period_ns = spec.per_connection / spec.rate * 1e9
+            tolerance_ns = int(min(max(0.005e9, period_ns * self.stride), FAR_NS))
+            concurrency = math.ceil(spec.concurrency / self.stride)
+            # Large messages: what waits in the engine ahead of its due time is bounded in bytes.
+            most_handed = concurrency + connections_ahead(spec.size, spec.per_connection, 10**6)
+            started = time.perf_counter_ns()
             for index in self._connections:
-                due = started + int(index * period_ns)
-                while (ahead := due - HORIZON_NS - time.perf_counter_ns()) > 0:
+                due = started + (int(min(index * period_ns, FAR_NS)) if index else 0)
+                while ((ahead := due - HORIZON_NS - time.perf_counter_ns()) > 0
+                       or self.in_flight >= most_handed):
                     engine.take()
+                    if ahead <= 0 and self.in_flight < most_handed:
+                        break
                     await asyncio.sleep(min(max(ahead / 1e9, TICK_S), MAX_TICK_S))
                 batch = min(spec.per_connection, spec.total_messages - index * spec.per_connection)
                 self.scheduled += batch
@@ -178,8 +187,9 @@ class Wave:
             self.status = "completed"
         except asyncio.CancelledError:
             self.status = "stopped"
-            engine.cancel(group)
-            await self._reports_in(engine)
+            if engine is not None:
+                engine.cancel(group)
+                await self._reports_in(engine)
         except Exception as error:  # a bug must still end the wave visibly
             self.status = "failed"
             self.errors[f"wave: {type(error).__name__}: {error}"] += 1

@@ -14,7 +14,8 @@
  * of connections in flight; their reports wait, without waking Python, until the wave next
  * takes them or the group has nothing left. So Python wakes a few dozen times a second, not
  * several times per connection. A bot's list of connections one after another (the sender's
- * /v1/batch) is a group of limit 1 whose connections queue instead of being skipped.
+ * /v1/batch) is a group of limit 1 whose connections queue instead of being skipped: each
+ * begins, in order, when the group has room (their due times are not used).
  *
  * A connection ends with one JSON line in the reports: its marks on
  * CLOCK_MONOTONIC (Python's perf_counter_ns), the messages accepted with the kernel's byte
@@ -75,7 +76,7 @@ typedef struct {
     long long due_ns; /* CLOCK_MONOTONIC; 0: at once */
     long group;       /* the wave, which has at most group_limit connections in flight; 0: none */
     int group_limit;
-    int queue;        /* due while the group is full: it waits for room instead of being skipped */
+    int queue;        /* begins when its group has room, after those queued before it */
     int quiet;        /* its report wakes Python only when its group has nothing left */
 } job_t;
 
@@ -94,7 +95,8 @@ typedef struct conn conn_t;
 
 typedef struct group {
     long id;
-    int limit, in_flight, waiting; /* waiting: handed over, not yet due */
+    int limit, in_flight, waiting; /* waiting: handed over, not yet begun */
+    conn_t *queued, *queued_tail;  /* a queue's connections, in order (not in `pending`) */
     struct group *next;
 } group_t;
 
@@ -104,6 +106,7 @@ typedef struct {
     int64_t timer_armed_ns; /* 0: not armed */
     conn_t *live;           /* a doubly linked list of the connections in flight */
     conn_t *pending;        /* handed over, not yet due: a list by due time */
+    conn_t *pending_tail;
     group_t *groups;
     int wake_python;        /* a report in this pass is awaited at once */
     conn_t *ended;          /* finished in this pass, freed at its end (events may name them) */
@@ -848,19 +851,9 @@ static void on_event(conn_t *c, uint32_t events) {
 
 /* ---------------------------------------------------------------------------------------- */
 
-static int waits_for_room(const conn_t *c) {
-    return c->queue && c->group && c->group->in_flight >= c->group->limit;
-}
-
-/* At the next deadline of a connection in flight, or due time of one that may begin (one that
- * waits for room begins when a connection of its group ends, which wakes the loop anyway). */
+/* At the next deadline of a connection in flight, or due time of one waiting. */
 static void arm_timer(engine_t *e) {
-    int64_t earliest = 0;
-    for (conn_t *c = e->pending; c; c = c->next)
-        if (!waits_for_room(c)) {
-            earliest = c->due_ns;
-            break;
-        }
+    int64_t earliest = e->pending ? e->pending->due_ns : 0;
     for (conn_t *c = e->live; c; c = c->next)
         if (!earliest || c->deadline_ns < earliest)
             earliest = c->deadline_ns;
@@ -908,8 +901,9 @@ static void drain_fd(int fd) {
     }
 }
 
-/* Connections Python handed over: into the list of those waiting, by due time, after those
- * due no later (the list holds a tick's worth of each wave and the batches' queues). */
+/* Connections Python handed over: a queue's to the end of its group's queue; the others into
+ * the list of those waiting, by due time, after those due no later (a wave hands them over in
+ * that order: they go at the end). */
 static void take_incoming(engine_t *e, conn_t *incoming) {
     conn_t *reversed = NULL; /* Python pushed them newest first */
     while (incoming) {
@@ -921,13 +915,28 @@ static void take_incoming(engine_t *e, conn_t *incoming) {
     while (reversed) {
         conn_t *c = reversed;
         reversed = c->next;
+        c->next = NULL;
         if (c->group_id && (c->group = group_of(e, c->group_id, c->group_limit)))
             c->group->waiting++;
-        conn_t **link = &e->pending;
-        while (*link && (*link)->due_ns <= c->due_ns)
-            link = &(*link)->next;
-        c->next = *link;
-        *link = c;
+        if (c->queue && c->group) {
+            if (c->group->queued_tail)
+                c->group->queued_tail->next = c;
+            else
+                c->group->queued = c;
+            c->group->queued_tail = c;
+        } else if (!e->pending_tail || e->pending_tail->due_ns <= c->due_ns) {
+            if (e->pending_tail)
+                e->pending_tail->next = c;
+            else
+                e->pending = c;
+            e->pending_tail = c;
+        } else {
+            conn_t **link = &e->pending;
+            while ((*link)->due_ns <= c->due_ns)
+                link = &(*link)->next;
+            c->next = *link;
+            *link = c;
+        }
     }
 }
 
@@ -964,22 +973,19 @@ static void begin(engine_t *e, conn_t *c) {
         fail_errno(c, errno);
 }
 
-/* Each connection now due begins; or, when its group has its limit in flight, waits (queue)
- * or is skipped. */
+/* Each connection now due begins, or is skipped when its group has its limit in flight; then
+ * each queue with room begins its next. A connection that fails at once ends here too, so a
+ * queue is worked down in this loop, never by recursion. */
 static void launch_due(engine_t *e) {
     int64_t now = now_ns(CLOCK_MONOTONIC);
-    conn_t **link = &e->pending;
-    while (*link && (*link)->due_ns <= now) {
-        conn_t *c = *link;
-        if (waits_for_room(c)) {
-            link = &c->next;
-            continue;
-        }
-        int full = c->group && c->group->in_flight >= c->group->limit;
-        *link = c->next;
+    while (e->pending && e->pending->due_ns <= now) {
+        conn_t *c = e->pending;
+        e->pending = c->next;
+        if (!e->pending)
+            e->pending_tail = NULL;
         if (c->group)
             c->group->waiting--;
-        if (full) {
+        if (c->group && c->group->in_flight >= c->group->limit) {
             buf_printf(&e->finished, "{\"id\":%ld,\"skipped\":true}\n", c->id);
             e->wake_python |= !c->quiet;
             release_group(e, c->group);
@@ -988,27 +994,63 @@ static void launch_due(engine_t *e) {
             begin(e, c);
         }
     }
+    group_t *g = e->groups;
+    while (g) {
+        g->waiting++; /* held: its connections may end while it begins them */
+        while (g->queued && g->in_flight < g->limit) {
+            conn_t *c = g->queued;
+            g->queued = c->next;
+            if (!g->queued)
+                g->queued_tail = NULL;
+            g->waiting--;
+            begin(e, c);
+        }
+        g->waiting--;
+        group_t *next = g->next;
+        release_group(e, g);
+        g = next;
+    }
+}
+
+static void drop(engine_t *e, conn_t *c) {
+    buf_printf(&e->finished, "{\"id\":%ld,\"cancelled\":true}\n", c->id);
+    e->wake_python = 1;
+    if (c->group) {
+        c->group->waiting--;
+        release_group(e, c->group);
+    }
+    conn_free(c);
 }
 
 /* The waiting connections of the groups Python stopped: dropped, each with a report. */
 static void cancel(engine_t *e, const long *groups, size_t count) {
     for (size_t i = 0; i < count; i++) {
         conn_t **link = &e->pending;
+        e->pending_tail = NULL;
         while (*link) {
             conn_t *c = *link;
             if (c->group_id != groups[i]) {
+                e->pending_tail = c;
                 link = &c->next;
                 continue;
             }
             *link = c->next;
-            buf_printf(&e->finished, "{\"id\":%ld,\"cancelled\":true}\n", c->id);
-            e->wake_python = 1;
-            if (c->group) {
-                c->group->waiting--;
-                release_group(e, c->group);
-            }
-            conn_free(c);
+            drop(e, c);
         }
+        for (group_t *g = e->groups; g; g = g->next)
+            if (g->id == groups[i]) {
+                conn_t *queued = g->queued;
+                g->queued = g->queued_tail = NULL;
+                g->waiting++; /* held while its queue is dropped */
+                while (queued) {
+                    conn_t *next = queued->next;
+                    drop(e, queued);
+                    queued = next;
+                }
+                g->waiting--;
+                release_group(e, g);
+                break;
+            }
     }
 }
 
@@ -1170,13 +1212,13 @@ long engine_start(engine_t *e, const job_t *job) {
     c->check_hostname = job->check_hostname;
     c->resume = job->resume;
     c->step = GREETING;
-    c->id = ++e->next_id;
+    long id = c->id = ++e->next_id; /* c is the engine thread's once handed over */
     pthread_mutex_lock(&e->lock);
     c->next = e->incoming;
     e->incoming = c;
     pthread_mutex_unlock(&e->lock);
     signal_fd(e->wake_fd);
-    return c->id;
+    return id;
 }
 
 /* The group's connections not yet due are dropped, each with a report {"cancelled": true}. */
@@ -1222,6 +1264,7 @@ void engine_free(engine_t *e) {
     free_list(e->pending);
     while (e->groups) {
         group_t *next = e->groups->next;
+        free_list(e->groups->queued);
         free(e->groups);
         e->groups = next;
     }
