@@ -11,7 +11,6 @@ import collections
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -142,15 +141,8 @@ class SmtpClient:
         same server (tickets), as a resuming client would. `profile` is the client's TLS
         personality (sender/profiles.py).
         """
-        session = _Session(self, target, tls, wave_id)
-        talk = session.conversation(count, size, profile, resume)
-        try:
-            report = await self.engine.converse(talk)
-        except OSError as error:  # the engine could not take it: nothing was sent
-            report = session.no_socket(error)
-        results = session.results_of(report)
-        self.totals.add(tls, results)
-        return results
+        return await self.send_in_order(target, [(tls, profile, count)], size, wave_id=wave_id,
+                                        resume=resume)
 
     async def send_in_order(
         self, target: Target, connections: list[tuple[bool, str, int]], size: int,
@@ -161,6 +153,7 @@ class SmtpClient:
         handed over a window at a time (BYTES_AHEAD of messages at most), and the event loop
         wakes once per half window, not per connection. The results in order. With `resume`,
         each offers the session the one before it left."""
+        engine = self.engine  # not a new one, should the sender stop meanwhile
         results: list[list[MessageResult]] = [[] for _ in connections]
         window = connections_ahead(size, connections[0][2], SEND_IN_ORDER_AHEAD)
         group = next_group()
@@ -176,14 +169,16 @@ class SmtpClient:
                 wakes = (index + 1) % max(1, window // 2) == 0 or index == len(connections) - 1
                 handed += 1
                 self.submit(target, tls, count, size, loud if wakes else quiet,
-                            lambda report, got, index=index: done(index, got),
+                            lambda report, got, index=index: done(index, report, got),
                             wave_id=wave_id, resume=resume, profile=profile)
 
-        def done(index: int, connection_results: list[MessageResult]) -> None:
+        def done(index: int, report: Report, connection_results: list[MessageResult]) -> None:
             nonlocal left
             results[index] = connection_results
             left -= 1
-            if not left:
+            if report.get("cancelled"):  # the engine is closing (the sender stops)
+                all_in.cancel()
+            elif not left:
                 if not all_in.done():
                     all_in.set_result(None)
             elif not all_in.done():
@@ -194,7 +189,7 @@ class SmtpClient:
             if left:
                 await all_in
         except asyncio.CancelledError:  # the caller went away: the rest are not sent
-            self.engine.cancel(group)
+            engine.cancel(group)
             raise
         return [result for connection_results in results for result in connection_results]
 
@@ -268,7 +263,7 @@ class _Session:
                 "final": {"ns": now_ns, "received": 0, "sent": 0}}
 
     def results_of(self, report: Report) -> list[MessageResult]:
-        self._replay(report, self.ids, self.sizes, self.count, self.size)
+        self._replay(report)
         return self.results
 
     def _messages(self, ids: list[tuple[int, int]], count: int, size: int
@@ -298,9 +293,9 @@ class _Session:
             text_of.append(text_pieces[text])
         return pieces, head_of, text_of, sizes
 
-    def _replay(self, report: dict[str, Any], ids: list[tuple[int, int]], sizes: list[int],
-                count: int, size: int) -> None:
+    def _replay(self, report: Report) -> None:
         """The engine's marks as this session's checkpoints, message by message."""
+        ids, sizes, count, size = self.ids, self.sizes, self.count, self.size
         start_ns, start_wall_ns = report["start_ns"], report["start_wall_ns"]
 
         def checkpoint(mark: dict[str, int], phases: list[_Phase]) -> _Checkpoint:

@@ -160,8 +160,8 @@ Report = dict  # one connection's JSON report, or {"id", "skipped"} / {"id", "ca
 
 
 class Engine:
-    """One engine per event loop: `converse` resolves with a connection's report; `start`
-    hands one over with a callback for its report."""
+    """One engine per event loop: `start` hands a connection over with a callback for its
+    report."""
 
     def __init__(self) -> None:
         global _library
@@ -174,22 +174,6 @@ class Engine:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._lib.engine_done_fd(self._engine), self.take)
         self._waiting: dict[int, Callable[[Report], None]] = {}
-
-    async def converse(self, talk: Conversation) -> Report:
-        """Hold one conversation to its end, at once; raises OSError when the engine cannot
-        take it."""
-        waiting = self._loop.create_future()
-
-        def done(report: Report) -> None:
-            if waiting.done():
-                return
-            if report.get("cancelled"):
-                waiting.cancel()
-            else:
-                waiting.set_result(report)
-
-        self.start(talk, done)
-        return await waiting
 
     def start(self, talk: Conversation, on_report: Callable[[Report], None],
               schedule: Schedule | None = None) -> None:
@@ -214,12 +198,14 @@ class Engine:
         self._waiting[started] = on_report
 
     def cancel(self, group: int) -> None:
-        """The group's connections not yet due are dropped (reports {"cancelled": true})."""
-        self._lib.engine_cancel(self._engine, group)
+        """The group's connections not yet due are dropped (reports {"cancelled": true});
+        after `close`, every connection already was."""
+        if self._engine:
+            self._lib.engine_cancel(self._engine, group)
 
     def take(self) -> None:
-        """Each report waiting goes to its connection's callback."""
-        text = self._lib.engine_take(self._engine)
+        """Each report waiting goes to its connection's callback (after `close`, none is)."""
+        text = self._lib.engine_take(self._engine) if self._engine else None
         if not text:
             return
         try:
