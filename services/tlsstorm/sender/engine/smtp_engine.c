@@ -973,6 +973,17 @@ static void begin(engine_t *e, conn_t *c) {
         fail_errno(c, errno);
 }
 
+/* A connection that never began ends with a report saying why ("skipped", "cancelled"). */
+static void end_unbegun(engine_t *e, conn_t *c, const char *why, int wake) {
+    buf_printf(&e->finished, "{\"id\":%ld,\"%s\":true}\n", c->id, why);
+    e->wake_python |= wake;
+    if (c->group) {
+        c->group->waiting--;
+        release_group(e, c->group);
+    }
+    conn_free(c);
+}
+
 /* Each connection now due begins, or is skipped when its group has its limit in flight; then
  * each queue with room begins its next. A connection that fails at once ends here too, so a
  * queue is worked down in this loop, never by recursion. */
@@ -983,19 +994,20 @@ static void launch_due(engine_t *e) {
         e->pending = c->next;
         if (!e->pending)
             e->pending_tail = NULL;
+        if (c->group && c->group->in_flight >= c->group->limit) {
+            end_unbegun(e, c, "skipped", !c->quiet);
+            continue;
+        }
         if (c->group)
             c->group->waiting--;
-        if (c->group && c->group->in_flight >= c->group->limit) {
-            buf_printf(&e->finished, "{\"id\":%ld,\"skipped\":true}\n", c->id);
-            e->wake_python |= !c->quiet;
-            release_group(e, c->group);
-            conn_free(c);
-        } else {
-            begin(e, c);
-        }
+        begin(e, c);
     }
     group_t *g = e->groups;
     while (g) {
+        if (!g->queued) {
+            g = g->next;
+            continue;
+        }
         g->waiting++; /* held: its connections may end while it begins them */
         while (g->queued && g->in_flight < g->limit) {
             conn_t *c = g->queued;
@@ -1012,16 +1024,6 @@ static void launch_due(engine_t *e) {
     }
 }
 
-static void drop(engine_t *e, conn_t *c) {
-    buf_printf(&e->finished, "{\"id\":%ld,\"cancelled\":true}\n", c->id);
-    e->wake_python = 1;
-    if (c->group) {
-        c->group->waiting--;
-        release_group(e, c->group);
-    }
-    conn_free(c);
-}
-
 /* The waiting connections of the groups Python stopped: dropped, each with a report. */
 static void cancel(engine_t *e, const long *groups, size_t count) {
     for (size_t i = 0; i < count; i++) {
@@ -1035,7 +1037,7 @@ static void cancel(engine_t *e, const long *groups, size_t count) {
                 continue;
             }
             *link = c->next;
-            drop(e, c);
+            end_unbegun(e, c, "cancelled", 1);
         }
         for (group_t *g = e->groups; g; g = g->next)
             if (g->id == groups[i]) {
@@ -1044,7 +1046,7 @@ static void cancel(engine_t *e, const long *groups, size_t count) {
                 g->waiting++; /* held while its queue is dropped */
                 while (queued) {
                     conn_t *next = queued->next;
-                    drop(e, queued);
+                    end_unbegun(e, queued, "cancelled", 1);
                     queued = next;
                 }
                 g->waiting--;
