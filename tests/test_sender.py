@@ -110,6 +110,18 @@ def test_wave_paces_open_loop_and_can_be_stopped(sender):
     assert stopped["done"] == stopped["scheduled"] - stopped["skipped"]
 
 
+def test_a_wave_at_a_rate_near_zero_sends_its_first_message_and_can_be_stopped(sender):
+    """The schema allows any rate above 0 (a fuzzer sent 5e-324/s): the first connection is
+    due at once, the next one never; such a wave once stayed "running" with nothing sent."""
+    single = httpx.post(f"{sender.http}/v1/waves", json={"rate": 5e-324, "count": 1}).json()
+    endless = httpx.post(f"{sender.http}/v1/waves", json={"rate": 5e-324, "count": 2}).json()
+
+    assert _wait_wave(sender, single["id"], timeout=10)["done"] == 1
+    time.sleep(0.5)
+    stopped = httpx.delete(f"{sender.http}/v1/waves/{endless['id']}", timeout=10).json()
+    assert (stopped["status"], stopped["done"], stopped["scheduled"]) == ("stopped", 1, 1)
+
+
 def test_open_loop_counts_skipped_sends_when_the_server_stalls(start_sender):
     """A server that accepts and never answers: the rate is kept, the backlog is skipped."""
     held: list[socket.socket] = []
