@@ -28,7 +28,9 @@ help: ## list the targets
 
 install: $(STAMP) ## create .venv and install tlsstorm (editable) with its dev tools, as locked
 
-ENGINE_SOURCE := services/tlsstorm/sender/engine/smtp_engine.c
+ENGINE_SOURCE := setup.py $(wildcard services/tlsstorm/sender/engine/*.[ch]) \
+  $(wildcard services/tlsstorm/sender/engine/rustls_client/Cargo.*) \
+  $(wildcard services/tlsstorm/sender/engine/rustls_client/src/*.rs)
 
 $(STAMP): pyproject.toml $(LOCK) $(ENGINE_SOURCE)
 	@$(MAKE) --no-print-directory python-venv build-deps
@@ -49,14 +51,14 @@ python-venv: ## Debian's python3 lacks venv until python3-venv is installed: as 
 	  fi; \
 	fi
 
-build-deps: ## the sender's SMTP engine is C: a compiler and OpenSSL's headers (as root: installed)
-	@if ! command -v cc >/dev/null || [ ! -f /usr/include/openssl/ssl.h ]; then \
+build-deps: ## the sender's SMTP engine is C and Rust: a compiler, OpenSSL's headers, cargo (as root: installed)
+	@if ! command -v cc >/dev/null || [ ! -f /usr/include/openssl/ssl.h ] || ! command -v cargo >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing gcc, libc6-dev and libssl-dev (Debian packages) for the SMTP engine"; \
+	    echo "installing gcc, libc6-dev, libssl-dev and cargo-web (Debian packages) for the SMTP engine"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      -o DPkg::Lock::Timeout=600 gcc libc6-dev libssl-dev; \
+	      -o DPkg::Lock::Timeout=600 gcc libc6-dev libssl-dev $$(command -v cargo >/dev/null || echo cargo-web); \
 	  else \
-	    echo "tlsstorm's SMTP engine needs a C compiler and OpenSSL's headers. Run: sudo apt-get install -y gcc libssl-dev"; \
+	    echo "tlsstorm's SMTP engine needs a C compiler, OpenSSL's headers and cargo. Run: sudo apt-get install -y gcc libssl-dev cargo-web (or https://rustup.rs)"; \
 	    exit 1; \
 	  fi; \
 	fi

@@ -9,6 +9,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 
 import httpx
@@ -20,7 +21,7 @@ from tlsstorm.sender.profiles import PROFILES, profile_context
 
 
 def _client_hello(profile: str, sni: str | None, alpn: list[str] | None = None) -> bytes:
-    """The first flight a client of that personality sends (real OpenSSL, no network)."""
+    """The first flight a client of that OpenSSL personality sends (no network)."""
     context = profile_context(profile, None)
     if alpn:
         context.set_alpn_protocols(alpn)
@@ -33,8 +34,8 @@ def _client_hello(profile: str, sni: str | None, alpn: list[str] | None = None) 
 
 
 @pytest.mark.parametrize(("profile", "alpn"), [
-    ("default", None), ("mta", None), ("bot-nosni", None), ("bot-tls12", None),
-    ("bot-legacy", None), ("default", ["smtp"]), ("bot-tls12", ["h2", "http/1.1"])])
+    ("openssl", None), ("mta", None), ("bot-tls12", None), ("bot-legacy", None),
+    ("openssl", ["smtp"]), ("bot-tls12", ["h2", "http/1.1"])])
 def test_ja4_agrees_with_the_ja4plus_implementation(profile, alpn):
     from ja4plus.fingerprinters.ja4 import generate_ja4
     from ja4plus.utils.tls_utils import parse_tls_handshake
@@ -47,8 +48,58 @@ def test_ja4_agrees_with_the_ja4plus_implementation(profile, alpn):
     assert (ours.server_name is not None) == PROFILES[profile].sni
 
 
+def _hello_the_sender_sends(start_sender, profile: str) -> bytes:
+    """The first TLS flight the sender's engine sends with that profile, taken by a server
+    that speaks SMTP up to STARTTLS's 220 and then only listens."""
+    server = socket.create_server(("127.0.0.1", 0))
+    flight = bytearray()
+
+    def serve() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.sendall(b"220 mx.test ready\r\n")
+            connection.recv(4096)  # EHLO
+            connection.sendall(b"250-mx.test\r\n250 STARTTLS\r\n")
+            connection.recv(4096)  # STARTTLS
+            connection.sendall(b"220 go ahead\r\n")
+            while len(flight) < 5 or len(flight) < 5 + int.from_bytes(flight[3:5], "big"):
+                piece = connection.recv(65536)
+                if not piece:
+                    break
+                flight.extend(piece)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    sender = start_sender(server.getsockname()[1], timeout_s=2,
+                          target=f"localhost:{server.getsockname()[1]}")
+    result = httpx.post(f"{sender.http}/v1/send", json={"tls": True, "profile": profile},
+                        timeout=30).json()["results"][0]
+    thread.join(5)
+    server.close()
+    assert result["ok"] is False  # the handshake was never answered
+    return bytes(flight)
+
+
+@pytest.mark.parametrize("profile", ["default", "bot-nosni", "openssl", "bot-legacy"])
+def test_ja4_of_the_hello_each_sender_stack_sends_agrees_with_ja4plus(start_sender, profile):
+    """rustls's hello (default, bot-nosni) and OpenSSL's (openssl, bot-legacy), as the engine
+    sends them: the fingerprints agree, the rustls ones differ from OpenSSL's own for the
+    same settings, and the OpenSSL ones are the very hello Python's ssl makes."""
+    from ja4plus.fingerprinters.ja4 import generate_ja4
+    from ja4plus.utils.tls_utils import parse_tls_handshake
+
+    flight = _hello_the_sender_sends(start_sender, profile)
+    ours = HelloReader().feed(flight)
+
+    assert ours is not None
+    assert ours.ja4() == generate_ja4(parse_tls_handshake(flight))
+    assert (ours.server_name == "localhost") == PROFILES[profile].sni
+    python_ssl = HelloReader().feed(_client_hello(profile, "localhost")).ja4()
+    assert (ours.ja4() == python_ssl) == (PROFILES[profile].stack == "openssl")
+
+
 def test_a_hello_split_over_records_and_segments_reads_the_same():
-    flight = _client_hello("default", "receiver.tlsstorm.test")
+    flight = _client_hello("openssl", "receiver.tlsstorm.test")
     message = flight[5:]
     half = len(message) // 2
     reframed = (b"\x16\x03\x01" + half.to_bytes(2, "big") + message[:half]
@@ -124,7 +175,7 @@ def test_real_clients_pass_the_gate(start_receiver):
         ["swaks", "--server", "127.0.0.1", "--port", port, "--tls", "--to",
          "victim@receiver.tlsstorm.test", "--from", "legit@client.test"],
         capture_output=True, text=True, timeout=30)
-    deliver(receiver.smtp_port, tls=True, context=profile_context("default", None))
+    deliver(receiver.smtp_port, tls=True, context=profile_context("openssl", None))
 
     assert "Protocol version: TLSv1.3" in openssl.stdout + openssl.stderr, openssl.stderr
     assert swaks.returncode == 0, swaks.stdout[-2000:]
@@ -167,14 +218,14 @@ def test_broken_hellos_get_an_alert_and_a_count_and_the_receiver_serves_on(
     stats = receiver.wait_sessions(1)
     assert stats["tls"]["errors"]["handshake_gated"] == 1
     assert [d["rule"] for d in stats["gate"]["decisions"]] == [counted]
-    deliver(receiver.smtp_port, tls=True, context=profile_context("default", None))
+    deliver(receiver.smtp_port, tls=True, context=profile_context("openssl", None))
     assert receiver.wait_sessions(2)["tls"]["messages"] == 1
 
 
 def test_a_truncated_hello_then_silence_ends_at_the_handshake_deadline(start_receiver):
     receiver = start_receiver(gate_mode="enforce", handshake_timeout_s=1)
     raw = after_starttls_220(receiver.smtp_port)
-    flight = _client_hello("default", "receiver.tlsstorm.test")
+    flight = _client_hello("openssl", "receiver.tlsstorm.test")
 
     raw.sendall(flight[:40])
     started = time.monotonic()

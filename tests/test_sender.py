@@ -407,12 +407,14 @@ def _scripted_server(replies: list[bytes]) -> tuple[socket.socket, threading.Thr
     return server, thread
 
 
-def _send_once_to(start_sender, scripted: tuple[socket.socket, threading.Thread], tls: bool):
+def _send_once_to(start_sender, scripted: tuple[socket.socket, threading.Thread], tls: bool,
+                  profile: str = "default"):
     """A sender aimed at a scripted server sends one message; the sender and its answer."""
     server, thread = scripted
     sender = start_sender(server.getsockname()[1], timeout_s=5)
     try:
-        result = httpx.post(f"{sender.http}/v1/send", json={"tls": tls}, timeout=30).json()
+        result = httpx.post(f"{sender.http}/v1/send", json={"tls": tls, "profile": profile},
+                            timeout=30).json()
     finally:
         thread.join(5)
         server.close()
@@ -489,8 +491,10 @@ def _tls_server_writing_records_together() -> tuple[socket.socket, threading.Thr
     return server, thread
 
 
-def test_replies_in_several_tls_records_of_one_segment_are_read_whole(start_sender):
-    _, result = _send_once_to(start_sender, _tls_server_writing_records_together(), tls=True)
+@pytest.mark.parametrize("profile", ["default", "openssl"])  # rustls, OpenSSL
+def test_replies_in_several_tls_records_of_one_segment_are_read_whole(start_sender, profile):
+    _, result = _send_once_to(start_sender, _tls_server_writing_records_together(), tls=True,
+                              profile=profile)
 
     message = result["results"][0]
     assert message["ok"] is True, message

@@ -110,6 +110,34 @@ def test_given_certificate_files_are_served_and_verified_by_the_sender(
     assert_verified_by_one_refused_by_other(verifying, distrusting)
 
 
+@pytest.mark.parametrize(("profile", "name_checked"), [
+    ("default", True), ("openssl", True), ("bot-nosni", False), ("bot-tls12", False)])
+def test_each_tls_stack_checks_the_chain_and_the_name_only_when_it_names_the_server(
+    tmp_path, start_receiver, start_sender, profile, name_checked
+):
+    """A certificate from the trusted CA for another name: refused by the profiles that name
+    the server (rustls's default, OpenSSL's), taken by those that name none (chain only)."""
+    authority = trustme.CA()
+    issued = authority.issue_cert("elsewhere.test")
+    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    issued.cert_chain_pems[0].write_to_path(cert_file)
+    issued.private_key_pem.write_to_path(key_file)
+    authority.cert_pem.write_to_path(ca_file)
+    receiver = start_receiver(cert_file=cert_file, key_file=key_file)
+    sender = start_sender(receiver.smtp_port, ca_file=ca_file,
+                          target=f"localhost:{receiver.smtp_port}")
+
+    result = httpx.post(f"{sender.http}/v1/send", json={"tls": True, "profile": profile},
+                        timeout=30).json()["results"][0]
+
+    if name_checked:
+        assert result["ok"] is False
+        assert "CERTIFICATE_VERIFY_FAILED" in result["error"], result
+    else:
+        assert result["ok"] is True, result
+        assert result["cert_verified"] is True
+
+
 def test_self_signed_is_accepted_without_a_ca_and_the_result_says_so(sender):
     result = httpx.post(f"{sender.http}/v1/send", json={"tls": True}, timeout=30).json()
 

@@ -72,6 +72,37 @@ def test_receiver_session_is_child_of_sender_send_and_both_time_the_handshake(tr
     assert send.parent.span_id in {s.context.span_id for s in http_server}
 
 
+@pytest.mark.parametrize("profile", ["default", "openssl"])  # rustls, OpenSSL
+@pytest.mark.parametrize("key_type", ["rsa2048", "ecdsa-p256"])
+@pytest.mark.parametrize("tls_max_version", ["1.2", "1.3"])
+def test_both_ends_name_the_same_tls_version_and_cipher_whichever_stack_sends(
+    start_receiver, start_sender, profile, key_type, tls_max_version
+):
+    """The sender reports rustls's sessions in OpenSSL's names, so both ends' spans agree."""
+    exporter = InMemorySpanExporter()
+    receiver_provider = tracer_provider("tlsstorm-receiver", exporter=exporter)
+    sender_provider = tracer_provider("tlsstorm-sender", exporter=exporter)
+    receiver = start_receiver(provider=receiver_provider, cert_key_type=key_type,
+                              tls_max_version=tls_max_version)
+    sender = start_sender(receiver.smtp_port, provider=sender_provider)
+
+    result = httpx.post(f"{sender.http}/v1/send", json={"tls": True, "profile": profile},
+                        timeout=30).json()["results"][0]
+    receiver.wait_sessions(1)
+    receiver_provider.force_flush()
+    sender_provider.force_flush()
+    finished = exporter.get_finished_spans()
+    (send,) = _named(finished, "smtp.send", "tlsstorm-sender")
+    (session,) = _named(finished, "smtp.session", "tlsstorm-receiver")
+
+    assert result["ok"] is True, result
+    assert result["tls_version"] == f"TLSv{tls_max_version}"
+    for attribute in ("tls.protocol.version", "tls.cipher"):
+        assert send.attributes[attribute] == session.attributes[attribute], attribute
+    assert send.attributes["tls.cipher"].startswith("TLS_" if tls_max_version == "1.3" else
+                                                    "ECDHE-")
+
+
 def test_by_default_smtp_commands_are_not_spans_of_their_own(start_receiver, start_sender):
     _, sender, spans = _traced_stack(start_receiver, start_sender)
     httpx.post(f"{sender.http}/v1/send", json={"tls": True}, timeout=30)

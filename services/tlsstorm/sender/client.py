@@ -30,7 +30,7 @@ from tlsstorm.sender.engine import (
     next_group,
 )
 from tlsstorm.sender.message import message_parts
-from tlsstorm.sender.profiles import PROFILES, profile_context
+from tlsstorm.sender.profiles import PROFILES, engine_tls
 
 SEND_IN_ORDER_AHEAD = 32  # a bot's list goes to the engine this many connections at a time
 
@@ -109,8 +109,7 @@ class SmtpClient:
         self.verify = settings.ca_file is not None
         # Its own context, so that the engine keeps resumed sessions apart from the others.
         self.resuming_context = client_context(settings.ca_file)
-        self.profile_contexts = {name: profile_context(name, settings.ca_file)
-                                 for name in PROFILES}
+        self.profile_contexts = {name: engine_tls(name, settings.ca_file) for name in PROFILES}
         self.tracer = provider.get_tracer("tlsstorm.sender") if provider else None
         self.ids = provider.ids if provider else None
         self.totals = SendTotals()

@@ -15,7 +15,9 @@ connection. A bot's connections one after another are a group of limit 1 that qu
 
 TLS is OpenSSL's own, with the SSL_CTX inside the Python SSLContext the sender configured (the
 first field after CPython's object header, as common/tls.py reads it too): the ClientHello and
-certificate checks are the ones that context describes.
+certificate checks are the ones that context describes. Or, for a profile that names it, the
+engine's rustls client (a RustlsConfig): its handshake costs the sender about half the CPU of
+OpenSSL 3.0's (bench/client_stack_floor.py), which a sender that must outrun its receiver needs.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class _Job(ctypes.Structure):
         ("address", ctypes.c_char_p),
         ("port", ctypes.c_int),
         ("ssl_ctx", ctypes.c_void_p),
+        ("rustls_config", ctypes.c_void_p),
         ("server_name", ctypes.c_char_p),
         ("check_hostname", ctypes.c_int),
         ("resume", ctypes.c_int),
@@ -89,7 +92,19 @@ def _load() -> ctypes.CDLL:
     library.engine_free_text.argtypes = [ctypes.c_void_p]
     library.engine_cancel.argtypes = [ctypes.c_void_p, ctypes.c_long]
     library.engine_free.argtypes = [ctypes.c_void_p]
+    library.engine_rustls_config.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int,
+                                             ctypes.c_int, ctypes.c_int, ctypes.c_char_p,
+                                             ctypes.c_size_t]
+    library.engine_rustls_config.restype = ctypes.c_void_p
+    library.engine_rustls_config_free.argtypes = [ctypes.c_void_p]
     return library
+
+
+def _library_loaded() -> ctypes.CDLL:
+    global _library
+    if _library is None:
+        _library = _load()
+    return _library
 
 
 def _ints(values) -> ctypes.Array:
@@ -123,13 +138,36 @@ def ssl_ctx_of(context: ssl.SSLContext) -> int:
     return ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
 
 
+class RustlsConfig:
+    """A client TLS configuration of the engine's rustls (engine/rustls_client): TLS 1.2-1.3
+    (or 1.2 only), AEAD suites, X25519 first; tickets asked for but never used to resume.
+    Without a CA file any certificate passes (its handshake signature is still checked), as
+    Python's CERT_NONE; with one, the chain is checked, and the name too when `sni`."""
+
+    def __init__(self, ca_file: Path | None, tls13: bool = True, tickets: bool = True,
+                 sni: bool = True) -> None:
+        self._lib = _library_loaded()
+        self.check_hostname = ca_file is not None and sni
+        error = ctypes.create_string_buffer(512)
+        self.pointer = self._lib.engine_rustls_config(
+            str(ca_file).encode() if ca_file else None, int(tls13), int(tickets),
+            int(self.check_hostname), int(sni), error, len(error))
+        if not self.pointer:
+            raise ValueError(f"rustls configuration: {error.value.decode(errors='replace')}")
+
+    def __del__(self) -> None:
+        if getattr(self, "pointer", None):
+            self._lib.engine_rustls_config_free(self.pointer)  # connections keep their own
+            self.pointer = None
+
+
 @dataclass(frozen=True, slots=True)
 class Conversation:
     """What to say on one connection."""
 
     address: str
     port: int
-    context: ssl.SSLContext | None  # STARTTLS with it; None: plain
+    context: ssl.SSLContext | RustlsConfig | None  # STARTTLS with it; None: plain
     server_name: str | None  # SNI (unless an address) and the name checked
     resume: bool
     ehlo: bytes
@@ -164,10 +202,7 @@ class Engine:
     report."""
 
     def __init__(self) -> None:
-        global _library
-        if _library is None:
-            _library = _load()
-        self._lib = _library
+        self._lib = _library_loaded()
         self._engine = self._lib.engine_new()
         if not self._engine:
             raise OSError("the SMTP engine could not start (epoll set, descriptors or thread)")
@@ -181,9 +216,11 @@ class Engine:
         for `take`, or for its group's last to end); raises OSError when the engine cannot
         take it."""
         context = talk.context
-        ctx = ssl_ctx_of(context) if context is not None else 0  # the engine takes a reference
+        rustls = context.pointer if isinstance(context, RustlsConfig) else None
+        # the engine takes a reference to either
+        ctx = ssl_ctx_of(context) if isinstance(context, ssl.SSLContext) else None
         messages = len(talk.head_of)
-        job = _Job(talk.address.encode(), talk.port, ctx or None,
+        job = _Job(talk.address.encode(), talk.port, ctx, rustls,
                    talk.server_name.encode() if talk.server_name else None,
                    int(bool(context is not None and context.check_hostname)), int(talk.resume),
                    talk.ehlo, talk.mail_from, talk.rcpt_to, messages,

@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tls_client_halves::NoChainCheck;
+use tlsstorm_rustls::NoChainCheck;
 
 /// One reply, its lines joined; Err when the code is not the expected one.
 fn reply<R: BufRead>(reader: &mut R, expected: &str) -> Result<String, String> {
