@@ -9,11 +9,13 @@ FROM ${BASE_IMAGE} AS build
 # OpenSSL library Python already uses. Not pinned: they come from the base image's own Debian
 # release and never reach the final image.
 # hadolint ignore=DL3008
-RUN command -v cc >/dev/null && [ -f /usr/include/openssl/ssl.h ] && command -v cargo >/dev/null \
-    || { apt-get update -qq \
+RUN if ! { command -v cc && [ -f /usr/include/openssl/ssl.h ] && command -v cargo; } >/dev/null; \
+    then \
+      apt-get update -qq \
       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
            gcc libc6-dev libssl-dev cargo-web \
-      && rm -rf /var/lib/apt/lists/*; }
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 # Behind a TLS-intercepting proxy, put its CA bundle in docker/extra-ca/*.crt (make images
 # EXTRA_CA=/etc/ssl/certs/ca-certificates.crt does) and pip and cargo will trust it.
 COPY docker/extra-ca/ /tmp/extra-ca/

@@ -57,6 +57,7 @@ CATEGORIES = (
 )
 # perf's shared objects, grouped.
 LIBRARIES = (("Python interpreter", "libpython"), ("OpenSSL", "libcrypto"), ("OpenSSL", "libssl"),
+             ("the sender's SMTP engine (C, its rustls)", "_smtp_engine"),
              ("kernel", "[kernel"), ("libc", "libc.so"))
 
 

@@ -101,7 +101,7 @@ class Costs:
     receiver_session: float  # charged to the receiver's sessions
     receiver_process: float  # the receiver process's, all of it
     sender_process: float
-    sender_engine: float  # of which the SMTP engine's thread: C, OpenSSL, its system calls
+    sender_engine: float  # of which the SMTP engine's thread: C, its TLS, its system calls
 
 
 def measure(runner: SweepRunner, flags: argparse.Namespace, label: str) -> dict[str, list[Costs]]:
@@ -187,7 +187,7 @@ def report(key_type: str, openssl: list[tuple[float, float]], halves: list[Halve
                           column(off, "STARTTLS", "receiver_process"))
     print(f"sender's extra CPU for STARTTLS: {shown(sender_extra, 'us')}, of which the client's "
           f"half of the handshake is {shown(client_half, 'us')} at the least (back to back); "
-          f"its engine thread alone (C, OpenSSL, their system calls: no Python), over the "
+          f"its engine thread alone (C, its TLS library, their system calls: no Python), over the "
           f"receiver's STARTTLS message: {shown(engine_share, 'x', 2)} (what no change to the "
           "Python side can go below)")
     for name in ("receiver_process", "sender_process"):

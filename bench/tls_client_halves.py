@@ -1,9 +1,9 @@
 """What each end of a full TLS 1.3 handshake costs in two TLS stacks, back to back in memory
-(no sockets, no SMTP): OpenSSL 3.0 through Python's ssl (the library the sender's engine and the
-receiver use) and rustls 0.23 with ring (bench/tls_client_halves, built with cargo). Why: the
-sender's STARTTLS cost is mostly OpenSSL's client work (docs/results.md); this says how much a
-cheaper client stack would leave. Each figure is the mean of --repeat rounds with its 95%
-confidence interval.
+(no sockets, no SMTP): OpenSSL 3.0 through Python's ssl (the receiver's library, and the sender
+engine's for its OpenSSL profiles) and rustls 0.23 with ring (bench/tls_client_halves, built
+with cargo; the engine's client for its default profile). Why: the sender's STARTTLS cost was
+mostly OpenSSL's client work (docs/results.md); this says what each client stack costs. Each
+figure is the mean of --repeat rounds with its 95% confidence interval.
 
 Usage: python bench/tls_client_halves.py [--handshakes 500] [--repeat 3]
                                          [--key-types ecdsa-p256,rsa2048]

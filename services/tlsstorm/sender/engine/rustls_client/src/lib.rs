@@ -264,10 +264,9 @@ impl Conn {
             if sent != RC_DONE || !self.tls.is_handshaking() {
                 return sent;
             }
-            match self.receive() {
-                RC_DONE => {}
-                RC_EOF => return RC_EOF,
-                other => return other,
+            let received = self.receive();
+            if received != RC_DONE {
+                return received;
             }
         }
     }
