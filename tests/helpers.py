@@ -131,6 +131,15 @@ def after_starttls_220(port: int):
     return raw
 
 
+def serve_up_to_starttls(connection) -> None:
+    """The server's side of an SMTP dialogue up to STARTTLS's 220: the next bytes are TLS."""
+    connection.sendall(b"220 mx.test ready\r\n")
+    connection.recv(4096)  # EHLO
+    connection.sendall(b"250-mx.test\r\n250 STARTTLS\r\n")
+    connection.recv(4096)  # STARTTLS
+    connection.sendall(b"220 go ahead\r\n")
+
+
 def starttls_socket(port: int, context: ssl.SSLContext, session=None) -> ssl.SSLSocket:
     """A raw SMTP dialogue up to a completed STARTTLS handshake, resuming `session` if given."""
     return context.wrap_socket(after_starttls_220(port), server_hostname="receiver.tlsstorm.test",

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import after_starttls_220, deliver
+from tests.helpers import after_starttls_220, deliver, serve_up_to_starttls
 from tlsstorm.receiver.clienthello import HelloReader
 from tlsstorm.sender.profiles import PROFILES, profile_context
 
@@ -57,11 +57,7 @@ def _hello_the_sender_sends(start_sender, profile: str) -> bytes:
     def serve() -> None:
         connection, _ = server.accept()
         with connection:
-            connection.sendall(b"220 mx.test ready\r\n")
-            connection.recv(4096)  # EHLO
-            connection.sendall(b"250-mx.test\r\n250 STARTTLS\r\n")
-            connection.recv(4096)  # STARTTLS
-            connection.sendall(b"220 go ahead\r\n")
+            serve_up_to_starttls(connection)
             while len(flight) < 5 or len(flight) < 5 + int.from_bytes(flight[3:5], "big"):
                 piece = connection.recv(65536)
                 if not piece:

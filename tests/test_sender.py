@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import serve_up_to_starttls
 from tests.receiver_process import ServiceProcess
 from tlsstorm.common.pki import self_signed
 from tlsstorm.common.process import cpu_seconds_of, thread_cpu_seconds_of
@@ -456,11 +457,7 @@ def _tls_server_writing_records_together() -> tuple[socket.socket, threading.Thr
     def serve() -> None:
         connection, _ = server.accept()
         with connection:
-            connection.sendall(b"220 mx.test ready\r\n")
-            connection.recv(4096)  # EHLO
-            connection.sendall(b"250-mx.test\r\n250 STARTTLS\r\n")
-            connection.recv(4096)  # STARTTLS
-            connection.sendall(b"220 go ahead\r\n")
+            serve_up_to_starttls(connection)
             incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
             tls = context.wrap_bio(incoming, outgoing, server_side=True)
             while True:

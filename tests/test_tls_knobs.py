@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -90,15 +91,22 @@ def test_session_tickets_allow_resumption_only_when_on(
     assert stats["tls"]["handshakes_resumed"] == (1 if resumed else 0)
 
 
-def test_given_certificate_files_are_served_and_verified_by_the_sender(
-    tmp_path, start_receiver, start_sender
-):
+def _issued_files(folder: Path, *names: str) -> tuple[Path, Path, Path]:
+    """A leaf for `names` from a new CA: its certificate, key and CA files."""
     authority = trustme.CA()
-    issued = authority.issue_cert("receiver.tlsstorm.test", "localhost", "127.0.0.1")
-    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    issued = authority.issue_cert(*names)
+    cert_file, key_file, ca_file = folder / "cert.pem", folder / "key.pem", folder / "ca.pem"
     issued.cert_chain_pems[0].write_to_path(cert_file)
     issued.private_key_pem.write_to_path(key_file)
     authority.cert_pem.write_to_path(ca_file)
+    return cert_file, key_file, ca_file
+
+
+def test_given_certificate_files_are_served_and_verified_by_the_sender(
+    tmp_path, start_receiver, start_sender
+):
+    cert_file, key_file, ca_file = _issued_files(tmp_path, "receiver.tlsstorm.test", "localhost",
+                                                 "127.0.0.1")
     receiver = start_receiver(cert_file=cert_file, key_file=key_file)
     verifying = start_sender(receiver.smtp_port, ca_file=ca_file,
                              target=f"localhost:{receiver.smtp_port}")
@@ -117,12 +125,7 @@ def test_each_tls_stack_checks_the_chain_and_the_name_only_when_it_names_the_ser
 ):
     """A certificate from the trusted CA for another name: refused by the profiles that name
     the server (rustls's default, OpenSSL's), taken by those that name none (chain only)."""
-    authority = trustme.CA()
-    issued = authority.issue_cert("elsewhere.test")
-    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    issued.cert_chain_pems[0].write_to_path(cert_file)
-    issued.private_key_pem.write_to_path(key_file)
-    authority.cert_pem.write_to_path(ca_file)
+    cert_file, key_file, ca_file = _issued_files(tmp_path, "elsewhere.test")
     receiver = start_receiver(cert_file=cert_file, key_file=key_file)
     sender = start_sender(receiver.smtp_port, ca_file=ca_file,
                           target=f"localhost:{receiver.smtp_port}")
