@@ -216,8 +216,8 @@ class Engine:
         for `take`, or for its group's last to end); raises OSError when the engine cannot
         take it."""
         context = talk.context
+        # The engine takes its own reference to either.
         rustls = context.pointer if isinstance(context, RustlsConfig) else None
-        # the engine takes a reference to either
         ctx = ssl_ctx_of(context) if isinstance(context, ssl.SSLContext) else None
         messages = len(talk.head_of)
         job = _Job(talk.address.encode(), talk.port, ctx, rustls,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from tlsstorm.common.tls import client_context
 from tlsstorm.sender.engine import RustlsConfig
@@ -25,7 +26,7 @@ class Profile:
     max_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
     ciphers: str | None = None  # OpenSSL cipher string for TLS 1.2 (None: OpenSSL's default)
     tickets: bool = True
-    stack: str = "openssl"  # or "rustls" (ciphers then is None: its AEAD suites)
+    stack: Literal["openssl", "rustls"] = "openssl"  # rustls: ciphers None (its AEAD suites)
 
 
 PROFILES = {
