@@ -41,13 +41,16 @@ MESSAGE_SIZE = 2048  # the sweep runner's size
 # Each client, with the receiver's process CPU per message during its runs:
 # (client's figure, the receiver's during the same run).
 Round = dict[str, tuple[float, float]]
-CLIENTS = (  # (key, label, modes)
-    ("sender", "tlsstorm sender process (rustls)", ("plain", "STARTTLS")),
-    ("engine", "  of which its engine thread (C, rustls)", ("plain", "STARTTLS")),
-    ("sender_openssl", "tlsstorm sender process (OpenSSL 3.0)", ("STARTTLS",)),
-    ("engine_openssl", "  of which its engine thread (C, OpenSSL)", ("STARTTLS",)),
-    ("rustls", "rustls program's process (no Python)", ("plain", "STARTTLS")),
+BOTH = ("plain", "STARTTLS")
+CLIENTS = (  # (key, label, the modes it runs, the receiver it drove shown after it)
+    ("sender", "tlsstorm sender process (rustls)", BOTH, False),
+    ("engine", "  of which its engine thread (C, rustls)", BOTH, True),
+    # plain is the same on both of the sender's stacks: run once
+    ("sender_openssl", "tlsstorm sender process (OpenSSL 3.0)", ("STARTTLS",), False),
+    ("engine_openssl", "  of which its engine thread (C, OpenSSL)", ("STARTTLS",), True),
+    ("rustls", "rustls program's process (no Python)", BOTH, True),
 )
+MODES_OF = {key: modes for key, _, modes, _ in CLIENTS}
 
 
 def rustls_run(binary: Path, port: int, mode: str, flags: argparse.Namespace,
@@ -97,8 +100,9 @@ def measure(key_type: str, binary: Path, flags: argparse.Namespace) -> dict[str,
             for number in range(1, flags.repeat + 1):
                 for ratio, mode in MODES:
                     one: Round = {}
-                    stacks = (("default", ""), ("openssl", "_openssl"))
-                    for profile, suffix in stacks if mode == "STARTTLS" else stacks[:1]:
+                    for profile, suffix in (("default", ""), ("openssl", "_openssl")):
+                        if mode not in MODES_OF[f"sender{suffix}"]:
+                            continue
                         sender, engine, receiver = sender_run(
                             runner, ratio, flags,
                             f"{key_type} {profile:>7} {mode:>8} {number}/{flags.repeat}",
@@ -121,14 +125,14 @@ def report(key_type: str, rounds: dict[str, list[Round]]) -> None:
 
     print(f"\n== certificate {key_type} ==")
     print(f"{'CPU per message (us)':<52}{'plain':>16}{'STARTTLS':>16}")
-    for index, (key, label, modes) in enumerate(CLIENTS):
+    for key, label, modes, receiver_after in CLIENTS:
         print(f"{label:<52}{cell('plain', key, modes, 0):>16}"
               f"{cell('STARTTLS', key, modes, 0):>16}")
-        if not CLIENTS[index + 1:] or not CLIENTS[index + 1][0].startswith("engine"):
+        if receiver_after:
             print(f"{'  the receiver process it drove':<52}{cell('plain', key, modes, 1):>16}"
                   f"{cell('STARTTLS', key, modes, 1):>16}")
     print("over the receiver's process CPU in the same run:")
-    for key, label, modes in CLIENTS:
+    for key, label, modes, _ in CLIENTS:
         cells = []
         for _, mode in MODES:
             if mode not in modes:

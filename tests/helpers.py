@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import socket
 import ssl
 import struct
 import threading
@@ -120,8 +121,6 @@ def read_replies(sock, count: int) -> list[bytes]:
 
 def after_starttls_220(port: int):
     """A raw socket whose SMTP dialogue is at STARTTLS's 220: the next bytes are TLS."""
-    import socket
-
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
     read_reply(raw)
     raw.sendall(b"EHLO client.test\r\n")
@@ -138,6 +137,22 @@ def serve_up_to_starttls(connection) -> None:
     connection.sendall(b"250-mx.test\r\n250 STARTTLS\r\n")
     connection.recv(4096)  # STARTTLS
     connection.sendall(b"220 go ahead\r\n")
+
+
+def send_once_to(start_sender, scripted: tuple[socket.socket, threading.Thread], tls: bool,
+                 profile: str = "default", host: str = "127.0.0.1", timeout_s: float = 5):
+    """A sender aimed at a scripted server (at `host`, its name) sends one message; the sender
+    and its answer."""
+    server, thread = scripted
+    port = server.getsockname()[1]
+    sender = start_sender(port, timeout_s=timeout_s, target=f"{host}:{port}")
+    try:
+        result = httpx.post(f"{sender.http}/v1/send", json={"tls": tls, "profile": profile},
+                            timeout=30).json()
+    finally:
+        thread.join(5)
+        server.close()
+    return sender, result
 
 
 def starttls_socket(port: int, context: ssl.SSLContext, session=None) -> ssl.SSLSocket:

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import after_starttls_220, deliver, serve_up_to_starttls
+from tests.helpers import after_starttls_220, deliver, send_once_to, serve_up_to_starttls
 from tlsstorm.receiver.clienthello import HelloReader
 from tlsstorm.sender.profiles import PROFILES, profile_context
 
@@ -66,13 +66,9 @@ def _hello_the_sender_sends(start_sender, profile: str) -> bytes:
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    sender = start_sender(server.getsockname()[1], timeout_s=2,
-                          target=f"localhost:{server.getsockname()[1]}")
-    result = httpx.post(f"{sender.http}/v1/send", json={"tls": True, "profile": profile},
-                        timeout=30).json()["results"][0]
-    thread.join(5)
-    server.close()
-    assert result["ok"] is False  # the handshake was never answered
+    _, result = send_once_to(start_sender, (server, thread), tls=True, profile=profile,
+                             host="localhost", timeout_s=2)
+    assert result["results"][0]["ok"] is False  # the handshake was never answered
     return bytes(flight)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import serve_up_to_starttls
+from tests.helpers import send_once_to, serve_up_to_starttls
 from tests.receiver_process import ServiceProcess
 from tlsstorm.common.pki import self_signed
 from tlsstorm.common.process import cpu_seconds_of, thread_cpu_seconds_of
@@ -408,20 +408,6 @@ def _scripted_server(replies: list[bytes]) -> tuple[socket.socket, threading.Thr
     return server, thread
 
 
-def _send_once_to(start_sender, scripted: tuple[socket.socket, threading.Thread], tls: bool,
-                  profile: str = "default"):
-    """A sender aimed at a scripted server sends one message; the sender and its answer."""
-    server, thread = scripted
-    sender = start_sender(server.getsockname()[1], timeout_s=5)
-    try:
-        result = httpx.post(f"{sender.http}/v1/send", json={"tls": tls, "profile": profile},
-                            timeout=30).json()
-    finally:
-        thread.join(5)
-        server.close()
-    return sender, result
-
-
 @pytest.mark.parametrize(("replies", "error"), [
     # A reply split mid-line and over several lines is one reply; then a reply that never ends.
     ([b"220-mx.test ESMTP|\r\n220 ready\r\n", b"250-mx.test\r\n25|0 SIZE 1000\r\n",
@@ -432,7 +418,7 @@ def _send_once_to(start_sender, scripted: tuple[socket.socket, threading.Thread]
 ])
 def test_broken_servers_give_a_failed_result_with_a_reason(start_sender, receiver, replies,
                                                            error):
-    sender, result = _send_once_to(start_sender, _scripted_server(replies), tls=False)
+    sender, result = send_once_to(start_sender, _scripted_server(replies), tls=False)
 
     assert result["results"][0]["ok"] is False
     assert result["results"][0]["error"].startswith(error), result
@@ -490,7 +476,7 @@ def _tls_server_writing_records_together() -> tuple[socket.socket, threading.Thr
 
 @pytest.mark.parametrize("profile", ["default", "openssl"])  # rustls, OpenSSL
 def test_replies_in_several_tls_records_of_one_segment_are_read_whole(start_sender, profile):
-    _, result = _send_once_to(start_sender, _tls_server_writing_records_together(), tls=True,
+    _, result = send_once_to(start_sender, _tls_server_writing_records_together(), tls=True,
                               profile=profile)
 
     message = result["results"][0]

@@ -13,11 +13,12 @@ from tests.helpers import deliver, starttls_socket
 from tlsstorm.common.telemetry import tracer_provider
 
 
-def _traced_stack(start_receiver, start_sender, **sender_settings):
+def _traced_stack(start_receiver, start_sender, receiver_settings: dict | None = None,
+                  **sender_settings):
     exporter = InMemorySpanExporter()
     receiver_provider = tracer_provider("tlsstorm-receiver", exporter=exporter)
     sender_provider = tracer_provider("tlsstorm-sender", exporter=exporter)
-    receiver = start_receiver(provider=receiver_provider)
+    receiver = start_receiver(provider=receiver_provider, **(receiver_settings or {}))
     sender = start_sender(receiver.smtp_port, provider=sender_provider, **sender_settings)
 
     def spans(minimum: int):
@@ -79,19 +80,12 @@ def test_both_ends_name_the_same_tls_version_and_cipher_whichever_stack_sends(
     start_receiver, start_sender, profile, key_type, tls_max_version
 ):
     """The sender reports rustls's sessions in OpenSSL's names, so both ends' spans agree."""
-    exporter = InMemorySpanExporter()
-    receiver_provider = tracer_provider("tlsstorm-receiver", exporter=exporter)
-    sender_provider = tracer_provider("tlsstorm-sender", exporter=exporter)
-    receiver = start_receiver(provider=receiver_provider, cert_key_type=key_type,
-                              tls_max_version=tls_max_version)
-    sender = start_sender(receiver.smtp_port, provider=sender_provider)
+    _, sender, spans = _traced_stack(start_receiver, start_sender, {
+        "cert_key_type": key_type, "tls_max_version": tls_max_version})
 
     result = httpx.post(f"{sender.http}/v1/send", json={"tls": True, "profile": profile},
                         timeout=30).json()["results"][0]
-    receiver.wait_sessions(1)
-    receiver_provider.force_flush()
-    sender_provider.force_flush()
-    finished = exporter.get_finished_spans()
+    finished = spans(1)
     (send,) = _named(finished, "smtp.send", "tlsstorm-sender")
     (session,) = _named(finished, "smtp.session", "tlsstorm-receiver")
 

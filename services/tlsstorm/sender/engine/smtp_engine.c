@@ -651,20 +651,13 @@ static int start_rustls(conn_t *c) {
     return 0;
 }
 
-static void start_handshake(conn_t *c) {
-    if (c->rconfig) {
-        if (start_rustls(c) != 0)
-            return;
-        c->step = HANDSHAKE;
-        c->deadline_ns = now_ns(CLOCK_MONOTONIC) + (int64_t)c->timeout_ms * 1000000;
-        c->handshake_started_ns = now_ns(CLOCK_MONOTONIC);
-        advance_handshake(c);
-        return;
-    }
+/* OpenSSL on the socket: SNI and the name checked as Python's ssl sets them, the kept session
+ * offered when resuming. */
+static int start_openssl(conn_t *c) {
     c->ssl = SSL_new(c->ctx);
     if (!c->ssl) {
         fail_ssl(c, SSL_ERROR_SSL);
-        return;
+        return -1;
     }
     SSL_set_fd(c->ssl, c->fd);
     SSL_set_connect_state(c->ssl);
@@ -689,6 +682,12 @@ static void start_handshake(conn_t *c) {
         if (kept && kept->session)
             SSL_set_session(c->ssl, kept->session);
     }
+    return 0;
+}
+
+static void start_handshake(conn_t *c) {
+    if ((c->rconfig ? start_rustls(c) : start_openssl(c)) != 0)
+        return;
     c->step = HANDSHAKE;
     c->deadline_ns = now_ns(CLOCK_MONOTONIC) + (int64_t)c->timeout_ms * 1000000;
     c->handshake_started_ns = now_ns(CLOCK_MONOTONIC);

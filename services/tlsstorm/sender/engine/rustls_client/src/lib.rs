@@ -236,19 +236,20 @@ impl Conn {
         RC_DONE
     }
 
-    /// One read of the socket into TLS, then its records processed; RC_DONE when something came.
+    /// One read of the socket into TLS, then its records processed: RC_DONE when something
+    /// came, RC_EOF when the socket ended (what came before its end processed too).
     fn receive(&mut self) -> c_int {
-        match self.tls.read_tls(&mut self.socket) {
-            Ok(0) => return RC_EOF,
-            Ok(_) => {}
+        let ended = match self.tls.read_tls(&mut self.socket) {
+            Ok(0) => true,
+            Ok(_) => false,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return RC_WANT_READ,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return RC_DONE,
             Err(e) => return os_error(&e),
-        }
+        };
         match self.tls.process_new_packets() {
             Ok(state) => {
                 self.buffered = state.plaintext_bytes_to_read();
-                RC_DONE
+                if ended { RC_EOF } else { RC_DONE }
             }
             Err(e) => {
                 self.error = Some(e);
@@ -271,6 +272,8 @@ impl Conn {
         }
     }
 
+    /// After the socket's end the reader says what it was: the peer's close_notify (Ok(0)) or
+    /// not (an error), once what came before it is read.
     fn read(&mut self, buf: &mut [u8]) -> (usize, c_int) {
         loop {
             match self.tls.reader().read(buf) {
@@ -288,15 +291,7 @@ impl Conn {
                         return (0, RC_OS_ERROR);
                     }
                 }
-                RC_EOF => {
-                    /* what TLS makes of the socket's end: a close_notify seen or not */
-                    let _ = self.tls.process_new_packets();
-                    return match self.tls.reader().read(buf) {
-                        Ok(0) => (0, RC_CLOSED),
-                        Ok(n) => (n, RC_DONE),
-                        Err(_) => (0, RC_EOF),
-                    };
-                }
+                RC_EOF => {}
                 other => return (0, other),
             }
         }
