@@ -147,6 +147,9 @@ EOF
 
 network() {
     for name in $sysctls; do echo "$name=$(sysctl -n "$name")"; done >"$state/sysctl.before"
+    # Before anything here uses iptables: on a host where nothing had, iptables-nft creates its
+    # tables now, and `down` removes them again.
+    python3 "$root/scripts/iptables-tables.py" record "$state/iptables-tables.before"
     { iptables-save; ip6tables-save; ipset list -n; } | grep -c '^:\?KUBE-' >"$state/kube-chains.before" || true
     sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
     ls /run/netns 2>/dev/null >"$state/netns.before" || true
@@ -336,6 +339,7 @@ EOF
 
 user_kubeconfig() {  # merge the admin context into ~/.kube/config, as kind does
     local file=$HOME/.kube/config
+    [ -e "$file" ] || touch "$state/kubeconfig.created"  # then `down` removes it, once empty
     mkdir -p "$HOME/.kube"
     KUBECONFIG=$file:$state/admin.kubeconfig kubectl config view --flatten >"$state/merged"
     install -m 600 "$state/merged" "$file"
@@ -437,6 +441,9 @@ down() {
     done
     kube-proxy --cleanup >/dev/null 2>&1 || true
     remove_kube_chains
+    if [ -f "$state/iptables-tables.before" ]; then
+        python3 "$root/scripts/iptables-tables.py" remove-new "$state/iptables-tables.before"
+    fi
     for ns in $(ls /run/netns 2>/dev/null); do
         grep -qx "$ns" "$state/netns.before" 2>/dev/null || ip netns delete "$ns" 2>/dev/null || true
     done
@@ -456,9 +463,14 @@ down() {
         kubectl --kubeconfig "$HOME/.kube/config" config delete-context "$context" >/dev/null 2>&1 || true
         kubectl --kubeconfig "$HOME/.kube/config" config delete-cluster "$context" >/dev/null 2>&1 || true
         kubectl --kubeconfig "$HOME/.kube/config" config delete-user "$context-admin" >/dev/null 2>&1 || true
+        if [ -f "$state/kubeconfig.created" ] &&
+            [ -z "$(kubectl --kubeconfig "$HOME/.kube/config" config get-contexts -o name 2>/dev/null)" ]; then
+            rm -f "$HOME/.kube/config"
+            rmdir "$HOME/.kube" 2>/dev/null || true
+        fi
     fi
     rm -rf "$state"
-    log "down: processes stopped, bridges, routes, netns, mounts and sysctls restored"
+    log "down: processes stopped; bridges, routes, netns, mounts, iptables tables, sysctls and ~/.kube restored"
 }
 
 status() {

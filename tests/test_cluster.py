@@ -28,6 +28,7 @@ STATE = Path(os.environ.get("TLSSTORM_CLUSTER_DIR", "/var/lib/tlsstorm-cluster")
 KUBECONFIG = STATE / "admin.kubeconfig"
 NAMESPACE = "tlsstorm"
 IN_CI = os.environ.get("CI") == "true"
+TABLES = ROOT / "scripts" / "iptables-tables.py"
 # Cold, Kubernetes, CoreDNS, the enforcer and Jaeger are built from source first.
 pytestmark = pytest.mark.timeout(3600)
 
@@ -70,7 +71,47 @@ def host_state() -> dict:
                                    check=True).stdout.split("\n"),
         "mounts": [line for line in Path("/proc/mounts").read_text().splitlines()
                    if str(STATE) in line],
+        "kubeconfig": (Path.home() / ".kube" / "config").exists(),
     }
+
+
+def as_on_a_fresh_host() -> None:
+    """Removes the iptables-nft tables that hold nothing (built-in chains accepting, no rule),
+    which changes no packet's path: the host is then as one where nothing had used iptables,
+    whatever ran here before, and cluster-down is checked against that (issue 30)."""
+    subprocess.run([str(TABLES), "remove-new", "/dev/null"], check=True, capture_output=True)
+
+
+def in_new_netns(script: str) -> str:
+    """`script` (sh) run in a network namespace of its own: nftables as on a fresh host."""
+    name = f"tlsstorm-fresh-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        return subprocess.run(["ip", "netns", "exec", name, "sh", "-ec", script], check=True,
+                              capture_output=True, text=True).stdout
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=True)
+
+
+def test_cluster_down_removes_only_the_iptables_tables_made_after_up_and_left_empty(tmp_path):
+    """What cluster-down does to the tables iptables-nft creates on first use, in a network
+    namespace of its own (so a fresh host's state, on any host): a table that was there before
+    stays, one made since and emptied goes, one made since that holds a rule stays."""
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("network namespaces need root (CI runs as root)")
+        pytest.skip("network namespaces need root")
+    listed = in_new_netns(f"""
+        iptables -t mangle -N EARLIER                     # someone's, before up
+        {TABLES} record {tmp_path}/before
+        iptables -N KUBE-FIREWALL; iptables -A INPUT -j KUBE-FIREWALL   # what up adds
+        iptables -t nat -N KUBE-POSTROUTING
+        ip6tables -t nat -A POSTROUTING -j ACCEPT         # someone's rule, made meanwhile
+        iptables -D INPUT -j KUBE-FIREWALL; iptables -X KUBE-FIREWALL   # what down removes
+        iptables -t nat -X KUBE-POSTROUTING
+        {TABLES} remove-new {tmp_path}/before
+        nft list tables""")
+    assert sorted(listed.splitlines()) == ["table ip mangle", "table ip6 nat"]
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +122,7 @@ def cluster():
         pytest.skip("the local cluster needs root")
     if Path("/sys/class/net/tsnode0").exists():
         pytest.fail("a local cluster is already up: make cluster-down first")
+    as_on_a_fresh_host()
     before = host_state()
     started = time.monotonic()
     up = run("make", "cluster-up", timeout=3000, check=False)

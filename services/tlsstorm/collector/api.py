@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from starlette.requests import ClientDisconnect
 
 from tlsstorm.collector import otlp
 from tlsstorm.collector.report import not_found_html, plan_page, render_html
@@ -31,6 +32,9 @@ Trajectory = Annotated[str, Query(max_length=200, description="TLS ratios, comma
 Size = Annotated[int | None, Query(ge=64, le=100 * 2**20, description="message bytes")]
 Utilisation = Annotated[float, Query(gt=0, lt=1, description="target CPU utilisation")]
 Slo = Annotated[float, Query(gt=0, le=600_000, description="session p99 objective, ms")]
+# A request whose client went away before its body arrived: counted under nginx's code for it,
+# no reply is sent.
+CLIENT_CLOSED_REQUEST = 499
 
 
 class _CollectorMetrics:
@@ -86,6 +90,8 @@ def create_api(service: CollectorService) -> FastAPI:
             decoded = otlp.decode(bytes(body), encoding, limit)
         except otlp.OtlpError as error:
             return refuse(error.status, error.reason)
+        except ClientDisconnect:
+            return refuse(CLIENT_CLOSED_REQUEST, "client closed the request")
         rejected, reason = service.aggregator.ingest(decoded)
         if service.forwarder is not None:
             headers = {"content-type": encoding.media_type}

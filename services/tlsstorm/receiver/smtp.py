@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto as sslproto
+import errno
 import logging
 import re
 import ssl
@@ -71,6 +72,7 @@ class MeasuredSMTP(SMTP):
         self._raw_socket = None
         self._memory_held: bool | None = None  # None: nothing reserved; True: a TLS session's
         self._finished = False
+        self._reset_by_peer = False
         self._replies_since_yield = 0
         self._continuation_lines: list[bytes] = []
 
@@ -139,7 +141,15 @@ class MeasuredSMTP(SMTP):
         # already; on a plain session or a failed handshake the socket is still open here.
         if self._raw_socket is not None:
             self._capture_wire()
+        self._reset_by_peer = _is_reset(error)
         super().connection_lost(error)
+        # asyncio keeps the error in the stream's closed-future, which only the protocol's
+        # finalizer reads: when the garbage collector finalizes the future first (at exit, or
+        # in a cycle), it logs "Future exception was never retrieved". The session records
+        # the error; the future's copy is read here.
+        closed = self._closed
+        if closed.done() and not closed.cancelled():
+            closed.exception()
         self._finish()
 
     def _finish(self) -> None:
@@ -152,7 +162,7 @@ class MeasuredSMTP(SMTP):
             self.limits.memory.release(tls=self._memory_held)
         record.ended_perf_ns = time.perf_counter_ns()
         if not record.quit and not record.errors:
-            record.errors.append("dropped")
+            record.errors.append("reset" if self._reset_by_peer else "dropped")
         # Reported from a callback of its own, still in the session's context: the socket's
         # close, which asyncio does after this returns, is then charged to the session too.
         self.loop.call_soon(self._on_session_end, record, self._cpu_account)
@@ -164,6 +174,12 @@ class MeasuredSMTP(SMTP):
         ) else status
         if response.startswith(b"250-AUTH"):
             return  # aiosmtpd announces AUTH after STARTTLS even with no mechanism left
+        if self._gone():
+            # The peer has gone (pipelined commands are still being read from the buffer):
+            # nothing to write to, and asyncio warns on every write after a loss. Yield, so
+            # that the cancellation connection_lost sends arrives.
+            await asyncio.sleep(0)
+            return
         self.record.note_reply(response)
         if response[3:4] == b"-":
             # A multi-line reply (EHLO's) goes out in one write, as an MTA sends it: aiosmtpd
@@ -182,6 +198,11 @@ class MeasuredSMTP(SMTP):
             # yielding: let other sessions in now and then (a normal session rarely gets here).
             self._replies_since_yield = 0
             await asyncio.sleep(0)
+
+    def _gone(self) -> bool:
+        """The connection is closing: the socket's transport (under TLS's, after STARTTLS)."""
+        socket_transport = self._original_transport or self.transport
+        return socket_transport is None or socket_transport.is_closing()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's address parse, same results, at a tenth of the cost for plain addresses:
@@ -325,6 +346,8 @@ class MeasuredSMTP(SMTP):
             record.errors.append("handshake_timeout")
         elif isinstance(error, ssl.SSLError):
             record.errors.append("handshake_failed")
+        elif _is_reset(error):
+            record.errors.append("handshake_reset")
         else:
             record.errors.append("handshake_dropped")
 
@@ -334,3 +357,8 @@ class MeasuredSMTP(SMTP):
         return "421 4.3.0 Error: TLS handshake failed" if isinstance(
             error, TLSSetupException
         ) else "451 4.3.0 Error: internal error"
+
+
+def _is_reset(error: BaseException | None) -> bool:
+    """The peer reset the connection (a TCP RST), as opposed to closing it in order (FIN)."""
+    return isinstance(error, ConnectionResetError) and error.errno == errno.ECONNRESET
