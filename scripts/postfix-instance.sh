@@ -10,10 +10,14 @@ instance_prepare() {  # NAME: creates the directories and master.cf; sets config
   sed -i -E 's/^(postlog +unix-dgram +n +- +)[ny]/\1n/' "$config/master.cf"
 }
 
-instance_start() {  # NAME, once main.cf is written: checks, starts (or reloads), prints config
+instance_check() {  # NAME, once main.cf is written: ownership and Postfix's own check
   chown postfix:postfix "/var/lib/$1"
   postfix -c "$config" set-permissions >/dev/null 2>&1 || true
   postfix -c "$config" check
+}
+
+instance_start() {  # NAME, once main.cf is written: checks, starts (or reloads), prints config
+  instance_check "$1"
   postfix -c "$config" start >/dev/null 2>&1 || postfix -c "$config" reload >/dev/null
   echo "$config"
 }

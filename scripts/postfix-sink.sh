@@ -2,14 +2,17 @@
 # A Postfix instance of its own that offers STARTTLS on a loopback port and discards all mail:
 # the real MTA tlsstorm's receiver is compared with. Needs Debian's postfix package, and root.
 #   scripts/postfix-sink.sh start PORT CERT KEY    (prints the instance's config directory)
+#   scripts/postfix-sink.sh run PORT CERT KEY      (in the foreground until SIGTERM: a target
+#                                                   the local stack starts and stops)
 #   scripts/postfix-sink.sh stop
+# TLSSTORM_POSTFIX_NAME names the instance (default tlsstorm-postfix): its config is
+# /etc/NAME, its queue /var/spool/NAME, its master's pid in /var/spool/NAME/pid/master.pid.
 set -euo pipefail
 source "$(dirname "$0")/postfix-instance.sh"
-name=tlsstorm-postfix
+name=${TLSSTORM_POSTFIX_NAME:-tlsstorm-postfix}
 config=/etc/$name
-case "${1:-}" in
-  start)
-    port=$2 cert=$3 key=$4
+configure() {  # PORT CERT KEY
+    port=$1 cert=$2 key=$3
     instance_prepare $name
     install -m 0644 "$cert" "$config/cert.pem"
     install -m 0600 "$key" "$config/key.pem"
@@ -32,6 +35,9 @@ smtpd_tls_security_level = may
 smtpd_tls_session_cache_database =
 smtpd_tls_loglevel = 0
 maillog_file = /var/log/$name.log
+# Mail is taken as fast as it comes: without this, smtpd pauses a second before each message
+# whenever mail arrives faster than qmgr hands it on (flow control for a real queue).
+in_flow_delay = 0
 # smtpd processes live through a run, so their CPU can be read from /proc.
 max_use = 1000000
 max_idle = 3600s
@@ -42,13 +48,27 @@ smtpd_client_message_rate_limit = 0
 smtpd_client_recipient_rate_limit = 0
 smtpd_client_new_tls_session_rate_limit = 0
 CONF
+}
+case "${1:-}" in
+  start)
+    configure "$2" "$3" "$4"
     instance_start $name
+    ;;
+  run)
+    configure "$2" "$3" "$4"
+    instance_start $name >/dev/null
+    # Until SIGTERM (or Ctrl-C), or until the master dies; then the instance is stopped.
+    trap 'postfix -c "$config" stop >/dev/null 2>&1; exit 0' TERM INT
+    master=$(cat "$spool/pid/master.pid")
+    while kill -0 $master 2>/dev/null; do sleep 0.5 & wait $!; done
+    echo "postfix-sink: the master ($master) of $name has exited" >&2
+    exit 1
     ;;
   stop)
     postfix -c "$config" stop >/dev/null 2>&1 || true
     ;;
   *)
-    echo "usage: $0 start PORT CERT KEY | stop" >&2
+    echo "usage: $0 start PORT CERT KEY | run PORT CERT KEY | stop" >&2
     exit 2
     ;;
 esac

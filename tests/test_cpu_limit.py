@@ -25,7 +25,7 @@ def test_v2_quota_usage_and_throttling_from_cpu_max_and_cpu_stat(cgroup_root, mo
     (pod / "cpu.max").write_text("50000 100000\n")
     (pod / "cpu.stat").write_text("usage_usec 2000000\nnr_periods 40\nnr_throttled 3\n"
                                   "throttled_usec 150000\n")
-    monkeypatch.setattr(cpu_limit, "_own_cgroup_lines", lambda: [("", "/kubepods/pod1")])
+    monkeypatch.setattr(cpu_limit, "_own_cgroup_lines", lambda pid: [("", "/kubepods/pod1")])
 
     limit = cpu_limit.cpu_limit()
     before = limit.reading()
@@ -50,7 +50,7 @@ def test_v1_quota_from_cfs_files_and_usage_from_a_separate_cpuacct_mount(cgroup_
     (cpu / "cpu.stat").write_text("nr_periods 9\nnr_throttled 0\nthrottled_time 0\n")
     (cpuacct / "cpuacct.usage").write_text("3000000000\n")
     monkeypatch.setattr(cpu_limit, "_own_cgroup_lines",
-                        lambda: [("cpuacct", "/pod2"), ("cpu", "/pod2"), ("", "/")])
+                        lambda pid: [("cpuacct", "/pod2"), ("cpu", "/pod2"), ("", "/")])
 
     limit = cpu_limit.cpu_limit()
 
@@ -60,7 +60,7 @@ def test_v1_quota_from_cfs_files_and_usage_from_a_separate_cpuacct_mount(cgroup_
 
 
 def test_without_a_quota_the_bound_is_the_cores_it_may_use(cgroup_root, monkeypatch):
-    monkeypatch.setattr(cpu_limit, "_own_cgroup_lines", lambda: [])
+    monkeypatch.setattr(cpu_limit, "_own_cgroup_lines", lambda pid: [])
 
     limit = cpu_limit.cpu_limit()
 

@@ -10,6 +10,7 @@ import sys
 from tlsstorm import __version__
 from tlsstorm.common.config import (
     CollectorSettings,
+    MeterSettings,
     ReceiverSettings,
     SenderSettings,
     add_flags,
@@ -52,6 +53,20 @@ def _collector(flags: argparse.Namespace) -> None:
     from tlsstorm.collector.app import CollectorService
 
     _serve(CollectorService(load_settings(CollectorSettings, flags, "tlsstorm collector")))
+
+
+def _meter(flags: argparse.Namespace) -> None:
+    from tlsstorm.common.telemetry import tracer_provider
+    from tlsstorm.meter.service import MeterService
+
+    settings = load_settings(MeterSettings, flags, "tlsstorm meter")
+    try:
+        service = MeterService(settings, tracer_provider("tlsstorm-meter"))
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"tlsstorm meter: {error}") from None
+    if service.problem:
+        print(f"tlsstorm meter: {service.problem} (it keeps looking)", file=sys.stderr)
+    _serve(service)
 
 
 def _up(flags: argparse.Namespace) -> None:
@@ -102,7 +117,8 @@ def _sweep(flags: argparse.Namespace) -> None:
         run_matrix(keys, flags.rate, flags.messages, flags.size,
                    Path(flags.output).with_name("matrix"), rounds=flags.rounds)
         return
-    run_sweep(ratios=flags.ratios, rate=flags.rate, messages=flags.messages, size=flags.size,
+    run_sweep(target=flags.target, meter_url=flags.meter,
+              ratios=flags.ratios, rate=flags.rate, messages=flags.messages, size=flags.size,
               scenario=flags.scenario, capacity_rates=flags.capacity_rates,
               capacity_seconds=flags.capacity_seconds, slo_p99_ms=flags.slo_p99_ms,
               output=Path(flags.output), processing_cpu_us=flags.processing_cpu_us,
@@ -192,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(collector, CollectorSettings)
     collector.set_defaults(run=_collector)
 
+    meter = commands.add_parser(
+        "meter", help="beside any mail server: its processes' CPU and memory, to the collector")
+    add_flags(meter, MeterSettings)
+    meter.set_defaults(run=_meter)
+
     up = commands.add_parser("up", help="run the local stack until Ctrl-C")
     up.add_argument("--jaeger", action=argparse.BooleanOptionalAction, default=None,
                     help="run Jaeger and forward spans to it (default: when a jaeger binary is "
@@ -211,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
     sweep = commands.add_parser(
         "sweep", help="waves at several TLS ratios: CPU fit, capacity, report")
+    sweep.add_argument("--target", metavar="postfix|exim|HOST:PORT",
+                       help="measure this server instead of the receiver: a Postfix or Exim "
+                            "the stack starts with its meter, or your own (with --meter)")
+    sweep.add_argument("--meter", metavar="URL", help="the meter beside --target HOST:PORT "
+                       "(tlsstorm meter), e.g. http://mx1:8028")
     sweep.add_argument("--ratios", type=_ratio, nargs="+", metavar="RATIO",
                        help="TLS ratios (default 0 0.2 0.3 0.5 0.7 1)")
     sweep.add_argument("--scenario", choices=["rustock"], help="rustock: 0 -> 20%% -> 30%% -> 70%%")

@@ -10,6 +10,8 @@ import tlsstorm
 from tlsstorm import jaeger
 from tlsstorm.common.config import CollectorSettings, ReceiverSettings, SenderSettings
 from tlsstorm.common.telemetry import endpoint_configured
+from tlsstorm.mta import LOCAL_TARGETS, local_target
+from tlsstorm.sender.allowlist import LOOPBACK
 from tlsstorm.stack import Child, Stack, tlsstorm_command
 
 _ANY = ("0.0.0.0", "::", "")
@@ -43,10 +45,15 @@ def locustfile() -> Path:
 
 class LocalStack:
     """Collector, receiver, sender (and the Locust web UI, and Jaeger) as child processes, wired
-    together. With `jaeger_binary` the collector forwards every span to that Jaeger."""
+    together. With `jaeger_binary` the collector forwards every span to that Jaeger.
+
+    `target`: what the sender aims at by default: the receiver (None), a real mail server the
+    stack starts with its meter ("postfix", "exim"), or the user's own server as HOST:PORT,
+    whose CPU comes from the meter at `meter_url` (tlsstorm meter, run beside it)."""
 
     def __init__(self, with_locust: bool = False, tracing: bool = True,
-                 jaeger_binary: Path | None = None) -> None:
+                 jaeger_binary: Path | None = None, target: str | None = None,
+                 meter_url: str | None = None) -> None:
         self.collector = CollectorSettings()
         self.receiver = ReceiverSettings()
         self.sender = SenderSettings()
@@ -59,9 +66,28 @@ class LocalStack:
             self.telemetry["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.collector_url()
         if not tracing:
             self.telemetry["OTEL_SDK_DISABLED"] = "true"
+        self.target_name, self.target, self.meter_url = "receiver", self.receiver_target, None
+        targets: list[Child] = []
+        if target in LOCAL_TARGETS:
+            local = local_target(target, int(os.environ.get("TLSSTORM_TARGET_SMTP_PORT", 2526)),
+                                 int(os.environ.get("TLSSTORM_METER_HTTP_PORT", 8028)),
+                                 self.telemetry)
+            self.target_name, self.target, self.meter_url = target, local.address, local.meter_url
+            targets = local.children
+        elif target not in (None, "receiver"):
+            self.target_name = self.target = target
+            self.meter_url = meter_url
+        # Locust's web UI offers each of these by name (the receiver first, the default).
+        self.targets = {"receiver": self.receiver_target}
+        if self.target_name != "receiver":
+            self.targets[self.target_name] = self.target
         sender_env = dict(self.telemetry)
         if "TLSSTORM_SENDER_TARGET" not in os.environ:
-            sender_env["TLSSTORM_SENDER_TARGET"] = self.receiver_target
+            sender_env["TLSSTORM_SENDER_TARGET"] = self.target
+        if "TLSSTORM_ALLOWED_TARGETS" not in os.environ:
+            # The receiver, the target (a user's server only when named here) and loopback.
+            sender_env["TLSSTORM_ALLOWED_TARGETS"] = ",".join(
+                dict.fromkeys([*self.targets.values(), *LOOPBACK]))
         children = []
         collector_env = {}
         self.with_jaeger = jaeger_binary is not None
@@ -76,6 +102,7 @@ class LocalStack:
                   env=collector_env),
             Child("receiver", tlsstorm_command("receiver"), self.receiver_url("/readyz"),
                   env=self.telemetry),
+            *targets,
             Child("sender", tlsstorm_command("sender"), self.sender_url("/readyz"),
                   env=sender_env),
         ]
@@ -95,7 +122,9 @@ class LocalStack:
 
     def locust_env(self) -> dict[str, str]:
         env = {**self.telemetry, **{k: v for k, v in _LOCUST_OTEL.items() if k not in os.environ}}
-        env.setdefault("LOCUST_SMTP_TARGET", self.receiver_target)
+        env.setdefault("LOCUST_SMTP_TARGET", self.target)
+        env.setdefault("TLSSTORM_TARGETS", ",".join(
+            f"{name}={address}" for name, address in self.targets.items()))
         return env
 
     def collector_url(self, path: str = "") -> str:
@@ -115,6 +144,9 @@ class LocalStack:
             "Locust web UI": self.locust_url("/"),
             "cost report": self.collector_url("/"),
             "receiver SMTP": f"smtp://{self.receiver_target} (STARTTLS offered)",
+            **({f"target {self.target_name}": f"smtp://{self.target} (STARTTLS offered)"}
+               if self.target_name != "receiver" else {}),
+            **({"target's meter": f"{self.meter_url}/v1/stats"} if self.meter_url else {}),
             "receiver stats": self.receiver_url("/v1/stats"),
             "sender API": self.sender_url("/docs"),
             "collector summary": self.collector_url("/v1/summary"),

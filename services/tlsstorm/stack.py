@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,8 @@ import httpx
 
 @dataclass
 class Child:
-    """One process of the stack: a command, and the URL that answers 200 once it is ready."""
+    """One process of the stack: a command, and the URL that answers once it is ready: an
+    http:// one with 200, an smtp://HOST:PORT one (a mail server) with its 220 greeting."""
 
     name: str
     command: list[str]
@@ -55,11 +57,8 @@ class Stack:
             code = child.process.poll()
             if code is not None:
                 raise SystemExit(f"{child.name} exited with code {code} while starting")
-            try:
-                if httpx.get(child.ready_url, timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            if _answers(child.ready_url):
+                return
             time.sleep(0.1)
         raise SystemExit(f"{child.name} not ready at {child.ready_url} "
                          f"after {self.ready_timeout_s:.0f} s")
@@ -97,3 +96,18 @@ class Stack:
                     print(f"{child.name} exited with code {child.process.returncode}",
                           file=sys.stderr)
                     return
+
+
+def _answers(url: str) -> bool:
+    if url.startswith("smtp://"):
+        host, _, port = url.removeprefix("smtp://").rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0) as sock:
+                sock.settimeout(2.0)
+                return sock.recv(512).startswith(b"220")
+        except OSError:
+            return False
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -46,6 +46,9 @@ PROCESS_CHARGED_US = "tlsstorm.process.charged_us"
 PROCESS_RSS_BYTES = "tlsstorm.process.rss_bytes"  # at the end of the second
 OPEN_PLAIN_SESSIONS = "tlsstorm.sessions.open_plain"
 OPEN_TLS_SESSIONS = "tlsstorm.sessions.open_tls"
+# A meter's span (role "target"): the watched server's processes, and the meter's own CPU.
+METER_PROCESSES = "tlsstorm.meter.processes"
+METER_CPU_US = "tlsstorm.meter.cpu_us"
 
 
 def tls_version_number(openssl_name: str | None) -> str | None:

@@ -8,8 +8,17 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal, get_args, get_origin
 
-from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tlsstorm.common.address import split_host_port
 
 KeyType = Literal["rsa2048", "rsa3072", "rsa4096", "ecdsa-p256", "ecdsa-p384"]
 TlsVersionName = Literal["1.2", "1.3"]
@@ -201,6 +210,50 @@ class CollectorSettings(BaseSettings):
     forward_retries: int = Field(3, ge=0, le=20, description="attempts after the first")
 
 
+class MeterSettings(BaseSettings):
+    """A meter beside a mail server: which processes are the server, what it is called."""
+
+    model_config = SettingsConfigDict(env_prefix="TLSSTORM_METER_", extra="forbid")
+
+    target: str = Field("", max_length=300, description="the server's SMTP address, HOST:PORT, "
+                        "as the sender aims at it: the figures are labelled with it")
+    pid_file: Path | None = Field(None, description="watch the process tree under the pid in "
+                                  "this file, read again each time (Postfix: "
+                                  "/var/spool/postfix/pid/master.pid)")
+    pid: int | None = Field(None, ge=1, description="watch the process tree under this pid")
+    process_names: CommaList = Field(
+        default_factory=list, description="watch processes with these names (as ps -o comm "
+        "shows them: master, exim4) and their children")
+    cgroup: str | None = Field(None, description="watch every process of this cgroup, as "
+                               "/proc/PID/cgroup names it (/system.slice/postfix.service)")
+    host: str = Field("127.0.0.1", description="address the meter's API binds")
+    http_port: Port = Field(8028, description="the meter's API (stats, metrics) port")
+    interval_s: float = Field(1.0, ge=0.1, le=60, description="how often it reads and reports")
+    api_token: str | None = Field(
+        None,
+        validation_alias=AliasChoices("api_token", "TLSSTORM_API_TOKEN"),
+        description="bearer token required by endpoints that change state",
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _target_named(cls, value: str) -> str:
+        if not value:
+            raise ValueError("name the server the meter watches: --target HOST:PORT")
+        host, port = split_host_port(value)
+        return f"{host}:{port}"
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> MeterSettings:
+        given = [name for name in ("pid_file", "pid", "process_names", "cgroup")
+                 if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError("say which processes are the server, with exactly one of "
+                             "--pid-file, --pid, --process-names, --cgroup"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+
 def _flag(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
@@ -257,7 +310,11 @@ def load_settings(settings_class: type[BaseSettings], flags: argparse.Namespace,
     except ValidationError as error:
         prefix = settings_class.model_config.get("env_prefix", "")
         for problem in error.errors():
-            name = str(problem["loc"][0]) if problem["loc"] else "?"
+            if not problem["loc"]:  # about several fields together
+                print(f"{prog}: {problem['msg'].removeprefix('Value error, ')}",
+                      file=sys.stderr)
+                continue
+            name = str(problem["loc"][0])
             where = f"{_flag(name)} / {prefix}{name.upper()}"
             print(f"{prog}: {where}: {problem['msg']} (got {problem.get('input')!r})",
                   file=sys.stderr)

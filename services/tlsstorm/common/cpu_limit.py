@@ -36,10 +36,15 @@ class CpuLimit:
     cores: float  # the quota in cores, or the cores this process may use
     source: str  # "cgroup v2 cpu.max", "cgroup v1 cpu.cfs_quota_us" or "cpu affinity"
     cgroup: Path | None
+    # One event loop (tlsstorm's services) is busy past BUSY_SHARE of one core, whatever the
+    # limit; a server of many processes (an MTA) only past that share of its limit.
+    one_loop: bool = True
 
-    def reading(self) -> CpuReading:
+    def reading(self, process_cpu_s: float | None = None) -> CpuReading:
+        """Now; `process_cpu_s`: the CPU of what is measured, if not this process's."""
         usage, periods, throttled = _cgroup_counters(self.cgroup)
-        return CpuReading(time.monotonic(), time.process_time(), usage, periods, throttled)
+        return CpuReading(time.monotonic(), time.process_time() if process_cpu_s is None
+                          else process_cpu_s, usage, periods, throttled)
 
     def usage(self, before: CpuReading, after: CpuReading) -> dict[str, object]:
         """Use between two readings: cores, share of the limit, throttling, busy or not."""
@@ -63,26 +68,28 @@ class CpuLimit:
             "throttled_seconds": round(after.throttled_s - before.throttled_s, 3),
             # One Python event loop runs on one core whatever the limit allows.
             "busy": bool(throttled_periods or (share is not None and share > BUSY_SHARE)
-                         or process_cores > BUSY_SHARE),
+                         or (self.one_loop and process_cores > BUSY_SHARE)),
+            "one_loop": self.one_loop,
         }
 
 
-def cpu_limit() -> CpuLimit:
-    """The limit this process runs under, found once at start."""
-    affinity = float(len(os.sched_getaffinity(0)))
-    folder, source = _own_cgroup_v2(), "cgroup v2 cpu.max"
+def cpu_limit(pid: int | str = "self") -> CpuLimit:
+    """The limit a process (this one by default) runs under: its cgroup's quota, or else the
+    cores it may run on."""
+    affinity = float(len(os.sched_getaffinity(0 if pid == "self" else int(pid))))
+    folder, source = _own_cgroup_v2(pid), "cgroup v2 cpu.max"
     quota = _tightest(folder, CGROUP_ROOT, _v2_cores) if folder is not None else None
     if folder is None:  # cgroup v1 (or none at all)
-        folder, source, root = _own_cgroup_v1(), "cgroup v1 cpu.cfs_quota_us", _v1_root()
+        folder, source, root = _own_cgroup_v1(pid), "cgroup v1 cpu.cfs_quota_us", _v1_root()
         quota = _tightest(folder, root, _v1_cores) if folder is not None else None
     if quota is None:
         return CpuLimit(affinity, "cpu affinity", folder)
     return CpuLimit(min(quota, affinity), source, folder)
 
 
-def _own_cgroup_lines() -> list[tuple[str, str]]:
+def _own_cgroup_lines(pid: int | str) -> list[tuple[str, str]]:
     try:
-        text = Path("/proc/self/cgroup").read_text()
+        text = Path(f"/proc/{pid}/cgroup").read_text()
     except OSError:
         return []
     lines = []
@@ -100,10 +107,10 @@ def _located(mount: Path, path: str) -> Path | None:
     return None
 
 
-def _own_cgroup_v2() -> Path | None:
+def _own_cgroup_v2(pid: int | str) -> Path | None:
     if not (CGROUP_ROOT / "cgroup.controllers").exists():
         return None
-    for controllers, path in _own_cgroup_lines():
+    for controllers, path in _own_cgroup_lines(pid):
         if controllers == "":
             return _located(CGROUP_ROOT, path)
     return None
@@ -115,9 +122,9 @@ def _v1_root() -> Path | None:
                  if (CGROUP_ROOT / name).is_dir()), None)
 
 
-def _own_cgroup_v1() -> Path | None:
+def _own_cgroup_v1(pid: int | str) -> Path | None:
     root = _v1_root()
-    for controllers, path in _own_cgroup_lines():
+    for controllers, path in _own_cgroup_lines(pid):
         if root is not None and "cpu" in controllers.split(","):
             return _located(root, path)
     return None
@@ -161,14 +168,22 @@ def _cgroup_counters(folder: Path | None) -> tuple[float | None, int, float]:
     if "usage_usec" in stat:  # v2
         return (stat["usage_usec"] / 1e6, stat.get("nr_throttled", 0),
                 stat.get("throttled_usec", 0) / 1e6)
-    usage = None
+    return (cgroup_cpu_seconds(folder), stat.get("nr_throttled", 0),
+            stat.get("throttled_time", 0) / 1e9)
+
+
+def cgroup_cpu_seconds(folder: Path) -> float | None:
+    """The CPU every process of a cgroup used, ended ones too: v2's cpu.stat, v1's
+    cpuacct.usage (in the folder, or the same cgroup in the cpuacct hierarchy)."""
+    stat = _key_values(folder / "cpu.stat")
+    if "usage_usec" in stat:
+        return stat["usage_usec"] / 1e6
     for accounting in (folder, _v1_cpuacct_of(folder)):
         try:
-            usage = int((accounting / "cpuacct.usage").read_text()) / 1e9
-            break
+            return int((accounting / "cpuacct.usage").read_text()) / 1e9
         except (OSError, ValueError):
             continue
-    return usage, stat.get("nr_throttled", 0), stat.get("throttled_time", 0) / 1e9
+    return None
 
 
 def _v1_cpuacct_of(folder: Path) -> Path:
@@ -230,5 +245,6 @@ def usage_sentence(name: str, used: dict) -> str:
 
 def usage_between(before: dict, after: dict) -> dict[str, object]:
     """A service's CPU use between two of its snapshots (`cpu` on its /v1/stats)."""
-    limit = CpuLimit(float(after["limit_cores"]), str(after["limit_source"]), None)
+    limit = CpuLimit(float(after["limit_cores"]), str(after["limit_source"]), None,
+                     bool(after.get("one_loop", True)))
     return limit.usage(CpuReading(**before["counters"]), CpuReading(**after["counters"]))

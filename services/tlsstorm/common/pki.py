@@ -14,6 +14,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -27,6 +28,9 @@ from cryptography.x509.oid import (
 )
 
 KEY_TYPES = ("rsa2048", "rsa3072", "rsa4096", "ecdsa-p256", "ecdsa-p384")
+if TYPE_CHECKING:
+    from tlsstorm.common.config import ReceiverSettings
+
 CA_BASE_URL = "http://pki.tlsstorm.test"
 # CA/Browser Forum: domain validated (what Let's Encrypt and most MTA certificates are).
 _DOMAIN_VALIDATED = ObjectIdentifier("2.23.140.1.2.1")
@@ -279,3 +283,21 @@ def load_root(cert_file: Path, key_file: Path) -> tuple[x509.Certificate, object
 
 def root_pem(certificate: x509.Certificate) -> bytes:
     return _pem(certificate)
+
+
+def server_certificate(settings: ReceiverSettings) -> ServerCertificate:
+    """The user's files, or a chain issued under a root (the given one, else a new one), or
+    one self-signed certificate, as the settings say."""
+    if settings.cert_file and settings.key_file:
+        return ServerCertificate(load_pair(settings.cert_file, settings.key_file), None, "files")
+    names = list(settings.cert_names)
+    if settings.cert_shape == "self-signed":
+        pair = self_signed(settings.hostname, settings.cert_key_type, extra_names=names)
+        return ServerCertificate(pair, pair.cert_pem, "self-signed")
+    if settings.ca_cert_file and settings.ca_key_file:
+        root, root_key = load_root(settings.ca_cert_file, settings.ca_key_file)
+    else:
+        root, root_key = make_root(settings.cert_root_key_type)
+    pair = issue_chain(settings.hostname, names, root, root_key, settings.cert_key_type,
+                       settings.cert_intermediate_key_type, settings.cert_intermediates)
+    return ServerCertificate(pair, root_pem(root), "chain")

@@ -19,6 +19,8 @@ class ScalingFit:
     covariance: tuple[tuple[float, ...], ...]  # of (idle, plain, tls), in cores and ms / 1000
     points: int
     r_squared: float
+    # False when every wave ran at one rate: the idle share is then inside the costs (0 here).
+    idle_separated: bool = True
 
     def cost_ms(self, ratio: float) -> float:
         return self.plain_ms * (1 - ratio) + self.tls_ms * ratio
@@ -41,7 +43,8 @@ class ScalingFit:
                 "plain_ms_half_width": round(self.cost_half_width_ms(0.0), 4),
                 "tls_ms_half_width": round(self.cost_half_width_ms(1.0), 4),
                 "factor": round(self.tls_ms / self.plain_ms, 3) if self.plain_ms else None,
-                "r_squared": round(self.r_squared, 4), "points": self.points}
+                "r_squared": round(self.r_squared, 4), "points": self.points,
+                "idle_separated": self.idle_separated}
 
 
 def fit_scaling(waves: list[tuple[float, float, float]]) -> ScalingFit:
@@ -50,9 +53,15 @@ def fit_scaling(waves: list[tuple[float, float, float]]) -> ScalingFit:
         raise ValueError("the fit needs waves at two or more TLS ratios")
     if len(waves) < 3:
         raise ValueError("the fit needs three or more waves")
-    rows = [(1.0, rate * (1 - ratio), rate * ratio) for ratio, rate, _ in waves]
+    rates = [rate for _, rate, _ in waves]
+    # Rates within a fifth of each other cannot tell the idle share from the cost per message.
+    separated = max(rates) > 1.2 * min(rates)
+    rows = [(1.0 if separated else 0.0, rate * (1 - ratio), rate * ratio)
+            for ratio, rate, _ in waves]
     ys = [cores for _, _, cores in waves]
     normal = [[sum(row[i] * row[j] for row in rows) for j in range(3)] for i in range(3)]
+    if not separated:
+        normal[0][0] = 1.0  # the idle share, pinned at 0 (no data on it)
     inverse = _inverse3(normal)
     moments = [sum(row[i] * y for row, y in zip(rows, ys, strict=True)) for i in range(3)]
     idle, plain, tls = (sum(inverse[i][j] * moments[j] for j in range(3)) for i in range(3))
@@ -60,10 +69,11 @@ def fit_scaling(waves: list[tuple[float, float, float]]) -> ScalingFit:
     residual = sum((y - p) ** 2 for y, p in zip(ys, predicted, strict=True))
     mean_y = sum(ys) / len(ys)
     total = sum((y - mean_y) ** 2 for y in ys)
-    variance = residual / (len(ys) - 3) if len(ys) > 3 else 0.0
+    parameters = 3 if separated else 2
+    variance = residual / (len(ys) - parameters) if len(ys) > parameters else 0.0
     covariance = tuple(tuple(variance * value for value in line) for line in inverse)
     return ScalingFit(idle, plain * 1000, tls * 1000, covariance, len(ys),
-                      1 - residual / total if total else 1.0)
+                      1 - residual / total if total else 1.0, separated)
 
 
 def _inverse3(m: list[list[float]]) -> list[list[float]]:

@@ -45,6 +45,7 @@ class CostModel:
     latency: LatencyCurve | None
     mitigations: list[Mitigation] = field(default_factory=list)
     baseline: Mitigation | None = None
+    server: str = "the receiver"  # whose CPU: the receiver's, or the metered server's
 
     def saving(self, mitigation: Mitigation, ratio: float) -> float:
         """Share of the receiver's CPU the mitigation saved at that ratio, in the matrix."""
@@ -73,7 +74,8 @@ class CostModel:
         return factors[0] * (1 - mode_ratio) + factors[1] * mode_ratio
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.source, "machine": self.machine, "fit": self.fit.as_dict(),
+        return {"source": self.source, "server": self.server, "machine": self.machine,
+                "fit": self.fit.as_dict(),
                 "size": self.size, "processing_cpu_us": self.processing_cpu_us,
                 "bytes_in_per_message": {"plain": self.bytes_in[0], "starttls": self.bytes_in[1]},
                 "bytes_out_per_message": {"plain": self.bytes_out[0],
@@ -95,7 +97,7 @@ def from_sweep(path: Path, matrix: Path | None = None) -> CostModel:
                          ) from None
     settings = data.get("settings", {})
     model = CostModel(
-        source=str(path), machine=data.get("machine"), fit=fit,
+        source=str(path), machine=data.get("machine"), fit=fit, server=server_named(waves),
         size=int(settings.get("size", 2048)),
         processing_cpu_us=int(settings.get("processing_cpu_us", 0)),
         bytes_in=(_per_message(waves, "plain", "in", path),
@@ -126,8 +128,27 @@ def _read(path: Path, how: str) -> dict[str, Any]:
 
 
 def receiver_cores(wave: dict[str, Any]) -> float:
-    """The receiver's cores busy over a wave (its one event loop: the load on its core)."""
+    """The server's cores busy over a wave."""
     return wave["achieved_rate"] * wave["process_cpu_ms_per_message"] / 1000
+
+
+def server_cores(wave: dict[str, Any]) -> float:
+    """The cores the server could use: the receiver's one event loop has one; a metered
+    server (many processes) its limit, as its meter read it."""
+    used = wave.get("receiver_cpu") or {}
+    if wave.get("measured_by") == "meter" and used.get("limit_cores"):
+        return float(used["limit_cores"])
+    return 1.0
+
+
+def load_of(wave: dict[str, Any]) -> float:
+    """The share of the server's cores busy over a wave: the latency curve's load."""
+    return receiver_cores(wave) / server_cores(wave)
+
+
+def server_named(waves: list[dict[str, Any]]) -> str:
+    metered = next((wave for wave in waves if wave.get("measured_by") == "meter"), None)
+    return f"the server at {metered['target']}" if metered else "the receiver"
 
 
 def fits_from_waves(waves: list[dict[str, Any]]) -> tuple[ScalingFit, LatencyCurve | None]:
@@ -137,8 +158,7 @@ def fits_from_waves(waves: list[dict[str, Any]]) -> tuple[ScalingFit, LatencyCur
     measured = [wave for wave in waves if "sender" not in wave.get("limited_by", [])]
     fit = fit_scaling([(wave["tls_ratio"], wave["achieved_rate"], receiver_cores(wave))
                        for wave in measured])
-    latency = fit_latency([(receiver_cores(wave), wave["tls_ratio"],
-                            float(wave["session_p99_ms"]))
+    latency = fit_latency([(load_of(wave), wave["tls_ratio"], float(wave["session_p99_ms"]))
                            for wave in measured if wave.get("session_p99_ms")])
     return fit, latency
 

@@ -93,11 +93,17 @@ def _range(mean: float, half: float) -> dict[str, float]:
 
 
 def _notes(model: CostModel, inputs: Inputs) -> list[str]:
-    notes = [f"CPU is the receiver process's (not only what its sessions were charged), fitted "
-             f"over {model.fit.points} waves at several rates and TLS ratios (R^2 "
-             f"{model.fit.r_squared:.3f}) as an idle share ({model.fit.idle_cores:.3f} cores, "
-             "left out of the plan) plus a cost per message; ranges are the fit's 95% "
-             "interval. The p99 is the fitted curve's at the target utilisation."]
+    whose = ("the receiver process's (not only what its sessions were charged)"
+             if model.server == "the receiver" else
+             f"all of {model.server}'s processes, from its meter")
+    split = (f"as an idle share ({model.fit.idle_cores:.3f} cores, left out of the plan) plus a "
+             "cost per message" if model.fit.idle_separated else
+             "as a cost per message with the idle share in it (the waves were all at one "
+             "rate, so it cannot be told apart: add waves at other rates, e.g. "
+             "--capacity-rates, for a smaller and exact figure)")
+    notes = [f"CPU is {whose}, fitted over {model.fit.points} waves at several TLS ratios "
+             f"(R^2 {model.fit.r_squared:.3f}) {split}; ranges are the fit's 95% interval. "
+             "The p99 is the fitted curve's at the target utilisation."]
     if model.fit.points <= 3:
         notes.append("Three waves give the fit but no interval: sweep more for one.")
     if inputs.size is not None and inputs.size != model.size:

@@ -21,7 +21,7 @@ def text_plan(plan: dict[str, Any]) -> str:
         f"demand: {plan['demand']}; cores sized for {plan['target_utilisation']:.0%} "
         f"utilisation; latency objective session p99 <= {plan['slo_p99_ms']:g} ms",
         f"model: {model['source']} on {(model['machine'] or {}).get('note', 'an unknown machine')}"
-        f"; receiver process CPU per message plain {fit['plain_ms']:.3f} +- "
+        f"; CPU of {model['server']} per message plain {fit['plain_ms']:.3f} +- "
         f"{fit['plain_ms_half_width']:.3f} ms, STARTTLS {fit['tls_ms']:.3f} +- "
         f"{fit['tls_ms_half_width']:.3f} ms (R^2 {fit['r_squared']:.3f}, {fit['points']} waves)",
         "",
@@ -70,6 +70,6 @@ def html_plan(plan: dict[str, Any]) -> str:
             {"measured": [(p["load"] * 100, p["p99_ms"]) for p in points],
              "fitted": [(p["load"] * 100, p["predicted_ms"]) for p in points
                         if p["predicted_ms"] is not None]},
-            "% of the receiver's core busy", "session p99 ms")
+            f"% of {plan['model']['server']}'s cores busy", "session p99 ms")
     table = escape(text_plan(plan))
     return f"<pre>{table}</pre><div class=grid>{cores}{bandwidth}{curve}</div>"

@@ -14,15 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from tlsstorm.common import attributes as attr
 from tlsstorm.common.config import ReceiverSettings
 from tlsstorm.common.cpu_limit import CpuMonitor
-from tlsstorm.common.pki import (
-    ServerCertificate,
-    issue_chain,
-    load_pair,
-    load_root,
-    make_root,
-    root_pem,
-    self_signed,
-)
+from tlsstorm.common.pki import server_certificate
 from tlsstorm.common.process import (
     ProcessSampler,
     raise_open_files_limit,
@@ -40,24 +32,6 @@ from tlsstorm.receiver.session import SessionLimits, SessionRecord
 from tlsstorm.receiver.smtp import MeasuredSMTP
 from tlsstorm.receiver.stats import ReceiverStats
 from tlsstorm.receiver.tracing import emit_session_spans
-
-
-def server_certificate(settings: ReceiverSettings) -> ServerCertificate:
-    """The user's files, or a chain issued under a root (the given one, else a new one), or
-    one self-signed certificate, as the settings say."""
-    if settings.cert_file and settings.key_file:
-        return ServerCertificate(load_pair(settings.cert_file, settings.key_file), None, "files")
-    names = list(settings.cert_names)
-    if settings.cert_shape == "self-signed":
-        pair = self_signed(settings.hostname, settings.cert_key_type, extra_names=names)
-        return ServerCertificate(pair, pair.cert_pem, "self-signed")
-    if settings.ca_cert_file and settings.ca_key_file:
-        root, root_key = load_root(settings.ca_cert_file, settings.ca_key_file)
-    else:
-        root, root_key = make_root(settings.cert_root_key_type)
-    pair = issue_chain(settings.hostname, names, root, root_key, settings.cert_key_type,
-                       settings.cert_intermediate_key_type, settings.cert_intermediates)
-    return ServerCertificate(pair, root_pem(root), "chain")
 
 
 class ReceiverService:

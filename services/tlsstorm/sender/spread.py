@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
+from tlsstorm.common.address import split_host_port
 from tlsstorm.common.histogram import LatencyHistogram
-from tlsstorm.sender.allowlist import split_host_port
 from tlsstorm.sender.waves import Wave
 
 

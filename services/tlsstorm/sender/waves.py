@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from tlsstorm.common.address import TARGET_PATTERN
 from tlsstorm.common.histogram import LatencyHistogram
-from tlsstorm.sender.allowlist import TARGET_PATTERN, Target
+from tlsstorm.sender.allowlist import Target
 from tlsstorm.sender.client import MessageResult, SmtpClient
 from tlsstorm.sender.engine import Engine, Report, Schedule, connections_ahead, next_group
 from tlsstorm.sender.profiles import PROFILES, ProfileMix

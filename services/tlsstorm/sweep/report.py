@@ -15,6 +15,12 @@ from tlsstorm.sweep.fit import CostFit
 from tlsstorm.sweep.run import Capacity, WavePoint
 
 
+def server_of(points: list[WavePoint]) -> str:
+    """Who paid: the receiver, or the server at an address (measured by its meter)."""
+    metered = next((point for point in points if point.measured_by == "meter"), None)
+    return f"the server at {metered.target}" if metered else "the receiver"
+
+
 def _mean(values: list[float | None]) -> float:
     present = [value for value in values if value is not None]
     return sum(present) / len(present) if present else 0.0
@@ -28,7 +34,7 @@ def scenario_lines(points: list[WavePoint], fit: CostFit) -> list[str]:
         if point.tls_ratio == 0:
             continue
         versus = fit.predict(point.tls_ratio) / fit.plain_ms if fit.plain_ms else float("nan")
-        line = (f"at {point.tls_ratio:.0%} STARTTLS the receiver pays "
+        line = (f"at {point.tls_ratio:.0%} STARTTLS {server_of(points)} pays "
                 f"{point.cpu_ms_per_message:.3f} ms CPU per message (fit: {versus:.2f}x "
                 "all-plain)")
         if baseline and baseline.plain_bytes_per_session and point.tls_bytes_per_session:
@@ -56,18 +62,25 @@ def text_summary(points: list[WavePoint], fit: CostFit,
     for point in limited:
         lines.append(f"GENERATOR-LIMITED: the {point.tls_ratio:.0%} wave at {point.rate:g}/s "
                      f"({usage_sentence('sender', point.sender_cpu)}); its figures describe the "
-                     "sender as much as the receiver")
+                     f"sender as much as {server_of(points)}")
     if any(found.generator_limited_at is not None for found in capacity.values()):
         lines.append("capacity N*: the sender ran out of CPU at the next rate, so the "
                      "receiver's capacity is at least N; give the sender more CPU or replicas")
     if any(found.lower_bound for found in capacity.values()):
         lines.append("capacity >=N: every rate tried held the SLO, so N is a lower bound; "
                      "N-M: N held, M did not")
-    covered = sum(p.cpu_ms_per_message * p.messages for p in points) / max(
-        sum(p.process_cpu_ms_per_message * p.messages for p in points), 1e-9)
-    lines.append(f"CPU ms/msg: charged to sessions; process: the receiver process's CPU over "
-                 f"the wave, per message ({covered:.0%} of it charged, all waves); RSS MiB: the "
-                 "receiver's peak RSS in the wave, open: most sessions open at once")
+    if points and points[0].measured_by == "meter":
+        lines.append(f"CPU ms/msg and process: all of {server_of(points)}'s processes over the "
+                     "wave (its meter, from the kernel), per message accepted; RSS MiB: their "
+                     "PSS at its peak in the wave; handshake and session latency, bytes and "
+                     "outcomes: from the sender's side (no spans come from that server)")
+    else:
+        covered = sum(p.cpu_ms_per_message * p.messages for p in points) / max(
+            sum(p.process_cpu_ms_per_message * p.messages for p in points), 1e-9)
+        lines.append(f"CPU ms/msg: charged to sessions; process: the receiver process's CPU "
+                     f"over the wave, per message ({covered:.0%} of it charged, all waves); RSS "
+                     "MiB: the receiver's peak RSS in the wave, open: most sessions open at "
+                     "once")
     lines.append(f"fit: CPU ms/msg = {fit.plain_ms:.3f} x plain + {fit.tls_ms:.3f} x TLS "
                  f"(TLS/plain {fit.factor:.2f}x, R^2 {fit.r_squared:.3f})")
     return "\n".join(lines)
@@ -94,14 +107,16 @@ def write_report(folder: Path, points: list[WavePoint], fit: CostFit,
         "capacity": {str(ratio): found.as_dict() for ratio, found in capacity.items()},
         "waves": [point.as_dict() for point in points], **(extra or {})}, indent=2))
     ratios = [point.tls_ratio for point in points]
+    server = server_of(points)
     cpu_chart = line_chart(
-        "Receiver CPU per message vs TLS ratio",
+        f"CPU per message of {server} vs TLS ratio",
         {"measured": [(p.tls_ratio * 100, p.cpu_ms_per_message) for p in points],
          f"fit {fit.plain_ms:.2f} + {fit.tls_ms - fit.plain_ms:.2f} x ratio":
              [(r * 100, fit.predict(r)) for r in (min(ratios), max(ratios))]},
         "% of messages with STARTTLS", "CPU ms per message")
     handshake_chart = line_chart(
-        "Handshake latency at the receiver",
+        "Handshake latency " + ("at the receiver" if server == "the receiver"
+                                else "seen by the sender"),
         {"p50": [(p.tls_ratio * 100, p.handshake_p50_ms) for p in points if p.handshake_p50_ms],
          "p95": [(p.tls_ratio * 100, p.handshake_p95_ms) for p in points if p.handshake_p95_ms],
          "p99": [(p.tls_ratio * 100, p.handshake_p99_ms) for p in points if p.handshake_p99_ms]},
@@ -135,7 +150,8 @@ td,th{{padding:.25rem .7rem;border-bottom:1px solid #e2e8f0}}.n{{text-align:righ
 .chart{{width:100%}}</style></head><body>
 <h1>TLS ratio sweep{escape(f" ({scenario})" if scenario else "")}</h1>
 <p>{escape(json.dumps(settings))}; generated {generated}.</p>
-<p><b>Receiver CPU per message = {fit.plain_ms:.3f} ms x plain + {fit.tls_ms:.3f} ms x TLS</b>
+<p><b>CPU per message of {escape(server)} = {fit.plain_ms:.3f} ms x plain + {fit.tls_ms:.3f} ms
+x TLS</b>
 (TLS/plain {fit.factor:.2f}x, R&sup2; {fit.r_squared:.3f}).</p>
 <ul>{scenario_html}</ul>
 <table><tr><th>TLS</th><th>messages</th><th>msg/s</th><th>CPU ms/msg</th><th>handshake p50</th>

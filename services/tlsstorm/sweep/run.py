@@ -49,6 +49,14 @@ class WavePoint:
     receiver_cpu: dict[str, Any] | None  # the receiver's, likewise
     limited_by: list[str]  # busy components (throttled or above 85%): "sender" first
     wave_id: str  # the sender's id of the wave, its label in spans and stats
+    # Where the figures come from: "receiver" (its own accounting per session), or "meter" (a
+    # server tlsstorm does not run: CPU and memory from its meter, all of its processes over
+    # the wave; sessions, latency, bytes and outcomes from the sender's side).
+    measured_by: str = "receiver"
+    target: str = ""  # the server's address
+    # A metered wave's CPU beyond the server's idle CPU over the same time, per message: what
+    # the load cost it. Near zero when the meter watches processes the load never reaches.
+    load_cpu_ms_per_message: float | None = None
 
     @property
     def generator_limited(self) -> bool:
@@ -207,6 +215,121 @@ class SweepRunner:
         return Capacity(sustained, None), steps
 
 
+# A server's CPU per message that the load must at least cost, or the meter is not watching
+# the processes that serve it (accepting a TCP connection alone costs more).
+MIN_LOAD_CPU_MS = 0.02
+# After a wave, a real MTA still hands its last messages on (Postfix's cleanup and qmgr).
+SETTLE_S = 0.5
+
+
+class TargetProblem(Exception):
+    """The target cannot be measured as asked: the text says why, in one sentence."""
+
+
+class MeteredRunner(SweepRunner):
+    """Waves at a mail server tlsstorm does not run (Postfix, Exim, the user's own): its CPU
+    and memory from the meter beside it (tlsstorm meter), over each wave; sessions, handshake
+    latency, bytes and outcomes from the sender's side of each session."""
+
+    def __init__(self, sender_url: str, meter_url: str, target: str, http: httpx.Client,
+                 size: int = 2048, concurrency: int = 64, stack: LocalStack | None = None
+                 ) -> None:
+        super().__init__(sender_url, "", http, size, concurrency, stack)
+        self.meter_url = meter_url.rstrip("/")
+        self.target = target
+        self.idle_cores = 0.0
+
+    def _meter(self) -> dict[str, Any]:
+        try:
+            response = self.http.get(f"{self.meter_url}/v1/stats")
+        except httpx.HTTPError as error:
+            raise TargetProblem(f"the meter at {self.meter_url} does not answer ({error}): "
+                                "run `tlsstorm meter` beside the server") from None
+        stats = response.json()
+        if stats.get("problem"):
+            raise TargetProblem(f"the meter at {self.meter_url} measures nothing: "
+                                f"{stats['problem']}")
+        return stats
+
+    def _cpu_seconds(self) -> float:
+        return self._meter()["cpu_seconds_total"]
+
+    def check(self, idle_s: float = 2.0) -> None:
+        """Before any wave: the meter watches something, the target takes a plain and a
+        STARTTLS message; then the server's idle CPU, to tell the load's cost from it."""
+        stats = self._meter()
+        if stats["target"] != self.target:
+            print(f"note: the meter labels its figures {stats['target']}, the waves go to "
+                  f"{self.target}")
+        for tls in (False, True):
+            response = self.http.post(f"{self.sender_url}/v1/send", json={
+                "tls": tls, "target": self.target, "size": self.size})
+            if response.status_code != 200:
+                raise TargetProblem(f"the sender will not aim at {self.target}: "
+                                    f"{response.json().get('detail', response.text)}")
+            result = response.json()["results"][0]
+            if result.get("tls_refused"):
+                raise TargetProblem(f"{self.target} refuses STARTTLS ({result.get('reply')}): "
+                                    "its TLS cost cannot be measured; enable STARTTLS there")
+            if not result["ok"]:
+                mode = "a STARTTLS" if tls else "a plain"
+                raise TargetProblem(f"{self.target} did not take {mode} message: "
+                                    f"{result.get('error') or result.get('reply')}")
+        before, started = self._cpu_seconds(), time.monotonic()
+        time.sleep(idle_s)
+        self.idle_cores = max(0.0, (self._cpu_seconds() - before) / (time.monotonic() - started))
+
+    def _cpu_limits(self) -> dict[str, dict]:
+        """The sender's and the server's CPU against their limits."""
+        return {"sender": self.http.get(f"{self.sender_url}/v1/stats").json()["cpu"],
+                "target": self._meter()["cpu"]}
+
+    def wave(self, tls_ratio: float, rate: float, messages: int, label: str,
+             **sender_options) -> WavePoint:
+        self.http.post(f"{self.meter_url}/v1/stats/reset").raise_for_status()
+        before = self._meter()
+        limits_before = self._cpu_limits()
+        wave = self.send_wave(tls_ratio, rate, messages, label,
+                              **{"target": self.target, **sender_options})
+        time.sleep(SETTLE_S)
+        after = self._meter()
+        limits = {name: usage_between(before_cpu, after_cpu) if before_cpu and after_cpu
+                  else None for (name, before_cpu), after_cpu
+                  in zip(limits_before.items(), self._cpu_limits().values(), strict=True)}
+        plain, tls = wave["plain"], wave["tls"]
+        accepted = plain["ok"] + tls["ok"]
+        cpu_ms = (after["cpu_seconds_total"] - before["cpu_seconds_total"]) * 1000
+        window_s = wave["elapsed_s"] + SETTLE_S
+        sessions = {mode: counters["ok"] + counters["failed"]
+                    for mode, counters in (("plain", plain), ("tls", tls))}
+        return WavePoint(
+            tls_ratio=tls_ratio, rate=rate, attempted=wave["total"], messages=accepted,
+            achieved_rate=wave["achieved_rate"] or 0.0,
+            failed=plain["failed"] + tls["failed"], late=wave["late"], skipped=wave["skipped"],
+            session_cpu_ms=round(cpu_ms, 3),
+            cpu_ms_per_message=round(cpu_ms / max(accepted, 1), 4),
+            process_cpu_ms_per_message=round(cpu_ms / max(accepted, 1), 4),
+            plain_cpu_ms=None, tls_cpu_ms=None,
+            handshake_p50_ms=tls["handshake_ms"]["p50"],
+            handshake_p95_ms=tls["handshake_ms"]["p95"],
+            handshake_p99_ms=tls["handshake_ms"]["p99"],
+            session_p99_ms=_p99({"session_ms": plain["total_ms"]},
+                                {"session_ms": tls["total_ms"]}),
+            plain_bytes_per_session=_per(plain["bytes_sent"] + plain["bytes_received"],
+                                         sessions["plain"]),
+            tls_bytes_per_session=_per(tls["bytes_sent"] + tls["bytes_received"],
+                                       sessions["tls"]),
+            tls_out_bytes_per_session=_per(tls["bytes_received"], sessions["tls"]),
+            plain_out_bytes_per_session=_per(plain["bytes_received"], sessions["plain"]),
+            peak_rss_mib=_mib(after["peak_memory_bytes"]), peak_sessions=0,
+            sender_cpu=limits["sender"], receiver_cpu=limits["target"],
+            limited_by=limited_by(limits), wave_id=wave["id"], measured_by="meter",
+            target=self.target,
+            load_cpu_ms_per_message=round(
+                (cpu_ms - self.idle_cores * window_s * 1000) / max(accepted, 1), 4),
+        )
+
+
 @dataclass(frozen=True)
 class Capacity:
     """What the capacity steps found: the highest rate that held (`sustained`) and the first
@@ -274,17 +397,29 @@ def environment(overrides: dict[str, str]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def stack_runner(size: int = 2048, overrides: dict[str, str] | None = None,
-                 label: str = "the local stack", tracing: bool = False) -> Iterator[SweepRunner]:
+                 label: str = "the local stack", tracing: bool = False,
+                 target: str | None = None, meter_url: str | None = None
+                 ) -> Iterator[SweepRunner]:
     """The local stack, by default with tracing off (no span is built, so CPU is the SMTP
-    work's), started with `overrides` in its environment, and a runner aimed at it; all stops
-    on exit."""
+    work's), started with `overrides` in its environment, and a runner aimed at it (or at
+    `target`, measured by its meter: see LocalStack); all stops on exit."""
     with environment(overrides or {}):
-        local = LocalStack(tracing=tracing)
-        print(f"{label}: starting (receiver {local.receiver_target}) ...")
+        local = LocalStack(tracing=tracing, target=target, meter_url=meter_url)
+        print(f"{label}: starting (target {local.target_name} at {local.target}) ...")
         local.stack.start()
     try:
         with httpx.Client(timeout=30, headers=bearer_headers()) as http:
-            yield SweepRunner(local.sender_url(), local.receiver_url(), http, size=size,
-                              stack=local)
+            if local.target_name == "receiver":
+                yield SweepRunner(local.sender_url(), local.receiver_url(), http, size=size,
+                                  stack=local)
+                return
+            if local.meter_url is None:
+                raise TargetProblem(f"{local.target}: a sweep needs the server's CPU; run "
+                                    "`tlsstorm meter --target ... --pid-file ...` beside it "
+                                    "and give its URL with --meter")
+            runner = MeteredRunner(local.sender_url(), local.meter_url, local.target, http,
+                                   size=size, stack=local)
+            runner.check()
+            yield runner
     finally:
         local.stack.stop()

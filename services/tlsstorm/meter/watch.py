@@ -1,0 +1,200 @@
+"""What a meter watches: a mail server's processes, named the way an operator knows them (a
+cgroup, the tree under a pid or pid file, or processes by name), and their CPU and memory as the
+kernel counts them.
+
+CPU is cumulative and covers processes that come and go. In a cgroup the kernel keeps the count
+(`cpuacct.usage`, `cpu.stat`). In a process tree it is each live process's own CPU clock plus
+what it collected from the children it reaped (cutime and cstime): an smtpd that Postfix's
+master reaped is in the master's count, an Exim child that its daemon reaped in the daemon's. A
+root that goes away (reaped by nobody watched) keeps its last count. Memory is the proportional
+set size (PSS) summed over the live processes, so pages they share count once."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tlsstorm.common.cpu_limit import CGROUP_ROOT, CpuLimit, cgroup_cpu_seconds, cpu_limit
+from tlsstorm.common.process import cpu_seconds_of
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    monotonic_s: float
+    cpu_seconds: float  # cumulative, of everything covered since watching began
+    memory_bytes: int  # PSS of the live processes
+    processes: int  # live processes covered now
+
+
+@dataclass(frozen=True, slots=True)
+class _Process:
+    parent: int
+    name: str
+    reaped_s: float  # CPU of the children it has reaped (cutime + cstime)
+
+
+_NOBODY = _Process(0, "", 0.0)
+
+
+def _process(pid: int) -> _Process | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    name = text[text.index("(") + 1:text.rindex(")")]
+    fields = text[text.rindex(")") + 2:].split()
+    return _Process(int(fields[1]), name, (int(fields[13]) + int(fields[14])) / _TICKS)
+
+
+def _processes() -> dict[int, _Process]:
+    table = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (found := _process(int(entry.name))) is not None:
+            table[int(entry.name)] = found
+    return table
+
+
+def _own_cpu_seconds(pid: int) -> float | None:
+    with contextlib.suppress(OSError):
+        return cpu_seconds_of(pid)
+    return None
+
+
+def memory_of(pid: int) -> int:
+    """PSS in bytes (RSS where smaps_rollup cannot be read); 0 for a process gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
+            for line in rollup:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except OSError:
+        return 0
+
+
+class ProcessTree:
+    """The processes under some roots: given pids, the pid in a pid file (read again each time,
+    so a restarted server is followed), or every process with one of some names whose parent
+    does not have one of them."""
+
+    def __init__(self, *, pid: int | None = None, pid_file: Path | None = None,
+                 names: list[str] | None = None) -> None:
+        if sum(given is not None and given != [] for given in (pid, pid_file, names)) != 1:
+            raise ValueError("watch one of: a pid, a pid file, process names")
+        self._pid, self._pid_file, self._names = pid, pid_file, frozenset(names or ())
+        self.description = (f"the process tree under pid {pid}" if pid is not None else
+                            f"the process tree under the pid in {pid_file}" if pid_file else
+                            f"processes named {', '.join(sorted(self._names))} and their "
+                            "children")
+        self._last: dict[int, tuple[int, float]] = {}  # pid -> (parent, CPU counted)
+        self._departed_s = 0.0
+        self.seen: set[int] = set()
+
+    def _roots(self, table: dict[int, _Process]) -> list[int]:
+        if self._pid is not None:
+            return [self._pid] if self._pid in table else []
+        if self._pid_file is not None:
+            try:
+                pid = int(self._pid_file.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                return []
+            return [pid] if pid in table else []
+        return [pid for pid, process in table.items() if process.name in self._names and
+                table.get(process.parent, _NOBODY).name not in self._names]
+
+    def limit(self) -> CpuLimit | None:
+        """What the server may use: its first root's cgroup quota, or the cores it may run
+        on; None while no root runs."""
+        roots = self._roots(_processes())
+        return _limit_of(roots[0]) if roots else None
+
+    def covered(self) -> tuple[dict[int, _Process], list[int]]:
+        table = _processes()
+        children: dict[int, list[int]] = {}
+        for pid, process in table.items():
+            children.setdefault(process.parent, []).append(pid)
+        found, stack = [], self._roots(table)
+        while stack:
+            pid = stack.pop()
+            found.append(pid)
+            stack.extend(children.get(pid, ()))
+        return table, found
+
+    def read(self) -> Reading:
+        table, pids = self.covered()
+        now: dict[int, tuple[int, float]] = {}
+        memory = 0
+        for pid in pids:
+            own = _own_cpu_seconds(pid)
+            if own is None:  # gone between the listing and now: its parent reaps it
+                continue
+            now[pid] = (table[pid].parent, own + table[pid].reaped_s)
+            memory += memory_of(pid)
+        for pid, (parent, counted) in self._last.items():
+            # Gone: in its parent's count once reaped, if the parent is watched; else kept.
+            if pid not in now and parent not in now:
+                self._departed_s += counted
+        self._last = now
+        self.seen.update(now)
+        cpu = self._departed_s + sum(counted for _, counted in now.values())
+        return Reading(time.monotonic(), cpu, memory, len(now))
+
+
+class Cgroup:
+    """Every process in one cgroup, named as /proc/PID/cgroup names it (e.g.
+    /system.slice/postfix.service, /docker/ID): the kernel's own count of their CPU."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.folder = _cgroup_folder(path)
+        self.description = f"cgroup {path} ({self.folder})"
+        self.seen: set[int] = set()
+
+    def limit(self) -> CpuLimit | None:
+        try:
+            first = (self.folder / "cgroup.procs").read_text().split()[0]
+        except (OSError, IndexError):
+            return None
+        return _limit_of(int(first))
+
+    def read(self) -> Reading:
+        cpu = cgroup_cpu_seconds(self.folder)
+        if cpu is None:
+            raise OSError(f"cannot read the CPU of cgroup {self.path} at {self.folder}")
+        try:
+            pids = [int(line) for line in (self.folder / "cgroup.procs").read_text().split()]
+        except OSError:
+            pids = []
+        self.seen.update(pids)
+        return Reading(time.monotonic(), cpu, sum(memory_of(pid) for pid in pids), len(pids))
+
+
+def _limit_of(pid: int) -> CpuLimit | None:
+    try:
+        found = cpu_limit(pid)
+    except OSError:  # gone meanwhile
+        return None
+    return CpuLimit(found.cores, found.source, found.cgroup, one_loop=False)
+
+
+def _cgroup_folder(path: str) -> Path:
+    """The folder holding the cgroup's CPU count: cgroup v2's unified tree, or v1's cpuacct."""
+    relative = path.strip("/")
+    candidates = [CGROUP_ROOT / relative] if (CGROUP_ROOT / "cgroup.controllers").exists() else [
+        CGROUP_ROOT / name / relative for name in ("cpuacct", "cpu,cpuacct", "cpuacct,cpu")]
+    for folder in candidates:
+        if cgroup_cpu_seconds(folder) is not None:
+            return folder
+    raise ValueError(f"no cgroup {path} with a CPU count under {CGROUP_ROOT} "
+                     f"(looked in {', '.join(map(str, candidates))})")
