@@ -78,7 +78,8 @@ def _up(flags: argparse.Namespace) -> None:
     if flags.jaeger and binary is None:
         raise SystemExit("--jaeger: no jaeger binary (build it: scripts/go-build.sh jaeger, or "
                          "set TLSSTORM_JAEGER)")
-    local = LocalStack(with_locust=True, jaeger_binary=binary)
+    local = LocalStack(with_locust=True, jaeger_binary=binary, target=flags.target,
+                       meter_url=flags.meter)
     local.stack.start()
     print("tlsstorm is up (Ctrl-C stops everything):")
     for name, url in local.urls().items():
@@ -190,6 +191,14 @@ def _check(flags: argparse.Namespace) -> None:
                        flags.timeout))
 
 
+def add_target_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--target", metavar="postfix|exim|HOST:PORT",
+                        help=f"a mail server as the target ({what}): a Postfix or Exim the "
+                        "stack starts beside a meter, or your own server (with --meter)")
+    parser.add_argument("--meter", metavar="URL", help="the meter beside --target HOST:PORT "
+                        "(tlsstorm meter), e.g. http://mx1:8028")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tlsstorm", description="Measure what STARTTLS spam costs a mail server.")
@@ -217,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--jaeger", action=argparse.BooleanOptionalAction, default=None,
                     help="run Jaeger and forward spans to it (default: when a jaeger binary is "
                          "found: TLSSTORM_JAEGER, PATH, .tools/bin)")
+    add_target_flags(up, "the sender's default target and Locust's first choice")
     up.set_defaults(run=_up)
 
     demo = commands.add_parser(
@@ -232,11 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
     sweep = commands.add_parser(
         "sweep", help="waves at several TLS ratios: CPU fit, capacity, report")
-    sweep.add_argument("--target", metavar="postfix|exim|HOST:PORT",
-                       help="measure this server instead of the receiver: a Postfix or Exim "
-                            "the stack starts with its meter, or your own (with --meter)")
-    sweep.add_argument("--meter", metavar="URL", help="the meter beside --target HOST:PORT "
-                       "(tlsstorm meter), e.g. http://mx1:8028")
+    add_target_flags(sweep, "measure it instead of the receiver")
     sweep.add_argument("--ratios", type=_ratio, nargs="+", metavar="RATIO",
                        help="TLS ratios (default 0 0.2 0.3 0.5 0.7 1)")
     sweep.add_argument("--scenario", choices=["rustock"], help="rustock: 0 -> 20%% -> 30%% -> 70%%")

@@ -16,7 +16,8 @@ from tlsstorm.common.memory_fit import MemorySamples
 from tlsstorm.common.process_report import GENERATOR_ROLES
 
 # The two sides; process samples of every load generator (senders, Locust workers) are SENDER's.
-RECEIVER, SENDER = "receiver", "sender"
+# A meter's samples of a mail server tlsstorm does not run are TARGET's, keyed by its address.
+RECEIVER, SENDER, TARGET = "receiver", "sender", "target"
 PLAIN, STARTTLS = "plain", "starttls"
 MODES = (PLAIN, STARTTLS)
 PROCESS = "process"  # the cells of a service's process CPU samples: no wave, no mode
@@ -37,11 +38,14 @@ _INT_ATTRIBUTES = {
     attr.CPU_LIMIT_MILLICORES: "limit_millicores",
     attr.CPU_THROTTLED_US: "throttled_us",
     attr.CPU_BUSY: "busy_samples",
+    attr.SERVER_PORT: "server_port",
+    attr.METER_CPU_US: "meter_cpu_us",
+    attr.METER_PROCESSES: "processes",
 }
 _STRING_ATTRIBUTES = {attr.MODE: "mode", attr.WAVE_ID: "wave", attr.ERROR_TYPE: "error",
                       attr.SIDE: "side", attr.CERT_CHAIN: "chain",
                       attr.PROCESS_ROLE: "process_role", attr.TLS_CLIENT_JA4: "ja4",
-                      attr.GATE_DECISION: "gate_decision"}
+                      attr.GATE_DECISION: "gate_decision", attr.SERVER_ADDRESS: "server_address"}
 _STATUS_ERROR = 2
 
 CellKey = tuple[str, str, str, str, int]  # wave, service, role, mode, unix second
@@ -49,7 +53,8 @@ CellKey = tuple[str, str, str, str, int]  # wave, service, role, mode, unix seco
 _SUMS = ("sessions", "messages", "message_bytes", "wire_in", "wire_out", "cpu_us",
          "handshakes_ok", "handshakes_failed", "handshake_cpu_us", "process_cpu_us",
          "charged_cpu_us", "rss_bytes", "open_plain", "open_tls", "samples",
-         "limit_millicores", "throttled_us", "busy_samples")
+         "limit_millicores", "throttled_us", "busy_samples", "meter_cpu_us", "processes",
+         "peak_rss_bytes")
 
 
 class Timeline(NamedTuple):
@@ -77,12 +82,16 @@ class Cell:
         "limit_millicores",
         "message_bytes",
         "messages",
+        "meter_cpu_us",
         "open_plain",
         "open_tls",
+        "peak_rss_bytes",
         "process_cpu_us",
+        "processes",
         "rss_bytes",
         "samples",
         "sessions",
+        "targets",
         "throttled_us",
         "wire_in",
         "wire_out",
@@ -110,7 +119,14 @@ class Cell:
         self.limit_millicores = 0
         self.throttled_us = 0
         self.busy_samples = 0
+        # A meter's samples: its own CPU (the instrument's cost), the server's live processes
+        # summed over the samples, and the highest memory of any sample (kept as a sum field:
+        # merging cells of different seconds adds it, so peaks are read per cell).
+        self.meter_cpu_us = 0
+        self.processes = 0
+        self.peak_rss_bytes = 0
         self.errors: dict[str, int] = {}
+        self.targets: dict[str, int] = {}  # the sender's messages by the server aimed at
         self.chains: dict[str, int] = {}  # certificate chain served -> sessions
         self.fingerprints: fingerprints.FingerprintCounts = {}  # the receiver gate's ClientHellos
         self.duration_ms = LatencyHistogram()
@@ -123,6 +139,8 @@ class Cell:
             self.errors[kind] = self.errors.get(kind, 0) + count
         for chain, count in other.chains.items():
             self.chains[chain] = self.chains.get(chain, 0) + count
+        for target, count in other.targets.items():
+            self.targets[target] = self.targets.get(target, 0) + count
         fingerprints.merge(self.fingerprints, other.fingerprints)
         self.duration_ms.merge(other.duration_ms)
         self.handshake_ms.merge(other.handshake_ms)
@@ -132,6 +150,7 @@ class Cell:
             **{name: getattr(self, name) for name in _SUMS},
             "errors": self.errors,
             "chains": self.chains,
+            "targets": self.targets,
             "fingerprints": self.fingerprints,
             "duration_ms": _histogram_json(self.duration_ms),
             "handshake_ms": _histogram_json(self.handshake_ms),
@@ -144,6 +163,7 @@ class Cell:
             setattr(cell, name, int(data.get(name, 0)))
         cell.errors = {str(k): int(v) for k, v in data.get("errors", {}).items()}
         cell.chains = {str(k): int(v) for k, v in data.get("chains", {}).items()}
+        cell.targets = {str(k): int(v) for k, v in data.get("targets", {}).items()}
         cell.fingerprints = {str(k): [int(x) for x in v]
                              for k, v in data.get("fingerprints", {}).items()}
         cell.duration_ms = _histogram_from(data.get("duration_ms", {}))
@@ -246,8 +266,12 @@ class Aggregator:
             role = RECEIVER if values.get("side") == "server" else SENDER
             mode = STARTTLS
         elif name == attr.SPAN_PROCESS:
-            role = SENDER if values.get("process_role") in GENERATOR_ROLES else RECEIVER
+            process_role = values.get("process_role")
+            role = SENDER if process_role in GENERATOR_ROLES else \
+                TARGET if process_role == TARGET else RECEIVER
             mode, values["wave"] = PROCESS, ""
+            if role == TARGET:  # keyed by the server's address, not by the meter's name
+                service = _address(values)
         else:
             role = RECEIVER if name == attr.SPAN_SESSION else SENDER
             mode = values.get("mode", PLAIN)
@@ -261,8 +285,10 @@ class Aggregator:
         self.spans_aggregated += 1
         if name == attr.SPAN_PROCESS:
             for field in ("process_cpu_us", "charged_cpu_us", "rss_bytes", "open_plain",
-                          "open_tls", "limit_millicores", "throttled_us", "busy_samples"):
+                          "open_tls", "limit_millicores", "throttled_us", "busy_samples",
+                          "meter_cpu_us", "processes"):
                 setattr(cell, field, getattr(cell, field) + values.get(field, 0))
+            cell.peak_rss_bytes = max(cell.peak_rss_bytes, values.get("rss_bytes", 0))
             cell.samples += 1
             return
         if name == attr.SPAN_HANDSHAKE:
@@ -274,7 +300,11 @@ class Aggregator:
                 cell.handshake_cpu_us += values.get("handshake_cpu_us", 0)
             return
         cell.sessions += 1 if name == attr.SPAN_SESSION else 0
-        cell.messages += values.get("messages", 1 if name == attr.SPAN_SEND else 0)
+        messages = values.get("messages", 1 if name == attr.SPAN_SEND else 0)
+        cell.messages += messages
+        if name == attr.SPAN_SEND and "server_address" in values:
+            target = _address(values)
+            cell.targets[target] = cell.targets.get(target, 0) + messages
         cell.message_bytes += values.get("message_bytes", 0)
         cell.wire_in += values.get("wire_in", 0)
         cell.wire_out += values.get("wire_out", 0)
@@ -390,16 +420,83 @@ class Aggregator:
         return {"services": services,
                 "limited_by": [entry["service"] for entry in services if entry["busy_seconds"]]}
 
-    def waves(self) -> list[dict[str, Any]]:
+    def waves(self, target: str | None = None) -> list[dict[str, Any]]:
+        """Each wave with its seconds, its sessions at the receiver, and the server it was
+        aimed at (the one most of its messages went to, by the sender's spans); with
+        `target`, only the waves aimed at it."""
         found: dict[str, dict[str, Any]] = {}
+        aimed: dict[str, dict[str, int]] = collections.defaultdict(dict)
         for (wave, _, role, mode, second), cell in self.select(None, None, None):
             entry = found.setdefault(wave, {"wave": wave, "first_unix_s": second,
-                                            "last_unix_s": second, PLAIN: 0, STARTTLS: 0})
+                                            "last_unix_s": second, PLAIN: 0, STARTTLS: 0,
+                                            "sent": {PLAIN: 0, STARTTLS: 0}})
             entry["first_unix_s"] = min(entry["first_unix_s"], second)
             entry["last_unix_s"] = max(entry["last_unix_s"], second)
             if role == RECEIVER:
                 entry[mode] += cell.sessions
-        return sorted(found.values(), key=lambda entry: entry["first_unix_s"], reverse=True)
+            elif mode in MODES:
+                entry["sent"][mode] += cell.messages
+                for address, count in cell.targets.items():
+                    aimed[wave][address] = aimed[wave].get(address, 0) + count
+        for wave, entry in found.items():
+            entry["target"] = max(aimed[wave], key=aimed[wave].__getitem__) \
+                if aimed[wave] else None
+        return sorted((entry for entry in found.values()
+                       if target is None or entry["target"] == target),
+                      key=lambda entry: entry["first_unix_s"], reverse=True)
+
+    def targets(self) -> list[dict[str, Any]]:
+        """The servers waves were aimed at or a meter watched: whether a meter watched each
+        (its CPU is then known) and whether the receiver's spans came from it."""
+        metered = {key[1] for key in self.cells if key[2] == TARGET}
+        found: dict[str, dict[str, Any]] = {
+            address: {"target": address, "metered": True, "receiver": False, "waves": 0}
+            for address in metered}
+        for entry in self.waves():
+            address = entry["target"]
+            if address is None:
+                continue
+            row = found.setdefault(address, {"target": address, "metered": address in metered,
+                                             "receiver": False, "waves": 0})
+            row["waves"] += 1
+            row["receiver"] |= bool(entry[PLAIN] or entry[STARTTLS])
+        return sorted(found.values(), key=lambda row: row["target"])
+
+    def target_summary(self, target: str, wave: str | None = None,
+                       since: float | None = None, until: float | None = None
+                       ) -> dict[str, Any]:
+        """A server as the sender saw it (sessions, handshake latency, bytes, outcomes, per
+        mode) beside its CPU and memory as its meter read them over the same seconds; for a
+        server tlsstorm does not run, where no span comes from its side."""
+        groups: dict[str, Cell] = collections.defaultdict(Cell)
+        first = last = None
+        waves = {entry["wave"] for entry in self.waves(target)}
+        for (cell_wave, _, role, mode, second), cell in self.select(wave, since, until):
+            if role != SENDER or cell_wave not in waves or target not in cell.targets:
+                continue
+            groups[mode].merge(cell)
+            first = second if first is None else min(first, second)
+            last = second if last is None else max(last, second)
+        sender = _cost(groups)
+        process = generators = None
+        if first is not None and last is not None:
+            samples = [(second, cell) for (_, address, role, _, second), cell
+                       in self.cells.items()
+                       if role == TARGET and address == target and first <= second <= last + 1]
+            messages = sum(groups[mode].messages - sum(groups[mode].errors.values())
+                           for mode in MODES)
+            process = _target_figures(samples, messages, last - first + 2)
+            generators = self._generator_figures(first, last)
+        return {
+            "filter": {"target": target, "wave": wave, "since": since, "until": until},
+            "target": target,
+            "measured_by": "meter" if process else None,
+            "first_unix_s": first, "last_unix_s": last,
+            "process": process, "generators": generators, "sender": sender,
+            "note": "sessions, handshake latency, bytes and outcomes as the sender saw them "
+                    "(no span comes from this server); CPU and memory from its meter, all of "
+                    "its processes over the same seconds",
+        }
 
     def timeline(self, wave: str | None = None, since: float | None = None,
                  until: float | None = None, max_points: int = 600) -> Timeline:
@@ -443,6 +540,13 @@ class Aggregator:
         return {name: histogram for name, histogram in merged.items() if histogram.count}
 
 
+def _address(values: dict[str, Any]) -> str:
+    """A server as the sender aims at it: host:port ([v6]:port)."""
+    host = values.get("server_address", "")
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{values.get('server_port', 0)}"
+
+
 def _process_figures(samples: list[tuple[int, Cell]], messages: int,
                      seconds: int) -> dict[str, Any] | None:
     """The receivers' process CPU over the window beside what they charged to sessions in it:
@@ -463,6 +567,32 @@ def _process_figures(samples: list[tuple[int, Cell]], messages: int,
         "messages": messages,
         "cpu_ms_per_message": _ratio(process.process_cpu_us / 1000, messages or None),
         "unattributed_ms_per_message": _ratio(unattributed_us / 1000, messages or None),
+    }
+
+
+def _target_figures(samples: list[tuple[int, Cell]], messages: int,
+                    seconds: int) -> dict[str, Any] | None:
+    """A metered server's CPU and memory over a window, per message the sender had accepted
+    in it, and what the meter itself cost (shown, never in the server's figures)."""
+    process = Cell()
+    peak = 0
+    for _, cell in samples:
+        process.merge(cell)
+        peak = max(peak, cell.peak_rss_bytes)
+    if not process.samples:
+        return None
+    return {
+        "seconds": seconds,
+        "samples": process.samples,
+        "cpu_ms": round(process.process_cpu_us / 1000, 3),
+        "messages": messages,
+        "cpu_ms_per_message": _ratio(process.process_cpu_us / 1000, messages or None),
+        "cores_mean": round(process.process_cpu_us / 1e6 / process.samples, 4),
+        "limit_cores": round(process.limit_millicores / 1000 / process.samples, 3),
+        "busy_seconds": process.busy_samples,
+        "processes_mean": round(process.processes / process.samples, 1),
+        "peak_memory_bytes": peak,
+        "meter_cpu_ms": round(process.meter_cpu_us / 1000, 3),
     }
 
 

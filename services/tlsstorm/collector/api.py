@@ -11,10 +11,20 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.requests import ClientDisconnect
 
 from tlsstorm.collector import otlp
-from tlsstorm.collector.report import not_found_html, plan_page, render_html
+from tlsstorm.collector.report import (
+    not_found_html,
+    plan_page,
+    render_html,
+    render_target_html,
+)
 from tlsstorm.common.api import service_app
 from tlsstorm.common.metrics import CpuLimitCollector, metrics_response, registry_with
-from tlsstorm.plan.from_collector import model_from_waves
+from tlsstorm.plan.from_collector import (
+    model_for_target,
+    model_from_waves,
+    target_costs,
+    target_sweep,
+)
 from tlsstorm.plan.model import ModelError, from_sweep
 from tlsstorm.plan.project import Demand, Inputs, plan
 from tlsstorm.plan.report import html_plan
@@ -23,6 +33,16 @@ if TYPE_CHECKING:
     from tlsstorm.collector.app import CollectorService
 
 WaveFilter = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")]
+
+
+def _target_query():
+    return Query(max_length=300, pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}$",
+                 description="a server as the sender aimed at it, host:port (GET /v1/targets "
+                 "lists them)")
+
+
+TargetFilter = Annotated[str | None, _target_query()]
+TargetName = Annotated[str, _target_query()]
 Since = Annotated[float | None, Query(ge=0, description="unix seconds, inclusive")]
 Until = Annotated[float | None, Query(ge=0, description="unix seconds, inclusive")]
 PerDay = Annotated[float | None, Query(gt=0, le=1e13, description="messages per day")]
@@ -116,22 +136,52 @@ def create_api(service: CollectorService) -> FastAPI:
         return service.aggregator.summary(wave, since, until)
 
     @app.get("/v1/waves")
-    def waves() -> dict:
-        return {"waves": service.aggregator.waves()}
+    def waves(target: TargetFilter = None) -> dict:
+        """Each wave, with the server it was aimed at; `target=` only those aimed at it."""
+        return {"waves": service.aggregator.waves(target)}
+
+    @app.get("/v1/targets")
+    def targets() -> dict:
+        """The servers waves were aimed at or a meter watched."""
+        return {"targets": service.aggregator.targets()}
+
+    def known_target(target: str) -> None:
+        if not any(row["target"] == target for row in service.aggregator.targets()):
+            raise HTTPException(404, detail=f"no wave was aimed at {target} and no meter "
+                                "watched it here (GET /v1/targets lists them)")
+
+    @app.get("/v1/targets/summary")
+    def target_summary(target: TargetName, wave: WaveFilter = None, since: Since = None,
+                       until: Until = None) -> dict:
+        """A server as the sender saw it, per mode, beside its CPU and memory from its meter
+        over the same seconds, and its CPU per message per mode fitted over its waves."""
+        known_target(target)
+        return target_costs(service.aggregator, target, wave, since, until)
+
+    @app.get("/v1/sweep")
+    def sweep(target: TargetName) -> dict:
+        """The waves aimed at a metered server, as `tlsstorm sweep` saves them: `tlsstorm plan
+        --sweep` on this plans exactly as /v1/plan?target= does."""
+        known_target(target)
+        return target_sweep(service.aggregator, target)
 
     @app.get("/", response_class=HTMLResponse)
     def report(request: Request, wave: WaveFilter = None, since: Since = None,
-               until: Until = None) -> HTMLResponse:
-        """The HTML cost report with its plots; its links are absolute, so a saved copy still
-        reaches the collector."""
+               until: Until = None, target: TargetFilter = None) -> HTMLResponse:
+        """The HTML cost report with its plots (with `target=`, a metered server's); its links
+        are absolute, so a saved copy still reaches the collector."""
         base_url = str(request.base_url).rstrip("/")
         if unknown(wave):
             return HTMLResponse(not_found_html(wave, base_url), status_code=404)
+        if target is not None:
+            known_target(target)
+            return HTMLResponse(render_target_html(
+                target_costs(service.aggregator, target, wave, since, until), base_url))
         return HTMLResponse(render_html(service.aggregator, wave, since, until, base_url))
 
     def planned(messages_per_day: float | None, peak_factor: float, peak_rate: float | None,
                 tls_trajectory: str, size: int | None, target_utilisation: float,
-                slo_p99_ms: float) -> dict:
+                slo_p99_ms: float, target: str | None = None) -> dict:
         try:
             ratios = tuple(float(part) for part in tls_trajectory.split(",") if part.strip())
         except ValueError:
@@ -142,7 +192,8 @@ def create_api(service: CollectorService) -> FastAPI:
         try:
             demand = Demand.of(messages_per_day, peak_factor, peak_rate)
             sweep = service.settings.plan_sweep
-            model = from_sweep(sweep) if sweep else model_from_waves(service.aggregator)
+            model = model_for_target(service.aggregator, target) if target else \
+                from_sweep(sweep) if sweep else model_from_waves(service.aggregator)
         except ModelError as error:
             raise HTTPException(409, detail=str(error)) from None
         except ValueError as error:
@@ -153,18 +204,19 @@ def create_api(service: CollectorService) -> FastAPI:
     def plan_json(messages_per_day: PerDay = None, peak_factor: PeakFactor = 3.0,
                   peak_rate: PeakRate = None, tls_trajectory: Trajectory = "0.2,0.3,0.7",
                   size: Size = None, target_utilisation: Utilisation = 0.7,
-                  slo_p99_ms: Slo = 500.0) -> dict:
+                  slo_p99_ms: Slo = 500.0, target: TargetFilter = None) -> dict:
         """Cores, bandwidth and p99 for a volume at each TLS ratio, from this collector's
-        stored waves (409 with the reason when they cannot make a model)."""
+        stored waves: the receiver's, or with `target=` those aimed at that metered server
+        (409 with the reason when they cannot make a model)."""
         return planned(messages_per_day, peak_factor, peak_rate, tls_trajectory, size,
-                       target_utilisation, slo_p99_ms)
+                       target_utilisation, slo_p99_ms, target)
 
     @app.get("/plan", response_class=HTMLResponse)
     def plan_html(request: Request, messages_per_day: PerDay = None,
                   peak_factor: PeakFactor = 3.0, peak_rate: PeakRate = None,
                   tls_trajectory: Trajectory = "0.2,0.3,0.7", size: Size = None,
-                  target_utilisation: Utilisation = 0.7, slo_p99_ms: Slo = 500.0
-                  ) -> HTMLResponse:
+                  target_utilisation: Utilisation = 0.7, slo_p99_ms: Slo = 500.0,
+                  target: TargetFilter = None) -> HTMLResponse:
         """The planner's form and, once a volume is given, its plan with plots."""
         base_url = str(request.base_url).rstrip("/")
         form = {key: "" if value is None else f"{value:g}" if isinstance(value, float)
@@ -172,13 +224,13 @@ def create_api(service: CollectorService) -> FastAPI:
                     ("messages_per_day", messages_per_day), ("peak_factor", peak_factor),
                     ("peak_rate", peak_rate), ("tls_trajectory", tls_trajectory),
                     ("size", size), ("target_utilisation", target_utilisation),
-                    ("slo_p99_ms", slo_p99_ms))}
+                    ("slo_p99_ms", slo_p99_ms), ("target", target))}
         if messages_per_day is None and peak_rate is None:
             body = "<p>Give a daily volume (with its peak factor) or a peak rate.</p>"
             return HTMLResponse(plan_page(form, body, base_url))
         try:
             body = html_plan(planned(messages_per_day, peak_factor, peak_rate, tls_trajectory,
-                                     size, target_utilisation, slo_p99_ms))
+                                     size, target_utilisation, slo_p99_ms, target))
         except HTTPException as error:
             body = f"<p><b>No plan:</b> {escape(str(error.detail))}</p>"
             return HTMLResponse(plan_page(form, body, base_url), status_code=error.status_code)

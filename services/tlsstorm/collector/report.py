@@ -209,7 +209,8 @@ def plan_page(form: dict[str, str], body: str, base_url: str = "") -> str:
     fields = [("messages_per_day", "messages per day"), ("peak_factor", "peak / mean"),
               ("peak_rate", "or peak messages/s"), ("tls_trajectory", "TLS ratios"),
               ("size", "message bytes"), ("target_utilisation", "target utilisation"),
-              ("slo_p99_ms", "p99 objective ms")]
+              ("slo_p99_ms", "p99 objective ms"),
+              ("target", "server (host:port; empty: the receiver)")]
     inputs = "".join(
         f'<label>{label} <input name="{name}" value="{escape(form.get(name, ""))}" '
         f'size=12></label> ' for name, label in fields)
@@ -276,6 +277,7 @@ def render_html(aggregator: Aggregator, wave: str | None = None, since: float | 
 {_html_table(summary["sender"], "Sender: plain vs STARTTLS (client side)", receiver=False)}
 <h2>Waves</h2><table><tr><th>wave</th><th class=n>plain</th><th class=n>STARTTLS</th>
 <th>first seen</th></tr>{waves}</table>
+{_targets_table(aggregator, base_url)}
 {_fingerprint_tables(receiver[STARTTLS])}
 <p class=muted>Receiver CPU per message is the CPU the receiver charged to each session
 (<code>tlsstorm.session.cpu_us</code> on its <code>smtp.session</code> spans): every event-loop
@@ -285,6 +287,68 @@ client included; handshake CPU is the receiver's CPU during it (mean). On loopba
 receiver's CPU includes the client's network receive path for what the receiver sends; measured
 at 5-6% +- 7% (within noise; the TLS/plain factor unchanged) by
 <code>bench/loopback_share.py</code>. See docs/methodology.md.</p>
+</body></html>"""
+
+
+def _targets_table(aggregator: Aggregator, base_url: str) -> str:
+    rows = "".join(
+        f'<tr><td><a href="{base_url}/?target={escape(row["target"])}">'
+        f'{escape(row["target"])}</a></td><td>{"meter" if row["metered"] else "-"}</td>'
+        f'<td>{"yes" if row["receiver"] else "no"}</td><td class=n>{row["waves"]:,}</td></tr>'
+        for row in aggregator.targets())
+    if not rows:
+        return ""
+    return ("<h2>Servers the waves were aimed at</h2><table><tr><th>server</th><th>CPU from"
+            "</th><th>tlsstorm's receiver</th><th class=n>waves</th></tr>" + rows + "</table>")
+
+
+def target_sentences(costs: dict[str, Any]) -> list[str]:
+    """A metered server's CPU and memory, per message and per mode, and the meter's cost."""
+    process, target = costs["process"], costs["target"]
+    if not process:
+        return [f"No meter sample of {target} covers these seconds: its CPU is not known here "
+                "(run `tlsstorm meter --target ...` beside it, with tracing on)."]
+    per_message = process["cpu_ms_per_message"]
+    lines = [f"Over these {process['seconds']:,} s the server at {target} used "
+             f"{process['cpu_ms']:,.1f} ms of CPU in all its processes ({process['cores_mean']:.3f}"
+             f" cores of {process['limit_cores']:g}, {process['processes_mean']:g} processes on "
+             "average)" + (f": {per_message:.3f} ms per message accepted"
+                           if per_message is not None else "") + "."]
+    per_mode = costs.get("per_mode")
+    if per_mode:
+        lines.append(f"Per mode, fitted over its {per_mode['waves']} waves: plain "
+                     f"{per_mode['plain_ms']:.3f} ms, STARTTLS {per_mode['starttls_ms']:.3f} ms "
+                     f"per message (TLS/plain {per_mode['factor']:.2f}x, R^2 "
+                     f"{per_mode['r_squared']:.3f}).")
+    else:
+        lines.append(costs.get("per_mode_note") or "")
+    lines.append(f"Memory: its processes' PSS peaked at "
+                 f"{process['peak_memory_bytes'] / 2**20:,.1f} MiB. The meter itself used "
+                 f"{process['meter_cpu_ms']:,.1f} ms of CPU meanwhile (not in the server's "
+                 "figures).")
+    if process["busy_seconds"]:
+        lines.append(f"The server was busy (throttled, or above 85% of its cores) in "
+                     f"{process['busy_seconds']} of these seconds: it limited the waves.")
+    return lines
+
+
+def render_target_html(costs: dict[str, Any], base_url: str = "") -> str:
+    """A server tlsstorm does not run: the sender's view of its sessions beside its meter."""
+    target = costs["target"]
+    sentences = [*target_sentences(costs), generator_sentence(costs["generators"]),
+                 "Sessions, handshake latency, bytes and outcomes are the sender's view (no "
+                 "span comes from this server); CPU and memory are all of its processes, as "
+                 "its meter read them from the kernel."]
+    paragraphs = "".join(f"<p>{escape(text)}</p>" for text in sentences if text)
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>tlsstorm: {escape(target)}</title><style>{_STYLE}</style></head><body>
+<h1>What STARTTLS spam costs the server at {escape(target)}</h1>
+<p class=muted>generated {_when(None)}. <a href="{base_url}/">all servers</a> ·
+<a href="{base_url}/v1/targets/summary?target={escape(target)}">JSON</a> ·
+<a href="{base_url}/plan?target={escape(target)}">capacity planner for it</a> ·
+<a href="{base_url}/v1/sweep?target={escape(target)}">its waves as a sweep</a></p>
+{paragraphs}
+{_html_table(costs["sender"], "Sender's view: plain vs STARTTLS", receiver=False)}
 </body></html>"""
 
 

@@ -74,30 +74,44 @@ class MeterService:
 
     async def _sample_forever(self) -> None:
         then_ns, then, own_then = time.time_ns(), self.read(), cpu_seconds()
+        limit = self.watched.limit()
+        limit_then = limit.reading(then.cpu_seconds) if limit else None
         while True:
             await asyncio.sleep(self.settings.interval_s)
             now_ns, now, own_now = time.time_ns(), self.read(), cpu_seconds()
             self.samples.append(Sample(now_ns / 1e9, now))
+            used = None
+            if limit is not None and limit_then is not None:
+                limit_now = limit.reading(now.cpu_seconds)
+                used = limit.usage(limit_then, limit_now)
+                limit_then = limit_now
             if self._tracer is not None:
-                self._report(then_ns, now_ns, then, now, own_now - own_then)
+                self._report(then_ns, now_ns, then, now, own_now - own_then, used)
             then_ns, then, own_then = now_ns, now, own_now
+            if limit is None:  # the server was not up yet: from the next interval on
+                limit = self.watched.limit()
+                limit_then = limit.reading(now.cpu_seconds) if limit else None
 
     def _report(self, then_ns: int, now_ns: int, then: Reading, now: Reading,
-                own_cpu_s: float) -> None:
-        """The interval's span: the server's CPU and memory, and the meter's own CPU (the
-        instrument's cost, shown beside the server's, never in it)."""
+                own_cpu_s: float, used: dict | None) -> None:
+        """The interval's span: the server's CPU against its limit and its memory, and the
+        meter's own CPU (the instrument's cost, shown beside the server's, never in it)."""
         host, _, port = self.settings.target.rpartition(":")
+        attributes = {
+            attr.PROCESS_ROLE: TARGET_ROLE,
+            attr.SERVER_ADDRESS: host.strip("[]"),
+            attr.SERVER_PORT: int(port),
+            attr.PROCESS_CPU_US: int((now.cpu_seconds - then.cpu_seconds) * 1e6),
+            attr.PROCESS_RSS_BYTES: now.memory_bytes,
+            attr.METER_PROCESSES: now.processes,
+            attr.METER_CPU_US: int(own_cpu_s * 1e6),
+        }
+        if used is not None:
+            attributes[attr.CPU_LIMIT_MILLICORES] = int(float(used["limit_cores"]) * 1000)
+            attributes[attr.CPU_THROTTLED_US] = int(float(used["throttled_seconds"]) * 1e6)
+            attributes[attr.CPU_BUSY] = int(bool(used["busy"]))
         self._tracer.start_span(attr.SPAN_PROCESS, kind=SpanKind.INTERNAL, start_time=then_ns,
-                                attributes={
-                                    attr.PROCESS_ROLE: TARGET_ROLE,
-                                    attr.SERVER_ADDRESS: host.strip("[]"),
-                                    attr.SERVER_PORT: int(port),
-                                    attr.PROCESS_CPU_US: int(
-                                        (now.cpu_seconds - then.cpu_seconds) * 1e6),
-                                    attr.PROCESS_RSS_BYTES: now.memory_bytes,
-                                    attr.METER_PROCESSES: now.processes,
-                                    attr.METER_CPU_US: int(own_cpu_s * 1e6),
-                                }).end(end_time=now_ns)
+                                attributes=attributes).end(end_time=now_ns)
 
     def reset_peak(self) -> None:
         self.peak_memory_bytes = self.latest.memory_bytes

@@ -1,14 +1,20 @@
 """A cost model from the collector's own stored waves: each wave's TLS ratio and rate from the
 receiver's sessions, its CPU from the receiver's process samples over the wave's seconds (never
-only what sessions were charged), its p99 from the sessions' durations."""
+only what sessions were charged), its p99 from the sessions' durations.
+
+For a server tlsstorm does not run (a target with a meter), the waves aimed at it: ratio, rate,
+p99 and bytes from the sender's spans, CPU from the meter's samples over the wave's seconds;
+they are exported as a sweep's JSON, so `tlsstorm plan --sweep` on that export plans exactly
+as the collector does."""
 
 from __future__ import annotations
 
 import statistics
 from typing import Any
 
-from tlsstorm.collector.aggregate import Aggregator
-from tlsstorm.plan.model import CostModel, ModelError, fits_from_waves
+from tlsstorm.collector.aggregate import PLAIN, STARTTLS, Aggregator
+from tlsstorm.plan.model import CostModel, ModelError, fits_from_waves, from_sweep_data
+from tlsstorm.sweep.fit import fit_cost
 
 
 def model_from_waves(aggregator: Aggregator) -> CostModel:
@@ -55,3 +61,88 @@ def _wave_point(summary: dict[str, Any]) -> dict[str, float] | None:
             "achieved_rate": process["messages"] / process["seconds"],
             "process_cpu_ms_per_message": process["cpu_ms"] / process["messages"],
             "session_p99_ms": max(p99s) if p99s else 0.0}
+
+
+def target_sweep(aggregator: Aggregator, target: str) -> dict[str, Any]:
+    """The waves aimed at `target` as `tlsstorm sweep` saves them (what `tlsstorm plan
+    --sweep` reads)."""
+    waves = [point for entry in reversed(aggregator.waves(target))
+             if (point := _target_wave_point(aggregator, target, entry["wave"])) is not None]
+    sizes = [point.pop("message_bytes") for point in waves]
+    return {"settings": {"measured_by": "meter", "target": target,
+                         "size": int(statistics.fmean(sizes)) if sizes else 2048},
+            "source": f"the collector's stored waves aimed at {target}", "waves": waves}
+
+
+def model_for_target(aggregator: Aggregator, target: str) -> CostModel:
+    data = target_sweep(aggregator, target)
+    if not data["waves"]:
+        known = ", ".join(row["target"] for row in aggregator.targets()) or "none yet"
+        raise ModelError(f"no wave aimed at {target} has both the sender's spans and its "
+                         f"meter's samples here (targets seen: {known}); run `tlsstorm meter` "
+                         "beside that server with tracing on, and send waves at two or more "
+                         "TLS ratios")
+    return from_sweep_data(data, data["source"])
+
+
+def target_costs(aggregator: Aggregator, target: str, wave: str | None = None,
+                 since: float | None = None, until: float | None = None) -> dict[str, Any]:
+    """target_summary, with the server's CPU per message per mode: fitted over the waves
+    aimed at it (CPU per message against their TLS ratios), when they had two or more."""
+    summary = aggregator.target_summary(target, wave, since, until)
+    waves = target_sweep(aggregator, target)["waves"]
+    try:
+        fit = fit_cost([(point["tls_ratio"], point["process_cpu_ms_per_message"])
+                        for point in waves])
+    except ValueError:
+        summary["per_mode"] = None
+        summary["per_mode_note"] = (f"{len(waves)} wave(s) aimed at {target} with its "
+                                    "meter's samples, at one TLS ratio: per-mode CPU needs "
+                                    "waves at two or more")
+    else:
+        summary["per_mode"] = {"plain_ms": round(fit.plain_ms, 4),
+                               "starttls_ms": round(fit.tls_ms, 4),
+                               "factor": round(fit.factor, 3),
+                               "r_squared": round(fit.r_squared, 4), "waves": len(waves)}
+    return summary
+
+
+def _target_wave_point(aggregator: Aggregator, target: str,
+                       wave: str) -> dict[str, Any] | None:
+    """A wave at a metered server as a sweep saves one; None without the meter's samples or
+    the senders' word that they had CPU to spare."""
+    summary = aggregator.target_summary(target, wave=wave)
+    process, sender = summary["process"], summary["sender"]
+    generators = summary["generators"] or {}
+    if not process or not process["messages"] or generators.get("limited_by"):
+        return None
+    plain, tls = sender[PLAIN], sender[STARTTLS]
+    sent = plain["messages"] + tls["messages"]
+    p99s = [mode["duration_ms"]["p99"] for mode in (plain, tls) if mode["duration_ms"]["p99"]]
+
+    def per_message(mode: dict[str, Any], key: str) -> float | None:
+        value = mode[key]
+        return None if value is None else round(value, 3)
+
+    return {
+        "wave_id": wave, "measured_by": "meter", "target": target,
+        "tls_ratio": round(tls["messages"] / sent, 4),
+        "achieved_rate": round(process["messages"] / process["seconds"], 3),
+        "messages": process["messages"],
+        "process_cpu_ms_per_message": round(process["cpu_ms"] / process["messages"], 4),
+        "session_p99_ms": max(p99s) if p99s else None,
+        # One message per session from the sender: its bytes out are the server's in.
+        "plain_bytes_per_session": _both(plain),
+        "plain_out_bytes_per_session": per_message(plain, "wire_bytes_in_per_message"),
+        "tls_bytes_per_session": _both(tls),
+        "tls_out_bytes_per_session": per_message(tls, "wire_bytes_in_per_message"),
+        "receiver_cpu": {"limit_cores": process["limit_cores"]},
+        "limited_by": ["target"] if process["busy_seconds"] else [],
+        "message_bytes": sender[STARTTLS]["message_bytes_per_message"]
+        or sender[PLAIN]["message_bytes_per_message"] or 2048,
+    }
+
+
+def _both(mode: dict[str, Any]) -> float | None:
+    into, out = mode["wire_bytes_out_per_message"], mode["wire_bytes_in_per_message"]
+    return None if into is None or out is None else round(into + out, 3)

@@ -87,24 +87,7 @@ class CostModel:
 def from_sweep(path: Path, matrix: Path | None = None) -> CostModel:
     """A model from `tlsstorm sweep`'s sweep.json (and `--matrix`'s matrix.json)."""
     data = _read(path, "tlsstorm sweep --scenario rustock --capacity-rates 100 200 400")
-    waves = data.get("waves") or []
-    steps = [step for found in (data.get("capacity_steps") or {}).values() for step in found]
-    try:
-        fit, latency = fits_from_waves([*waves, *steps])
-    except (KeyError, ValueError) as error:
-        raise ModelError(f"{path}: {error}; a model needs waves at two or more TLS ratios "
-                         "(tlsstorm sweep --scenario rustock --capacity-rates 100 200 400)"
-                         ) from None
-    settings = data.get("settings", {})
-    model = CostModel(
-        source=str(path), machine=data.get("machine"), fit=fit, server=server_named(waves),
-        size=int(settings.get("size", 2048)),
-        processing_cpu_us=int(settings.get("processing_cpu_us", 0)),
-        bytes_in=(_per_message(waves, "plain", "in", path),
-                  _per_message(waves, "tls", "in", path)),
-        bytes_out=(_per_message(waves, "plain", "out", path),
-                   _per_message(waves, "tls", "out", path)),
-        latency=latency)
+    model = from_sweep_data(data, str(path))
     if matrix is None:
         return model
     rows = _read(matrix, "tlsstorm sweep --matrix all").get("rows") or []
@@ -116,6 +99,28 @@ def from_sweep(path: Path, matrix: Path | None = None) -> CostModel:
                          "(tlsstorm sweep --matrix baseline,<rows>)")
     return replace(model, mitigations=[m for m in mitigations if m is not baseline],
                    baseline=baseline)
+
+
+def from_sweep_data(data: dict[str, Any], source: str) -> CostModel:
+    """A model from a sweep's JSON (a file's, or the waves a collector exports as one)."""
+    waves = data.get("waves") or []
+    steps = [step for found in (data.get("capacity_steps") or {}).values() for step in found]
+    try:
+        fit, latency = fits_from_waves([*waves, *steps])
+    except (KeyError, ValueError) as error:
+        raise ModelError(f"{source}: {error}; a model needs waves at two or more TLS ratios "
+                         "(tlsstorm sweep --scenario rustock --capacity-rates 100 200 400)"
+                         ) from None
+    settings = data.get("settings", {})
+    return CostModel(
+        source=source, machine=data.get("machine"), fit=fit, server=server_named(waves),
+        size=int(settings.get("size", 2048)),
+        processing_cpu_us=int(settings.get("processing_cpu_us", 0)),
+        bytes_in=(_per_message(waves, "plain", "in", source),
+                  _per_message(waves, "tls", "in", source)),
+        bytes_out=(_per_message(waves, "plain", "out", source),
+                   _per_message(waves, "tls", "out", source)),
+        latency=latency)
 
 
 def _read(path: Path, how: str) -> dict[str, Any]:
@@ -163,7 +168,7 @@ def fits_from_waves(waves: list[dict[str, Any]]) -> tuple[ScalingFit, LatencyCur
     return fit, latency
 
 
-def _per_message(waves: list[dict[str, Any]], mode: str, direction: str, path: Path) -> float:
+def _per_message(waves: list[dict[str, Any]], mode: str, direction: str, path: str) -> float:
     """Bytes per message of a mode in a direction (one message per session in a sweep)."""
     values = []
     for wave in waves:
