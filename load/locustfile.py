@@ -15,7 +15,7 @@ import os
 
 from locust import HttpUser, constant, events, task
 from locust.env import Environment
-from options import next_is_tls, next_profile
+from options import next_is_tls, next_profile, target_address
 from reporting import MessageBudget, report_sender_result
 from sender_watch import add_sender_tab  # noqa: F401 (the web UI's "Sender CPU" tab)
 from shapes import ordered_shapes, preselect_in_web_ui
@@ -47,8 +47,8 @@ class SpamViaSender(HttpUser):
         if options.tls_profiles:
             payload["profiles"] = [next_profile(self.environment) if flag else "default"
                                    for flag in tls]
-        if options.target:
-            payload["target"] = options.target
+        if target := target_address(self.environment):
+            payload["target"] = target
         if options.wave_id:
             payload["wave"] = options.wave_id
         with self.client.post("/v1/batch", json=payload, headers=self.headers,

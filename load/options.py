@@ -18,6 +18,14 @@ from locust.runners import MasterRunner, WorkerRunner
 from tlsstorm.sender.profiles import ProfileMix
 from tlsstorm.sender.waves import is_tls
 
+
+def _targets(text: str) -> dict[str, str]:
+    """TLSSTORM_TARGETS: name=host:port,... (the chart's and `tlsstorm up`'s servers)."""
+    pairs = [part.split("=", 1) for part in text.split(",") if "=" in part]
+    return {name.strip(): address.strip() for name, address in pairs}
+
+
+TARGETS = _targets(os.environ.get("TLSSTORM_TARGETS", ""))
 OPTIONS_MESSAGE = "tlsstorm-options"
 OPTIONS_REQUEST = "tlsstorm-options-request"
 # The options shapes change while a test runs (the rest are fixed when it starts).
@@ -45,9 +53,17 @@ def add_wave_options(parser) -> None:
                         include_in_web_ui=True,
                         help="SpamViaSender: shares of the sender's TLS personalities over "
                         "STARTTLS connections, e.g. mta:0.3,bot-tls12:0.7 (empty: default)")
-    parser.add_argument("--target", type=str, default="", env_var="LOCUST_TARGET",
-                        include_in_web_ui=True,
-                        help="SMTP host:port; empty means the sender's own default target")
+    if TARGETS:
+        # The release's servers, by name: the web UI shows a list (the receiver first).
+        parser.add_argument("--target", type=str, default=next(iter(TARGETS)),
+                            choices=list(TARGETS), env_var="LOCUST_TARGET",
+                            include_in_web_ui=True,
+                            help="the server the sender aims at: " + ", ".join(
+                                f"{name} ({address})" for name, address in TARGETS.items()))
+    else:
+        parser.add_argument("--target", type=str, default="", env_var="LOCUST_TARGET",
+                            include_in_web_ui=True,
+                            help="SMTP host:port; empty means the sender's own default target")
     parser.add_argument("--wave-id", type=str, default="", env_var="LOCUST_WAVE_ID",
                         include_in_web_ui=True,
                         help="label for these messages in the receiver's and collector's stats")
@@ -66,6 +82,13 @@ def add_wave_options(parser) -> None:
                         "process counts its own, so with workers the limit is per worker")
     parser.add_argument("--api-token", type=str, default=os.environ.get("TLSSTORM_API_TOKEN", ""),
                         is_secret=True, help="bearer token for the sender (TLSSTORM_API_TOKEN)")
+
+
+def target_address(environment: Environment) -> str:
+    """Where the sender should aim: the chosen server's address (a name from the list), an
+    address typed in, or "" for the sender's own default."""
+    chosen = environment.parsed_options.target.strip()
+    return TARGETS.get(chosen, chosen)
 
 
 def next_is_tls(environment: Environment) -> bool:
