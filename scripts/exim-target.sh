@@ -5,6 +5,9 @@
 #   scripts/exim-target.sh run PORT CERT KEY     in the foreground until SIGTERM: a target the
 #                                                local stack starts and stops
 #   scripts/exim-target.sh stop PORT
+# TLSSTORM_EXIM_CPUSET: the CPUs its container may use (docker --cpuset-cpus), e.g. 1.
+# TLSSTORM_EXIM_PID_FILE: where to write the container's first process's pid (a meter reads
+# its cgroup: tlsstorm meter --cgroup-of-pid-file).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 base=local/python-base:bookworm
@@ -35,10 +38,18 @@ case "${1:-}" in
     install -m 0644 "$key" "$folder/key.pem"  # read by the container's user only in it
     trap 'docker stop -t 5 "$name" >/dev/null 2>&1; rm -rf "$folder"; exit 0' TERM INT
     docker run --rm --name "$name" --network host --read-only \
+      ${TLSSTORM_EXIM_CPUSET:+--cpuset-cpus "$TLSSTORM_EXIM_CPUSET"} \
       --tmpfs /var/spool/exim-target:uid=10001,gid=10001 \
       -v "$folder/cert.pem:/etc/exim-target/cert.pem:ro" \
       -v "$folder/key.pem:/etc/exim-target/key.pem:ro" \
       "$image" -oX "127.0.0.1.$port" &
+    if [ -n "${TLSSTORM_EXIM_PID_FILE:-}" ]; then
+      for _ in $(seq 100); do
+        pid=$(docker inspect -f '{{.State.Pid}}' "$name" 2>/dev/null) || pid=0
+        if [ "${pid:-0}" -gt 0 ] 2>/dev/null; then echo "$pid" >"$TLSSTORM_EXIM_PID_FILE"; break; fi
+        sleep 0.1
+      done
+    fi
     wait $! || true
     rm -rf "$folder"
     echo "exim-target: the container $name has exited" >&2

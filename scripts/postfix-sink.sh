@@ -7,6 +7,8 @@
 #   scripts/postfix-sink.sh stop
 # TLSSTORM_POSTFIX_NAME names the instance (default tlsstorm-postfix): its config is
 # /etc/NAME, its queue /var/spool/NAME, its master's pid in /var/spool/NAME/pid/master.pid.
+# TLSSTORM_POSTFIX_MAX_USE: connections an smtpd serves before it exits and master starts
+# another (default: a million, so they live through a run; Postfix's own default is 100).
 set -euo pipefail
 source "$(dirname "$0")/postfix-instance.sh"
 name=${TLSSTORM_POSTFIX_NAME:-tlsstorm-postfix}
@@ -39,7 +41,7 @@ maillog_file = /var/log/$name.log
 # whenever mail arrives faster than qmgr hands it on (flow control for a real queue).
 in_flow_delay = 0
 # smtpd processes live through a run, so their CPU can be read from /proc.
-max_use = 1000000
+max_use = ${TLSSTORM_POSTFIX_MAX_USE:-1000000}
 max_idle = 3600s
 default_process_limit = 600
 smtpd_client_connection_count_limit = 0

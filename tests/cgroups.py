@@ -87,6 +87,38 @@ def memory_group(limit_bytes: int) -> Iterator[MemoryGroup]:
         group.remove()
 
 
+class AccountingGroup:
+    """A cgroup without limits, for the kernel's own count of its processes' CPU (cpuacct in
+    v1, cpu.stat in v2), ended ones included: the ground truth beside a meter's reading."""
+
+    def __init__(self) -> None:
+        self.path = _base("cpuacct") / f"tlsstorm-test-{uuid.uuid4().hex[:8]}"
+        self.path.mkdir()
+
+    @property
+    def procs(self) -> Path:
+        return self.path / "cgroup.procs"
+
+    def cpu_seconds(self) -> float:
+        if _v2():
+            stat = dict(line.split() for line in (self.path / "cpu.stat").read_text().splitlines())
+            return int(stat["usage_usec"]) / 1e6
+        return int((self.path / "cpuacct.usage").read_text()) / 1e9
+
+    def remove(self) -> None:
+        _remove(self.path)
+
+
+@contextlib.contextmanager
+def accounting_group() -> Iterator[AccountingGroup]:
+    require("cpuacct" if not _v2() else "cpu")
+    group = AccountingGroup()
+    try:
+        yield group
+    finally:
+        group.remove()
+
+
 class CpuGroup:
     """A CPU quota in cores (CFS bandwidth: `cores` x 100 ms of CPU per 100 ms period)."""
 

@@ -75,9 +75,13 @@ def local_target(name: str, smtp_port: int, meter_port: int,
             raise SystemExit("the local Exim target runs in a container: it needs Docker "
                              "(Debian: docker.io; scripts/dockerd.sh starts the engine)")
         cert, key = certificate_files("exim.tlsstorm.test", folder)
+        pid_file = folder / "exim.pid"
         server = Child("exim", ["bash", str(SCRIPTS / "exim-target.sh"), "run", str(smtp_port),
-                                str(cert), str(key)], f"smtp://{address}")
-        meter = _meter(name, address, meter_port, telemetry, process_names="exim4")
+                                str(cert), str(key)], f"smtp://{address}",
+                       env={"TLSSTORM_EXIM_PID_FILE": str(pid_file)})
+        # The container's cgroup: Exim's reception processes ignore SIGCHLD, so the CPU of
+        # its delivery processes is in no process's count, only in the cgroup's.
+        meter = _meter(name, address, meter_port, telemetry, cgroup_of_pid_file=str(pid_file))
         return LocalTarget(name, address, meter_url, [server, meter])
     raise SystemExit(f"no local target {name!r}: choose one of {', '.join(LOCAL_TARGETS)}, or "
                      "name your own server as HOST:PORT with its meter's URL")

@@ -225,7 +225,11 @@ class MeterSettings(BaseSettings):
         default_factory=list, description="watch processes with these names (as ps -o comm "
         "shows them: master, exim4) and their children")
     cgroup: str | None = Field(None, description="watch every process of this cgroup, as "
-                               "/proc/PID/cgroup names it (/system.slice/postfix.service)")
+                               "/proc/PID/cgroup names it (/system.slice/postfix.service): "
+                               "the complete count, short-lived processes included")
+    cgroup_of_pid_file: Path | None = Field(
+        None, description="watch the cgroup of the process whose pid is in this file (a "
+        "container's first process: docker inspect -f '{{.State.Pid}}')")
     host: str = Field("127.0.0.1", description="address the meter's API binds")
     http_port: Port = Field(8028, description="the meter's API (stats, metrics) port")
     interval_s: float = Field(1.0, ge=0.1, le=60, description="how often it reads and reports")
@@ -245,11 +249,12 @@ class MeterSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _one_selection(self) -> MeterSettings:
-        given = [name for name in ("pid_file", "pid", "process_names", "cgroup")
-                 if getattr(self, name)]
+        given = [name for name in ("pid_file", "pid", "process_names", "cgroup",
+                                   "cgroup_of_pid_file") if getattr(self, name)]
         if len(given) != 1:
             raise ValueError("say which processes are the server, with exactly one of "
-                             "--pid-file, --pid, --process-names, --cgroup"
+                             "--pid-file, --pid, --process-names, --cgroup, "
+                             "--cgroup-of-pid-file"
                              + (f" (got {', '.join(given)})" if given else ""))
         return self
 

@@ -23,8 +23,8 @@ TARGET_ROLE = "target"
 
 
 def watched_by(settings: MeterSettings) -> ProcessTree | Cgroup:
-    if settings.cgroup:
-        return Cgroup(settings.cgroup)
+    if settings.cgroup or settings.cgroup_of_pid_file:
+        return Cgroup(settings.cgroup, settings.cgroup_of_pid_file)
     return ProcessTree(pid=settings.pid, pid_file=settings.pid_file,
                        names=settings.process_names or None)
 
@@ -131,6 +131,7 @@ class MeterService:
             "target": self.settings.target,
             "watching": self.watched.description,
             "problem": self.problem,
+            "not_covered": self.watched.gap,
             "processes": reading.processes,
             "processes_seen": len(self.watched.seen),
             "cpu_seconds_total": round(reading.cpu_seconds, 6),

@@ -100,6 +100,10 @@ class ProcessTree:
         self._last: dict[int, tuple[int, float]] = {}  # pid -> (parent, CPU counted)
         self._departed_s = 0.0
         self.seen: set[int] = set()
+        # Watched processes that ignore SIGCHLD: the kernel reaps their children without
+        # adding their CPU to anyone's count (Exim's reception processes do, for deliveries).
+        self._ignoring: set[int] = set()  # live ones
+        self.ignoring_seen: dict[str, set[int]] = {}  # by name, every one seen (pids, bounded)
 
     def _roots(self, table: dict[int, _Process]) -> list[int]:
         if self._pid is not None:
@@ -112,6 +116,18 @@ class ProcessTree:
             return [pid] if pid in table else []
         return [pid for pid, process in table.items() if process.name in self._names and
                 table.get(process.parent, _NOBODY).name not in self._names]
+
+    @property
+    def gap(self) -> str | None:
+        """What the count misses, if anything."""
+        if not self.ignoring_seen:
+            return None
+        names = ", ".join(f"{len(pids):,} {name}" for name, pids in
+                          sorted(self.ignoring_seen.items()))
+        return (f"processes that ignore SIGCHLD ({names} seen): the kernel reaps their "
+                "children without counting their CPU, so what those children use after their "
+                "last reading is missed; watch the server's cgroup (--cgroup, "
+                "--cgroup-of-pid-file) for a complete count")
 
     def limit(self) -> CpuLimit | None:
         """What the server may use: its first root's cgroup quota, or the cores it may run
@@ -142,24 +158,51 @@ class ProcessTree:
             now[pid] = (table[pid].parent, own + table[pid].reaped_s)
             memory += memory_of(pid)
         for pid, (parent, counted) in self._last.items():
-            # Gone: in its parent's count once reaped, if the parent is watched; else kept.
-            if pid not in now and parent not in now:
+            # Gone: in its parent's count once reaped, if the parent is watched and reaps
+            # with accounting; else kept as last read.
+            if pid not in now and (parent not in now or parent in self._ignoring):
                 self._departed_s += counted
+        self._ignoring = {pid for pid in now if _ignores_children(pid)}
+        for pid in self._ignoring:
+            pids = self.ignoring_seen.setdefault(table[pid].name, set())
+            if len(pids) < 10_000:
+                pids.add(pid)
         self._last = now
         self.seen.update(now)
         cpu = self._departed_s + sum(counted for _, counted in now.values())
         return Reading(time.monotonic(), cpu, memory, len(now))
 
 
+_SIGCHLD_BIT = 1 << (17 - 1)
+
+
+def _ignores_children(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("SigIgn:"):
+                    return bool(int(line.split()[1], 16) & _SIGCHLD_BIT)
+    except OSError:
+        pass
+    return False
+
+
 class Cgroup:
     """Every process in one cgroup, named as /proc/PID/cgroup names it (e.g.
-    /system.slice/postfix.service, /docker/ID): the kernel's own count of their CPU."""
+    /system.slice/postfix.service, /docker/ID), or the cgroup of the process whose pid is in
+    a file (a container's first process): the kernel's own count of their CPU, complete."""
 
-    def __init__(self, path: str) -> None:
+    gap = None
+
+    def __init__(self, path: str | None = None, pid_file: Path | None = None) -> None:
+        self.seen: set[int] = set()
+        self._pid_file = pid_file
+        if pid_file is not None:
+            path = _cgroup_of(int(pid_file.read_text().split()[0]))
         self.path = path
         self.folder = _cgroup_folder(path)
-        self.description = f"cgroup {path} ({self.folder})"
-        self.seen: set[int] = set()
+        self.description = f"cgroup {path} ({self.folder})" + (
+            f", of the process in {pid_file}" if pid_file else "")
 
     def limit(self) -> CpuLimit | None:
         try:
@@ -186,6 +229,16 @@ def _limit_of(pid: int) -> CpuLimit | None:
     except OSError:  # gone meanwhile
         return None
     return CpuLimit(found.cores, found.source, found.cgroup, one_loop=False)
+
+
+def _cgroup_of(pid: int) -> str:
+    """The cgroup holding a process's CPU count, as /proc/PID/cgroup names it."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if (controllers == "" and (CGROUP_ROOT / "cgroup.controllers").exists()) or \
+                "cpuacct" in controllers.split(","):
+            return path
+    raise ValueError(f"process {pid} is in no cgroup with a CPU count")
 
 
 def _cgroup_folder(path: str) -> Path:
