@@ -60,7 +60,9 @@ def _wave_point(summary: dict[str, Any]) -> dict[str, float] | None:
     return {"tls_ratio": tls / (plain + tls),
             "achieved_rate": process["messages"] / process["seconds"],
             "process_cpu_ms_per_message": process["cpu_ms"] / process["messages"],
-            "session_p99_ms": max(p99s) if p99s else 0.0}
+            "session_p99_ms": max(p99s) if p99s else 0.0,
+            "plain_session_p99_ms": receiver["plain"]["duration_ms"]["p99"],
+            "tls_session_p99_ms": receiver["starttls"]["duration_ms"]["p99"]}
 
 
 def target_sweep(aggregator: Aggregator, target: str) -> dict[str, Any]:
@@ -131,6 +133,8 @@ def _target_wave_point(aggregator: Aggregator, target: str,
         "messages": process["messages"],
         "process_cpu_ms_per_message": round(process["cpu_ms"] / process["messages"], 4),
         "session_p99_ms": max(p99s) if p99s else None,
+        "plain_session_p99_ms": plain["duration_ms"]["p99"],
+        "tls_session_p99_ms": tls["duration_ms"]["p99"],
         # One message per session from the sender: its bytes out are the server's in.
         "plain_bytes_per_session": _both(plain),
         "plain_out_bytes_per_session": per_message(plain, "wire_bytes_in_per_message"),

@@ -1,52 +1,102 @@
-"""Session p99 against load, fitted to measured waves: p99 = (base + tls x ratio) / (1 - load),
-the M/M/1 shape (load: the share of the receiver's one core busy), its two parameters by least
-squares. The measured points are kept to show beside the curve."""
+"""Session p99 against load, fitted to measured waves, one curve per mode:
+p99 = fixed + queue / (1 - load), where load is the share of the server's cores busy. The fixed
+part is what no load removes (round trips, a server's own pauses: Exim holds its answer to QUIT
+200 ms, a client's delayed ACKs), the queueing part is the M/M/1 shape's. A mix's p99 is its
+slowest mode's: a p99 is not linear in the TLS ratio (one mode's tail sets it as soon as that
+mode is more than a percent of the sessions), so a pooled curve is wrong for every server whose
+two modes differ in their tails. Past MAX_LOAD no p99 is predicted: that near saturation, the
+measured tail grows faster than any curve fitted below it, and the planner says so instead."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-_USABLE = 0.97  # waves this close to saturation say nothing about the curve's base
+MAX_LOAD = 0.95  # no prediction closer to saturation than this
+_USABLE = 0.97  # waves this close to saturation say nothing about the curve
+_SHARE = 0.01  # a mode with at least this share of the sessions sets the p99 as much as any
+MODES = ("plain", "tls")
+
+# (load, TLS ratio, measured p99 ms of the plain sessions, of the STARTTLS ones, of all)
+Point = tuple[float, float, float | None, float | None, float | None]
+
+
+@dataclass(frozen=True)
+class ModeCurve:
+    fixed_ms: float
+    queue_ms: float
+
+    def predict(self, load: float) -> float:
+        return self.fixed_ms + self.queue_ms / (1 - load)
 
 
 @dataclass(frozen=True)
 class LatencyCurve:
-    base_ms: float  # all-plain p99 with no queue
-    tls_ms: float  # what an all-STARTTLS mix adds to it
-    points: list[tuple[float, float, float]]  # (load, TLS ratio, measured p99 ms)
+    curves: dict[str, ModeCurve]  # per mode, for the modes the waves measured
+    points: list[Point]
 
     def predict(self, load: float, ratio: float) -> float | None:
-        """The p99 at that load and TLS ratio; None at or past saturation."""
-        if load >= 1:
+        """The p99 at that load and TLS ratio; None at or past MAX_LOAD, or for a mix with a
+        mode no wave measured."""
+        if load >= MAX_LOAD:
             return None
-        return (self.base_ms + self.tls_ms * ratio) / (1 - load)
+        present = [mode for mode, share in (("plain", 1 - ratio), ("tls", ratio))
+                   if share >= _SHARE]
+        if any(mode not in self.curves for mode in present):
+            return None
+        return max(self.curves[mode].predict(load) for mode in present)
 
     def as_dict(self) -> dict[str, object]:
-        return {"model": "p99 = (base + tls x ratio) / (1 - load)",
-                "base_ms": round(self.base_ms, 3), "tls_ms": round(self.tls_ms, 3),
+        return {"model": "p99 = max over modes present (fixed + queue / (1 - load)); none "
+                         f"past {MAX_LOAD:.0%} load",
+                "modes": {mode: {"fixed_ms": round(curve.fixed_ms, 3),
+                                 "queue_ms": round(curve.queue_ms, 3)}
+                          for mode, curve in self.curves.items()},
                 "points": [{"load": round(load, 4), "tls_ratio": ratio, "p99_ms": p99,
                             "predicted_ms": _round(self.predict(load, ratio))}
-                           for load, ratio, p99 in self.points]}
+                           for load, ratio, _, _, p99 in self.points]}
 
 
-def fit_latency(points: list[tuple[float, float, float]]) -> LatencyCurve | None:
-    """From (load, TLS ratio, p99 ms) points; None without two usable ones."""
-    usable = [(load, ratio, p99) for load, ratio, p99 in points if 0 <= load < _USABLE and p99]
-    if len(usable) < 2:
+def fit_latency(points: list[Point]) -> LatencyCurve | None:
+    """From each wave's (load, TLS ratio, plain p99, STARTTLS p99, p99 of all); None without
+    two usable waves for some mode. Where a wave gives only the p99 of all (sweeps before
+    per-mode figures were kept), that stands for each mode it carried."""
+    curves = {}
+    for index, mode in enumerate(MODES):
+        usable = []
+        for load, ratio, plain, tls, overall in points:
+            share = ratio if mode == "tls" else 1 - ratio
+            value = (plain, tls)[index]
+            if value is None and plain is None and tls is None:
+                value = overall
+            if 0 <= load < _USABLE and share >= _SHARE and value:
+                usable.append((load, value))
+        if len({round(load, 3) for load, _ in usable}) >= 2:
+            curves[mode] = _fit_mode(usable)
+        elif len(usable) == 1:  # one load: its p99 as a constant
+            curves[mode] = ModeCurve(usable[0][1], 0.0)
+    if not curves:
         return None
-    rows = [(1 / (1 - load), ratio / (1 - load)) for load, ratio, _ in usable]
-    ys = [p99 for _, _, p99 in usable]
-    saa = sum(a * a for a, _ in rows)
-    sab = sum(a * b for a, b in rows)
-    sbb = sum(b * b for _, b in rows)
-    say = sum(a * y for (a, _), y in zip(rows, ys, strict=True))
-    sby = sum(b * y for (_, b), y in zip(rows, ys, strict=True))
-    det = saa * sbb - sab * sab
-    if abs(det) < 1e-12:  # one TLS ratio only: no split between plain and TLS
-        return LatencyCurve(say / saa, 0.0, sorted(points))
-    return LatencyCurve((say * sbb - sby * sab) / det, (sby * saa - say * sab) / det,
-                        sorted(points))
+    return LatencyCurve(curves, sorted(points, key=lambda point: point[:2]))
+
+
+def _fit_mode(points: list[tuple[float, float]]) -> ModeCurve:
+    """Least squares of p99 = fixed + queue x 1/(1 - load), both parts at least zero."""
+    xs = [1 / (1 - load) for load, _ in points]
+    ys = [p99 for _, p99 in points]
+    count = len(xs)
+    mean_x, mean_y = sum(xs) / count, sum(ys) / count
+    sxx = sum((x - mean_x) ** 2 for x in xs)
+    queue = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sxx \
+        if sxx > 0 else 0.0
+    fixed = mean_y - queue * mean_x
+    if queue < 0:  # the tail shrank with load: noise around a constant
+        return ModeCurve(mean_y, 0.0)
+    if fixed < 0:  # all of it queueing: through the origin
+        return ModeCurve(0.0, sum(x * y for x, y in zip(xs, ys, strict=True))
+                         / sum(x * x for x in xs))
+    return ModeCurve(fixed, queue)
 
 
 def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
+    return None if value is None or math.isnan(value) else round(value, 2)

@@ -163,8 +163,9 @@ def fits_from_waves(waves: list[dict[str, Any]]) -> tuple[ScalingFit, LatencyCur
     measured = [wave for wave in waves if "sender" not in wave.get("limited_by", [])]
     fit = fit_scaling([(wave["tls_ratio"], wave["achieved_rate"], receiver_cores(wave))
                        for wave in measured])
-    latency = fit_latency([(load_of(wave), wave["tls_ratio"], float(wave["session_p99_ms"]))
-                           for wave in measured if wave.get("session_p99_ms")])
+    latency = fit_latency([(load_of(wave), wave["tls_ratio"], wave.get("plain_session_p99_ms"),
+                            wave.get("tls_session_p99_ms"), wave.get("session_p99_ms"))
+                           for wave in measured])
     return fit, latency
 
 

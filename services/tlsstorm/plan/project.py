@@ -103,7 +103,8 @@ def _notes(model: CostModel, inputs: Inputs) -> list[str]:
              "--capacity-rates, for a smaller and exact figure)")
     notes = [f"CPU is {whose}, fitted over {model.fit.points} waves at several TLS ratios "
              f"(R^2 {model.fit.r_squared:.3f}) {split}; ranges are the fit's 95% interval. "
-             "The p99 is the fitted curve's at the target utilisation."]
+             "The p99 is the fitted curves' at the target utilisation: each mode's own, the "
+             "slower of the modes in the mix."]
     if model.fit.points <= 3:
         notes.append("Three waves give the fit but no interval: sweep more for one.")
     if inputs.size is not None and inputs.size != model.size:

@@ -57,7 +57,7 @@ def hold_out(runner: SweepRunner, fitted: list[tuple[float, float, int]],
                                        f"held out {ratio:.0%} TLS at {rate:g}/s"))
     fit, latency = fits_from_waves([point.as_dict() for point in points])
     predicted = fit.cores(rate, ratio)
-    predicted_p99 = latency.predict(predicted, ratio) if latency else None
+    predicted_p99 = latency.predict(predicted, ratio) if latency else None  # one loop
     p99s = [point.session_p99_ms for point in held_points if point.session_p99_ms is not None]
     return HeldOut(ratio, rate, predicted,
                    statistics.fmean(receiver_cores(point.as_dict()) for point in held_points),

@@ -57,6 +57,9 @@ class WavePoint:
     # A metered wave's CPU beyond the server's idle CPU over the same time, per message: what
     # the load cost it. Near zero when the meter watches processes the load never reaches.
     load_cpu_ms_per_message: float | None = None
+    # Each mode's own session p99 (session_p99_ms is the slower of the two).
+    plain_session_p99_ms: float | None = None
+    tls_session_p99_ms: float | None = None
 
     @property
     def generator_limited(self) -> bool:
@@ -140,6 +143,8 @@ class SweepRunner:
             handshake_p95_ms=tls["handshake_ms"]["p95"],
             handshake_p99_ms=tls["handshake_ms"]["p99"],
             session_p99_ms=_p99(plain, tls),
+            plain_session_p99_ms=plain["session_ms"]["p99"],
+            tls_session_p99_ms=tls["session_ms"]["p99"],
             plain_bytes_per_session=_per(plain["wire_bytes_in"] + plain["wire_bytes_out"],
                                          plain["sessions"]),
             tls_bytes_per_session=_per(tls["wire_bytes_in"] + tls["wire_bytes_out"],
@@ -315,6 +320,8 @@ class MeteredRunner(SweepRunner):
             handshake_p99_ms=tls["handshake_ms"]["p99"],
             session_p99_ms=_p99({"session_ms": plain["total_ms"]},
                                 {"session_ms": tls["total_ms"]}),
+            plain_session_p99_ms=plain["total_ms"]["p99"],
+            tls_session_p99_ms=tls["total_ms"]["p99"],
             plain_bytes_per_session=_per(plain["bytes_sent"] + plain["bytes_received"],
                                          sessions["plain"]),
             tls_bytes_per_session=_per(tls["bytes_sent"] + tls["bytes_received"],
