@@ -31,6 +31,28 @@ RUN for bundle in /tmp/extra-ca/*.crt; do \
     && rm -rf /src
 
 FROM ${BASE_IMAGE}
+# The real mail servers the chart can run as measured targets, beside tlsstorm's receiver:
+# Postfix (Debian's package; its master runs as root) and Exim (Debian's exim4-daemon-light,
+# run as a user: only its binary and the libraries it links, since Debian's exim4 and postfix
+# packages exclude each other; the binary looks up its build's user, Debian-exim, at start).
+# Not pinned: they come with the base image's Debian release.
+# hadolint ignore=DL3008,DL3003
+RUN echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections \
+    && apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+         postfix libdb5.3 libgnutls-dane0 libgnutls30 libidn12 libidn2-0 libnsl2 \
+         libpcre2-8-0 \
+    && cd /tmp && apt-get download exim4-daemon-light \
+    && dpkg-deb -x exim4-daemon-light_*.deb /tmp/exim \
+    && install -m 0755 /tmp/exim/usr/sbin/exim4 /usr/sbin/exim4 \
+    && rm -rf /tmp/exim /tmp/exim4-daemon-light_*.deb /var/lib/apt/lists/* \
+    && useradd --system --no-create-home --shell /usr/sbin/nologin Debian-exim \
+    && groupadd --gid 10001 tlsstorm \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp \
+         --shell /usr/sbin/nologin tlsstorm \
+    && mkdir -p /etc/exim4
+COPY docker/exim.conf /etc/exim4/exim4.conf
+COPY scripts/postfix-sink.sh scripts/postfix-instance.sh /opt/tlsstorm-scripts/
 COPY --from=build /opt/tlsstorm /opt/tlsstorm
 COPY load /opt/tlsstorm-load
 ENV PATH=/opt/tlsstorm/bin:$PATH \
@@ -41,5 +63,5 @@ ENV PATH=/opt/tlsstorm/bin:$PATH \
 # Numeric non-root user: Kubernetes can check runAsNonRoot without a passwd entry.
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 2525 8025 8026 8027 8089
+EXPOSE 2525 8025 8026 8027 8028 8089
 CMD ["tlsstorm", "--help"]

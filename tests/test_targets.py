@@ -1,5 +1,5 @@
 """Real mail servers as the measured target (issue 32): Postfix (Debian's, as root) and Exim
-(in a container built from the Debian base), each beside tlsstorm's meter. The meter against
+(in a container of tlsstorm's image), each beside tlsstorm's meter. The meter against
 the kernel's count of the server's own cgroup; a sweep, a plan from it and held-out waves whose
 CPU is the cgroup's; the collector's report and plan for a target; and what a wrong setup is
 told. The servers run on the last core, the generator on the first, as two machines would."""
@@ -112,9 +112,6 @@ def exim() -> Iterator[Server]:
     """Exim in its container, watched through the container's cgroup (the only complete
     count: its reception processes ignore SIGCHLD, so their deliveries' CPU is in no process's
     count); the ground truth reads the same kernel files itself."""
-    built = subprocess.run(["bash", f"{ROOT}/scripts/exim-target.sh", "build"],
-                           capture_output=True, text=True, timeout=900)
-    assert built.returncode == 0, built.stderr[-3000:]
     with tempfile.TemporaryDirectory() as folder:
         cert, key = certificate_files("exim.tlsstorm.test", Path(folder))
         port, pid_file = free_port(), Path(folder) / "exim.pid"
@@ -124,7 +121,7 @@ def exim() -> Iterator[Server]:
                  "TLSSTORM_EXIM_PID_FILE": str(pid_file)}, start_new_session=True)
         meter = None
         try:
-            _greets(port)
+            _greets(port, seconds=900)  # tlsstorm's image is built first if it is not yet
             meter = _meter("exim", f"127.0.0.1:{port}", cgroup_of_pid_file=str(pid_file))
             yield Server("exim", f"127.0.0.1:{port}", ContainerGroup(f"tlsstorm-exim-{port}"),
                          meter)
@@ -277,12 +274,12 @@ def test_the_collector_reports_and_plans_a_metered_server(postfix, start_collect
     """Spans from the sender and the meter's samples, over OTLP: the collector lists the
     server, gives its CPU per message and per mode, and plans from its waves exactly as
     `tlsstorm plan` does from the same waves exported as a sweep."""
-    from tlsstorm.common.telemetry import tracer_provider
-    from tlsstorm.meter.service import MeterService
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     from tests.helpers import Running
     from tlsstorm.common.config import MeterSettings
+    from tlsstorm.common.telemetry import tracer_provider
+    from tlsstorm.meter.service import MeterService
 
     collector = start_collector()
     endpoint = f"{collector.http}/v1/traces"

@@ -60,13 +60,15 @@ def _meter(flags: argparse.Namespace) -> None:
     from tlsstorm.meter.service import MeterService
 
     settings = load_settings(MeterSettings, flags, "tlsstorm meter")
+    command = flags.command[1:] if flags.command[:1] == ["--"] else flags.command
     try:
-        service = MeterService(settings, tracer_provider("tlsstorm-meter"))
+        service = MeterService(settings, tracer_provider("tlsstorm-meter"), command or None)
     except (OSError, ValueError) as error:
         raise SystemExit(f"tlsstorm meter: {error}") from None
-    if service.problem:
+    if service.problem and not command:
         print(f"tlsstorm meter: {service.problem} (it keeps looking)", file=sys.stderr)
     _serve(service)
+    sys.exit(service.exit_code)
 
 
 def _up(flags: argparse.Namespace) -> None:
@@ -220,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     meter = commands.add_parser(
         "meter", help="beside any mail server: its processes' CPU and memory, to the collector")
     add_flags(meter, MeterSettings)
+    meter.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                       help="run the server itself (in a container it shares with the meter, "
+                            "with --cgroup self), and end when it ends")
     meter.set_defaults(run=_meter)
 
     up = commands.add_parser("up", help="run the local stack until Ctrl-C")

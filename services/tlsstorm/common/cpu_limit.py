@@ -116,6 +116,19 @@ def _own_cgroup_v2(pid: int | str) -> Path | None:
     return None
 
 
+def own_cgroup_folder() -> Path | None:
+    """This process's cgroup folder holding its CPU count (v2, or v1's cpuacct), as seen from
+    inside a container too (where the mount is the container's own cgroup)."""
+    folder = _own_cgroup_v2("self")
+    if folder is not None:
+        return folder
+    for name in ("cpuacct", "cpu,cpuacct", "cpuacct,cpu"):
+        for controllers, path in _own_cgroup_lines("self"):
+            if "cpuacct" in controllers.split(",") and (CGROUP_ROOT / name).is_dir():
+                return _located(CGROUP_ROOT / name, path)
+    return None
+
+
 def _v1_root() -> Path | None:
     """Where cgroup v1's cpu controller is mounted (alone, or with cpuacct)."""
     return next((CGROUP_ROOT / name for name in ("cpu,cpuacct", "cpu")

@@ -26,8 +26,9 @@ def cpu_seconds_of(pid: int) -> float:
     """User+system CPU of another process (every thread, ended ones too) from the kernel's
     per-process CPU clock, to the nanosecond (/proc/PID/stat counts 10 ms ticks)."""
     clock = ctypes.c_int()
-    if _LIBC.clock_getcpuclockid(pid, ctypes.byref(clock)) != 0:
-        raise OSError(ctypes.get_errno(), f"no CPU clock for process {pid}")
+    failed = _LIBC.clock_getcpuclockid(pid, ctypes.byref(clock))  # an errno, not in errno
+    if failed:
+        raise OSError(failed, f"no CPU clock for process {pid}")
     return time.clock_gettime(clock.value)
 
 

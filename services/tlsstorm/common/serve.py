@@ -85,7 +85,13 @@ async def run_until_signalled(service: Service) -> None:
         loop.add_signal_handler(signum, stop.set)
     await service.start()
     print(service.describe(), flush=True)
-    await stop.wait()
+    waits = {asyncio.create_task(stop.wait())}
+    ended = getattr(service, "ended", None)  # a service may end by itself (a meter's server)
+    if ended is not None:
+        waits.add(asyncio.create_task(ended.wait()))
+    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
     await service.stop()
 
 

@@ -17,6 +17,7 @@ from tlsstorm.common.config import MeterSettings
 from tlsstorm.common.process import cpu_seconds, rss_bytes
 from tlsstorm.common.serve import HttpServer, bind, port_of
 from tlsstorm.meter.api import create_api
+from tlsstorm.meter.supervise import Supervised
 from tlsstorm.meter.watch import Cgroup, ProcessTree, Reading
 
 TARGET_ROLE = "target"
@@ -36,9 +37,14 @@ class Sample:
 
 
 class MeterService:
-    def __init__(self, settings: MeterSettings, provider: TracerProvider | None = None) -> None:
+    """With `command`, it runs the server itself (meter/supervise.py) and ends with it."""
+
+    def __init__(self, settings: MeterSettings, provider: TracerProvider | None = None,
+                 command: list[str] | None = None) -> None:
         self.settings = settings
         self.provider = provider
+        self.server = Supervised(command) if command else None
+        self.ended = self.server.ended if self.server else None
         self.watched = watched_by(settings)
         self.samples: collections.deque[Sample] = collections.deque(maxlen=900)
         self.peak_memory_bytes = 0
@@ -69,8 +75,15 @@ class MeterService:
                 "check the server runs and --pid-file, --pid, --process-names or --cgroup")
 
     async def start(self) -> None:
+        if self.server is not None:
+            self.server.start()
         await self._http.start()
         self._task = asyncio.create_task(self._sample_forever())
+
+    @property
+    def exit_code(self) -> int:
+        """The server's exit status when the meter ran it, else 0."""
+        return (self.server.returncode or 0) if self.server else 0
 
     async def _sample_forever(self) -> None:
         then_ns, then, own_then = time.time_ns(), self.read(), cpu_seconds()
@@ -143,6 +156,8 @@ class MeterService:
         }
 
     async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
         if self._task is not None:
             self._task.cancel()
         await self._http.stop()

@@ -11,13 +11,18 @@ set size (PSS) summed over the live processes, so pages they share count once.""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlsstorm.common.cpu_limit import CGROUP_ROOT, CpuLimit, cgroup_cpu_seconds, cpu_limit
+from tlsstorm.common.cpu_limit import (
+    CGROUP_ROOT,
+    CpuLimit,
+    cgroup_cpu_seconds,
+    cpu_limit,
+    own_cgroup_folder,
+)
 from tlsstorm.common.process import cpu_seconds_of
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -37,9 +42,10 @@ class _Process:
     parent: int
     name: str
     reaped_s: float  # CPU of the children it has reaped (cutime + cstime)
+    own_ticks_s: float  # its own CPU in clock ticks (utime + stime), where its clock is not ours
 
 
-_NOBODY = _Process(0, "", 0.0)
+_NOBODY = _Process(0, "", 0.0, 0.0)
 
 
 def _process(pid: int) -> _Process | None:
@@ -50,7 +56,8 @@ def _process(pid: int) -> _Process | None:
         return None
     name = text[text.index("(") + 1:text.rindex(")")]
     fields = text[text.rindex(")") + 2:].split()
-    return _Process(int(fields[1]), name, (int(fields[13]) + int(fields[14])) / _TICKS)
+    return _Process(int(fields[1]), name, (int(fields[13]) + int(fields[14])) / _TICKS,
+                    (int(fields[11]) + int(fields[12])) / _TICKS)
 
 
 def _processes() -> dict[int, _Process]:
@@ -61,10 +68,15 @@ def _processes() -> dict[int, _Process]:
     return table
 
 
-def _own_cpu_seconds(pid: int) -> float | None:
-    with contextlib.suppress(OSError):
+def _own_cpu_seconds(pid: int, process: _Process) -> float | None:
+    """Its CPU clock, to the nanosecond; its ticks where the clock may not be read (another
+    user's process, seen from a sidecar); None once it has gone."""
+    try:
         return cpu_seconds_of(pid)
-    return None
+    except PermissionError:
+        return process.own_ticks_s
+    except OSError:
+        return None
 
 
 def memory_of(pid: int) -> int:
@@ -152,7 +164,7 @@ class ProcessTree:
         now: dict[int, tuple[int, float]] = {}
         memory = 0
         for pid in pids:
-            own = _own_cpu_seconds(pid)
+            own = _own_cpu_seconds(pid, table[pid])
             if own is None:  # gone between the listing and now: its parent reaps it
                 continue
             now[pid] = (table[pid].parent, own + table[pid].reaped_s)
@@ -197,12 +209,23 @@ class Cgroup:
     def __init__(self, path: str | None = None, pid_file: Path | None = None) -> None:
         self.seen: set[int] = set()
         self._pid_file = pid_file
+        # "self": the meter's own cgroup (a container it shares with the server it runs):
+        # the meter's own CPU is taken off.
+        self.own = path == "self"
         if pid_file is not None:
             path = _cgroup_of(int(pid_file.read_text().split()[0]))
         self.path = path
-        self.folder = _cgroup_folder(path)
-        self.description = f"cgroup {path} ({self.folder})" + (
-            f", of the process in {pid_file}" if pid_file else "")
+        if self.own:
+            folder = own_cgroup_folder()
+            if folder is None:
+                raise ValueError("this process's cgroup has no CPU count to read")
+            self.folder = folder
+        else:
+            self.folder = _cgroup_folder(path)
+        self.description = (
+            f"its own cgroup ({self.folder}), less the meter's CPU" if self.own else
+            f"cgroup {path} ({self.folder})" + (f", of the process in {pid_file}"
+                                                 if pid_file else ""))
 
     def limit(self) -> CpuLimit | None:
         try:
@@ -219,6 +242,9 @@ class Cgroup:
             pids = [int(line) for line in (self.folder / "cgroup.procs").read_text().split()]
         except OSError:
             pids = []
+        if self.own:
+            cpu -= time.process_time()
+            pids = [pid for pid in pids if pid != os.getpid()]
         self.seen.update(pids)
         return Reading(time.monotonic(), cpu, sum(memory_of(pid) for pid in pids), len(pids))
 

@@ -46,7 +46,10 @@ def hold_out(runner: SweepRunner, fitted: list[tuple[float, float, int]],
              rounds: int = 1) -> tuple[HeldOut, list]:
     """`fitted` and `held`: (TLS ratio, rate, messages) of each wave. With `rounds` > 1 the
     fitted waves and the held-out one are sent in turn that many times, so a drift of the
-    machine's speed during the run falls on both sides; the held-out figures are then means."""
+    machine's speed during the run falls on both sides; the held-out figures are then medians:
+    one wave in a few costs the receiver a quarter to a half more than its like (seen most
+    in a process's first waves; the machine's speed, probed before and after, had not moved),
+    and one such wave must not stand for the held-out one."""
     ratio, rate, messages = held
     points, held_points = [], []
     for _ in range(rounds):
@@ -60,8 +63,8 @@ def hold_out(runner: SweepRunner, fitted: list[tuple[float, float, int]],
     predicted_p99 = latency.predict(predicted, ratio) if latency else None  # one loop
     p99s = [point.session_p99_ms for point in held_points if point.session_p99_ms is not None]
     return HeldOut(ratio, rate, predicted,
-                   statistics.fmean(receiver_cores(point.as_dict()) for point in held_points),
-                   predicted_p99, statistics.fmean(p99s) if p99s else None, slo_p99_ms), points
+                   statistics.median(receiver_cores(point.as_dict()) for point in held_points),
+                   predicted_p99, statistics.median(p99s) if p99s else None, slo_p99_ms), points
 
 
 def _ms(value: float | None) -> str:
