@@ -37,7 +37,8 @@ FROM ${BASE_IMAGE}
 # packages exclude each other; the binary looks up its build's user, Debian-exim, at start).
 # Not pinned: they come with the base image's Debian release.
 # hadolint ignore=DL3008,DL3003
-RUN echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections \
+RUN printf 'postfix postfix/main_mailer_type select No configuration\n' > /tmp/debconf \
+    && debconf-set-selections /tmp/debconf && rm /tmp/debconf \
     && apt-get update -qq \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
          postfix libdb5.3 libgnutls-dane0 libgnutls30 libidn12 libidn2-0 libnsl2 \

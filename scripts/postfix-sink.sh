@@ -9,24 +9,27 @@
 # /etc/NAME, its queue /var/spool/NAME, its master's pid in /var/spool/NAME/pid/master.pid.
 # TLSSTORM_POSTFIX_MAX_USE: connections an smtpd serves before it exits and master starts
 # another (default: a million, so they live through a run; Postfix's own default is 100).
+# TLSSTORM_POSTFIX_INTERFACES: loopback-only (default) or all (in a pod).
 set -euo pipefail
 source "$(dirname "$0")/postfix-instance.sh"
 name=${TLSSTORM_POSTFIX_NAME:-tlsstorm-postfix}
+interfaces=${TLSSTORM_POSTFIX_INTERFACES:-loopback-only}
 config=/etc/$name
 configure() {  # PORT CERT KEY
     port=$1 cert=$2 key=$3
     instance_prepare $name
     install -m 0644 "$cert" "$config/cert.pem"
     install -m 0600 "$key" "$config/key.pem"
-    # Only our listener: a loopback port.
-    echo "127.0.0.1:$port inet n - n - - smtpd" >>"$config/master.cf"
+    # Only our listener: a loopback port (or every address: TLSSTORM_POSTFIX_INTERFACES=all).
+    if [ "$interfaces" = loopback-only ]; then listener=127.0.0.1:$port; else listener=$port; fi
+    echo "$listener inet n - n - - smtpd" >>"$config/master.cf"
     cat >"$config/main.cf" <<CONF
 compatibility_level = 3.6
 queue_directory = $spool
 data_directory = /var/lib/$name
 myhostname = postfix.tlsstorm.test
 mydestination =
-inet_interfaces = loopback-only
+inet_interfaces = $interfaces
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 # Accept everything from loopback and throw it away: a sink, like tlsstorm's receiver.

@@ -21,10 +21,22 @@ def wave_sessions(stats: dict | None) -> int:
 
 
 def start_from_ui(page, fields: dict[str, str]) -> None:
-    """Fill the swarm form (a first run's page, or the dialog behind New) and press Start."""
+    """Fill the swarm form (a first run's page, or the dialog behind New; a list's field by its
+    option's value) and press Start."""
     custom = page.get_by_role("button", name="Custom parameters")
     if custom.count() and not page.locator('input[name="waveId"]').is_visible():
         custom.click()
     for name, value in fields.items():
-        page.fill(f'input[name="{name}"]', value)
+        field = page.locator(f'[name="{name}"]')
+        if field.evaluate("element => element.tagName") == "SELECT":  # a list: the targets
+            field.select_option(value)
+        else:
+            field.fill(value)
     page.get_by_role("button", name="Start").click()
+
+
+def only_user_class(page, name: str, others: tuple[str, ...] = ("DirectSmtpBot",)) -> None:
+    """The class picker checks every user class for a run by default: leave only `name`."""
+    for other in others:
+        page.locator("tr", has_text=other).locator('input[type="checkbox"]').uncheck()
+    assert page.locator("tr", has_text=name).locator('input[type="checkbox"]').is_checked()

@@ -24,6 +24,7 @@ import pytest
 
 from tests import cgroups
 from tests.locust_helpers import clean_env, free_port
+from tests.locust_ui_helpers import only_user_class, start_from_ui
 from tests.receiver_process import ReceiverProcess, ServiceProcess
 from tlsstorm.mta import certificate_files
 from tlsstorm.plan.model import from_sweep
@@ -374,3 +375,68 @@ def test_a_sweep_says_what_is_wrong_with_the_target_or_its_meter(postfix):
         blind.terminate()
         refusing.stop()
         idle.kill()
+
+
+def test_locust_ui_aims_waves_at_postfix_from_its_list_and_the_collector_splits_its_cost(
+    browser_page, tmp_path
+):
+    """`tlsstorm up --target postfix`: Locust's web UI lists the receiver and Postfix; two runs
+    aimed at Postfix from the list (70% then 20% STARTTLS) reach Postfix, not the receiver, and
+    the collector gives Postfix's CPU per message per mode from its meter."""
+    ports = {name: str(free_port()) for name in (
+        "TLSSTORM_RECEIVER_SMTP_PORT", "TLSSTORM_RECEIVER_HTTP_PORT", "TLSSTORM_SENDER_HTTP_PORT",
+        "TLSSTORM_COLLECTOR_HTTP_PORT", "TLSSTORM_LOCUST_WEB_PORT", "TLSSTORM_TARGET_SMTP_PORT",
+        "TLSSTORM_METER_HTTP_PORT")}
+    env = clean_env(**ports, TLSSTORM_COLLECTOR_DB_PATH=str(tmp_path / "collector.sqlite"))
+    up = subprocess.Popen([sys.executable, "-m", "tlsstorm", "up", "--no-jaeger", "--target",
+                           "postfix"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    collector = f"http://127.0.0.1:{ports['TLSSTORM_COLLECTOR_HTTP_PORT']}"
+    locust = f"http://127.0.0.1:{ports['TLSSTORM_LOCUST_WEB_PORT']}"
+    postfix_address = f"127.0.0.1:{ports['TLSSTORM_TARGET_SMTP_PORT']}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(locust).status_code == 200:
+                    break
+            assert up.poll() is None and time.monotonic() < deadline
+            time.sleep(0.3)
+        page = browser_page
+        page.goto(locust)
+        page.get_by_role("button", name="Custom parameters").click()
+        options = page.locator('select[name="target"] option').all_inner_texts()
+        assert options == ["receiver", "postfix"]
+        # A first run starts Postfix's daemons (smtpd, cleanup, TLS set-up): not measured.
+        for number, (ratio, wave) in enumerate((("0.5", "warm-up"), ("0.7", "postfix-0.7"),
+                                                ("0.2", "postfix-0.2"))):
+            if number:
+                page.get_by_role("button", name="New").click()
+            only_user_class(page, "SpamViaSender")
+            if number == 1:
+                measured_since = int(time.time())
+            start_from_ui(page, {"target": "postfix", "tlsRatio": ratio, "waveId": wave,
+                                 "userCount": "4", "spawnRate": "4"})
+            deadline = time.monotonic() + 60
+            while _sent(collector, wave) < 400:
+                assert time.monotonic() < deadline
+                time.sleep(1)
+            assert httpx.post(f"{locust}/stop", timeout=60).status_code == 200
+            time.sleep(3)  # the meter's samples of the last seconds
+        waves = httpx.get(f"{collector}/v1/waves", params={"target": postfix_address}).json()
+        assert {"postfix-0.7", "postfix-0.2"} <= {entry["wave"] for entry in waves["waves"]}
+        assert all(entry["plain"] == entry["starttls"] == 0 for entry in waves["waves"])
+        costs = httpx.get(f"{collector}/v1/targets/summary", params={
+            "target": postfix_address, "since": measured_since}).json()
+        print(f"postfix through Locust's UI: {costs['per_mode']}")
+        assert costs["per_mode"]["starttls_ms"] > costs["per_mode"]["plain_ms"] > 0
+    finally:
+        os.killpg(up.pid, signal.SIGINT)
+        output, _ = up.communicate(timeout=60)
+    assert up.returncode == 0, output[-3000:]
+
+
+def _sent(collector: str, wave: str) -> int:
+    found = [entry for entry in httpx.get(f"{collector}/v1/waves").json()["waves"]
+             if entry["wave"] == wave]
+    return sum(found[0]["sent"].values()) if found else 0

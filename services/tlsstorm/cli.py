@@ -71,6 +71,19 @@ def _meter(flags: argparse.Namespace) -> None:
     sys.exit(service.exit_code)
 
 
+def _certificate(flags: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from tlsstorm.mta import certificate_files
+
+    folder = Path(flags.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [name.strip() for name in flags.names.split(",") if name.strip()]
+    cert, key = certificate_files(flags.hostname, folder, names)
+    key.chmod(0o640 if flags.group_readable else 0o600)
+    print(f"{cert} and {key}: {flags.hostname} ({', '.join(names) or 'no other names'})")
+
+
 def _up(flags: argparse.Namespace) -> None:
     from tlsstorm.jaeger import api_example as jaeger_api_example
     from tlsstorm.jaeger import jaeger_binary
@@ -226,6 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run the server itself (in a container it shares with the meter, "
                             "with --cgroup self), and end when it ends")
     meter.set_defaults(run=_meter)
+
+    certificate = commands.add_parser(
+        "certificate", help="issue a server's chain as the receiver's (for a mail server "
+        "measured as a target): TLSSTORM_RECEIVER_* settings, root files included")
+    certificate.add_argument("--hostname", required=True, metavar="NAME",
+                             help="the server's name (the leaf's subject and first name)")
+    certificate.add_argument("--names", default="", metavar="NAME[,NAME...]",
+                             help="more DNS names or IPs in the certificate")
+    certificate.add_argument("--out", required=True, metavar="DIR",
+                             help="where cert.pem (leaf, then intermediates) and key.pem go")
+    certificate.add_argument("--group-readable", action="store_true",
+                             help="key.pem readable by its group too (a server that reads it "
+                                  "as another user)")
+    certificate.set_defaults(run=_certificate)
 
     up = commands.add_parser("up", help="run the local stack until Ctrl-C")
     up.add_argument("--jaeger", action=argparse.BooleanOptionalAction, default=None,

@@ -122,7 +122,9 @@ class LocalStack:
 
     def locust_env(self) -> dict[str, str]:
         env = {**self.telemetry, **{k: v for k, v in _LOCUST_OTEL.items() if k not in os.environ}}
-        env.setdefault("LOCUST_SMTP_TARGET", self.target)
+        # DirectSmtpBot (no sender, no spans) stays on the receiver: the collector could not
+        # tell its load on a metered server from the sender's.
+        env.setdefault("LOCUST_SMTP_TARGET", self.receiver_target)
         env.setdefault("TLSSTORM_TARGETS", ",".join(
             f"{name}={address}" for name, address in self.targets.items()))
         return env

@@ -32,10 +32,12 @@ class LocalTarget:
     children: list[Child]
 
 
-def certificate_files(hostname: str, folder: Path) -> tuple[Path, Path]:
-    """The chain the receiver would serve (its settings: key types, intermediates), issued
-    for `hostname`, as PEM files: leaf then intermediates, and the leaf's key."""
-    settings = ReceiverSettings(hostname=hostname, cert_names=[hostname])
+def certificate_files(hostname: str, folder: Path, names: list[str] | None = None
+                      ) -> tuple[Path, Path]:
+    """The chain the receiver would serve (its settings, TLSSTORM_RECEIVER_* included: key
+    types, intermediates, the root to issue from), issued for `hostname`, as PEM files: leaf
+    then intermediates, and the leaf's key."""
+    settings = ReceiverSettings(hostname=hostname, cert_names=[hostname, *(names or [])])
     served = server_certificate(settings).served
     cert, key = folder / "cert.pem", folder / "key.pem"
     cert.write_bytes(served.cert_pem)

@@ -63,8 +63,8 @@ httpPort: 8026
 env:
   - {name: TLSSTORM_SENDER_HOST, value: "0.0.0.0"}
   - {name: TLSSTORM_SENDER_TARGET, value: {{ include "tlsstorm.receiverTarget" . | quote }}}
-  # Only the in-cluster receiver: the sender is a spam cannon.
-  - {name: TLSSTORM_ALLOWED_TARGETS, value: {{ include "tlsstorm.receiverTarget" . | quote }}}
+  # Only the in-cluster receiver and the release's targets: the sender is a spam cannon.
+  - {name: TLSSTORM_ALLOWED_TARGETS, value: {{ include "tlsstorm.allowedTargets" . | quote }}}
   - {name: TLSSTORM_SENDER_MAX_CONCURRENCY, value: {{ .Values.components.sender.maxConcurrency | quote }}}
   {{- if gt (int .Values.components.sender.replicas) 1 }}
   # Every ready replica, by the headless Service: a wave posted to one is split over all.
@@ -124,7 +124,9 @@ volumeMounts:
 - {name: LOCUST_TLS_PROFILES, value: {{ $locust.tlsProfiles | default "" | quote }}}
 - {name: LOCUST_SMTP_TARGET, value: {{ include "tlsstorm.receiverTarget" . | quote }}}
 - {name: TLSSTORM_LOAD_SHAPE, value: {{ $locust.shape | quote }}}
-- {name: TLSSTORM_ALLOWED_TARGETS, value: {{ include "tlsstorm.receiverTarget" . | quote }}}
+- {name: TLSSTORM_ALLOWED_TARGETS, value: {{ include "tlsstorm.allowedTargets" . | quote }}}
+# The servers the web UI offers to aim at, by name (the receiver first: the default).
+- {name: TLSSTORM_TARGETS, value: {{ include "tlsstorm.namedTargets" . | quote }}}
 {{ include "tlsstorm.otelEnv" (dict "root" . "service" "locust") }}
 {{- include "tlsstorm.tokenEnv" . }}
 {{- end -}}

@@ -59,6 +59,44 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:2525" (include "tlsstorm.name" (dict "root" . "component" "receiver")) -}}
 {{- end -}}
 
+{{/* The namespace a target runs in: its own for Postfix (its master must be root), else the
+release's. tlsstorm.targetNamespace (dict "root" $ "target" "postfix") */}}
+{{- define "tlsstorm.targetNamespace" -}}
+{{- (index .root.Values.targets .target).namespace | default .root.Release.Namespace -}}
+{{- end -}}
+
+{{/* A target's SMTP address as the senders aim at it and its meter labels its figures. */}}
+{{- define "tlsstorm.targetAddress" -}}
+{{- printf "%s.%s.svc:2525" (include "tlsstorm.name" (dict "root" .root "component" .target)) (include "tlsstorm.targetNamespace" .) -}}
+{{- end -}}
+
+{{/* The enabled targets, in order: tlsstorm.enabledTargets $ | fromJsonArray */}}
+{{- define "tlsstorm.enabledTargets" -}}
+{{- $found := list -}}
+{{- range $name := list "postfix" "exim" -}}
+{{- if (index $.Values.targets $name).enabled -}}{{- $found = append $found $name -}}{{- end -}}
+{{- end -}}
+{{- toJson $found -}}
+{{- end -}}
+
+{{/* Where the senders may aim, and Locust's list of servers by name: the receiver, then the
+enabled targets. */}}
+{{- define "tlsstorm.allowedTargets" -}}
+{{- $addresses := list (include "tlsstorm.receiverTarget" .) -}}
+{{- range $name := include "tlsstorm.enabledTargets" . | fromJsonArray -}}
+{{- $addresses = append $addresses (include "tlsstorm.targetAddress" (dict "root" $ "target" $name)) -}}
+{{- end -}}
+{{- join "," $addresses -}}
+{{- end -}}
+
+{{- define "tlsstorm.namedTargets" -}}
+{{- $named := list (printf "receiver=%s" (include "tlsstorm.receiverTarget" .)) -}}
+{{- range $name := include "tlsstorm.enabledTargets" . | fromJsonArray -}}
+{{- $named = append $named (printf "%s=%s" $name (include "tlsstorm.targetAddress" (dict "root" $ "target" $name))) -}}
+{{- end -}}
+{{- join "," $named -}}
+{{- end -}}
+
 {{- define "tlsstorm.apiTokenSecret" -}}
 {{- .Values.apiToken.existingSecret | default (include "tlsstorm.name" (dict "root" . "component" "api-token")) -}}
 {{- end -}}

@@ -149,3 +149,46 @@ chain from (chain shape) or its self-signed certificate. */}}
 {{- $tls := .Values.components.receiver.tls -}}
 {{- ternary "tls.crt" "ca.crt" (and (eq $tls.shape "self-signed") (not $tls.existingSecret)) -}}
 {{- end -}}
+
+{{/* The receiver's root CA as Secret data (ca.crt, ca.key): kept from the release's Secret
+until rootKeyType changes, else made once per render (so every Secret carrying it, in any
+namespace, carries the same root). */}}
+{{- define "tlsstorm.receiverRootData" -}}
+{{- if not (hasKey .Values "_receiverRootData") -}}
+{{- $tls := .Values.components.receiver.tls -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "tlsstorm.receiverTlsSecret" .) -}}
+{{- $madeFor := printf "root %s" $tls.rootKeyType -}}
+{{- $data := dict -}}
+{{- if and $existing (eq (index ($existing.metadata.annotations | default dict) "tlsstorm.io/made-for" | default "") $madeFor) -}}
+{{- $data = dict "ca.crt" (index $existing.data "ca.crt") "ca.key" (index $existing.data "ca.key") -}}
+{{- else -}}
+{{- $root := dict -}}
+{{- if eq $tls.rootKeyType "rsa2048" -}}
+{{- /* Sprig: genCA makes RSA-2048; genPrivateKey "rsa" makes RSA-4096. */ -}}
+{{- $root = genCA "tlsstorm Test Root X1" 7300 -}}
+{{- else -}}
+{{- $root = genCAWithKey "tlsstorm Test Root X1" 7300 (genPrivateKey (ternary "ecdsa" "rsa" (eq $tls.rootKeyType "ecdsa-p256"))) -}}
+{{- end -}}
+{{- $data = dict "ca.crt" ($root.Cert | b64enc) "ca.key" ($root.Key | b64enc) -}}
+{{- end -}}
+{{- $_ := set .Values "_receiverRootData" $data -}}
+{{- end -}}
+{{- toYaml .Values._receiverRootData -}}
+{{- end -}}
+
+{{/* The same root, as a Secret in another namespace (a target's). */}}
+{{- define "tlsstorm.receiverCaSecret" -}}
+{{- $root := .root -}}
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {{ include "tlsstorm.name" (dict "root" $root "component" "receiver-ca") }}
+  namespace: {{ .namespace }}
+  labels:
+    {{- include "tlsstorm.labels" (dict "root" $root "component" "receiver") | nindent 4 }}
+  annotations:
+    tlsstorm.io/made-for: {{ printf "root %s" $root.Values.components.receiver.tls.rootKeyType | quote }}
+type: Opaque
+data:
+  {{- include "tlsstorm.receiverRootData" $root | nindent 2 }}
+{{- end -}}

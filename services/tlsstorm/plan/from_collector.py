@@ -65,11 +65,14 @@ def _wave_point(summary: dict[str, Any]) -> dict[str, float] | None:
             "tls_session_p99_ms": receiver["starttls"]["duration_ms"]["p99"]}
 
 
-def target_sweep(aggregator: Aggregator, target: str) -> dict[str, Any]:
-    """The waves aimed at `target` as `tlsstorm sweep` saves them (what `tlsstorm plan
-    --sweep` reads)."""
+def target_sweep(aggregator: Aggregator, target: str, since: float | None = None,
+                 until: float | None = None) -> dict[str, Any]:
+    """The waves aimed at `target` (those within [since, until], when given) as `tlsstorm
+    sweep` saves them (what `tlsstorm plan --sweep` reads)."""
     waves = [point for entry in reversed(aggregator.waves(target))
-             if (point := _target_wave_point(aggregator, target, entry["wave"])) is not None]
+             if (since is None or entry["first_unix_s"] >= since)
+             and (until is None or entry["last_unix_s"] <= until)
+             and (point := _target_wave_point(aggregator, target, entry["wave"])) is not None]
     sizes = [point.pop("message_bytes") for point in waves]
     return {"settings": {"measured_by": "meter", "target": target,
                          "size": int(statistics.fmean(sizes)) if sizes else 2048},
@@ -92,7 +95,7 @@ def target_costs(aggregator: Aggregator, target: str, wave: str | None = None,
     """target_summary, with the server's CPU per message per mode: fitted over the waves
     aimed at it (CPU per message against their TLS ratios), when they had two or more."""
     summary = aggregator.target_summary(target, wave, since, until)
-    waves = target_sweep(aggregator, target)["waves"]
+    waves = target_sweep(aggregator, target, since, until)["waves"]
     try:
         fit = fit_cost([(point["tls_ratio"], point["process_cpu_ms_per_message"])
                         for point in waves])
