@@ -114,8 +114,8 @@ def hello_part(port: int, tls12: bool = False, share: float = 1.0) -> socket.soc
 POINTS: dict[str, tuple[Callable[[int], socket.socket], tuple[str, str | None]]] = {
     "before the greeting": (
         lambda port: socket.create_connection(("127.0.0.1", port)), ("plain", "reset")),
-    "mid-command": (
-        lambda port: raw_then(port, lambda s: s.sendall(b"MAIL FROM:<bot@res")), ("plain", "reset")),
+    "mid-command": (lambda port: raw_then(port, lambda s: s.sendall(b"MAIL FROM:<bot@res")),
+                    ("plain", "reset")),
     "mid-DATA": (lambda port: raw_then(port, mid_data), ("plain", "reset")),
     "pipelined, replies unread": (lambda port: raw_then(port, flood), ("plain", "reset")),
     "after QUIT": (lambda port: raw_then(port, plain_then_quit), ("plain", None)),
