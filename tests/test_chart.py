@@ -96,6 +96,8 @@ def test_rendered_objects_validate_against_kubernetes(values_file, version, tmp_
 
 def test_every_pod_is_non_root_read_only_and_probed(objects):
     for name, pod, long_running in _pods(objects):
+        if name.endswith("-postfix"):
+            continue  # its master runs as root: test_postfix_runs_as_root_in_its_own_namespace
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         assert pod["automountServiceAccountToken"] is False, name
@@ -166,8 +168,65 @@ def test_locust_values_reach_the_ui_defaults_on_master_and_workers():
 def test_sender_may_aim_only_at_the_in_cluster_receiver(objects):
     sender = _env(_by_kind(objects, "Deployment")[f"{RELEASE}-tlsstorm-sender"])
 
-    assert sender["TLSSTORM_ALLOWED_TARGETS"] == f"{RELEASE}-tlsstorm-receiver:2525"
+    assert sender["TLSSTORM_ALLOWED_TARGETS"].split(",")[0] == f"{RELEASE}-tlsstorm-receiver:2525"
     assert sender["TLSSTORM_SENDER_TARGET"] == f"{RELEASE}-tlsstorm-receiver:2525"
+
+
+TARGETS = ("--set", "targets.exim.enabled=true", "--set", "targets.postfix.enabled=true",
+           "--set", "targets.postfix.namespace=tlsstorm-mta")
+
+
+def test_targets_are_exactly_what_the_senders_may_aim_at_and_locust_lists():
+    """Each enabled target is allowed to the senders and Locust and named in Locust's list,
+    after the receiver; none is without its value."""
+    exim = f"{RELEASE}-tlsstorm-exim.tlsstorm.svc:2525"
+    postfix = f"{RELEASE}-tlsstorm-postfix.tlsstorm-mta.svc:2525"
+    receiver = f"{RELEASE}-tlsstorm-receiver:2525"
+    for args, allowed in ((TARGETS, [receiver, postfix, exim]), ((), [receiver]),
+                          (("--set", "targets.exim.enabled=true"), [receiver, exim])):
+        deployments = _by_kind(render(*args), "Deployment")
+        for name in ("sender", "locust-master", "locust-worker"):
+            env = _env(deployments[f"{RELEASE}-tlsstorm-{name}"])
+            assert env["TLSSTORM_ALLOWED_TARGETS"].split(",") == allowed, name
+        listed = _env(deployments[f"{RELEASE}-tlsstorm-locust-master"])["TLSSTORM_TARGETS"]
+        assert [entry.split("=", 1)[1] for entry in listed.split(",")] == allowed
+        assert listed.split(",")[0] == f"receiver={receiver}"
+
+
+def test_each_target_runs_under_its_meter_and_reports_to_the_collector():
+    objects = render(*TARGETS)
+    deployments = _by_kind(objects, "Deployment")
+    for name, namespace in (("exim", "tlsstorm"), ("postfix", "tlsstorm-mta")):
+        deployment = deployments[f"{RELEASE}-tlsstorm-{name}"]
+        assert deployment["metadata"]["namespace"] == namespace
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"][:4] == ["tlsstorm", "meter", "--cgroup", "self"]
+        env = _env(deployment)
+        assert env["TLSSTORM_METER_TARGET"] == f"{RELEASE}-tlsstorm-{name}.{namespace}.svc:2525"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == \
+            f"http://{RELEASE}-tlsstorm-collector.tlsstorm.svc:8027"
+        assert env["TLSSTORM_RECEIVER_CA_CERT_FILE"] == "/etc/tlsstorm/ca/ca.crt"
+    # Postfix's namespace gets the receiver's root too: the same root, for the same chain.
+    roots = {obj["metadata"].get("namespace", "tlsstorm"): obj["data"]["ca.crt"]
+             for obj in objects if obj["kind"] == "Secret"
+             and obj["metadata"]["name"] == f"{RELEASE}-tlsstorm-receiver-ca"}
+    assert set(roots) == {"tlsstorm", "tlsstorm-mta"} and len(set(roots.values())) == 1
+
+
+def test_postfix_runs_as_root_in_its_own_namespace_with_five_capabilities():
+    """Postfix's master must be root ("the master command is reserved for the superuser"):
+    its pod is the one that is, in the namespace given for it (baseline), never escalating,
+    with a read-only root and every capability dropped but the five its daemons use."""
+    deployment = _by_kind(render(*TARGETS), "Deployment")[f"{RELEASE}-tlsstorm-postfix"]
+    pod = deployment["spec"]["template"]["spec"]
+    context = pod["containers"][0]["securityContext"]
+    assert pod["securityContext"]["runAsUser"] == 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["capabilities"] == {"drop": ["ALL"],
+                                       "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID",
+                                               "SETUID"]}
 
 
 def test_receiver_secret_holds_the_root_or_the_self_signed_certificate_asked_for():
@@ -257,6 +316,16 @@ def test_network_policies_limit_sender_and_receiver_egress():
     assert egress("sender", "--set", "components.sender.replicas=1") == {
         ("receiver", 2525), ("collector", 8027)}
     assert egress("receiver") == {("collector", 8027)}
+    assert egress("sender", *TARGETS) == {("receiver", 2525), ("collector", 8027),
+                                          ("sender", 8026), ("exim", 2525), ("postfix", 2525)}
+    targets = _by_kind(render(*TARGETS), "NetworkPolicy")
+    postfix = targets[f"{RELEASE}-tlsstorm-postfix"]
+    assert postfix["metadata"]["namespace"] == "tlsstorm-mta"
+    smtp_from = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                 for peer in postfix["spec"]["ingress"][0]["from"]}
+    assert smtp_from == {"sender", "locust-worker"}
+    assert all(peer["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "tlsstorm"} for peer in postfix["spec"]["ingress"][0]["from"])
 
 
 def test_sender_replicas_find_each_other_through_a_headless_service():
@@ -285,6 +354,8 @@ def test_sender_replicas_find_each_other_through_a_headless_service():
     ("jaeger.image.tag=1.60", "/jaeger/image/tag"),
     ("components.receiver.tls.minVersion=1.0", "/components/receiver/tls/minVersion"),
     ("replicas=3", "additional properties 'replicas' not allowed"),
+    ("targets.postfix.namespace=Not_A_Name", "/targets/postfix/namespace"),
+    ("targets.exim.enabled=yes", "/targets/exim/enabled"),
 ])
 def test_bad_values_fail_at_install_with_a_clear_message(setting, message):
     finished = helm("template", RELEASE, str(CHART), "--set", setting, check=False)
