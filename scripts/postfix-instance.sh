@@ -1,13 +1,17 @@
 # Sourced by postfix-sink.sh and postfix-relay.sh: a Postfix instance of its own (config, queue
 # and data directories apart from the system's), its master.cf without the system's port-25
-# listener and with chroot off (there is no syslog in a chroot here).
+# listener and with chroot off (there is no syslog in a chroot here, nor CAP_SYS_CHROOT in a
+# container).
 instance_prepare() {  # NAME: creates the directories and master.cf; sets config and spool
   config=/etc/$1
   spool=/var/spool/$1
   mkdir -p "$config" "$spool" "/var/lib/$1"
+  chmod 0755 "$spool"  # an emptyDir or tmpfs is made writable by all
   cp /etc/postfix/master.cf "$config/master.cf"
   sed -i -E '/^smtp +inet /d' "$config/master.cf"
-  sed -i -E 's/^(postlog +unix-dgram +n +- +)[ny]/\1n/' "$config/master.cf"
+  # No chroot for any daemon (the fifth column): a container keeps no CAP_SYS_CHROOT.
+  awk '/^[a-z0-9]/ && NF >= 8 { $5 = "n" } { print }' "$config/master.cf" >"$config/master.cf.new"
+  mv "$config/master.cf.new" "$config/master.cf"
 }
 
 instance_check() {  # NAME, once main.cf is written: ownership and Postfix's own check

@@ -29,6 +29,9 @@ queue_directory = $spool
 data_directory = /var/lib/$name
 myhostname = postfix.tlsstorm.test
 mydestination =
+# No local delivery: no aliases to look up.
+alias_maps =
+alias_database =
 inet_interfaces = $interfaces
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8

@@ -324,8 +324,9 @@ def test_network_policies_limit_sender_and_receiver_egress():
     smtp_from = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
                  for peer in postfix["spec"]["ingress"][0]["from"]}
     assert smtp_from == {"sender", "locust-worker"}
-    assert all(peer["namespaceSelector"]["matchLabels"] == {
-        "kubernetes.io/metadata.name": "tlsstorm"} for peer in postfix["spec"]["ingress"][0]["from"])
+    release_namespace = {"kubernetes.io/metadata.name": "tlsstorm"}
+    assert all(peer["namespaceSelector"]["matchLabels"] == release_namespace
+               for peer in postfix["spec"]["ingress"][0]["from"])
 
 
 def test_sender_replicas_find_each_other_through_a_headless_service():

@@ -20,7 +20,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.locust_ui_helpers import receiver_wave, start_from_ui, wave_sessions
+from tests.locust_ui_helpers import (
+    only_user_class,
+    receiver_wave,
+    start_from_ui,
+    wave_sessions,
+)
 from tests.test_jaeger import both_ends, services_in
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -336,6 +341,83 @@ def test_the_default_swarm_ends_with_no_pod_restarted(release, browser_page):
                                                 "json").stdout)["items"]
                   for status in pod["status"]["containerStatuses"]]
     assert "OOMKilled" not in terminated
+
+
+MTA_NAMESPACE = "tlsstorm-mta"
+
+
+def test_postfix_and_exim_are_targets_picked_in_the_locust_ui_and_costed_by_the_collector(
+    release, browser_page
+):
+    """`helm upgrade` with both targets: Exim in the release's namespace (restricted), Postfix
+    in a namespace of its own that admits its root master (baseline). Locust's web UI lists
+    them; runs aimed at Postfix from the list, at 70% and 20% STARTTLS, reach it, and the
+    collector gives Postfix's CPU per message per mode from its meter; a wave through the
+    sender's Service reaches Exim; anything else the sender refuses."""
+    kubectl("create", "namespace", MTA_NAMESPACE)
+    kubectl("label", "namespace", MTA_NAMESPACE, "pod-security.kubernetes.io/enforce=baseline")
+    helm = str(ROOT / ".tools" / "bin" / "helm")
+    run(helm, "upgrade", "tlsstorm", "charts/tlsstorm", "-n", release, "--reuse-values",
+        "--set", "targets.postfix.enabled=true", "--set",
+        f"targets.postfix.namespace={MTA_NAMESPACE}", "--set", "targets.exim.enabled=true",
+        "--wait", "--timeout", "5m")
+    postfix = f"tlsstorm-postfix.{MTA_NAMESPACE}.svc:2525"
+    exim = f"tlsstorm-exim.{release}.svc:2525"
+    collector = f"http://{cluster_ip('tlsstorm-collector')}:8027"
+    locust_url = f"http://{cluster_ip('tlsstorm-locust-master')}:8089"
+    page = browser_page
+    page.goto(locust_url)
+    page.get_by_role("button", name="New").click()
+    page.get_by_role("button", name="Custom parameters").click()
+    assert page.locator('select[name="target"] option').all_inner_texts() == [
+        "receiver", "postfix", "exim"]
+    page.keyboard.press("Escape")
+    measured_since = None
+    for ratio, wave in (("0.5", "postfix-warm-up"), ("0.7", "postfix-0.7"),
+                        ("0.2", "postfix-0.2")):
+        page.get_by_role("button", name="New").click()
+        only_user_class(page, "SpamViaSender")
+        if wave != "postfix-warm-up" and measured_since is None:
+            measured_since = int(time.time())
+        start_from_ui(page, {"target": "postfix", "tlsRatio": ratio, "waveId": wave,
+                             "userCount": "10", "spawnRate": "10"})
+        deadline = time.monotonic() + 120
+        while _sent(collector, wave) < 600:
+            assert time.monotonic() < deadline, _sent(collector, wave)
+            time.sleep(1)
+        assert httpx.post(f"{locust_url}/stop", timeout=60).status_code == 200
+        time.sleep(4)  # the meter's samples of the last seconds reach the collector
+    costs = httpx.get(f"{collector}/v1/targets/summary", timeout=30,
+                      params={"target": postfix, "since": measured_since}).json()
+    print(f"Postfix in the cluster: {costs['per_mode']}; {costs['process']}")
+    assert costs["measured_by"] == "meter"
+    assert costs["per_mode"]["starttls_ms"] > costs["per_mode"]["plain_ms"] > 0
+    assert costs["process"]["limit_cores"] == 1.0  # the pod's CPU limit, read in its cgroup
+
+    token = base64.b64decode(kubectl("-n", release, "get", "secret", "tlsstorm-api-token",
+                                     "-o", "jsonpath={.data.token}").stdout).decode()
+    sender = f"http://{cluster_ip('tlsstorm-sender')}:8026"
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
+        started = http.post(f"{sender}/v1/waves", json={
+            "rate": 20, "count": 60, "tls_ratio": 0.5, "target": exim}).json()
+        deadline = time.monotonic() + 90
+        while (state := http.get(f"{sender}{started['url']}").json())["status"] == "running":
+            assert time.monotonic() < deadline, state
+            time.sleep(1)
+        assert (state["plain"]["ok"], state["tls"]["ok"]) == (30, 30), state
+        refused = http.post(f"{sender}/v1/send", json={"tls": False, "target": "198.19.0.1:443"})
+        assert refused.status_code == 403 and "not allowed" in refused.text, refused.text
+    deadline = time.monotonic() + 30
+    while not any(row["target"] == exim and row["metered"] for row in
+                  httpx.get(f"{collector}/v1/targets", timeout=10).json()["targets"]):
+        assert time.monotonic() < deadline
+        time.sleep(1)
+
+
+def _sent(collector: str, wave: str) -> int:
+    found = [entry for entry in httpx.get(f"{collector}/v1/waves", timeout=10).json()["waves"]
+             if entry["wave"] == wave]
+    return sum(found[0]["sent"].values()) if found else 0
 
 
 def test_an_upgrade_to_an_ecdsa_leaf_serves_it_under_the_kept_root(release, tmp_path):
