@@ -97,7 +97,7 @@ def test_rendered_objects_validate_against_kubernetes(values_file, version, tmp_
 def test_every_pod_is_non_root_read_only_and_probed(objects):
     for name, pod, long_running in _pods(objects):
         if name.endswith("-postfix"):
-            continue  # its master runs as root: test_postfix_runs_as_root_in_its_own_namespace
+            continue  # its master runs as root: test_postfix_runs_as_root_in_its_own_namespace_with_six_...
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         assert pod["automountServiceAccountToken"] is False, name
@@ -213,10 +213,10 @@ def test_each_target_runs_under_its_meter_and_reports_to_the_collector():
     assert set(roots) == {"tlsstorm", "tlsstorm-mta"} and len(set(roots.values())) == 1
 
 
-def test_postfix_runs_as_root_in_its_own_namespace_with_five_capabilities():
+def test_postfix_runs_as_root_in_its_own_namespace_with_six_capabilities():
     """Postfix's master must be root ("the master command is reserved for the superuser"):
     its pod is the one that is, in the namespace given for it (baseline), never escalating,
-    with a read-only root and every capability dropped but the five its daemons use."""
+    with a read-only root and every capability dropped but the six its daemons use."""
     deployment = _by_kind(render(*TARGETS), "Deployment")[f"{RELEASE}-tlsstorm-postfix"]
     pod = deployment["spec"]["template"]["spec"]
     context = pod["containers"][0]["securityContext"]
@@ -225,8 +225,8 @@ def test_postfix_runs_as_root_in_its_own_namespace_with_five_capabilities():
     assert context["allowPrivilegeEscalation"] is False
     assert context["readOnlyRootFilesystem"] is True
     assert context["capabilities"] == {"drop": ["ALL"],
-                                       "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID",
-                                               "SETUID"]}
+                                       "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL",
+                                               "SETGID", "SETUID"]}
 
 
 def test_receiver_secret_holds_the_root_or_the_self_signed_certificate_asked_for():

@@ -115,7 +115,7 @@ def _demo(flags: argparse.Namespace) -> None:
     from tlsstorm.demo import run_demo
 
     run_demo(messages=flags.messages, tls_ratio=flags.tls_ratio, users=flags.users,
-             size=flags.size)
+             size=flags.size, target=flags.target)
 
 
 def _sweep(flags: argparse.Namespace) -> None:
@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Locust users (concurrent bots)")
     demo.add_argument("--size", type=_positive_int, default=2048, metavar="BYTES",
                       help="message size in bytes")
+    demo.add_argument("--target", choices=["postfix", "exim"],
+                      help="a real MTA the stack starts beside its meter, instead of the "
+                           "receiver (Postfix needs root, Exim Docker)")
     demo.set_defaults(run=_demo)
     sweep = commands.add_parser(
         "sweep", help="waves at several TLS ratios: CPU fit, capacity, report")

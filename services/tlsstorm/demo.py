@@ -19,6 +19,7 @@ from tlsstorm.collector.report import (
     memory_sentence,
     outbound_sentence,
     process_sentence,
+    target_sentences,
     text_table,
 )
 from tlsstorm.common.auth import bearer_headers
@@ -29,13 +30,15 @@ from tlsstorm.sweep.run import receiver_wave_stats
 
 def _run_locust_wave(local: LocalStack, messages: int, tls_ratio: float, users: int,
                      size: int) -> dict[str, Any]:
-    """A headless Locust run through the sender: exactly `messages` messages, then it ends."""
+    """A headless Locust run through the sender, at the stack's target: exactly `messages`
+    messages, then it ends."""
     wave_id = f"demo-{uuid.uuid4().hex[:8]}"
     command = local.locust_command(
         "SpamViaSender", "--headless", "--users", str(users), "--spawn-rate", str(users),
         "--max-messages", str(messages), "--tls-ratio", str(tls_ratio),
         "--message-size", str(size), "--wave-id", wave_id, "--run-time", "600s",
-        "--stop-timeout", "30", "--only-summary", "--loglevel", "WARNING")
+        "--stop-timeout", "30", "--only-summary", "--loglevel", "WARNING",
+        "--target", local.target_name)
     finished = subprocess.run(command, env={**os.environ, **local.locust_env()}, check=False)
     if finished.returncode != 0:
         raise SystemExit(f"locust exited with code {finished.returncode}")
@@ -119,8 +122,68 @@ def _collector_summary(local: LocalStack, http: httpx.Client, wave_id: str,
         time.sleep(0.25)
 
 
-def run_demo(messages: int, tls_ratio: float, users: int, size: int) -> None:
-    local = LocalStack()
+def _target_costs(local: LocalStack, http: httpx.Client, wave_id: str,
+                  messages: int) -> dict[str, Any]:
+    """The collector's figures of a metered server for the wave, once the sender's spans of
+    every message and the meter's samples of its last second have arrived."""
+    deadline = time.monotonic() + 30
+    while True:
+        costs = http.get(local.collector_url("/v1/targets/summary"),
+                         params={"target": local.target, "wave": wave_id})
+        if costs.status_code == 200:
+            found = costs.json()
+            sender = found["sender"]
+            sent = sender["plain"]["messages"] + sender["starttls"]["messages"]
+            if sent >= messages and found["process"] and \
+                    found["process"]["samples"] >= found["process"]["seconds"] - 1:
+                return found
+        if time.monotonic() > deadline:
+            raise SystemExit(f"tlsstorm demo: the collector has no figures of {local.target} "
+                             f"for wave {wave_id} after 30 s (is its meter sending?)")
+        time.sleep(0.5)
+
+
+def _demo_at_target(local: LocalStack, messages: int, tls_ratio: float, users: int,
+                    size: int) -> None:
+    """The demo aimed at a real MTA: the sender's view of its sessions beside its meter."""
+    with httpx.Client(timeout=30, headers=bearer_headers()) as http:
+        wave = _run_locust_wave(local, messages, tls_ratio, users, size)
+        costs = _target_costs(local, http, wave["id"], messages)
+        report_html = http.get(local.collector_url("/"), params={"target": local.target,
+                                                                 "wave": wave["id"]}).text
+    sender = costs["sender"]
+    failed = sum(sum(sender[mode]["errors"].values()) for mode in ("plain", "starttls"))
+    print(f"\nwave {wave['id']}: {local.target_name} at {local.target} took "
+          f"{messages - failed} of {messages} messages\n")
+    print("the collector's table (the sender's side of each session):")
+    print(text_table(sender, receiver=False))
+    print()
+    for line in target_sentences(costs):
+        print(line)
+    results = Path("results")
+    results.mkdir(exist_ok=True)
+    (results / "demo-latest.json").write_text(json.dumps({"wave": wave, "collector": costs},
+                                                         indent=2))
+    (results / "report.html").write_text(report_html)
+    print(f"\nHTML report: {(results / 'report.html').resolve()}")
+    print(f"raw figures: {(results / 'demo-latest.json').resolve()}")
+    if failed:
+        sys.exit(f"tlsstorm demo: {failed} of {messages} messages failed at {local.target}")
+
+
+def run_demo(messages: int, tls_ratio: float, users: int, size: int,
+             target: str | None = None) -> None:
+    local = LocalStack(target=target)
+    if local.target_name != "receiver":
+        print(f"starting the local stack with {local.target_name} at {local.target} ...")
+        local.stack.start()
+        try:
+            print(f"Locust (headless) sends {messages} messages of {size} bytes through the "
+                  f"sender to {local.target_name} with {users} users, {tls_ratio:.0%} STARTTLS")
+            _demo_at_target(local, messages, tls_ratio, users, size)
+        finally:
+            local.stack.stop()
+        return
     print(f"starting the local stack (receiver {local.receiver_target}, "
           f"collector {local.collector_url()}) ...")
     local.stack.start()

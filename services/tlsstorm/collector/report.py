@@ -57,9 +57,9 @@ def factor_text(value: float | None) -> str:
     return f"{value:.2f}x" if value else ""
 
 
-def text_table(cost: dict[str, Any]) -> str:
+def text_table(cost: dict[str, Any], receiver: bool = True) -> str:
     lines = [f"{'':<22}{'plain':>12}{'STARTTLS':>12}{'TLS/plain':>12}"]
-    for label, plain, tls, factor in cost_rows(cost):
+    for label, plain, tls, factor in cost_rows(cost, receiver):
         lines.append(f"{label:<22}{cell_text(plain):>12}{cell_text(tls):>12}"
                      f"{factor_text(factor):>12}")
     return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""What TLS spam costs real MTAs beside tlsstorm's receiver: the same Rustock sweep (all-plain,
+then 20%, 30% and 70% STARTTLS, with capacity steps at two rates) aimed at each server, a plan for
+one demand from each sweep, and how far a plan from the receiver would be off for Postfix and
+Exim; then held-out waves (at half and at 85% of each server's capacity, a ratio the sweep did
+not send) predicted and sent. CPU: the receiver's process, Postfix's process tree (its meter),
+Exim's container cgroup (its meter). Tracing off.
+
+Needs root (Postfix's master), Debian's postfix, and Docker with tlsstorm's image for Exim
+(`make images`; the first run builds it).
+Usage: python bench/target_sweep.py [--servers receiver,postfix,exim] [--rate 100]
+                                    [--messages 400] [--capacity-rates 150 300]
+                                    [--messages-per-day 20000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+from pathlib import Path
+
+from tlsstorm.common.machine import machine_note
+from tlsstorm.plan.model import from_sweep, server_cores
+from tlsstorm.plan.project import Demand, Inputs, plan
+from tlsstorm.sweep.command import SCENARIOS, run_sweep
+from tlsstorm.sweep.fit import fit_cost
+from tlsstorm.sweep.report import scenario_lines
+from tlsstorm.sweep.run import WavePoint, stack_runner
+
+HELD_OUT = ((0.5, 0.5), (0.7, 0.85))  # (TLS ratio, share of the capacity at that ratio)
+SLO_P99_MS = 150.0
+
+
+def sweep(server: str, flags: argparse.Namespace, folder: Path) -> Path:
+    """The server's Rustock sweep, quietly; its sweep.json."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_sweep(ratios=None, rate=flags.rate, messages=flags.messages, size=2048,
+                  scenario="rustock", capacity_rates=flags.capacity_rates, capacity_seconds=3,
+                  slo_p99_ms=SLO_P99_MS, output=folder / server,
+                  target=None if server == "receiver" else server)
+    return folder / server / "sweep.json"
+
+
+def held_out(server: str, sweep_json: Path) -> list[str]:
+    """Waves the model was not fitted on: predicted, then sent; CPU per message compared."""
+    model = from_sweep(sweep_json)
+    limit = server_cores(json.loads(sweep_json.read_text())["waves"][0])
+    lines = []
+    with contextlib.redirect_stdout(io.StringIO()), stack_runner(
+            target=None if server == "receiver" else server) as runner:
+        runner.wave(0.5, 50, 100, "warm-up")
+        for ratio, share in HELD_OUT:
+            capacity = (limit - max(model.fit.idle_cores, 0.0)) / model.fit.cost_ms(ratio) * 1000
+            rate = round(capacity * share)
+            point = runner.wave(ratio, rate, int(rate * 4), "held out")
+            cores = model.fit.cores(point.achieved_rate, ratio)
+            predicted = cores / point.achieved_rate * 1000
+            p99 = model.latency.predict(cores / limit, ratio) if model.latency else None
+            error = predicted / point.process_cpu_ms_per_message - 1
+            verdict = p99 is not None and point.session_p99_ms is not None and \
+                (p99 <= SLO_P99_MS) == (point.session_p99_ms <= SLO_P99_MS)
+            lines.append(
+                f"  {server} held out {ratio:.0%} STARTTLS at {rate}/s ({share:.0%} of its "
+                f"capacity, {capacity:.0f}/s on {limit:g} cores): CPU/msg predicted "
+                f"{predicted:.3f} ms, measured {point.process_cpu_ms_per_message:.3f} "
+                f"({error:+.1%}); p99 predicted "
+                f"{'-' if p99 is None else f'{p99:.1f}'} ms, measured {point.session_p99_ms} ms "
+                f"against {SLO_P99_MS:g} ms: verdict {'right' if verdict else 'WRONG'}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--servers", default="receiver,postfix,exim")
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--messages", type=int, default=400)
+    parser.add_argument("--capacity-rates", type=float, nargs="+", default=[150.0, 300.0])
+    parser.add_argument("--messages-per-day", type=float, default=20_000_000)
+    parser.add_argument("--output", default="results/target-sweep")
+    flags = parser.parse_args()
+    servers = flags.servers.split(",")
+    folder = Path(flags.output)
+    models, checks = {}, []
+    for server in servers:
+        print(f"{server}: sweeping ...", flush=True)
+        sweep_json = sweep(server, flags, folder)
+        models[server] = from_sweep(sweep_json)
+        checks += held_out(server, sweep_json)
+    demand = Demand.of(flags.messages_per_day, 3.0, None)
+    ratios = SCENARIOS["rustock"][1:]
+    print(f"\nmachine: {machine_note()}")
+    print(f"Rustock sweep at {flags.rate:g}/s ({flags.messages} messages a wave), capacity "
+          f"steps at {', '.join(f'{rate:g}/s' for rate in flags.capacity_rates)}; CPU per "
+          f"message fitted over every wave (idle share apart)\n")
+    print(f"{'server':<10}{'plain ms':>10}{'TLS ms':>10}{'TLS/plain':>11}"
+          + "".join(f"{f'cores {ratio:.0%}':>12}" for ratio in (0.0, *ratios))
+          + f"{'a plan from the receiver, off by':>36}")
+    plans = {server: plan(model, Inputs(demand, ratios)) for server, model in models.items()}
+    for server, model in models.items():
+        fit = model.fit
+        cores = [plans[server]["all_plain"]["cores"]["mean"],
+                 *(row["cores"]["mean"] for row in plans[server]["rows"])]
+        off = ""
+        if "receiver" in plans and server != "receiver":
+            sink = [plans["receiver"]["all_plain"]["cores"]["mean"],
+                    *(row["cores"]["mean"] for row in plans["receiver"]["rows"])]
+            off = ", ".join(f"{theirs / ours - 1:+.0%}" for ours, theirs in zip(cores, sink,
+                                                                                   strict=True))
+        print(f"{server:<10}{fit.plain_ms:>10.3f}{fit.tls_ms:>10.3f}"
+              f"{fit.tls_ms / fit.plain_ms:>10.2f}x" + "".join(f"{c:>12.2f}" for c in cores)
+              + f"{off:>36}")
+    print(f"\ncores for {demand.text}, sized for 70% utilisation")
+    print("\nthe Rustock timeline, per server (the sweep's own waves):")
+    for server in servers:
+        data = json.loads((folder / server / "sweep.json").read_text())
+        points = [WavePoint(**wave) for wave in data["waves"]]
+        for line in scenario_lines(points, fit_cost([(p.tls_ratio, p.cpu_ms_per_message)
+                                                     for p in points])):
+            print(f"  {server}: {line}")
+    print("\nheld out (fitted on the sweep above; CPU per message from the same source):")
+    print("\n".join(checks))
+
+
+if __name__ == "__main__":
+    main()
