@@ -35,7 +35,9 @@ alias_database =
 inet_interfaces = $interfaces
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
-# Accept everything from loopback and throw it away: a sink, like tlsstorm's receiver.
+# Accept everything and throw it away: a sink, like tlsstorm's receiver (nothing is ever
+# delivered, so a client from any network may send; in a pod the senders are not loopback).
+smtpd_relay_restrictions = check_client_access static:DISCARD
 smtpd_recipient_restrictions = check_client_access static:DISCARD, permit_mynetworks, reject
 smtpd_tls_cert_file = $config/cert.pem
 smtpd_tls_key_file = $config/key.pem

@@ -366,17 +366,17 @@ def test_postfix_and_exim_are_targets_picked_in_the_locust_ui_and_costed_by_the_
     collector = f"http://{cluster_ip('tlsstorm-collector')}:8027"
     locust_url = f"http://{cluster_ip('tlsstorm-locust-master')}:8089"
     page = browser_page
-    page.goto(locust_url)
-    page.get_by_role("button", name="New").click()
-    page.get_by_role("button", name="Custom parameters").click()
-    assert page.locator('select[name="target"] option').all_inner_texts() == [
-        "receiver", "postfix", "exim"]
-    page.keyboard.press("Escape")
+    page.goto(locust_url)  # the upgrade restarted Locust's master: a first run's form
     measured_since = None
     for ratio, wave in (("0.5", "postfix-warm-up"), ("0.7", "postfix-0.7"),
                         ("0.2", "postfix-0.2")):
-        page.get_by_role("button", name="New").click()
+        if wave != "postfix-warm-up":
+            page.get_by_role("button", name="New").click()
         only_user_class(page, "SpamViaSender")
+        if wave == "postfix-warm-up":
+            page.get_by_role("button", name="Custom parameters").click()
+            assert page.locator('select[name="target"] option').all_inner_texts() == [
+                "receiver", "postfix", "exim"]
         if wave != "postfix-warm-up" and measured_since is None:
             measured_since = int(time.time())
         start_from_ui(page, {"target": "postfix", "tlsRatio": ratio, "waveId": wave,
