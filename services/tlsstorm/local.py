@@ -74,6 +74,7 @@ class LocalStack:
                                  self.telemetry)
             self.target_name, self.target, self.meter_url = target, local.address, local.meter_url
             targets = local.children
+            self._target_files = local.files  # held while the stack lives
         elif target not in (None, "receiver"):
             self.target_name = self.target = target
             self.meter_url = meter_url

@@ -1,8 +1,8 @@
 """Real mail servers the local stack can start as the measured target, each beside a meter that
 reads its processes from the kernel: Postfix (Debian's package, an instance of its own, as root)
-and Exim (in a container built from the same Debian base as tlsstorm's image, since Debian's
-exim4 and postfix packages exclude each other). Both offer STARTTLS with a chain issued like the
-receiver's, accept mail from loopback and discard it."""
+and Exim (in a container of tlsstorm's image, which carries it: Debian's exim4 and postfix
+packages exclude each other). Both offer STARTTLS with a chain issued like the receiver's,
+accept mail from loopback and discard it."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class LocalTarget:
     address: str  # host:port the sender aims at
     meter_url: str
     children: list[Child]
+    files: tempfile.TemporaryDirectory  # its chain, removed with it
 
 
 def certificate_files(hostname: str, folder: Path, names: list[str] | None = None
@@ -60,7 +61,8 @@ def local_target(name: str, smtp_port: int, meter_port: int,
     when this machine cannot run it."""
     address = f"127.0.0.1:{smtp_port}"
     meter_url = f"http://127.0.0.1:{meter_port}"
-    folder = Path(tempfile.mkdtemp(prefix=f"tlsstorm-{name}-"))
+    files = tempfile.TemporaryDirectory(prefix=f"tlsstorm-{name}-")
+    folder = Path(files.name)
     if name == "postfix":
         if os.geteuid() != 0 or shutil.which("postfix") is None:
             raise SystemExit("the local Postfix target needs root (Postfix's master runs as "
@@ -71,7 +73,7 @@ def local_target(name: str, smtp_port: int, meter_port: int,
                        f"smtp://{address}", env={"TLSSTORM_POSTFIX_NAME": POSTFIX_INSTANCE})
         meter = _meter(name, address, meter_port, telemetry,
                        pid_file=f"/var/spool/{POSTFIX_INSTANCE}/pid/master.pid")
-        return LocalTarget(name, address, meter_url, [server, meter])
+        return LocalTarget(name, address, meter_url, [server, meter], files)
     if name == "exim":
         if shutil.which("docker") is None:
             raise SystemExit("the local Exim target runs in a container: it needs Docker "
@@ -84,6 +86,6 @@ def local_target(name: str, smtp_port: int, meter_port: int,
         # The container's cgroup: Exim's reception processes ignore SIGCHLD, so the CPU of
         # its delivery processes is in no process's count, only in the cgroup's.
         meter = _meter(name, address, meter_port, telemetry, cgroup_of_pid_file=str(pid_file))
-        return LocalTarget(name, address, meter_url, [server, meter])
+        return LocalTarget(name, address, meter_url, [server, meter], files)
     raise SystemExit(f"no local target {name!r}: choose one of {', '.join(LOCAL_TARGETS)}, or "
                      "name your own server as HOST:PORT with its meter's URL")

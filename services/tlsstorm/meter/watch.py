@@ -96,7 +96,7 @@ def memory_of(pid: int) -> int:
 
 
 class ProcessTree:
-    """The processes under some roots: given pids, the pid in a pid file (read again each time,
+    """The processes under some roots: a given pid, the pid in a pid file (read again each time,
     so a restarted server is followed), or every process with one of some names whose parent
     does not have one of them."""
 

@@ -9,7 +9,6 @@ measured tail grows faster than any curve fitted below it, and the planner says 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 MAX_LOAD = 0.95  # no prediction closer to saturation than this
@@ -58,9 +57,10 @@ class LatencyCurve:
 
 
 def fit_latency(points: list[Point]) -> LatencyCurve | None:
-    """From each wave's (load, TLS ratio, plain p99, STARTTLS p99, p99 of all); None without
-    two usable waves for some mode. Where a wave gives only the p99 of all (sweeps before
-    per-mode figures were kept), that stands for each mode it carried."""
+    """From each wave's (load, TLS ratio, plain p99, STARTTLS p99, p99 of all): a curve for
+    each mode with a usable wave (one wave: its p99 as a constant); None when no mode has one.
+    Where a wave gives only the p99 of all (sweeps before per-mode figures were kept), that
+    stands for each mode it carried."""
     curves = {}
     for index, mode in enumerate(MODES):
         usable = []
@@ -99,4 +99,4 @@ def _fit_mode(points: list[tuple[float, float]]) -> ModeCurve:
 
 
 def _round(value: float | None) -> float | None:
-    return None if value is None or math.isnan(value) else round(value, 2)
+    return None if value is None else round(value, 2)
