@@ -234,3 +234,41 @@ def test_memory_per_concurrent_session_agrees_with_proc(receiver_in_256_mib, tls
     assert collected["bytes_per_session"][collected_mode] == pytest.approx(from_proc, rel=0.25), \
         (seen, collected)
     assert collected["peak_sessions"][collected_mode] == steps[-1]
+
+
+def test_a_budget_too_small_for_the_load_sheds_with_421_and_454_and_counts_each():
+    """Shedding made necessary (no root needed): a budget of 128 MiB (half of a 256 MiB
+    limit) that holds the receiver's own RSS and a few STARTTLS sessions of 8 MiB each; held
+    sessions past it are refused the way an MTA refuses them, and each refusal is counted."""
+    receiver = ReceiverProcess({"TLSSTORM_RECEIVER_MEMORY_LIMIT_BYTES": str(LIMIT),
+                                "TLSSTORM_RECEIVER_MEMORY_BUDGET_FRACTION": "0.5",
+                                "TLSSTORM_RECEIVER_TLS_SESSION_MEMORY_KIB": "8192",
+                                "TLSSTORM_RECEIVER_SESSION_MEMORY_KIB": "1024"})
+    try:
+        async def load() -> collections.Counter:
+            release = asyncio.Event()
+            opened: list[int] = []
+            tasks = await _hold(receiver.smtp_port, True, 40, opened, release)
+            tasks += await _hold(receiver.smtp_port, False, 200, opened, release)
+            deadline = time.monotonic() + 30
+            while sum(task.done() for task in tasks) + len(opened) < len(tasks) and \
+                    time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            release.set()
+            return collections.Counter(map(str, await asyncio.gather(*tasks,
+                                                                     return_exceptions=True)))
+
+        outcomes = asyncio.run(load())
+        assert receiver.process.poll() is None
+        deadline = time.monotonic() + 15  # a session is counted once it has closed
+        while (stats := receiver.stats())["plain"]["sessions"] + stats["tls"]["sessions"] < \
+                sum(outcomes.values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        receiver.stop()
+    print(f"held, refused: {dict(outcomes)}")
+    assert set(outcomes) == {"held", "421", "454"}, outcomes
+    errors = collections.Counter(stats["plain"]["errors"]) + collections.Counter(
+        stats["tls"]["errors"])
+    assert errors["tls_memory_full"] == outcomes["454"] > 0
+    assert errors["memory_full"] == outcomes["421"] > 0
