@@ -80,7 +80,9 @@ def test_rustock_ratio_change_reaches_running_users(receiver, sender, tmp_path):
     for phase, ratio in ((1, 0.2), (2, 0.3), (3, 0.7)):
         total, share = _share(receiver.stats(f"rk-phase{phase}-tls{round(ratio * 100)}"))
         assert total >= 20, (phase, total)
-        assert share == pytest.approx(ratio, abs=0.1), (phase, share)
+        # STARTTLS is spread exactly over this process's messages: within one message of the
+        # phase's ratio (phases 20% and 30% apart by ten points are told apart).
+        assert abs(share - ratio) <= 1 / total + 1e-9, (phase, share, total)
 
 
 def test_max_messages_sends_exactly_that_many_at_the_exact_ratio(receiver, sender, tmp_path):
