@@ -25,12 +25,15 @@ def _client_hello() -> bytes:
 
 
 def _closed_by_server(sock: socket.socket, within_s: float = 10) -> bool:
+    """The server closed (FIN or reset) within `within_s`: False if it still holds on."""
     sock.settimeout(within_s)
     try:
         while sock.recv(4096):
             pass
     except ConnectionResetError:
-        pass
+        return True
+    except TimeoutError:
+        return False
     return True
 
 
