@@ -90,6 +90,11 @@ def test_stopping_the_wave_stops_every_replicas_share(replicas):
     assert part["status"] == "stopped"
     assert [entry["status"] for entry in stopped["parts"]] == ["stopped", "stopped"]
     assert 0 < stopped["done"] < 2000
+    # Sending stopped on both replicas, not only their status: nothing more leaves either.
+    sent = (_sent(first), _sent(second))
+    time.sleep(2)  # at 20/s a replica still sending would add about 20
+    assert (_sent(first), _sent(second)) == sent
+    assert min(sent) > 0
 
 
 def test_a_share_needs_the_token_and_a_wave_id_cannot_be_sent_twice(replicas):
