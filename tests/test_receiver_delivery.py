@@ -135,3 +135,4 @@ def test_processing_cost_knobs_charge_each_message(start_receiver):
 
     assert plain["messages"] == 3
     assert plain["cpu_ms_per_message"] >= 3.0  # the filtering work is the session's
+    assert plain["queue_fsyncs"] == 3  # each message written and fsynced to the queue
