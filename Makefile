@@ -68,11 +68,12 @@ lock: install ## refresh requirements.lock from pyproject.toml (uv pip compile),
 	  --python-platform x86_64-manylinux_2_28 --native-tls --quiet -o $(LOCK)
 	$(BIN)/pip install --quiet --constraint $(LOCK) -e '.[dev]'
 
-APT_TOOLS := openssl chromium dockerd debootstrap tcpdump postfix swaks
+APT_TOOLS := openssl chromium dockerd debootstrap tcpdump postfix swaks perf
 
 system-deps: ## as root: the Debian tools the tests use (openssl, chromium, docker, postfix, ...)
 	@missing=""; for tool in $(APT_TOOLS); do command -v $$tool >/dev/null || \
-	  missing="$$missing $$( [ $$tool = dockerd ] && echo docker.io || echo $$tool )"; done; \
+	  missing="$$missing $$(case $$tool in dockerd) echo docker.io;; perf) echo linux-perf;; \
+	    *) echo $$tool;; esac)"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \

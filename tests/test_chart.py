@@ -97,7 +97,7 @@ def test_rendered_objects_validate_against_kubernetes(values_file, version, tmp_
 def test_every_pod_is_non_root_read_only_and_probed(objects):
     for name, pod, long_running in _pods(objects):
         if name.endswith("-postfix"):
-            continue  # its master runs as root: test_postfix_runs_as_root_in_its_own_namespace_with_six_...
+            continue  # its master is root: test_postfix_runs_as_root_in_its_own_namespace_...
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         assert pod["automountServiceAccountToken"] is False, name
