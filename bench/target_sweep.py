@@ -2,13 +2,13 @@
 then 20%, 30% and 70% STARTTLS, with capacity steps at two rates) aimed at each server, a plan for
 one demand from each sweep, and how far a plan from the receiver would be off for Postfix and
 Exim; then held-out waves (at half and at 85% of each server's capacity, a ratio the sweep did
-not send) predicted and sent. CPU: the receiver's process, Postfix's process tree (its meter),
-Exim's container cgroup (its meter). Tracing off.
+not send) predicted and sent. Each server runs on the last core, the generator on the first, as
+two machines would. CPU: the receiver's process, Postfix's process tree (its meter), Exim's
+container cgroup (its meter). Tracing off.
 
 Needs root (Postfix's master), Debian's postfix, and Docker with tlsstorm's image for Exim
 (`make images`; the first run builds it).
-Usage: python bench/target_sweep.py [--servers receiver,postfix,exim] [--rate 100]
-                                    [--messages 400] [--capacity-rates 150 300]
+Usage: python bench/target_sweep.py [--servers receiver,postfix,exim]
                                     [--messages-per-day 20000000]
 """
 
@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 from pathlib import Path
 
 from tlsstorm.common.machine import machine_note
@@ -30,13 +31,18 @@ from tlsstorm.sweep.run import WavePoint, stack_runner
 
 HELD_OUT = ((0.5, 0.5), (0.7, 0.85))  # (TLS ratio, share of the capacity at that ratio)
 SLO_P99_MS = 150.0
+SERVER_CORE = str((os.cpu_count() or 1) - 1)
+# Each server's sweep rate and capacity steps, well inside its capacity on one core.
+RATES = {"receiver": (100.0, [150.0, 300.0]), "postfix": (100.0, [150.0, 300.0]),
+         "exim": (30.0, [45.0, 90.0])}
 
 
-def sweep(server: str, flags: argparse.Namespace, folder: Path) -> Path:
+def sweep(server: str, folder: Path) -> Path:
     """The server's Rustock sweep, quietly; its sweep.json."""
+    rate, steps = RATES[server]
     with contextlib.redirect_stdout(io.StringIO()):
-        run_sweep(ratios=None, rate=flags.rate, messages=flags.messages, size=2048,
-                  scenario="rustock", capacity_rates=flags.capacity_rates, capacity_seconds=3,
+        run_sweep(ratios=None, rate=rate, messages=int(rate * 4), size=2048,
+                  scenario="rustock", capacity_rates=steps, capacity_seconds=3,
                   slo_p99_ms=SLO_P99_MS, output=folder / server,
                   target=None if server == "receiver" else server)
     return folder / server / "sweep.json"
@@ -73,26 +79,30 @@ def held_out(server: str, sweep_json: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", default="receiver,postfix,exim")
-    parser.add_argument("--rate", type=float, default=100.0)
-    parser.add_argument("--messages", type=int, default=400)
-    parser.add_argument("--capacity-rates", type=float, nargs="+", default=[150.0, 300.0])
     parser.add_argument("--messages-per-day", type=float, default=20_000_000)
     parser.add_argument("--output", default="results/target-sweep")
     flags = parser.parse_args()
+    # The generator (this process and what it starts) on the first core, the server measured
+    # on the last (the local stack starts it there).
+    os.sched_setaffinity(0, {0})
+    os.environ["TLSSTORM_TARGET_CPUS"] = SERVER_CORE
     servers = flags.servers.split(",")
     folder = Path(flags.output)
     models, checks = {}, []
     for server in servers:
         print(f"{server}: sweeping ...", flush=True)
-        sweep_json = sweep(server, flags, folder)
+        sweep_json = sweep(server, folder)
         models[server] = from_sweep(sweep_json)
         checks += held_out(server, sweep_json)
     demand = Demand.of(flags.messages_per_day, 3.0, None)
     ratios = SCENARIOS["rustock"][1:]
     print(f"\nmachine: {machine_note()}")
-    print(f"Rustock sweep at {flags.rate:g}/s ({flags.messages} messages a wave), capacity "
-          f"steps at {', '.join(f'{rate:g}/s' for rate in flags.capacity_rates)}; CPU per "
-          f"message fitted over every wave (idle share apart)\n")
+    print("Rustock sweeps (four seconds a wave; capacity steps of three) at "
+          + "; ".join(f"{server} {RATES[server][0]:g}/s, steps "
+                      f"{', '.join(f'{rate:g}' for rate in RATES[server][1])}/s"
+                      for server in servers)
+          + f"; each server on core {SERVER_CORE}, the generator on core 0; CPU per message "
+          "fitted over every wave (idle share apart)\n")
     print(f"{'server':<10}{'plain ms':>10}{'TLS ms':>10}{'TLS/plain':>11}"
           + "".join(f"{f'cores {ratio:.0%}':>12}" for ratio in (0.0, *ratios))
           + f"{'a plan from the receiver, off by':>36}")

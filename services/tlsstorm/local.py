@@ -10,7 +10,7 @@ import tlsstorm
 from tlsstorm import jaeger
 from tlsstorm.common.config import CollectorSettings, ReceiverSettings, SenderSettings
 from tlsstorm.common.telemetry import endpoint_configured
-from tlsstorm.mta import LOCAL_TARGETS, local_target
+from tlsstorm.mta import LOCAL_TARGETS, local_target, pinned
 from tlsstorm.sender.allowlist import LOOPBACK
 from tlsstorm.stack import Child, Stack, tlsstorm_command
 
@@ -105,7 +105,9 @@ class LocalStack:
         children += [
             Child("collector", tlsstorm_command("collector"), self.collector_url("/readyz"),
                   env=collector_env),
-            Child("receiver", tlsstorm_command("receiver"), self.receiver_url("/readyz"),
+            # Pinned like a local MTA when it is the server measured (TLSSTORM_TARGET_CPUS).
+            Child("receiver", [*(pinned() if self.target_name == "receiver" else []),
+                               *tlsstorm_command("receiver")], self.receiver_url("/readyz"),
                   env=self.telemetry),
             *targets,
             Child("sender", tlsstorm_command("sender"), self.sender_url("/readyz"),

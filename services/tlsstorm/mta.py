@@ -20,6 +20,15 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
 LOCAL_TARGETS = ("postfix", "exim")
 POSTFIX_INSTANCE = "tlsstorm-postfix-target"
+# The CPUs the measured server (a local MTA, or the receiver) may run on (taskset's list), e.g.
+# "1" to keep it off the generator's core: its capacity is then that core's, as on a server of
+# its own.
+CPUS = os.environ.get("TLSSTORM_TARGET_CPUS", "")
+
+
+def pinned() -> list[str]:
+    """A command's prefix that runs it on TLSSTORM_TARGET_CPUS, when set."""
+    return ["taskset", "-c", CPUS] if CPUS else []
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,7 @@ def local_target(name: str, smtp_port: int, meter_port: int,
             raise SystemExit("the local Postfix target needs root (Postfix's master runs as "
                              "root) and Debian's postfix package (make system-deps)")
         cert, key = certificate_files("postfix.tlsstorm.test", folder)
-        server = Child("postfix", ["bash", str(SCRIPTS / "postfix-sink.sh"), "run",
+        server = Child("postfix", [*pinned(), "bash", str(SCRIPTS / "postfix-sink.sh"), "run",
                                    str(smtp_port), str(cert), str(key)],
                        f"smtp://{address}", env={"TLSSTORM_POSTFIX_NAME": POSTFIX_INSTANCE})
         meter = _meter(name, address, meter_port, telemetry,
@@ -82,7 +91,8 @@ def local_target(name: str, smtp_port: int, meter_port: int,
         pid_file = folder / "exim.pid"
         server = Child("exim", ["bash", str(SCRIPTS / "exim-target.sh"), "run", str(smtp_port),
                                 str(cert), str(key)], f"smtp://{address}",
-                       env={"TLSSTORM_EXIM_PID_FILE": str(pid_file)})
+                       env={"TLSSTORM_EXIM_PID_FILE": str(pid_file),
+                            **({"TLSSTORM_EXIM_CPUSET": CPUS} if CPUS else {})})
         # The container's cgroup: Exim's reception processes ignore SIGCHLD, so the CPU of
         # its delivery processes is in no process's count, only in the cgroup's.
         meter = _meter(name, address, meter_port, telemetry, cgroup_of_pid_file=str(pid_file))
