@@ -418,3 +418,34 @@ def test_outbound_bytes_are_per_message_when_sessions_carry_ten_messages(
     assert f"Certificates served: {chain}." in sentence
     page = httpx.get(f"{collector.http}/", params={"wave": "batched"}).text
     assert html.escape(sentence) in page
+
+
+def test_results_older_than_the_retention_are_dropped_and_stay_dropped(start_collector,
+                                                                       tmp_path):
+    """retention_hours: a wave whose seconds lie past it is dropped at the next flush, from
+    memory and from SQLite (a restart does not bring it back); a recent one stays."""
+
+    def wave(name: str, seconds_ago: int) -> bytes:
+        request = ExportTraceServiceRequest()
+        span = request.resource_spans.add().scope_spans.add().spans.add()
+        span.trace_id, span.span_id = bytes(range(1, 17)), bytes(range(1, 9))
+        span.name = "smtp.session"
+        span.end_time_unix_nano = (int(time.time()) - seconds_ago) * 10**9
+        attribute = span.attributes.add()
+        attribute.key, attribute.value.string_value = "tlsstorm.wave.id", name
+        return request.SerializeToString()
+
+    database = tmp_path / "retained.sqlite"
+    collector = start_collector(retention_hours=0.01, db_path=database)  # 36 s
+    for name, seconds_ago in (("old", 120), ("recent", 1)):
+        assert httpx.post(f"{collector.http}/v1/traces", content=wave(name, seconds_ago),
+                          headers={"content-type": "application/x-protobuf"}).status_code == 200
+    time.sleep(0.6)  # a flush (every 0.2 s here) applies the retention
+
+    waves = {entry["wave"] for entry in httpx.get(f"{collector.http}/v1/waves").json()["waves"]}
+    assert waves == {"recent"}
+    assert httpx.get(f"{collector.http}/v1/summary", params={"wave": "old"}).status_code == 404
+    collector.stop()
+    again = start_collector(retention_hours=0.01, db_path=database)
+    assert {entry["wave"] for entry in httpx.get(f"{again.http}/v1/waves").json()["waves"]} \
+        == {"recent"}

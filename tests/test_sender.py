@@ -548,3 +548,80 @@ def test_every_message_of_a_refused_starttls_session_says_it_went_plain(
 
     assert [result["tls_refused"] for result in results] == [True, True, True]
     assert all(result["ok"] and result["tls_version"] is None for result in results)
+
+
+class _SlowServer:
+    """Plain SMTP that holds each message 100 ms before its 250, one thread a connection,
+    counting the connections open at once (open from accept to the client's close)."""
+
+    HOLD_S = 0.1
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.open = self.peak = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.open += 1
+                self.peak = max(self.peak, self.open)
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        with connection, connection.makefile("rb") as lines:
+            connection.sendall(b"220 slow.test\r\n")
+            in_data = False
+            for line in lines:
+                if in_data:
+                    if line == b".\r\n":
+                        in_data = False
+                        time.sleep(self.HOLD_S)
+                        connection.sendall(b"250 ok\r\n")
+                    continue
+                verb = line[:4].upper()
+                if verb == b"DATA":
+                    in_data = True
+                    connection.sendall(b"354 go on\r\n")
+                elif verb == b"QUIT":
+                    connection.sendall(b"221 bye\r\n")
+                else:
+                    connection.sendall(b"250 ok\r\n")
+        with self.lock:
+            self.open -= 1
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_the_concurrency_cap_refuses_more_and_holds_a_wave_to_it(start_sender):
+    """TLSSTORM_SENDER_MAX_CONCURRENCY: a wave asking for more than the cap is refused (422,
+    naming it); waves whose rate would need 40 connections at once (100 ms sessions at 400/s)
+    have as many open as they ask, 4 or 12, not more (the server may still hold, for a
+    moment, the one the sender has just closed)."""
+    server = _SlowServer()
+    sender = start_sender(server.port, max_concurrency=12)
+    try:
+        refused = httpx.post(f"{sender.http}/v1/waves", json={"rate": 200, "count": 10,
+                                                               "concurrency": 13})
+        assert refused.status_code == 422 and "cap 12" in refused.text, refused.text
+        peaks = {}
+        for concurrency in (4, 12):
+            server.peak = 0
+            started = httpx.post(f"{sender.http}/v1/waves", json={
+                "rate": 400, "count": 200, "concurrency": concurrency}).json()
+            deadline = time.monotonic() + 60
+            while httpx.get(f"{sender.http}{started['url']}").json()["status"] == "running":
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            peaks[concurrency] = server.peak
+    finally:
+        server.close()
+    print(f"connections open at once, by the wave's concurrency: {peaks}")
+    assert all(wanted <= peak <= wanted + 1 for wanted, peak in peaks.items()), peaks

@@ -185,3 +185,21 @@ def test_every_handshake_counts_though_the_client_quits_right_after_it(
     tls = receiver.wait_sessions(101)["tls"]
     assert (tls["sessions"], tls["handshakes_ok"], tls["handshakes_failed"],
             tls["handshakes_resumed"]) == (101, 101, 0, 100)
+
+
+def test_a_rustock_era_bot_cannot_start_tls_with_todays_defaults(receiver, sender):
+    """bot-legacy offers only RSA key exchange with SHA-1 CBC and 3DES suites; the receiver,
+    like any server on OpenSSL 3's and Python's defaults, takes none of them: the handshake
+    fails (counted), and such a bot delivers in plain text or not at all. Pinned here, as
+    docs/methodology.md says."""
+    legacy = httpx.post(f"{sender.http}/v1/send", json={"tls": True, "profile": "bot-legacy"},
+                        timeout=30).json()["results"][0]
+    plain = httpx.post(f"{sender.http}/v1/send", json={"tls": False, "profile": "bot-legacy"},
+                       timeout=30).json()["results"][0]
+
+    assert legacy["ok"] is False and legacy["tls_version"] is None
+    assert "SSL" in legacy["error"], legacy
+    assert plain["ok"] is True
+    stats = receiver.wait_sessions(2)
+    assert stats["tls"]["errors"] == {"handshake_failed": 1}
+    assert stats["tls"]["handshakes_ok"] == 0 and stats["plain"]["messages"] == 1
