@@ -336,3 +336,58 @@ def test_a_learning_gate_counts_a_broken_hello_as_what_it_would_deny(start_recei
     gate = receiver.wait_sessions(1)["gate"]
     assert [(d["decision"], d["rule"]) for d in gate["decisions"]] == [
         ("would_deny", "hello_malformed")]
+
+
+def _openssl_session(port: int, *sni: str) -> str:
+    """openssl s_client through STARTTLS (SNI as given), then QUIT: what it printed."""
+    finished = subprocess.run(
+        ["openssl", "s_client", "-starttls", "smtp", "-connect", f"127.0.0.1:{port}", "-brief",
+         *sni], input="QUIT\r\n", capture_output=True, text=True, timeout=30)
+    return finished.stdout + finished.stderr
+
+
+def _python_session(port: int) -> bool:
+    """Python's ssl (another ClientHello than s_client's; no SNI, as it connects by
+    address): delivered or not."""
+    try:
+        deliver(port, tls=True, context=profile_context("openssl", None))
+    except (ssl.SSLError, OSError):
+        return False
+    return True
+
+
+@pytest.mark.skipif(not shutil.which("openssl") and os.environ.get("CI") != "true",
+                    reason="openssl is a Debian package (make system-deps)")
+def test_allow_deny_and_require_sni_rules_with_real_clients(start_receiver):
+    """Each rule the README documents, with two real clients whose hellos differ (openssl
+    s_client and Python's ssl): the fingerprints learnt first, then deny one, allow only the
+    other, and require SNI; each refusal an alert the client saw, each decision counted."""
+    sni = ("-servername", "receiver.tlsstorm.test")
+    learner = start_receiver(gate_mode="learn")
+    assert "Protocol version: TLSv1.3" in _openssl_session(learner.smtp_port, *sni)
+    openssl = learner.wait_sessions(1)["gate"]["fingerprints"][0]["ja4"]
+    assert _python_session(learner.smtp_port)
+    python = next(entry["ja4"] for entry in learner.wait_sessions(2)["gate"]["fingerprints"]
+                  if entry["ja4"] != openssl)
+
+    def decisions(receiver) -> set[tuple[str, str]]:
+        return {(entry["decision"], entry["rule"])
+                for entry in receiver.stats()["gate"]["decisions"]}
+
+    denying = start_receiver(gate_mode="enforce", gate_deny=[openssl])
+    assert "alert access denied" in _openssl_session(denying.smtp_port, *sni)
+    assert _python_session(denying.smtp_port)
+    denying.wait_sessions(2)
+    assert decisions(denying) == {("denied", "denylisted"), ("allowed", "default")}
+
+    allowing = start_receiver(gate_mode="enforce", gate_allow=[python])
+    assert "alert access denied" in _openssl_session(allowing.smtp_port, *sni)
+    assert _python_session(allowing.smtp_port)
+    allowing.wait_sessions(2)
+    assert decisions(allowing) == {("denied", "not_allowlisted"), ("allowed", "allowlisted")}
+
+    naming = start_receiver(gate_mode="enforce", gate_require_sni=True)
+    assert "alert access denied" in _openssl_session(naming.smtp_port, "-noservername")
+    assert "Protocol version: TLSv1.3" in _openssl_session(naming.smtp_port, *sni)
+    naming.wait_sessions(2)
+    assert decisions(naming) == {("denied", "no_sni"), ("allowed", "default")}
