@@ -20,15 +20,16 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
 LOCAL_TARGETS = ("postfix", "exim")
 POSTFIX_INSTANCE = "tlsstorm-postfix-target"
-# The CPUs the measured server (a local MTA, or the receiver) may run on (taskset's list), e.g.
-# "1" to keep it off the generator's core: its capacity is then that core's, as on a server of
-# its own.
-CPUS = os.environ.get("TLSSTORM_TARGET_CPUS", "")
+def target_cpus() -> str:
+    """The CPUs the measured server (a local MTA, or the receiver) may run on, taskset's list
+    (TLSSTORM_TARGET_CPUS), e.g. "1" to keep it off the generator's core: its capacity is then
+    that core's, as on a server of its own. Empty: wherever the scheduler puts it."""
+    return os.environ.get("TLSSTORM_TARGET_CPUS", "")
 
 
 def pinned() -> list[str]:
-    """A command's prefix that runs it on TLSSTORM_TARGET_CPUS, when set."""
-    return ["taskset", "-c", CPUS] if CPUS else []
+    """A command's prefix that runs it on target_cpus(), when set."""
+    return ["taskset", "-c", target_cpus()] if target_cpus() else []
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,8 @@ def local_target(name: str, smtp_port: int, meter_port: int,
         server = Child("exim", ["bash", str(SCRIPTS / "exim-target.sh"), "run", str(smtp_port),
                                 str(cert), str(key)], f"smtp://{address}",
                        env={"TLSSTORM_EXIM_PID_FILE": str(pid_file),
-                            **({"TLSSTORM_EXIM_CPUSET": CPUS} if CPUS else {})})
+                            **({"TLSSTORM_EXIM_CPUSET": target_cpus()} if target_cpus()
+                               else {})})
         # The container's cgroup: Exim's reception processes ignore SIGCHLD, so the CPU of
         # its delivery processes is in no process's count, only in the cgroup's.
         meter = _meter(name, address, meter_port, telemetry, cgroup_of_pid_file=str(pid_file))
