@@ -407,3 +407,19 @@ def test_notes_tell_the_port_forwards_and_the_first_steps():
     assert f"port-forward svc/{RELEASE}-tlsstorm-collector 8027:8027" in notes
     assert "Custom parameters" in notes and f"helm test {RELEASE}" in notes
     assert f"get secret {RELEASE}-tlsstorm-receiver-ca -o jsonpath='{{.data.ca\\.crt}}'" in notes
+
+
+def test_the_ci_workflow_runs_ci_run_itself_in_bookworm():
+    """One source of truth for how the tests are set up: the workflow runs .ci/run in a Debian
+    bookworm container and installs nothing of its own but git for the checkout."""
+    workflow = yaml.safe_load((ROOT / ".github/workflows/ci.yml").read_text())
+    job = workflow["jobs"]["test"]
+    assert job["container"]["image"] == "debian:bookworm"
+    assert "--privileged" in job["container"]["options"]
+    commands = "\n".join(step.get("run", "") for step in job["steps"])
+    assert ".ci/run" in commands
+    assert "make test" not in commands  # .ci/run runs it, after what it installs
+    installed = {word for line in commands.splitlines() if "apt-get install" in line
+                 for word in line.split("apt-get install", 1)[1].split() if
+                 not word.startswith("-")}
+    assert installed == {"git", "ca-certificates"}, installed
