@@ -63,7 +63,7 @@ def capture_wave(messages: int, workdir: Path) -> tuple[list[bytes], dict[str, f
         "TLSSTORM_COLLECTOR_DB_PATH": str(workdir / "capture.sqlite"),
         "TLSSTORM_FORWARD_OTLP_ENDPOINT": f"http://127.0.0.1:{capture.server_port}",
     })
-    from tlsstorm.local import LocalStack
+    from tlsstorm.localstack.layout import LocalStack
 
     local = LocalStack()
     local.stack.start()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from tlsstorm.common.machine import machine_note
-from tlsstorm.plan.validate import hold_out
+from tlsstorm.sweep.hold_out import hold_out
 from tlsstorm.sweep.run import stack_runner
 
 FITTED_RATIOS = (0.0, 0.2, 0.3, 0.7, 1.0)

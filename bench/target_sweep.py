@@ -22,10 +22,10 @@ import os
 from pathlib import Path
 
 from tlsstorm.common.machine import machine_note
+from tlsstorm.plan.fit import fit_cost
 from tlsstorm.plan.model import from_sweep, server_cores
 from tlsstorm.plan.project import Demand, Inputs, plan
 from tlsstorm.sweep.command import SCENARIOS, run_sweep
-from tlsstorm.sweep.fit import fit_cost
 from tlsstorm.sweep.report import scenario_lines
 from tlsstorm.sweep.run import WavePoint, stack_runner
 

@@ -71,3 +71,12 @@ def test_documented_curl_commands_succeed_against_the_services(receiver, sender)
         ran = subprocess.run(_local(command, ports), capture_output=True, text=True)
         assert ran.returncode == 0, f"{command}: {ran.stdout} {ran.stderr}"
     assert receiver.wait_sessions(3)["tls"]["sessions"] >= 3
+
+
+def test_the_readme_fits_on_a_screen_or_two_and_its_links_lead_somewhere():
+    """What tlsstorm is, the two commands, what they show, where next: the rest is in docs/."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 100
+    for doc in DOCS:
+        for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text()):
+            assert (doc.parent / link.strip()).exists(), f"{doc.name}: {link} leads nowhere"

@@ -21,7 +21,7 @@ import yaml
 from tests.helpers import exporting_to
 from tests.locust_helpers import traced_locust_run
 from tests.test_chart import ROOT, render
-from tlsstorm import jaeger
+from tlsstorm.localstack import jaeger
 
 JAEGER_API = f"http://127.0.0.1:{jaeger.UI_PORT}/api"
 both_ends = runpy.run_path(str(ROOT / "scripts" / "jaeger_has_handshakes.py"))["both_ends"]

@@ -12,7 +12,9 @@ import httpx
 import pytest
 
 from tests.locust_helpers import free_port
-from tlsstorm.plan.validate import hold_out
+from tlsstorm.plan.model import ModelError, from_sweep
+from tlsstorm.plan.project import Demand, Inputs, plan
+from tlsstorm.sweep.hold_out import hold_out
 from tlsstorm.sweep.run import stack_runner
 
 FITTED = [(0.0, 60.0, 240), (0.0, 150.0, 450), (1.0, 60.0, 240), (1.0, 150.0, 450),
@@ -104,8 +106,6 @@ def test_the_collector_plans_from_its_own_waves_as_json_and_as_a_page(
 
 
 def test_messages_per_connection_spread_the_per_session_part_measured_by_the_matrix(tmp_path):
-    from tlsstorm.plan.model import ModelError, from_sweep
-    from tlsstorm.plan.project import Demand, Inputs, plan
 
     wave = {"session_p99_ms": 5.0, "plain_bytes_per_session": 2400,
             "plain_out_bytes_per_session": 300, "tls_bytes_per_session": 7000,
@@ -117,7 +117,8 @@ def test_messages_per_connection_spread_the_per_session_part_measured_by_the_mat
     (tmp_path / "sweep.json").write_text(json.dumps({"waves": waves}))
     (tmp_path / "matrix.json").write_text(json.dumps({"rows": [
         {"key": "baseline", "label": "baseline", "plain_ms": 1.0, "tls_ms": 2.0},
-        {"key": "batch", "label": "10 per connection", "plain_ms": 0.55, "tls_ms": 0.7}]}))
+        {"key": "batch", "label": "10 per connection", "plain_ms": 0.55, "tls_ms": 0.7,
+         "per_connection": 10}]}))
     demand = Demand.of(None, 1, 100)
 
     single = from_sweep(tmp_path / "sweep.json")
@@ -154,3 +155,22 @@ def test_the_collector_pointed_at_a_sweep_plans_exactly_as_the_cli(start_collect
          "20000000", "--json"], capture_output=True, text=True, timeout=60, check=True).stdout)
 
     assert page["rows"] == cli["rows"] and page["model"]["source"] == str(sweep)
+
+
+@pytest.mark.parametrize("busiest_rate, extrapolated", [(100.0, True), (400.0, False)])
+def test_a_plan_past_the_busiest_measured_load_says_it_extrapolates(tmp_path, busiest_rate,
+                                                                    extrapolated):
+    """Exim's CPU per message grew past its swept rates (docs/results.md): a plan that runs a
+    server busier than any wave did says so; one within the measured loads does not."""
+    wave = {"session_p99_ms": 5.0, "plain_bytes_per_session": 2400,
+            "plain_out_bytes_per_session": 300, "tls_bytes_per_session": 7000,
+            "tls_out_bytes_per_session": 4000}
+    waves = [{**wave, "tls_ratio": ratio, "achieved_rate": rate,
+              "process_cpu_ms_per_message": 1 + ratio}
+             for ratio in (0.0, 0.5, 1.0) for rate in (50.0, busiest_rate)]
+    (tmp_path / "sweep.json").write_text(json.dumps({"waves": waves}))
+    model = from_sweep(tmp_path / "sweep.json")
+    busiest = busiest_rate * 2 / 1000  # all-STARTTLS at 2 ms a message
+    assert model.describe()["highest_load_measured"] == pytest.approx(busiest)
+    notes = plan(model, Inputs(Demand.of(None, 1, 100), (0.5,), target_utilisation=0.7))["notes"]
+    assert any(note.startswith("Extrapolated") for note in notes) is extrapolated

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.test_cli import _stack_env
-from tlsstorm.sweep.fit import fit_cost
+from tlsstorm.plan.fit import fit_cost
 
 
 def test_fit_recovers_plain_and_tls_costs():

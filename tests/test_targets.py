@@ -26,7 +26,7 @@ from tests import cgroups
 from tests.locust_helpers import clean_env, free_port
 from tests.locust_ui_helpers import only_user_class, start_from_ui
 from tests.receiver_process import ReceiverProcess, ServiceProcess
-from tlsstorm.mta import certificate_files
+from tlsstorm.localstack.mta import certificate_files
 from tlsstorm.plan.model import from_sweep
 from tlsstorm.sweep.run import SETTLE_S, stack_runner
 

@@ -74,7 +74,7 @@ def _meter(flags: argparse.Namespace) -> None:
 def _certificate(flags: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from tlsstorm.mta import certificate_files
+    from tlsstorm.localstack.mta import certificate_files
 
     folder = Path(flags.out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,9 +85,9 @@ def _certificate(flags: argparse.Namespace) -> None:
 
 
 def _up(flags: argparse.Namespace) -> None:
-    from tlsstorm.jaeger import api_example as jaeger_api_example
-    from tlsstorm.jaeger import jaeger_binary
-    from tlsstorm.local import LocalStack
+    from tlsstorm.localstack.jaeger import api_example as jaeger_api_example
+    from tlsstorm.localstack.jaeger import jaeger_binary
+    from tlsstorm.localstack.layout import LocalStack
 
     binary = jaeger_binary() if flags.jaeger is not False else None
     if flags.jaeger and binary is None:
@@ -112,7 +112,7 @@ def _up(flags: argparse.Namespace) -> None:
 
 
 def _demo(flags: argparse.Namespace) -> None:
-    from tlsstorm.demo import run_demo
+    from tlsstorm.localstack.demo import run_demo
 
     run_demo(messages=flags.messages, tls_ratio=flags.tls_ratio, users=flags.users,
              size=flags.size, target=flags.target)
@@ -200,7 +200,7 @@ def _positive_float(text: str) -> float:
 
 
 def _check(flags: argparse.Namespace) -> None:
-    from tlsstorm.check import run_check
+    from tlsstorm.localstack.check import run_check
 
     sys.exit(run_check(flags.sender_url.rstrip("/"), flags.collector_url.rstrip("/"),
                        flags.timeout))

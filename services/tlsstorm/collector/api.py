@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 from html import escape
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Protocol
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse
@@ -11,6 +12,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.requests import ClientDisconnect
 
 from tlsstorm.collector import otlp
+from tlsstorm.collector.aggregate import Aggregator
+from tlsstorm.collector.costs import (
+    model_for_target,
+    model_from_waves,
+    target_costs,
+    target_sweep,
+)
+from tlsstorm.collector.forward import Forwarder
 from tlsstorm.collector.report import (
     not_found_html,
     plan_page,
@@ -18,19 +27,24 @@ from tlsstorm.collector.report import (
     render_target_html,
 )
 from tlsstorm.common.api import service_app
+from tlsstorm.common.config import CollectorSettings
+from tlsstorm.common.cpu_limit import CpuMonitor
 from tlsstorm.common.metrics import CpuLimitCollector, metrics_response, registry_with
-from tlsstorm.plan.from_collector import (
-    model_for_target,
-    model_from_waves,
-    target_costs,
-    target_sweep,
-)
 from tlsstorm.plan.model import ModelError, from_sweep
 from tlsstorm.plan.project import Demand, Inputs, plan
 from tlsstorm.plan.report import html_plan
 
-if TYPE_CHECKING:
-    from tlsstorm.collector.app import CollectorService
+
+class Collecting(Protocol):
+    """What the API reads from the running collector (so this module need not import it)."""
+
+    settings: CollectorSettings
+    cpu: CpuMonitor
+    aggregator: Aggregator
+    requests: collections.Counter[int]
+    loaded: bool
+    forwarder: Forwarder | None
+
 
 WaveFilter = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")]
 
@@ -58,7 +72,7 @@ CLIENT_CLOSED_REQUEST = 499
 
 
 class _CollectorMetrics:
-    def __init__(self, service: CollectorService) -> None:
+    def __init__(self, service: Collecting) -> None:
         self._service = service
 
     def collect(self):
@@ -85,7 +99,7 @@ class _CollectorMetrics:
         yield from (spans, requests, batches, cells)
 
 
-def create_api(service: CollectorService) -> FastAPI:
+def create_api(service: Collecting) -> FastAPI:
     app = service_app("tlsstorm collector")
     registry = registry_with(_CollectorMetrics(service), CpuLimitCollector(service.cpu))
     limit = service.settings.max_body_bytes

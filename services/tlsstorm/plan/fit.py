@@ -1,7 +1,10 @@
-"""The receiver's CPU as it scales: cores busy = idle + rate x (a x plain share + b x TLS share),
+"""The fits the planner and the sweep share.
+
+A server's CPU as it scales: cores busy = idle + rate x (a x plain share + b x TLS share),
 fitted by least squares over waves at several TLS ratios and rates. Per-message costs measured
 at one low rate would carry the idle loop's share of each second; this separates the two, with
-95% intervals from the fit's covariance (t with n - 3 degrees of freedom)."""
+95% intervals from the fit's covariance (t with n - 3 degrees of freedom). And the sweep's
+simpler line: CPU per message against the TLS ratio, at one rate."""
 
 from __future__ import annotations
 
@@ -84,3 +87,40 @@ def _inverse3(m: list[list[float]]) -> list[list[float]]:
     return [[(e * i - f * h) / det, (c * h - b * i) / det, (b * f - c * e) / det],
             [(f * g - d * i) / det, (a * i - c * g) / det, (c * d - a * f) / det],
             [(d * h - e * g) / det, (b * g - a * h) / det, (a * e - b * d) / det]]
+
+
+@dataclass(frozen=True)
+class CostFit:
+    """CPU per message = a x plain share + b x TLS share, at one rate (a sweep's waves)."""
+
+    plain_ms: float  # a: CPU ms per plain message
+    tls_ms: float  # b: CPU ms per STARTTLS message
+    r_squared: float
+
+    @property
+    def factor(self) -> float:
+        return self.tls_ms / self.plain_ms if self.plain_ms else float("inf")
+
+    def predict(self, ratio: float) -> float:
+        return self.plain_ms * (1 - ratio) + self.tls_ms * ratio
+
+    def as_dict(self) -> dict[str, float]:
+        return {"plain_ms": self.plain_ms, "tls_ms": self.tls_ms, "factor": self.factor,
+                "r_squared": self.r_squared}
+
+
+def fit_cost(points: list[tuple[float, float]]) -> CostFit:
+    """Fit (TLS ratio, CPU ms per message) points; y = a + (b - a) * ratio is a line in ratio."""
+    if len({ratio for ratio, _ in points}) < 2:
+        raise ValueError("a fit needs waves at two or more different TLS ratios")
+    count = len(points)
+    mean_x = sum(x for x, _ in points) / count
+    mean_y = sum(y for _, y in points) / count
+    sxx = sum((x - mean_x) ** 2 for x, _ in points)
+    sxy = sum((x - mean_x) * (y - mean_y) for x, y in points)
+    slope = sxy / sxx
+    intercept = mean_y - slope * mean_x
+    total = sum((y - mean_y) ** 2 for _, y in points)
+    residual = sum((y - (intercept + slope * x)) ** 2 for x, y in points)
+    r_squared = 1.0 - residual / total if total else 1.0
+    return CostFit(plain_ms=intercept, tls_ms=intercept + slope, r_squared=r_squared)

@@ -7,13 +7,10 @@ import json
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tlsstorm.plan.fit import ScalingFit, fit_scaling
 from tlsstorm.plan.latency import LatencyCurve, fit_latency
-from tlsstorm.sweep.matrix import ROWS
-
-BATCH_PER_CONNECTION = int(ROWS["batch"].sender_options["per_connection"])
 
 
 class ModelError(ValueError):
@@ -28,6 +25,7 @@ class Mitigation:
     label: str
     plain_ms: float
     tls_ms: float
+    per_connection: int = 1  # messages per connection the row sent
 
     def cost_ms(self, ratio: float) -> float:
         return self.plain_ms * (1 - ratio) + self.tls_ms * ratio
@@ -46,6 +44,8 @@ class CostModel:
     mitigations: list[Mitigation] = field(default_factory=list)
     baseline: Mitigation | None = None
     server: str = "the receiver"  # whose CPU: the receiver's, or the metered server's
+    # The busiest the waves kept the server (share of its cores): past it, a plan extrapolates.
+    highest_load: float | None = None
 
     def saving(self, mitigation: Mitigation, ratio: float) -> float:
         """Share of the receiver's CPU the mitigation saved at that ratio, in the matrix."""
@@ -60,11 +60,11 @@ class CostModel:
         if per_connection == 1:
             return 1.0
         batch = next((m for m in self.mitigations if m.key == "batch"), None)
-        if batch is None or self.baseline is None:
+        if batch is None or self.baseline is None or batch.per_connection < 2:
             raise ModelError("messages per connection other than 1 need the matrix's batch row "
                              "(tlsstorm sweep --matrix baseline,batch, then --matrix "
                              "results/matrix/matrix.json)")
-        measured_k = BATCH_PER_CONNECTION
+        measured_k = batch.per_connection
         factors = []
         for single, batched in ((self.baseline.plain_ms, batch.plain_ms),
                                 (self.baseline.tls_ms, batch.tls_ms)):
@@ -81,6 +81,8 @@ class CostModel:
                 "bytes_out_per_message": {"plain": self.bytes_out[0],
                                           "starttls": self.bytes_out[1]},
                 "latency": self.latency.as_dict() if self.latency else None,
+                "highest_load_measured": (None if self.highest_load is None
+                                          else round(self.highest_load, 3)),
                 "mitigations": [m.key for m in self.mitigations]}
 
 
@@ -91,8 +93,8 @@ def from_sweep(path: Path, matrix: Path | None = None) -> CostModel:
     if matrix is None:
         return model
     rows = _read(matrix, "tlsstorm sweep --matrix all").get("rows") or []
-    mitigations = [Mitigation(row["key"], row["label"], row["plain_ms"], row["tls_ms"])
-                   for row in rows]
+    mitigations = [Mitigation(row["key"], row["label"], row["plain_ms"], row["tls_ms"],
+                              int(row.get("per_connection", 1))) for row in rows]
     baseline = next((m for m in mitigations if m.key == "baseline"), None)
     if baseline is None:
         raise ModelError(f"{matrix}: no baseline row to measure savings against "
@@ -106,21 +108,21 @@ def from_sweep_data(data: dict[str, Any], source: str) -> CostModel:
     waves = data.get("waves") or []
     steps = [step for found in (data.get("capacity_steps") or {}).values() for step in found]
     try:
-        fit, latency = fits_from_waves([*waves, *steps])
+        fits = fits_from_waves([*waves, *steps])
     except (KeyError, ValueError) as error:
         raise ModelError(f"{source}: {error}; a model needs waves at two or more TLS ratios "
                          "(tlsstorm sweep --scenario rustock --capacity-rates 100 200 400)"
                          ) from None
     settings = data.get("settings", {})
     return CostModel(
-        source=source, machine=data.get("machine"), fit=fit, server=server_named(waves),
+        source=source, machine=data.get("machine"), fit=fits.cpu, server=server_named(waves),
         size=int(settings.get("size", 2048)),
         processing_cpu_us=int(settings.get("processing_cpu_us", 0)),
         bytes_in=(_per_message(waves, "plain", "in", source),
                   _per_message(waves, "tls", "in", source)),
         bytes_out=(_per_message(waves, "plain", "out", source),
                    _per_message(waves, "tls", "out", source)),
-        latency=latency)
+        latency=fits.latency, highest_load=fits.highest_load)
 
 
 def _read(path: Path, how: str) -> dict[str, Any]:
@@ -156,7 +158,13 @@ def server_named(waves: list[dict[str, Any]]) -> str:
     return f"the server at {metered['target']}" if metered else "the receiver"
 
 
-def fits_from_waves(waves: list[dict[str, Any]]) -> tuple[ScalingFit, LatencyCurve | None]:
+class Fits(NamedTuple):
+    cpu: ScalingFit
+    latency: LatencyCurve | None
+    highest_load: float  # the busiest wave's share of the server's cores
+
+
+def fits_from_waves(waves: list[dict[str, Any]]) -> Fits:
     """The CPU fit and the latency curve from waves as a sweep saves them (TLS ratio,
     achieved rate, process CPU per message, session p99). Generator-limited waves measured
     the sender: no part of a model."""
@@ -166,7 +174,7 @@ def fits_from_waves(waves: list[dict[str, Any]]) -> tuple[ScalingFit, LatencyCur
     latency = fit_latency([(load_of(wave), wave["tls_ratio"], wave.get("plain_session_p99_ms"),
                             wave.get("tls_session_p99_ms"), wave.get("session_p99_ms"))
                            for wave in measured])
-    return fit, latency
+    return Fits(fit, latency, max(load_of(wave) for wave in measured))
 
 
 def _per_message(waves: list[dict[str, Any]], mode: str, direction: str, path: str) -> float:

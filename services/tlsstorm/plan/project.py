@@ -105,6 +105,12 @@ def _notes(model: CostModel, inputs: Inputs) -> list[str]:
              f"(R^2 {model.fit.r_squared:.3f}) {split}; ranges are the fit's 95% interval. "
              "The p99 is the fitted curves' at the target utilisation: each mode's own, the "
              "slower of the modes in the mix."]
+    if model.highest_load is not None and inputs.target_utilisation > model.highest_load + 0.1:
+        notes.append(
+            f"Extrapolated: the waves kept {model.server} at most {model.highest_load:.0%} "
+            f"busy, and this plan runs it at {inputs.target_utilisation:.0%}. A server's cost "
+            "per message and its p99 can grow past what was measured (Exim's did: "
+            "docs/results.md); sweep up to the load you plan for (--capacity-rates).")
     if model.fit.points <= 3:
         notes.append("Three waves give the fit but no interval: sweep more for one.")
     if inputs.size is not None and inputs.size != model.size:

@@ -2,29 +2,57 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import PlainTextResponse
+from opentelemetry.sdk.trace import TracerProvider
 
 from tlsstorm.common.api import service_app
 from tlsstorm.common.auth import bearer_guard
+from tlsstorm.common.config import ReceiverSettings
+from tlsstorm.common.cpu_limit import CpuMonitor
 from tlsstorm.common.metrics import (
     CpuLimitCollector,
     SpanCountsCollector,
     metrics_response,
     registry_with,
 )
+from tlsstorm.common.pki import ServerCertificate
+from tlsstorm.common.process import ProcessSampler
 from tlsstorm.common.serve import BodyLimit
+from tlsstorm.receiver.gate import GateCounts, GatePolicy
+from tlsstorm.receiver.limits import SessionLimits
+from tlsstorm.receiver.memory import MemoryMonitor
 from tlsstorm.receiver.metrics import GateCollector, ReceiverCollector
+from tlsstorm.receiver.stats import ReceiverStats
 
-if TYPE_CHECKING:
-    from tlsstorm.receiver.app import ReceiverService
+
+class Receiving(Protocol):
+    """What the API reads from the running receiver (so this module need not import it)."""
+
+    settings: ReceiverSettings
+    provider: TracerProvider
+    stats: ReceiverStats
+    sampler: ProcessSampler
+    cpu: CpuMonitor
+    certificate: ServerCertificate
+    key_type: str
+    limits: SessionLimits
+    gate: GatePolicy
+    gate_counts: GateCounts
+    memory: MemoryMonitor
+    smtp_port: int
+
+    @property
+    def accepting(self) -> bool: ...
+    def reset_stats(self) -> None: ...
+
 
 WaveId = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
-def create_api(service: ReceiverService) -> FastAPI:
+def create_api(service: Receiving) -> FastAPI:
     app = service_app("tlsstorm receiver")
     app.add_middleware(BodyLimit, max_bytes=64 * 1024)
     guarded = [Depends(bearer_guard(service.settings.api_token))]

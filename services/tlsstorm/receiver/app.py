@@ -27,8 +27,9 @@ from tlsstorm.receiver.api import create_api
 from tlsstorm.receiver.cpu_meter import CpuAccount, LoopMeter
 from tlsstorm.receiver.gate import GateCounts, GatePolicy
 from tlsstorm.receiver.handler import SinkHandler
+from tlsstorm.receiver.limits import SessionLimits
 from tlsstorm.receiver.memory import MemoryBudget, MemoryMonitor, cgroup_memory_limit
-from tlsstorm.receiver.session import SessionLimits, SessionRecord
+from tlsstorm.receiver.session import SessionRecord
 from tlsstorm.receiver.smtp import MeasuredSMTP
 from tlsstorm.receiver.stats import ReceiverStats
 from tlsstorm.receiver.tracing import emit_session_spans

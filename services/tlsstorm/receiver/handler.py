@@ -8,14 +8,20 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiosmtpd.smtp import Envelope, Session
 
 from tlsstorm.receiver.cpu_meter import run_in_thread
+from tlsstorm.receiver.limits import SessionLimits
+from tlsstorm.receiver.session import SessionRecord
 
-if TYPE_CHECKING:
-    from tlsstorm.receiver.smtp import MeasuredSMTP
+
+class SessionServer(Protocol):
+    """What a handler reads from the SMTP server it serves (receiver/smtp.py's MeasuredSMTP)."""
+
+    record: SessionRecord
+    limits: SessionLimits
 
 _TRACEPARENT = b"\ntraceparent:"
 _WAVE = b"\nx-tlsstorm-wave:"
@@ -66,7 +72,7 @@ class SinkHandler:
         if self.queue_writers is not None:
             self.queue_writers.shutdown(wait=True, cancel_futures=True)
 
-    async def handle_RCPT(self, server: MeasuredSMTP, session: Session, envelope: Envelope,
+    async def handle_RCPT(self, server: SessionServer, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= server.limits.max_recipients:
             if "too_many_recipients" not in server.record.errors:
@@ -76,7 +82,7 @@ class SinkHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
 
-    async def handle_DATA(self, server: MeasuredSMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(self, server: SessionServer, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
         record = server.record
         record.messages += 1

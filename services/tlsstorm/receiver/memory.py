@@ -14,10 +14,10 @@ import ctypes
 import ctypes.util
 import time
 from pathlib import Path
+from typing import Protocol
 
 from tlsstorm.common.memory_fit import MemorySamples
 from tlsstorm.common.process import peak_rss_bytes, reset_peak_rss, rss_bytes
-from tlsstorm.receiver.session import SessionLimits
 
 _UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a huge number
 _RSS_READ_EVERY_S = 0.05
@@ -124,11 +124,23 @@ class MemoryBudget:
                 "tls_session_estimate_bytes": self.session_bytes + self.tls_extra_bytes}
 
 
+class OpenSessions(Protocol):
+    """The sessions open and their peaks, as the receiver's SessionLimits counts them."""
+
+    open_sessions: int
+    open_tls_sessions: int
+    peak_sessions: int
+    peak_tls_sessions: int
+    memory: MemoryBudget | None
+
+    def reset_peaks(self) -> None: ...
+
+
 class MemoryMonitor:
     """Memory as a cost: RSS against the sessions open per mode, four times a second, fitted
     into memory per concurrent session; the peaks; the budget in force."""
 
-    def __init__(self, limits: SessionLimits) -> None:
+    def __init__(self, limits: OpenSessions) -> None:
         self.limits = limits
         self.samples = MemorySamples()
 

@@ -20,7 +20,8 @@ from tlsstorm.common.wire import wire_bytes
 from tlsstorm.receiver.cpu_meter import CpuAccount
 from tlsstorm.receiver.gate import GatedTransportProtocol, GateRejected
 from tlsstorm.receiver.handler import SinkHandler
-from tlsstorm.receiver.session import RawTransportProtocol, SessionLimits, SessionRecord
+from tlsstorm.receiver.limits import SessionLimits
+from tlsstorm.receiver.session import RawTransportProtocol, SessionRecord
 
 # aiosmtpd logs every command at INFO and every bad one at WARNING; a measured hot path (and
 # a flood of hostile input) must not format log lines. Errors are counted in the stats.

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+import httpx
 from fastapi import Depends, FastAPI, HTTPException, status
 from fastapi.responses import JSONResponse
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import Field, model_validator
 
 from tlsstorm.common.api import service_app
 from tlsstorm.common.auth import bearer_guard
+from tlsstorm.common.config import SenderSettings
+from tlsstorm.common.cpu_limit import CpuMonitor
 from tlsstorm.common.metrics import (
     CpuLimitCollector,
     SpanCountsCollector,
@@ -18,12 +22,24 @@ from tlsstorm.common.metrics import (
     registry_with,
 )
 from tlsstorm.common.serve import BodyLimit
-from tlsstorm.sender.allowlist import Target, TargetRefused
+from tlsstorm.sender.allowlist import Allowlist, Target, TargetRefused
+from tlsstorm.sender.client import SmtpClient
 from tlsstorm.sender.spread import other_replicas, start_shares, stop_parts, whole_wave
-from tlsstorm.sender.waves import DeliveryOptions, ProfileName, Wave, WaveSpec
+from tlsstorm.sender.waves import DeliveryOptions, ProfileName, Wave, WaveBook, WaveSpec
 
-if TYPE_CHECKING:
-    from tlsstorm.sender.app import SenderService
+
+class Sending(Protocol):
+    """What the API reads from the running sender (so this module need not import it)."""
+
+    settings: SenderSettings
+    provider: TracerProvider | None
+    cpu: CpuMonitor
+    instance: str
+    allowlist: Allowlist
+    peers_http: httpx.AsyncClient | None
+    client: SmtpClient
+    waves: WaveBook
+    http_port: int
 
 
 class _Labelled(DeliveryOptions):
@@ -68,7 +84,7 @@ def _results(target: Target, results: list) -> JSONResponse:
 
 
 class _SenderCollector:
-    def __init__(self, service: SenderService) -> None:
+    def __init__(self, service: Sending) -> None:
         self._service = service
 
     def collect(self):
@@ -87,7 +103,7 @@ class _SenderCollector:
         yield from (messages, wire, running)
 
 
-def create_api(service: SenderService) -> FastAPI:
+def create_api(service: Sending) -> FastAPI:
     app = service_app("tlsstorm sender")
     app.add_middleware(BodyLimit, max_bytes=64 * 1024)
     guarded = [Depends(bearer_guard(service.settings.api_token))]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tlsstorm.common.machine import machine_record
-from tlsstorm.sweep.fit import fit_cost
+from tlsstorm.plan.fit import fit_cost
 from tlsstorm.sweep.report import scenario_lines, text_summary, write_report
 from tlsstorm.sweep.run import MIN_LOAD_CPU_MS, TargetProblem, WavePoint, stack_runner
 

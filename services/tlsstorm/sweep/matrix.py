@@ -86,6 +86,7 @@ class RowResult:
 
     def as_dict(self) -> dict[str, object]:
         return {**asdict(self), "plain_ms": self.plain_ms, "tls_ms": self.tls_ms,
+                "per_connection": ROWS[self.key].sender_options.get("per_connection", 1),
                 "at_rustock_ms": round(mean_ci(self.at_rustock_rounds)[0], 4)}
 
 

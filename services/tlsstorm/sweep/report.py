@@ -11,7 +11,7 @@ from typing import Any
 
 from tlsstorm.common.charts import bar_chart, line_chart
 from tlsstorm.common.cpu_limit import usage_sentence
-from tlsstorm.sweep.fit import CostFit
+from tlsstorm.plan.fit import CostFit
 from tlsstorm.sweep.run import Capacity, WavePoint
 
 

@@ -15,7 +15,8 @@ import httpx
 
 from tlsstorm.common.auth import bearer_headers
 from tlsstorm.common.cpu_limit import limited_by, usage_between
-from tlsstorm.local import LocalStack
+from tlsstorm.localstack.layout import LocalStack
+from tlsstorm.localstack.wave_stats import receiver_wave_stats
 
 
 @dataclass
@@ -363,23 +364,6 @@ class Capacity:
         return {"sustained": self.sustained, "failed_at": self.failed_at,
                 "lower_bound": self.lower_bound,
                 "generator_limited_at": self.generator_limited_at}
-
-
-def receiver_wave_stats(http: httpx.Client, receiver_url: str, wave_id: str, messages: int,
-                        timeout_s: float) -> dict[str, Any] | None:
-    """The receiver's stats of a wave once `messages` of it have arrived (at the deadline, as
-    they are); None when no session of the wave ever ended there."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        response = http.get(f"{receiver_url}/v1/stats", params={"wave": wave_id})
-        if response.status_code == 200:
-            stats = response.json()
-            if stats["plain"]["messages"] + stats["tls"]["messages"] >= messages or \
-                    time.monotonic() > deadline:
-                return stats
-        elif time.monotonic() > deadline:
-            return None
-        time.sleep(0.2)
 
 
 def _p99(plain: dict[str, Any], tls: dict[str, Any]) -> float | None:

@@ -58,7 +58,7 @@ def hold_out(runner: SweepRunner, fitted: list[tuple[float, float, int]],
                    for fit_ratio, fit_rate, fit_messages in fitted]
         held_points.append(runner.wave(ratio, rate, messages,
                                        f"held out {ratio:.0%} TLS at {rate:g}/s"))
-    fit, latency = fits_from_waves([point.as_dict() for point in points])
+    fit, latency, _ = fits_from_waves([point.as_dict() for point in points])
     predicted = fit.cores(rate, ratio)
     predicted_p99 = latency.predict(predicted, ratio) if latency else None  # one loop
     p99s = [point.session_p99_ms for point in held_points if point.session_p99_ms is not None]

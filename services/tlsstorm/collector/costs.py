@@ -13,8 +13,8 @@ import statistics
 from typing import Any
 
 from tlsstorm.collector.aggregate import PLAIN, STARTTLS, Aggregator
+from tlsstorm.plan.fit import fit_cost
 from tlsstorm.plan.model import CostModel, ModelError, fits_from_waves, from_sweep_data
-from tlsstorm.sweep.fit import fit_cost
 
 
 def model_from_waves(aggregator: Aggregator) -> CostModel:
@@ -24,7 +24,7 @@ def model_from_waves(aggregator: Aggregator) -> CostModel:
         if point is not None:
             measured.append(point)
     try:
-        fit, latency = fits_from_waves(measured)
+        fits = fits_from_waves(measured)
     except ValueError as error:
         raise ModelError(f"the collector's waves cannot make a model: {error} (it holds "
                          f"{len(measured)} usable waves: send waves at two or more TLS "
@@ -35,13 +35,13 @@ def model_from_waves(aggregator: Aggregator) -> CostModel:
     sizes = [mode["message_bytes_per_message"] for mode in (plain, tls)
              if mode["message_bytes_per_message"]]
     return CostModel(
-        source=f"the collector's stored waves ({len(measured)})", machine=None, fit=fit,
+        source=f"the collector's stored waves ({len(measured)})", machine=None, fit=fits.cpu,
         size=int(statistics.fmean(sizes)) if sizes else 2048, processing_cpu_us=0,
         bytes_in=(plain["wire_bytes_in_per_message"] or 0.0,
                   tls["wire_bytes_in_per_message"] or 0.0),
         bytes_out=(plain["wire_bytes_out_per_message"] or 0.0,
                    tls["wire_bytes_out_per_message"] or 0.0),
-        latency=latency)
+        latency=fits.latency, highest_load=fits.highest_load)
 
 
 def _wave_point(summary: dict[str, Any]) -> dict[str, float] | None:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 from tlsstorm.common.config import ReceiverSettings
 from tlsstorm.common.pki import server_certificate
-from tlsstorm.stack import Child, tlsstorm_command
+from tlsstorm.localstack.processes import CHECKOUT, Child, tlsstorm_command
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = ROOT / "scripts"
+SCRIPTS = CHECKOUT / "scripts"
 LOCAL_TARGETS = ("postfix", "exim")
 POSTFIX_INSTANCE = "tlsstorm-postfix-target"
 def target_cpus() -> str:

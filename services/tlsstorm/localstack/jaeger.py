@@ -9,9 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import tlsstorm
+from tlsstorm.localstack.processes import CHECKOUT
 
-CHECKOUT = Path(tlsstorm.__file__).resolve().parents[2]
 CONFIG_TEMPLATE = CHECKOUT / "charts" / "tlsstorm" / "files" / "jaeger-config.yaml"
 # The chart's jaeger.maxTraces (a test keeps the two equal).
 MAX_TRACES = 50_000

@@ -6,13 +6,12 @@ import os
 import sys
 from pathlib import Path
 
-import tlsstorm
-from tlsstorm import jaeger
 from tlsstorm.common.config import CollectorSettings, ReceiverSettings, SenderSettings
 from tlsstorm.common.telemetry import endpoint_configured
-from tlsstorm.mta import LOCAL_TARGETS, local_target, pinned
+from tlsstorm.localstack import jaeger
+from tlsstorm.localstack.mta import LOCAL_TARGETS, local_target, pinned
+from tlsstorm.localstack.processes import CHECKOUT, Child, Stack, tlsstorm_command
 from tlsstorm.sender.allowlist import LOOPBACK
-from tlsstorm.stack import Child, Stack, tlsstorm_command
 
 _ANY = ("0.0.0.0", "::", "")
 # Spans reach the collector within a second, and a burst does not overflow the exporter queue.
@@ -37,7 +36,7 @@ def locustfile() -> Path:
     """load/locustfile.py of this checkout, or wherever TLSSTORM_LOCUSTFILE says."""
     configured = os.environ.get("TLSSTORM_LOCUSTFILE")
     path = Path(configured) if configured else \
-        Path(tlsstorm.__file__).resolve().parents[2] / "load" / "locustfile.py"
+        CHECKOUT / "load" / "locustfile.py"
     if not path.is_file():
         raise SystemExit(f"no locustfile at {path}: set TLSSTORM_LOCUSTFILE to load/locustfile.py")
     return path

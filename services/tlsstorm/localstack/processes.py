@@ -9,8 +9,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
+
+import tlsstorm
+
+# The checkout the local stack runs from: its scripts, chart files and Locust files.
+CHECKOUT = Path(tlsstorm.__file__).resolve().parents[2]
 
 
 @dataclass

@@ -24,8 +24,8 @@ from tlsstorm.collector.report import (
 )
 from tlsstorm.common.auth import bearer_headers
 from tlsstorm.common.cpu_limit import BUSY_SHARE, limited_by, usage_between, usage_sentence
-from tlsstorm.local import LocalStack
-from tlsstorm.sweep.run import receiver_wave_stats
+from tlsstorm.localstack.layout import LocalStack
+from tlsstorm.localstack.wave_stats import receiver_wave_stats
 
 
 def _run_locust_wave(local: LocalStack, messages: int, tls_ratio: float, users: int,
