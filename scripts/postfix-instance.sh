@@ -25,3 +25,15 @@ instance_start() {  # NAME, once main.cf is written: checks, starts (or reloads)
   postfix -c "$config" start >/dev/null 2>&1 || postfix -c "$config" reload >/dev/null
   echo "$config"
 }
+
+instance_stop() {  # NAME: stops it and removes what instance_prepare and its run made, so no
+  # state outlives it on the host (a pod's emptyDirs are only emptied)
+  local master
+  master=$(cat "$spool/pid/master.pid" 2>/dev/null || true)
+  postfix -c "$config" stop >/dev/null 2>&1 || true
+  for _ in $(seq 50); do
+    [ -n "$master" ] && kill -0 "$master" 2>/dev/null || break
+    sleep 0.1
+  done
+  rm -rf "$config" "$spool" "/var/lib/$1" "/var/log/$1.log" 2>/dev/null || true
+}

@@ -36,7 +36,8 @@ CONF
     postqueue -c "$config" -f
     ;;
   stop)
-    postfix -c "$config" stop >/dev/null 2>&1 || true
+    spool=/var/spool/$name
+    instance_stop $name
     ;;
   *)
     echo "usage: $0 start PORT | send FROM TO | stop" >&2

@@ -68,14 +68,16 @@ case "${1:-}" in
     configure "$2" "$3" "$4"
     instance_start $name >/dev/null
     # Until SIGTERM (or Ctrl-C), or until the master dies; then the instance is stopped.
-    trap 'postfix -c "$config" stop >/dev/null 2>&1; exit 0' TERM INT
+    trap 'instance_stop $name; exit 0' TERM INT
     master=$(cat "$spool/pid/master.pid")
     while kill -0 $master 2>/dev/null; do sleep 0.5 & wait $!; done
     echo "postfix-sink: the master ($master) of $name has exited" >&2
+    instance_stop $name
     exit 1
     ;;
   stop)
-    postfix -c "$config" stop >/dev/null 2>&1 || true
+    spool=/var/spool/$name
+    instance_stop $name
     ;;
   *)
     echo "usage: $0 start PORT CERT KEY | run PORT CERT KEY | stop" >&2

@@ -217,3 +217,10 @@ def assert_verified_by_one_refused_by_other(verifying: Running, distrusting: Run
     assert trusted["results"][0]["cert_verified"] is True
     assert refused["results"][0]["ok"] is False
     assert "CERTIFICATE_VERIFY_FAILED" in refused["results"][0]["error"]
+
+
+def postfix_instance_left(name: str) -> list[str]:
+    """What a stopped Postfix instance of scripts/postfix-instance.sh left on the host (nothing,
+    so that the next run starts as on a fresh machine)."""
+    return [path for path in (f"/etc/{name}", f"/var/spool/{name}", f"/var/lib/{name}",
+                              f"/var/log/{name}.log") if Path(path).exists()]

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import tcp_packets
+from tests.helpers import postfix_instance_left, tcp_packets
 from tests.locust_helpers import free_port
 from tlsstorm.common.pki import self_signed
 
@@ -35,6 +35,8 @@ def postfix_port(tmp_path):
     assert started.returncode == 0, started.stdout + started.stderr
     yield port
     subprocess.run(["bash", str(ROOT / "scripts/postfix-sink.sh"), "stop"], timeout=60)
+    # Nothing of the instance outlives it on the host: the next run starts as on a fresh one.
+    assert not postfix_instance_left("tlsstorm-postfix")
 
 
 def test_sender_delivers_plain_and_starttls_mail_to_postfix(start_sender, postfix_port):
