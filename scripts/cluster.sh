@@ -145,8 +145,13 @@ current-context: $context
 EOF
 }
 
+# Host folders the kubelet and the CNI plugins make at fixed paths whatever their settings say
+# (the device plugins' socket folder; the CNI results cache): `down` removes those it made.
+host_dirs="/var/lib/kubelet /var/lib/cni"
+
 network() {
     for name in $sysctls; do echo "$name=$(sysctl -n "$name")"; done >"$state/sysctl.before"
+    for dir in $host_dirs; do [ -e "$dir" ] && echo "$dir"; done >"$state/host-dirs.before" || true
     # Before anything here uses iptables: on a host where nothing had, iptables-nft creates its
     # tables now, and `down` removes them again.
     python3 "$root/scripts/iptables-tables.py" record "$state/iptables-tables.before"
@@ -449,6 +454,11 @@ down() {
     done
     ip link delete tscni0 2>/dev/null || true
     ip link delete tsnode0 2>/dev/null || true
+    if [ -f "$state/host-dirs.before" ]; then
+        for dir in $host_dirs; do
+            grep -qx "$dir" "$state/host-dirs.before" || rm -rf "$dir"
+        done
+    fi
     # Volumes the kubelet mounted (secrets, projected tokens) and leftover rootfs mounts.
     for target in $(findmnt -rn -o TARGET | grep "^$state/" | sort -r); do
         umount -l "$target" 2>/dev/null || true

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -58,6 +59,10 @@ def cluster_ip(service: str) -> str:
                    "-o", "jsonpath={.spec.clusterIP}").stdout
 
 
+# Made by the kubelet and the CNI plugins at fixed paths (scripts/cluster.sh host_dirs).
+HOST_DIRS = ("/var/lib/kubelet", "/var/lib/cni")
+
+
 def host_state() -> dict:
     """What cluster-up changes on the host and cluster-down must put back."""
     sysctls = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables",
@@ -77,14 +82,20 @@ def host_state() -> dict:
         "mounts": [line for line in Path("/proc/mounts").read_text().splitlines()
                    if str(STATE) in line],
         "kubeconfig": (Path.home() / ".kube" / "config").exists(),
+        "dirs": [folder for folder in HOST_DIRS if Path(folder).exists()],
     }
 
 
 def as_on_a_fresh_host() -> None:
     """Removes the iptables-nft tables that hold nothing (built-in chains accepting, no rule),
-    which changes no packet's path: the host is then as one where nothing had used iptables,
-    whatever ran here before, and cluster-down is checked against that (issue 30)."""
+    which changes no packet's path, and the kubelet's and CNI's host folders when no kubelet
+    runs (what an earlier cluster here left): the host is then as one where nothing had used
+    iptables or run a cluster, whatever ran here before, and cluster-down is checked against
+    that (issue 30)."""
     subprocess.run([str(TABLES), "remove-new", "/dev/null"], check=True, capture_output=True)
+    if subprocess.run(["pgrep", "-x", "kubelet"], capture_output=True).returncode != 0:
+        for folder in HOST_DIRS:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def in_new_netns(script: str) -> str:
