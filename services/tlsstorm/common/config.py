@@ -23,6 +23,10 @@ from tlsstorm.common.address import split_host_port
 KeyType = Literal["rsa2048", "rsa3072", "rsa4096", "ecdsa-p256", "ecdsa-p384"]
 TlsVersionName = Literal["1.2", "1.3"]
 Port = Annotated[int, Field(ge=0, le=65535)]
+# One token for every service (TLSSTORM_API_TOKEN, not a TLSSTORM_<SERVICE>_ variable).
+ApiToken = Annotated[str | None, Field(
+    validation_alias=AliasChoices("api_token", "TLSSTORM_API_TOKEN"),
+    description="bearer token required by endpoints that start load or change state")]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -120,11 +124,7 @@ class ReceiverSettings(BaseSettings):
                                    "standing in for spam/virus filtering")
     queue_fsync: bool = Field(False, description="write and fsync each message to a queue file "
                               "(in a worker thread), as an MTA queues it")
-    api_token: str | None = Field(
-        None,
-        validation_alias=AliasChoices("api_token", "TLSSTORM_API_TOKEN"),
-        description="bearer token required by endpoints that change state",
-    )
+    api_token: ApiToken = None
 
     @field_validator("tls_max_version")
     @classmethod
@@ -179,11 +179,7 @@ class SenderSettings(BaseSettings):
         default_factory=list, description="comma list of host:port naming every sender replica "
         "(a headless Service's name gives them all); a wave posted to one is split over those "
         "that answer")
-    api_token: str | None = Field(
-        None,
-        validation_alias=AliasChoices("api_token", "TLSSTORM_API_TOKEN"),
-        description="bearer token required by endpoints that start load",
-    )
+    api_token: ApiToken = None
 
 
 class CollectorSettings(BaseSettings):
@@ -233,11 +229,7 @@ class MeterSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="address the meter's API binds")
     http_port: Port = Field(8028, description="the meter's API (stats, metrics) port")
     interval_s: float = Field(1.0, ge=0.1, le=60, description="how often it reads and reports")
-    api_token: str | None = Field(
-        None,
-        validation_alias=AliasChoices("api_token", "TLSSTORM_API_TOKEN"),
-        description="bearer token required by endpoints that change state",
-    )
+    api_token: ApiToken = None
 
     @field_validator("target")
     @classmethod
