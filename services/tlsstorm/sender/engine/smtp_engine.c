@@ -158,6 +158,8 @@ struct conn {
     int tls_refused;
     int writing; /* EPOLLOUT asked for: something waits for room in the socket */
     buf_t rx; /* reply lines not yet complete */
+    size_t rx_line;     /* of rx, where the first line not yet read whole starts */
+    size_t rx_searched; /* of rx, from where a line end is still to be looked for */
     buf_t tx; /* what the socket did not take yet */
     size_t tx_off;
     int64_t deadline_ns, phase_started_ns, start_ns, greeted_ns, handshake_started_ns,
@@ -655,8 +657,12 @@ static int start_rustls(conn_t *c) {
  * offered when resuming. */
 static int start_openssl(conn_t *c) {
     c->ssl = SSL_new(c->ctx);
-    if (!c->ssl) {
-        fail_ssl(c, SSL_ERROR_SSL);
+    if (!c->ssl) { /* out of memory, or a context OpenSSL will not use: no session to go on */
+        const char *reason = ERR_reason_error_string(ERR_get_error());
+        char text[300];
+        ERR_clear_error();
+        snprintf(text, sizeof text, "[SSL] SSL_new failed: %s", reason ? reason : "no reason");
+        finish(c, "SSLError", text, 0, NULL, 0);
         return -1;
     }
     SSL_set_fd(c->ssl, c->fd);
@@ -842,30 +848,43 @@ static void replied(conn_t *c, int code, const char *text, size_t len) {
     }
 }
 
-/* Reply lines collected; a reply ends at a line whose fourth byte is not '-'. */
+/* Reply lines collected; a reply ends at a line whose fourth byte is not '-'. Each byte is
+ * looked at once (continuation lines already read, and the searched part of a line not yet
+ * ended, are not scanned again), so a reply sent a byte at a time costs what it costs whole. */
 static void take(conn_t *c, const char *data, size_t len) {
     buf_t *rx = &c->rx;
     buf_add(rx, data, len);
-    size_t start = 0;
+    size_t start = c->rx_line, from = c->rx_searched;
     while (!c->finished) {
-        char *end = memmem(rx->data + start, rx->len - start, "\r\n", 2);
+        char *end = memmem(rx->data + from, rx->len - from, "\r\n", 2);
         if (!end)
             break;
         const char *line = rx->data + start;
         size_t stop = (size_t)(end - rx->data), line_len = stop - start;
-        start = stop + 2;
+        start = from = stop + 2;
         if (line_len > 3 && line[3] == '-')
             continue;
         int code = 0;
         if (line_len >= 3 && line[0] >= '0' && line[0] <= '9' && line[1] >= '0' &&
             line[1] <= '9' && line[2] >= '0' && line[2] <= '9')
             code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + line[2] - '0';
+        if (c->step == STARTTLS && code == 220 && rx->len > start) {
+            /* RFC 3207: what came before TLS is discarded; bytes already behind the 220 would be
+             * read as the first reply inside TLS (the client's side of CVE-2011-0411). */
+            char text[160];
+            snprintf(text, sizeof text, "the server sent %zu bytes in plain text after "
+                     "STARTTLS's 220, before TLS: refused as an injection", rx->len - start);
+            finish(c, "StartTlsInjection", text, 0, NULL, 0);
+            return;
+        }
         /* The whole reply, all its lines, from the buffer's start; what follows it stays. */
         replied(c, code, rx->data, stop);
         memmove(rx->data, rx->data + start, rx->len - start);
         rx->len -= start;
-        start = 0;
+        start = from = 0;
     }
+    c->rx_line = start;
+    c->rx_searched = rx->len > start ? rx->len - 1 : start; /* a '\r' may meet its '\n' next */
     if (rx->len > MAX_REPLY_BYTES && !c->finished)
         finish(c, "ConnectionAbortedError", "the server's reply ran past 64 KiB without ending",
                0, NULL, 0);
