@@ -345,6 +345,7 @@ EOF
 user_kubeconfig() {  # merge the admin context into ~/.kube/config, as kind does
     local file=$HOME/.kube/config
     [ -e "$file" ] || touch "$state/kubeconfig.created"  # then `down` removes it, once empty
+    [ -e "$HOME/.kube" ] || touch "$state/kube-dir.created"  # and kubectl's cache beside it
     mkdir -p "$HOME/.kube"
     KUBECONFIG=$file:$state/admin.kubeconfig kubectl config view --flatten >"$state/merged"
     install -m 600 "$state/merged" "$file"
@@ -473,10 +474,14 @@ down() {
         kubectl --kubeconfig "$HOME/.kube/config" config delete-context "$context" >/dev/null 2>&1 || true
         kubectl --kubeconfig "$HOME/.kube/config" config delete-cluster "$context" >/dev/null 2>&1 || true
         kubectl --kubeconfig "$HOME/.kube/config" config delete-user "$context-admin" >/dev/null 2>&1 || true
+        if [ "$(kubectl --kubeconfig "$HOME/.kube/config" config current-context 2>/dev/null)" = "$context" ]; then
+            kubectl --kubeconfig "$HOME/.kube/config" config unset current-context >/dev/null
+        fi
         if [ -f "$state/kubeconfig.created" ] &&
             [ -z "$(kubectl --kubeconfig "$HOME/.kube/config" config get-contexts -o name 2>/dev/null)" ]; then
             rm -f "$HOME/.kube/config"
-            rmdir "$HOME/.kube" 2>/dev/null || true
+            # kubectl's discovery cache goes with the folder this cluster made.
+            if [ -f "$state/kube-dir.created" ]; then rm -rf "$HOME/.kube"; fi
         fi
     fi
     rm -rf "$state"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -82,6 +83,7 @@ def host_state() -> dict:
         "mounts": [line for line in Path("/proc/mounts").read_text().splitlines()
                    if str(STATE) in line],
         "kubeconfig": (Path.home() / ".kube" / "config").exists(),
+        "kube_folder": (Path.home() / ".kube").exists(),
         "dirs": [folder for folder in HOST_DIRS if Path(folder).exists()],
     }
 
@@ -96,6 +98,12 @@ def as_on_a_fresh_host() -> None:
     if subprocess.run(["pgrep", "-x", "kubelet"], capture_output=True).returncode != 0:
         for folder in HOST_DIRS:
             shutil.rmtree(folder, ignore_errors=True)
+    # A kubeconfig without a context (what an earlier cluster-down here emptied) and its cache.
+    kube = Path.home() / ".kube"
+    config = kube / "config"
+    if kube.exists() and not (config.exists() and
+                              (yaml.safe_load(config.read_text()) or {}).get("contexts")):
+        shutil.rmtree(kube)
 
 
 def in_new_netns(script: str) -> str:
