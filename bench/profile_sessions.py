@@ -116,8 +116,9 @@ def profiled_wave(runner, pids: dict[str, int], ratio: float, flags, out: Path,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name, pid in pids.items()]
     if shutil.which("perf"):
         samplers += [subprocess.Popen(
-            ["perf", "record", "--event", "cpu-clock", "--freq", "999", "--pid", str(pid),
-             "--output", str(recordings[name])],
+            # No build-id cache: perf would copy every binary it saw into ~/.debug, run after run.
+            ["perf", "record", "--no-buildid-cache", "--event", "cpu-clock", "--freq", "999",
+             "--pid", str(pid), "--output", str(recordings[name])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name, pid in pids.items()]
     time.sleep(1.0)  # the samplers attach
     before = {name: cpu_seconds_of(pid) for name, pid in pids.items()}
