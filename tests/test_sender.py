@@ -442,85 +442,23 @@ def test_plaintext_behind_starttls_220_is_refused_as_an_injection(start_sender, 
     assert httpx.get(f"{sender.http}/healthz").status_code == 200
 
 
-def _tls_server_dripping_its_ehlo_reply(lines: int) -> tuple[socket.socket, threading.Thread]:
-    """One STARTTLS connection whose EHLO reply after the handshake (`lines` continuation lines,
-    ~32 bytes each) comes one byte per TLS record, so the client decrypts it a byte at a time;
-    then an ordinary conversation."""
+# A conversation's replies after EHLO: (what ends the command answered, the reply's records).
+AFTER_EHLO = [
+    (b"\r\n", [b"250 ", b"sender ok\r\n"]),
+    (b"\r\n", [b"250 recipient ok\r\n"]),
+    (b"\r\n", [b"354 go on\r\n"]),
+    (b"\r\n.\r\n", [b"250 ", b"queued\r\n"]),
+    (b"\r\n", [b"221 bye\r\n"]),
+]
+
+
+def _tls_server_writing_records(replies: list[tuple[bytes, list[bytes]]]
+                                ) -> tuple[socket.socket, threading.Thread]:
+    """One STARTTLS connection whose replies after the handshake each arrive as the TLS records
+    given, written together (one segment, as far as the socket takes it); QUIT's reply comes
+    with close_notify behind it."""
     context = server_context(self_signed("mx.test", "ecdsa-p256"), session_tickets=False)
     server = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        connection, _ = server.accept()
-        with connection:
-            serve_up_to_starttls(connection)
-            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-            tls = context.wrap_bio(incoming, outgoing, server_side=True)
-
-            def read_until(ending: bytes) -> None:
-                received = b""
-                while ending not in received:
-                    try:
-                        received += tls.read(65536)
-                    except ssl.SSLWantReadError:
-                        connection.sendall(outgoing.read())
-                        incoming.write(connection.recv(65536))
-
-            with contextlib.suppress(ssl.SSLWantReadError):
-                read_until(b"\r\n")  # the handshake, then EHLO
-            reply = b"".join(b"250-" + b"x" * 26 + b"\r\n" for _ in range(lines)) + b"250 ok\r\n"
-            for index in range(len(reply)):
-                tls.write(reply[index:index + 1])
-            connection.sendall(outgoing.read())
-            for ending, answer in ((b"\r\n", b"250 ok\r\n"), (b"\r\n", b"250 ok\r\n"),
-                                   (b"\r\n", b"354 go on\r\n"), (b"\r\n.\r\n", b"250 queued\r\n"),
-                                   (b"\r\n", b"221 bye\r\n")):
-                read_until(ending)
-                tls.write(answer)
-                connection.sendall(outgoing.read())
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return server, thread
-
-
-@pytest.mark.parametrize("profile", ["default", "openssl"])
-def test_a_reply_a_byte_at_a_time_costs_the_engine_what_it_costs_whole(profile):
-    """Each byte of a reply is looked at once: 62 KiB of EHLO continuation lines, one byte per
-    TLS record, cost the engine 1.8 s of CPU when every record rescanned the reply from its
-    start (the engine's one thread was then stalled for every other connection); linear, it is
-    tens of milliseconds. The kernel's count of the engine thread's CPU, with a wide bound."""
-    server, thread = _tls_server_dripping_its_ehlo_reply(2000)
-    port = server.getsockname()[1]
-    sender = ServiceProcess("sender", {"OTEL_SDK_DISABLED": "true",
-                                       "TLSSTORM_SENDER_TARGET": f"127.0.0.1:{port}"})
-    try:
-        before = thread_cpu_seconds_of(sender.pid, "tlsstorm-engine")
-        result = httpx.post(f"{sender.http}/v1/send", timeout=60,
-                            json={"tls": True, "profile": profile}).json()["results"][0]
-        engine = thread_cpu_seconds_of(sender.pid, "tlsstorm-engine") - before
-    finally:
-        sender.stop()
-        thread.join(5)
-        server.close()
-
-    assert result["ok"] is True, result
-    assert engine < 0.5, f"{engine:.2f} s of engine CPU for one 62 KiB reply"
-
-
-def _tls_server_writing_records_together() -> tuple[socket.socket, threading.Thread]:
-    """One STARTTLS connection whose replies after the handshake each arrive as several TLS
-    records in one segment (a record per line, or half a line); QUIT's reply comes with
-    close_notify behind it."""
-    context = server_context(self_signed("mx.test", "ecdsa-p256"), session_tickets=False)
-    server = socket.create_server(("127.0.0.1", 0))
-    replies = [  # (what ends the command answered, the reply's records)
-        (b"\r\n", [b"250-mx.test\r\n", b"250-SIZE 1000000\r\n", b"250 8BITMIME\r\n"]),
-        (b"\r\n", [b"250 ", b"sender ok\r\n"]),
-        (b"\r\n", [b"250 recipient ok\r\n"]),
-        (b"\r\n", [b"354 go on\r\n"]),
-        (b"\r\n.\r\n", [b"250 ", b"queued\r\n"]),
-        (b"\r\n", [b"221 bye\r\n"]),
-    ]
 
     def serve() -> None:
         connection, _ = server.accept()
@@ -558,13 +496,41 @@ def _tls_server_writing_records_together() -> tuple[socket.socket, threading.Thr
 
 @pytest.mark.parametrize("profile", ["default", "openssl"])  # rustls, OpenSSL
 def test_replies_in_several_tls_records_of_one_segment_are_read_whole(start_sender, profile):
-    _, result = send_once_to(start_sender, _tls_server_writing_records_together(), tls=True,
+    records = [(b"\r\n", [b"250-mx.test\r\n", b"250-SIZE 1000000\r\n", b"250 8BITMIME\r\n"]),
+               *AFTER_EHLO]  # a record per line, or half a line
+    _, result = send_once_to(start_sender, _tls_server_writing_records(records), tls=True,
                               profile=profile)
 
     message = result["results"][0]
     assert message["ok"] is True, message
     assert (message["code"], message["reply"]) == (250, "queued")
     assert message["tls_version"] == "TLSv1.3"
+
+
+@pytest.mark.parametrize("profile", ["default", "openssl"])
+def test_a_reply_a_byte_at_a_time_costs_the_engine_what_it_costs_whole(profile):
+    """Each byte of a reply is looked at once: 62 KiB of EHLO continuation lines, one byte per
+    TLS record, cost the engine 1.8 s of CPU when every record rescanned the reply from its
+    start (the engine's one thread was then stalled for every other connection); linear, it is
+    tens of milliseconds. The kernel's count of the engine thread's CPU, with a wide bound."""
+    ehlo = b"".join(b"250-" + b"x" * 26 + b"\r\n" for _ in range(2000)) + b"250 ok\r\n"
+    server, thread = _tls_server_writing_records(
+        [(b"\r\n", [ehlo[index:index + 1] for index in range(len(ehlo))]), *AFTER_EHLO])
+    port = server.getsockname()[1]
+    sender = ServiceProcess("sender", {"OTEL_SDK_DISABLED": "true",
+                                       "TLSSTORM_SENDER_TARGET": f"127.0.0.1:{port}"})
+    try:
+        before = thread_cpu_seconds_of(sender.pid, "tlsstorm-engine")
+        result = httpx.post(f"{sender.http}/v1/send", timeout=60,
+                            json={"tls": True, "profile": profile}).json()["results"][0]
+        engine = thread_cpu_seconds_of(sender.pid, "tlsstorm-engine") - before
+    finally:
+        sender.stop()
+        thread.join(5)
+        server.close()
+
+    assert result["ok"] is True, result
+    assert engine < 0.5, f"{engine:.2f} s of engine CPU for one 62 KiB reply"
 
 
 @pytest.mark.parametrize("payload", [
