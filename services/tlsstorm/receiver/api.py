@@ -32,7 +32,7 @@ class Receiving(Protocol):
     """What the API reads from the running receiver (so this module need not import it)."""
 
     settings: ReceiverSettings
-    provider: TracerProvider
+    provider: TracerProvider | None
     stats: ReceiverStats
     sampler: ProcessSampler
     cpu: CpuMonitor
