@@ -81,6 +81,12 @@ start() {  # start NAME COMMAND...: in its own session, log and pid under $state
     echo $! >"$state/run/$name.pid"
 }
 
+alive() {  # alive NAME: what `start` recorded for NAME still runs (and is NAME, not a reused pid)
+    local pid
+    pid=$(cat "$state/run/$1.pid" 2>/dev/null) || return 1
+    [ "$(basename "$(readlink "/proc/$pid/exe" 2>/dev/null)")" = "$1" ]
+}
+
 wait_for() {  # wait_for WHAT SECONDS COMMAND...
     local what=$1 seconds=$2; shift 2
     for _ in $(seq "$seconds"); do
@@ -395,7 +401,15 @@ remove_kube_chains() {
 
 up() {
     [ "$(id -u)" = 0 ] || die "needs root (it starts the kubelet and containerd)"
-    if [ -e "$state/run" ]; then die "$state exists: a cluster is up (scripts/cluster.sh down first)"; fi
+    if [ -e "$state" ]; then
+        for name in $services; do
+            if alive "$name"; then die "a cluster is up ($name runs): scripts/cluster.sh down first"; fi
+        done
+        # A run killed mid-way (a CI job cancelled, a machine restarted) leaves bridges, tables
+        # and folders but no process: what it changed is undone before starting afresh.
+        log "$state was left by a cluster none of whose processes runs: taking it down first"
+        down
+    fi
     local t0=$SECONDS
     trap '[ $? = 0 ] || log "up failed; make cluster-down (scripts/cluster.sh down) removes what it started"' EXIT
     ensure_debs
@@ -490,9 +504,8 @@ down() {
 
 status() {
     [ -d "$state/run" ] || { echo "no cluster"; return 1; }
-    for pid in "$state"/run/*.pid; do
-        name=$(basename "$pid" .pid)
-        if kill -0 "$(cat "$pid")" 2>/dev/null; then echo "$name running"; else echo "$name STOPPED"; fi
+    for name in $services; do
+        if alive "$name"; then echo "$name running"; else echo "$name STOPPED"; fi
     done
     kube get nodes -o wide
 }

@@ -138,14 +138,40 @@ def test_cluster_down_removes_only_the_iptables_tables_made_after_up_and_left_em
     assert sorted(listed.splitlines()) == ["table ip mangle", "table ip6 nat"]
 
 
+def test_cluster_up_refuses_while_a_process_of_an_earlier_cluster_runs(tmp_path):
+    """cluster-up takes down what a killed run left only when none of its processes runs: a
+    live one (here a process named etcd, recorded as the state's etcd) is never torn down."""
+    if os.geteuid() != 0:
+        pytest.skip("cluster-up needs root")
+    (tmp_path / "run").mkdir(parents=True)
+    etcd = tmp_path / "etcd"
+    shutil.copy("/bin/sleep", etcd)
+    live = subprocess.Popen([str(etcd), "60"])
+    try:
+        (tmp_path / "run" / "etcd.pid").write_text(f"{live.pid}\n")
+        up = subprocess.run([str(ROOT / "scripts" / "cluster.sh"), "up"], capture_output=True,
+                            text=True, timeout=60,
+                            env={**os.environ, "TLSSTORM_CLUSTER_DIR": str(tmp_path)})
+        assert up.returncode == 1
+        assert "a cluster is up (etcd runs)" in up.stderr
+        assert (tmp_path / "run" / "etcd.pid").exists() and live.poll() is None
+    finally:
+        live.kill()
+        live.wait()
+
+
 @pytest.fixture(scope="module")
 def cluster():
     if os.geteuid() != 0:
         if IN_CI:
             pytest.fail("the cluster check needs root (CI runs as root)")
         pytest.skip("the local cluster needs root")
-    if Path("/sys/class/net/tsnode0").exists():
-        pytest.fail("a local cluster is already up: make cluster-down first")
+    if STATE.exists():
+        status = run("scripts/cluster.sh", "status", check=False).stdout
+        if " running" in status:
+            pytest.fail(f"a local cluster is up: make cluster-down first\n{status}")
+        # What a run killed mid-way left (no process of it runs): undone, as cluster-up would.
+        run("make", "cluster-down", timeout=300)
     as_on_a_fresh_host()
     before = host_state()
     started = time.monotonic()
