@@ -122,7 +122,7 @@ cluster-up: tools ## as root: a single-node Kubernetes here, built from upstream
 cluster-load: ## rebuild $(IMAGE):$(TAG) and import it into the local cluster
 	TLSSTORM_CLUSTER_DIR=$(CLUSTER_DIR) IMAGE=$(IMAGE) TAG=$(TAG) scripts/cluster.sh load
 
-cluster-down: ## stop the local cluster and undo what it changed on the host
+cluster-down: tools ## stop the local cluster and undo what it changed on the host (its kubectl edits ~/.kube/config)
 	TLSSTORM_CLUSTER_DIR=$(CLUSTER_DIR) scripts/cluster.sh down
 
 port-forward: ## Locust UI :8089, Jaeger UI :16686, cost report :8027 (Ctrl-C stops)
