@@ -350,8 +350,6 @@ EOF
 
 user_kubeconfig() {  # merge the admin context into ~/.kube/config, as kind does
     local file=$HOME/.kube/config
-    [ -e "$file" ] || touch "$state/kubeconfig.created"  # then `down` removes it, once empty
-    [ -e "$HOME/.kube" ] || touch "$state/kube-dir.created"  # and kubectl's cache beside it
     mkdir -p "$HOME/.kube"
     KUBECONFIG=$file:$state/admin.kubeconfig kubectl config view --flatten >"$state/merged"
     install -m 600 "$state/merged" "$file"
@@ -416,6 +414,10 @@ up() {
     ensure_binaries
     versions
     mkdir -p "$state/run" "$state/log"
+    # What the user's home had, before the first kubectl call below makes ~/.kube/cache: `down`
+    # removes the kubeconfig it made once empty, and the folder with kubectl's cache.
+    [ -e "$HOME/.kube/config" ] || touch "$state/kubeconfig.created"
+    [ -e "$HOME/.kube" ] || touch "$state/kube-dir.created"
     pki
     for name in admin controller-manager scheduler kubelet-client kube-proxy kube-router; do
         kubeconfig "$name"
@@ -494,9 +496,12 @@ down() {
         if [ -f "$state/kubeconfig.created" ] &&
             [ -z "$(kubectl --kubeconfig "$HOME/.kube/config" config get-contexts -o name 2>/dev/null)" ]; then
             rm -f "$HOME/.kube/config"
-            # kubectl's discovery cache goes with the folder this cluster made.
-            if [ -f "$state/kube-dir.created" ]; then rm -rf "$HOME/.kube"; fi
         fi
+    fi
+    # kubectl's discovery cache goes with the folder this cluster made (unless a kubeconfig of
+    # the user's is in it now).
+    if [ -f "$state/kube-dir.created" ] && [ ! -e "$HOME/.kube/config" ]; then
+        rm -rf "$HOME/.kube"
     fi
     rm -rf "$state"
     log "down: processes stopped; bridges, routes, netns, mounts, iptables tables, sysctls and ~/.kube restored"
