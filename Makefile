@@ -8,7 +8,7 @@ LOCK   := requirements.lock
 .DEFAULT_GOAL := help
 .PHONY: help install python-venv build-deps lock system-deps tools lint test demo up clean \
         images kind-up kind-load deploy port-forward undeploy kind-down minikube-load \
-        jaeger cluster-up cluster-load cluster-down
+        jaeger cluster-up cluster-load cluster-down fuzz
 
 # Cluster path (kind or minikube): the image is tagged with the git SHA.
 IMAGE      ?= tlsstorm
@@ -68,11 +68,12 @@ lock: install ## refresh requirements.lock from pyproject.toml (uv pip compile),
 	  --python-platform x86_64-manylinux_2_28 --native-tls --quiet -o $(LOCK)
 	$(BIN)/pip install --quiet --constraint $(LOCK) -e '.[dev]'
 
-APT_TOOLS := openssl chromium dockerd debootstrap tcpdump postfix swaks perf
+APT_TOOLS := openssl chromium dockerd debootstrap tcpdump postfix swaks perf clang-14
 
 system-deps: ## as root: the Debian tools the tests use (openssl, chromium, docker, postfix, ...)
 	@missing=""; for tool in $(APT_TOOLS); do command -v $$tool >/dev/null || \
 	  missing="$$missing $$(case $$tool in dockerd) echo docker.io;; perf) echo linux-perf;; \
+	    clang-14) echo clang-14 libclang-rt-14-dev;; \
 	    *) echo $$tool;; esac)"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -89,6 +90,11 @@ lint: install ## ruff over the code, tests, benchmarks, Locust files and scripts
 
 test: install system-deps tools lint ## lint, then every test (real SMTP, STARTTLS, OTLP, browser, chart, container)
 	$(BIN)/python -m pytest
+
+FUZZ_SECONDS ?= 600
+
+fuzz: ## fuzz the sender's engine for FUZZ_SECONDS (libFuzzer, ASan, UBSan; crashes in build/fuzz)
+	scripts/engine-checks.sh fuzz $(FUZZ_SECONDS)
 
 demo: install ## start the local stack, send a mixed wave, print what TLS cost the receiver
 	$(BIN)/tlsstorm demo

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import smtplib
 import socket
 import ssl
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -224,3 +228,26 @@ def postfix_instance_left(name: str) -> list[str]:
     so that the next run starts as on a fresh machine)."""
     return [path for path in (f"/etc/{name}", f"/var/spool/{name}", f"/var/lib/{name}",
                               f"/var/log/{name}.log") if Path(path).exists()]
+
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def package_copy(tmp_path: Path) -> Path:
+    """The package (its compiled engine too) copied to tmp_path/services, for a test to change
+    and run tests against (pytest_against) while the checkout stays as it is."""
+    root = tmp_path / "services"
+    shutil.copytree(CHECKOUT / "services" / "tlsstorm", root / "tlsstorm",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return root
+
+
+def pytest_against(copy: Path, *selection: str, env: dict[str, str] | None = None,
+                   timeout: float = 300) -> subprocess.CompletedProcess:
+    """The selected tests against a package_copy: it comes first on PYTHONPATH, for pytest and
+    for every service it starts."""
+    env = {**os.environ, "PYTHONPATH": f"{copy}{os.pathsep}{CHECKOUT}",
+           "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *selection],
+        cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=timeout)

@@ -10,7 +10,6 @@ seven breakages that matter, each killed in seconds by the tests named beside it
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "services" / "tlsstorm"
+from tests.helpers import package_copy, pytest_against
 
 
 @dataclass(frozen=True)
@@ -70,26 +68,14 @@ MUTANTS = {
 
 
 def _copy_with(tmp_path: Path, mutant: Mutant | None) -> Path:
-    """The package (its compiled engine too) copied under tmp_path, the mutant applied."""
-    root = tmp_path / "services"
-    shutil.copytree(PACKAGE, root / "tlsstorm",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    """The package copied under tmp_path, the mutant applied."""
+    root = package_copy(tmp_path)
     if mutant is not None:
         path = root / "tlsstorm" / mutant.file
         text = path.read_text()
         assert text.count(mutant.original) == 1, f"{mutant.file} no longer has the line"
         path.write_text(text.replace(mutant.original, mutant.mutated))
     return root
-
-
-def _pytest(copy: Path, *selection: str) -> subprocess.CompletedProcess:
-    """The selected tests against the copy: it comes first on PYTHONPATH, for this process and
-    for every service it starts."""
-    env = {**os.environ, "PYTHONPATH": f"{copy}{os.pathsep}{ROOT}",
-           "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *selection],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_the_copy_is_what_the_tests_run(tmp_path):
@@ -105,7 +91,7 @@ def test_the_copy_is_what_the_tests_run(tmp_path):
 @pytest.mark.parametrize("name", list(MUTANTS))
 def test_every_refusal_mutant_is_killed(tmp_path, name):
     mutant = MUTANTS[name]
-    finished = _pytest(_copy_with(tmp_path, mutant), *mutant.tests)
+    finished = pytest_against(_copy_with(tmp_path, mutant), *mutant.tests)
     output = finished.stdout[-3000:] + finished.stderr[-2000:]
     # Killed: a test failed (pytest's 1). Not collected, or no test selected, is no verdict.
     assert finished.returncode == 1, f"{name}: survived or did not run ({finished.returncode})"

@@ -6,7 +6,6 @@ import contextlib
 import itertools
 import re
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,11 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import send_once_to, serve_up_to_starttls
 from tests.receiver_process import ServiceProcess
-from tlsstorm.common.pki import self_signed
 from tlsstorm.common.process import cpu_seconds_of, thread_cpu_seconds_of
-from tlsstorm.common.tls import server_context
 from tlsstorm.sender.waves import is_tls
 
 
@@ -386,151 +382,6 @@ def test_the_sender_process_keeps_what_it_built_at_start_out_of_the_garbage_coll
     assert frozen, metrics
     assert float(frozen.group(1)) > 10_000  # the app, its modules and settings: ~80,000
     assert 'python_gc_collections_total{generation="2"}' in metrics
-
-
-def _scripted_server(replies: list[bytes]) -> tuple[socket.socket, threading.Thread]:
-    """One connection: each reply is written once the client's next line has arrived (the
-    first, the greeting, at once); a reply may be split into pieces written apart."""
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        connection, _ = server.accept()
-        with connection:
-            for index, reply in enumerate(replies):
-                if index:
-                    connection.recv(4096)
-                for piece in reply.split(b"|"):
-                    connection.sendall(piece)
-                    time.sleep(0.02)
-            time.sleep(0.5)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return server, thread
-
-
-@pytest.mark.parametrize(("replies", "error"), [
-    # A reply split mid-line and over several lines is one reply; then a reply that never ends.
-    ([b"220-mx.test ESMTP|\r\n220 ready\r\n", b"250-mx.test\r\n25|0 SIZE 1000\r\n",
-      b"250 ok\r\n", b"A" * 70_000], "ConnectionAbortedError: the server's reply ran past 64 KiB"),
-    ([b"220 ready\r\n", b"250 mx.test\r\n", b"hello there\r\n"], "smtp_0: "),
-    ([b"220 ready\r\n", b"250 mx.test\r\n", b"550 5.7.1 no thanks\r\n"],
-     "smtp_550: 5.7.1 no thanks"),
-])
-def test_broken_servers_give_a_failed_result_with_a_reason(start_sender, receiver, replies,
-                                                           error):
-    sender, result = send_once_to(start_sender, _scripted_server(replies), tls=False)
-
-    assert result["results"][0]["ok"] is False
-    assert result["results"][0]["error"].startswith(error), result
-    assert httpx.get(f"{sender.http}/healthz").status_code == 200
-
-
-@pytest.mark.parametrize("profile", ["default", "openssl"])  # the rustls and OpenSSL stacks
-def test_plaintext_behind_starttls_220_is_refused_as_an_injection(start_sender, profile):
-    """Bytes sent with STARTTLS's 220 would be read as the first reply inside TLS (the client's
-    side of CVE-2011-0411; RFC 3207 discards them): the session ends, naming it."""
-    replies = [b"220 ready\r\n", b"250-mx.test\r\n250 STARTTLS\r\n",
-               b"220 go ahead\r\n250 injected\r\n"]
-    sender, result = send_once_to(start_sender, _scripted_server(replies), tls=True,
-                                  profile=profile)
-
-    failed = result["results"][0]
-    assert failed["ok"] is False and failed["tls_version"] is None, failed
-    assert failed["error"].startswith("StartTlsInjection: the server sent 14 bytes in plain "
-                                      "text after STARTTLS's 220"), failed
-    assert httpx.get(f"{sender.http}/healthz").status_code == 200
-
-
-# A conversation's replies after EHLO: (what ends the command answered, the reply's records).
-AFTER_EHLO = [
-    (b"\r\n", [b"250 ", b"sender ok\r\n"]),
-    (b"\r\n", [b"250 recipient ok\r\n"]),
-    (b"\r\n", [b"354 go on\r\n"]),
-    (b"\r\n.\r\n", [b"250 ", b"queued\r\n"]),
-    (b"\r\n", [b"221 bye\r\n"]),
-]
-
-
-def _tls_server_writing_records(replies: list[tuple[bytes, list[bytes]]]
-                                ) -> tuple[socket.socket, threading.Thread]:
-    """One STARTTLS connection whose replies after the handshake each arrive as the TLS records
-    given, written together (one segment, as far as the socket takes it); QUIT's reply comes
-    with close_notify behind it."""
-    context = server_context(self_signed("mx.test", "ecdsa-p256"), session_tickets=False)
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        connection, _ = server.accept()
-        with connection:
-            serve_up_to_starttls(connection)
-            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-            tls = context.wrap_bio(incoming, outgoing, server_side=True)
-            while True:
-                try:
-                    tls.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    connection.sendall(outgoing.read())
-                    incoming.write(connection.recv(65536))
-            received = b""
-            for ending, records in replies:
-                while ending not in received:
-                    try:
-                        received += tls.read(65536)
-                    except ssl.SSLWantReadError:
-                        connection.sendall(outgoing.read())
-                        incoming.write(connection.recv(65536))
-                received = received.partition(ending)[2]
-                for record in records:
-                    tls.write(record)
-            with contextlib.suppress(ssl.SSLWantReadError):
-                tls.unwrap()  # close_notify, in the same segment as QUIT's reply
-            connection.sendall(outgoing.read())
-            time.sleep(0.5)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return server, thread
-
-
-@pytest.mark.parametrize("profile", ["default", "openssl"])  # rustls, OpenSSL
-def test_replies_in_several_tls_records_of_one_segment_are_read_whole(start_sender, profile):
-    records = [(b"\r\n", [b"250-mx.test\r\n", b"250-SIZE 1000000\r\n", b"250 8BITMIME\r\n"]),
-               *AFTER_EHLO]  # a record per line, or half a line
-    _, result = send_once_to(start_sender, _tls_server_writing_records(records), tls=True,
-                              profile=profile)
-
-    message = result["results"][0]
-    assert message["ok"] is True, message
-    assert (message["code"], message["reply"]) == (250, "queued")
-    assert message["tls_version"] == "TLSv1.3"
-
-
-@pytest.mark.parametrize("profile", ["default", "openssl"])
-def test_a_reply_a_byte_at_a_time_costs_the_engine_what_it_costs_whole(profile):
-    """Each byte of a reply is looked at once: 62 KiB of EHLO continuation lines, one byte per
-    TLS record, cost the engine 1.8 s of CPU when every record rescanned the reply from its
-    start (the engine's one thread was then stalled for every other connection); linear, it is
-    tens of milliseconds. The kernel's count of the engine thread's CPU, with a wide bound."""
-    ehlo = b"".join(b"250-" + b"x" * 26 + b"\r\n" for _ in range(2000)) + b"250 ok\r\n"
-    server, thread = _tls_server_writing_records(
-        [(b"\r\n", [ehlo[index:index + 1] for index in range(len(ehlo))]), *AFTER_EHLO])
-    port = server.getsockname()[1]
-    sender = ServiceProcess("sender", {"OTEL_SDK_DISABLED": "true",
-                                       "TLSSTORM_SENDER_TARGET": f"127.0.0.1:{port}"})
-    try:
-        before = thread_cpu_seconds_of(sender.pid, "tlsstorm-engine")
-        result = httpx.post(f"{sender.http}/v1/send", timeout=60,
-                            json={"tls": True, "profile": profile}).json()["results"][0]
-        engine = thread_cpu_seconds_of(sender.pid, "tlsstorm-engine") - before
-    finally:
-        sender.stop()
-        thread.join(5)
-        server.close()
-
-    assert result["ok"] is True, result
-    assert engine < 0.5, f"{engine:.2f} s of engine CPU for one 62 KiB reply"
 
 
 @pytest.mark.parametrize("payload", [

@@ -44,7 +44,10 @@ def _sender(flags: argparse.Namespace) -> None:
 
     from tlsstorm.common.heap import freeze_startup_objects
 
-    service = SenderService(settings, tracer_provider("tlsstorm-sender"))
+    try:
+        service = SenderService(settings, tracer_provider("tlsstorm-sender"))
+    except OSError as error:
+        raise SystemExit(f"tlsstorm sender: {error}") from None
     freeze_startup_objects()
     _serve(service, uvloop.run)
 

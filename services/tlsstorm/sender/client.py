@@ -27,6 +27,7 @@ from tlsstorm.sender.engine import (
     Report,
     Schedule,
     connections_ahead,
+    key_log_from_environment,
     next_group,
 )
 from tlsstorm.sender.message import message_parts
@@ -107,6 +108,7 @@ class SmtpClient:
                  provider: CountedTracerProvider | None = None) -> None:
         self.settings = settings
         self.verify = settings.ca_file is not None
+        key_log_from_environment()
         # Its own context, so that the engine keeps resumed sessions apart from the others.
         self.resuming_context = client_context(settings.ca_file)
         self.profile_contexts = {name: engine_tls(name, settings.ca_file) for name in PROFILES}

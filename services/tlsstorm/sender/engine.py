@@ -28,12 +28,14 @@ import ctypes
 import importlib.machinery
 import itertools
 import json
+import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 _LIBRARY_NAME = "_smtp_engine"
+_INT_MAX = 2**31 - 1  # a C int's, what job_t's counts and milliseconds are
 
 
 class _Job(ctypes.Structure):
@@ -83,7 +85,9 @@ def _load() -> ctypes.CDLL:
     if _address(library.SSL_CTX_new) != _address(ctypes.CDLL(_ssl.__file__).SSL_CTX_new):
         raise ImportError("the SMTP engine and Python's ssl module load different OpenSSL "
                           "libraries; rebuild tlsstorm against the OpenSSL Python uses")
+    check_layout(library, _Job)
     library.engine_new.restype = ctypes.c_void_p
+    library.engine_key_log.argtypes = [ctypes.c_char_p]
     library.engine_done_fd.argtypes = [ctypes.c_void_p]
     library.engine_start.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Job)]
     library.engine_start.restype = ctypes.c_long
@@ -98,6 +102,26 @@ def _load() -> ctypes.CDLL:
     library.engine_rustls_config.restype = ctypes.c_void_p
     library.engine_rustls_config_free.argtypes = [ctypes.c_void_p]
     return library
+
+
+def check_layout(library: ctypes.CDLL, job: type[ctypes.Structure]) -> None:
+    """Raises ImportError unless `job` has job_t's fields, in its order, at its offsets (the
+    engine exports its fields' names, its size and their offsets): a field added, moved or
+    resized on one side only would otherwise be read as another."""
+    names = ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(
+        library, "engine_job_fields"))).decode().split()
+    ours = [name for name, _ in job._fields_]
+    if ours != names:
+        raise ImportError(f"the SMTP engine's job_t has the fields {names}, engine.py's _Job "
+                          f"{ours}: rebuild the engine (pip install -e .) or fix the mirror")
+    size, *offsets = (ctypes.c_size_t * (len(names) + 1)).in_dll(library, "engine_job_layout")
+    mirror = [*(getattr(job, name).offset for name in names), ctypes.sizeof(job)]
+    for name, engine_has, we_have in zip([*names, "size"], [*offsets, size], mirror,
+                                         strict=True):
+        if engine_has != we_have:
+            raise ImportError(f"the SMTP engine's job_t and engine.py's _Job differ at {name} "
+                              f"({engine_has} in C, {we_have} here): rebuild the engine "
+                              "(pip install -e .) or fix the mirror")
 
 
 def _library_loaded() -> ctypes.CDLL:
@@ -121,6 +145,16 @@ _groups = itertools.count(1)
 # What a group hands the engine ahead of its connections' beginnings holds their messages: at
 # most about this many bytes of them (every connection holds its own copy).
 BYTES_AHEAD = 8 * 1024 * 1024
+
+
+def key_log_from_environment() -> None:
+    """OpenSSL's sessions in the engine log their keys where SSLKEYLOGFILE says (rustls's read
+    it themselves), as browsers and curl do; raises OSError when that file cannot be written."""
+    path = os.environ.get("SSLKEYLOGFILE")
+    error = _library_loaded().engine_key_log(os.fsencode(path) if path else None)
+    if error:
+        raise OSError(-error, f"SSLKEYLOGFILE={path}: the key log cannot be written "
+                      f"({os.strerror(-error)})")
 
 
 def connections_ahead(size: int, per_connection: int, most: int) -> int:
@@ -220,18 +254,22 @@ class Engine:
         rustls = context.pointer if isinstance(context, RustlsConfig) else None
         ctx = ssl_ctx_of(context) if isinstance(context, ssl.SSLContext) else None
         messages = len(talk.head_of)
+        timeout_ms = round(talk.timeout_s * 1000)
+        if not 1 <= timeout_ms <= _INT_MAX:  # ctypes would wrap it silently
+            raise ValueError(f"timeout {talk.timeout_s} s: the engine takes 1 ms to 24.8 days")
         job = _Job(talk.address.encode(), talk.port, ctx, rustls,
                    talk.server_name.encode() if talk.server_name else None,
                    int(bool(context is not None and context.check_hostname)), int(talk.resume),
                    talk.ehlo, talk.mail_from, talk.rcpt_to, messages,
                    b"".join(talk.pieces), _ints(map(len, talk.pieces)), len(talk.pieces),
-                   _ints(talk.head_of), _ints(talk.text_of), int(talk.timeout_s * 1000),
+                   _ints(talk.head_of), _ints(talk.text_of), timeout_ms,
                    int(talk.quick_ack), int(talk.trace_phases),
                    *((schedule.due_ns, schedule.group, schedule.limit, int(schedule.queue),
                       int(schedule.quiet)) if schedule else ()))
         started = self._lib.engine_start(self._engine, ctypes.byref(job))
         if started < 0:
-            raise OSError(-started, f"no connection to {talk.address}:{talk.port}")
+            raise OSError(-started, f"the engine cannot take a connection to {talk.address}:"
+                          f"{talk.port}: {os.strerror(-started)}")
         self._waiting[started] = on_report
 
     def cancel(self, group: int) -> None:

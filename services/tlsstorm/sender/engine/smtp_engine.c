@@ -33,6 +33,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +48,7 @@
 #include "rustls_client.h"
 
 #define MAX_REPLY_BYTES (64 * 1024) /* far above any real reply (RFC 5321: 512 per line) */
+#define KEPT_REPLY_BYTES 512        /* of a reply's text, what its report keeps */
 #define READ_BYTES (16 * 1024)
 #define MAX_SESSIONS 64
 #define ENGINE_THREAD_NAME "tlsstorm-engine" /* 15 characters: Linux's limit */
@@ -250,6 +252,21 @@ static void wire_bytes(int fd, uint64_t *received, uint64_t *sent) {
     } else {
         memcpy(sent, info + 120, 8);
     }
+}
+
+/* The NSS key log (SSLKEYLOGFILE) of OpenSSL's connections, one per process as OpenSSL's
+ * callback has no context; rustls keeps its own (KeyLogFile), appending to the same file. */
+static FILE *key_log;
+static pthread_mutex_t key_log_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void write_key_line(const SSL *ssl, const char *line) {
+    (void)ssl;
+    pthread_mutex_lock(&key_log_lock);
+    if (key_log) {
+        fprintf(key_log, "%s\n", line);
+        fflush(key_log);
+    }
+    pthread_mutex_unlock(&key_log_lock);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -665,6 +682,9 @@ static int start_openssl(conn_t *c) {
         finish(c, "SSLError", text, 0, NULL, 0);
         return -1;
     }
+    /* No Python callback may run on this SSL: Python's would look for its socket object,
+     * which it has not. The keys go to the engine's own key log (engine_key_log). */
+    SSL_set_msg_callback(c->ssl, NULL);
     SSL_set_fd(c->ssl, c->fd);
     SSL_set_connect_state(c->ssl);
     SSL_set_read_ahead(c->ssl, 1); /* one recv per readable socket, not one per record part */
@@ -736,7 +756,10 @@ static int contains_starttls(const char *text, size_t len) {
     return 0;
 }
 
-/* The reply's text as Python's client gives it: each line past its code, joined by \n. */
+/* The reply's text as Python's client gives it: each line past its code, joined by \n; at most
+ * KEPT_REPLY_BYTES of it, then how much was left out. A report lives until its connection
+ * ends, and a server answering each of a connection's messages with 64 KiB would otherwise
+ * make the sender hold (and JSON-escape, six bytes to one) megabytes per connection. */
 static void reply_message(const char *text, size_t len, buf_t *out) {
     size_t start = 0;
     while (start <= len) {
@@ -749,6 +772,11 @@ static void reply_message(const char *text, size_t len, buf_t *out) {
         if (!end)
             break;
         start = stop + 2;
+    }
+    if (out->len > KEPT_REPLY_BYTES) {
+        size_t left_out = out->len - KEPT_REPLY_BYTES;
+        out->len = KEPT_REPLY_BYTES;
+        buf_printf(out, " [%zu bytes more, not kept]", left_out);
     }
 }
 
@@ -779,6 +807,16 @@ static void put_message_together(conn_t *c, int index) {
 
 static void replied(conn_t *c, int code, const char *text, size_t len) {
     enum step step = c->step;
+    if (c->writing) {
+        /* A reply while what it answers has not all left (a server that stops reading a
+         * message and answers it): it cannot be that answer, and taking it would count the
+         * message accepted unsent and write the next command behind a write still pending. */
+        char why[160];
+        snprintf(why, sizeof why, "the server replied %d before %s had been sent whole", code,
+                 step == BODY ? "the message" : "the command");
+        finish(c, "EarlyReply", why, code, NULL, 0);
+        return;
+    }
     if (c->trace_phases && !(step == STARTTLS && code == 220))
         phase(c, PHASE_NAMES[step]);
     if (code != EXPECTED[step]) {
@@ -1272,9 +1310,45 @@ int engine_done_fd(engine_t *e) { return e->done_fd; }
 
 static char *copy_of(const char *text) { return text ? strdup(text) : NULL; }
 
-/* A connection handed over: its id (> 0), or -errno (an address that is not numeric, no
- * memory). Called from Python's thread; the engine's thread connects it when it is due. */
+/* job_t's fields by name, then its size and each field's offset: engine.py checks its ctypes
+ * mirror against them when it loads the engine, so the two cannot drift apart unnoticed. */
+#define JOB_FIELDS(X)                                                                          \
+    X(address) X(port) X(ssl_ctx) X(rustls_config) X(server_name) X(check_hostname) X(resume)  \
+    X(ehlo) X(mail_from) X(rcpt_to) X(messages) X(pieces) X(piece_lengths) X(piece_count)      \
+    X(head_of) X(text_of) X(timeout_ms) X(quick_ack) X(trace_phases) X(due_ns) X(group)        \
+    X(group_limit) X(queue) X(quiet)
+#define JOB_FIELD_NAME(field) #field " "
+#define JOB_FIELD_OFFSET(field) offsetof(job_t, field),
+const char engine_job_fields[] = JOB_FIELDS(JOB_FIELD_NAME);
+const size_t engine_job_layout[] = {sizeof(job_t), JOB_FIELDS(JOB_FIELD_OFFSET)};
+
+/* What the rest of the engine relies on: every text there, the counts and lengths in range,
+ * each message's pieces among those given, names short enough for their commands. */
+static int job_is_whole(const job_t *job) {
+    if (!job->address || !job->ehlo || !job->mail_from || !job->rcpt_to || !job->pieces ||
+        !job->piece_lengths || !job->head_of || !job->text_of)
+        return 0;
+    if (job->port < 1 || job->port > 65535 || job->messages < 1 || job->piece_count < 1 ||
+        job->timeout_ms < 1 || job->group_limit < 0 || strlen(job->ehlo) > 255 ||
+        strlen(job->mail_from) > 512 || strlen(job->rcpt_to) > 512 ||
+        (job->server_name && strlen(job->server_name) > 255))
+        return 0;
+    for (int i = 0; i < job->piece_count; i++)
+        if (job->piece_lengths[i] < 0)
+            return 0;
+    for (int i = 0; i < job->messages; i++)
+        if (job->head_of[i] < 0 || job->head_of[i] >= job->piece_count || job->text_of[i] < 0 ||
+            job->text_of[i] >= job->piece_count)
+            return 0;
+    return 1;
+}
+
+/* A connection handed over: its id (> 0), or -errno (a job not whole or an address that is not
+ * numeric: -EINVAL; no memory). Called from Python's thread; the engine's thread connects it
+ * when it is due. */
 long engine_start(engine_t *e, const job_t *job) {
+    if (!job_is_whole(job))
+        return -EINVAL;
     struct sockaddr_storage address = {0};
     socklen_t address_len;
     struct sockaddr_in *v4 = (struct sockaddr_in *)&address;
@@ -1305,8 +1379,14 @@ long engine_start(engine_t *e, const job_t *job) {
     c->queue = job->queue;
     c->quiet = job->quiet;
     c->ctx = job->ssl_ctx;
-    if (c->ctx)
+    if (c->ctx) {
         SSL_CTX_up_ref(c->ctx); /* ours until the connection is freed, whatever Python drops */
+        /* Python's keylog callback (keylog_filename, or SSLKEYLOGFILE in
+         * ssl.create_default_context) would crash on the engine's SSL objects: ours instead. */
+        pthread_mutex_lock(&key_log_lock);
+        SSL_CTX_set_keylog_callback(c->ctx, key_log ? write_key_line : NULL);
+        pthread_mutex_unlock(&key_log_lock);
+    }
     if (job->rustls_config)
         c->rconfig = rc_config_clone(job->rustls_config); /* likewise */
     c->server_name = copy_of(job->server_name);
@@ -1347,6 +1427,20 @@ long engine_start(engine_t *e, const job_t *job) {
     pthread_mutex_unlock(&e->lock);
     signal_fd(e->wake_fd);
     return id;
+}
+
+/* OpenSSL's session keys appended to `path` in the NSS key log format (SSLKEYLOGFILE), or
+ * none with NULL: 0, or -errno when the file cannot be opened. */
+int engine_key_log(const char *path) {
+    FILE *file = path ? fopen(path, "a") : NULL;
+    if (path && !file)
+        return -errno;
+    pthread_mutex_lock(&key_log_lock);
+    if (key_log)
+        fclose(key_log);
+    key_log = file;
+    pthread_mutex_unlock(&key_log_lock);
+    return 0;
 }
 
 /* The group's connections not yet due are dropped, each with a report {"cancelled": true}. */

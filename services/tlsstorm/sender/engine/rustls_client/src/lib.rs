@@ -112,6 +112,8 @@ fn build_config(ca_file: Option<&str>, tls13: bool, tickets: bool, check_hostnam
     let mut config = builder.dangerous().with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     config.enable_sni = sni;
+    // SSLKEYLOGFILE, as browsers and curl honour it: the NSS key log format Wireshark reads.
+    config.key_log = Arc::new(rustls::KeyLogFile::new());
     config.resumption = Resumption::store(Arc::new(NothingKept)).tls12_resumption(
         if tickets { Tls12Resumption::SessionIdOrTickets } else { Tls12Resumption::SessionIdOnly });
     Ok(config)
@@ -213,6 +215,7 @@ pub struct Conn {
     tls: ClientConnection,
     socket: Socket,
     buffered: usize, /* decrypted bytes not yet read */
+    peer_closed: bool, /* its close_notify processed: the next read says so */
     error: Option<rustls::Error>,
 }
 
@@ -249,6 +252,7 @@ impl Conn {
         match self.tls.process_new_packets() {
             Ok(state) => {
                 self.buffered = state.plaintext_bytes_to_read();
+                self.peer_closed = state.peer_has_closed();
                 if ended { RC_EOF } else { RC_DONE }
             }
             Err(e) => {
@@ -315,7 +319,8 @@ pub unsafe extern "C" fn rc_conn_new(config: *const Config, server_name: *const 
     match ClientConnection::new((*config).0.clone(), name) {
         Ok(mut tls) => {
             tls.set_buffer_limit(None); /* a message is taken whole, as one write */
-            Box::into_raw(Box::new(Conn { tls, socket: Socket(fd), buffered: 0, error: None }))
+            Box::into_raw(Box::new(Conn { tls, socket: Socket(fd), buffered: 0, peer_closed: false,
+                                            error: None }))
         }
         Err(e) => {
             put_text(&e.to_string(), error, error_len);
@@ -356,13 +361,15 @@ pub unsafe extern "C" fn rc_read(conn: *mut Conn, buf: *mut u8, len: usize, stat
     n as c_long
 }
 
-/// Whether decrypted bytes wait to be read (another rc_read would not touch the socket).
+/// Whether another rc_read has something without touching the socket: decrypted bytes, or the
+/// peer's close_notify (which may have come with the last record: the socket then stays
+/// silent, and only a read reports the close).
 ///
 /// # Safety
 /// `conn` is live.
 #[no_mangle]
 pub unsafe extern "C" fn rc_has_pending(conn: *const Conn) -> c_int {
-    ((*conn).buffered > 0) as c_int
+    ((*conn).buffered > 0 || (*conn).peer_closed) as c_int
 }
 
 /// Encrypts all of `data` and sends what the socket takes: RC_DONE when all is sent,
