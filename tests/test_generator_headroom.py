@@ -26,7 +26,9 @@ def _otel_env(collector) -> dict[str, str]:
     return {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.http, "OTEL_BSP_SCHEDULE_DELAY": "200"}
 
 
-def _wave_with_sender_limited_to(cores: float, receiver, collector) -> tuple[dict, WavePoint]:
+def _wave_with_sender_limited_to(cores: float, receiver, collector
+                                 ) -> tuple[dict, WavePoint, dict]:
+    """The sender's CPU, the sweep's point and the sender's own status of the wave."""
     with cgroups.cpu_group(cores) as group:
         sender = ServiceProcess("sender", {
             "TLSSTORM_SENDER_TARGET": f"127.0.0.1:{receiver.smtp_port}",
@@ -36,7 +38,8 @@ def _wave_with_sender_limited_to(cores: float, receiver, collector) -> tuple[dic
                 runner = SweepRunner(sender.http, receiver.http, http)
                 point = runner.wave(TLS_RATIO, RATE, MESSAGES, f"sender at {cores} cores")
                 time.sleep(1.5)  # the sender's last second of CPU, reported as a span
-                return sender.stats()["cpu"], point
+                wave = http.get(f"{sender.http}/v1/waves/{point.wave_id}").json()
+                return sender.stats()["cpu"], point, wave
         finally:
             sender.stop()
 
@@ -58,20 +61,25 @@ def test_a_starved_sender_is_named_as_the_limit_and_a_fed_one_is_not(
     receiver, start_collector
 ):
     collector = start_collector()
-    starved_cpu, starved = _wave_with_sender_limited_to(0.1, receiver, collector)
+    starved_cpu, starved, starved_wave = _wave_with_sender_limited_to(0.1, receiver, collector)
 
     assert starved_cpu["limit_source"].startswith("cgroup")
     assert starved_cpu["limit_cores"] == pytest.approx(0.1)
     assert starved.sender_cpu["throttled_periods"] > 0
     assert starved.generator_limited and starved.limited_by[0] == "sender"
+    # The wave's own status says it too, tracing or not (issue 33).
+    assert starved_wave["limited_by"] == ["sender"], starved_wave["sender_cpu"]
+    assert starved_wave["sender_cpu"]["throttled_periods"] > 0
+    assert starved_wave["limit"].startswith("sender 0.") and "of 0.1" in starved_wave["limit"]
     generators = _collector_generators(collector, starved.wave_id)
     assert generators["limited_by"] == ["tlsstorm-sender"], generators
     assert generators["services"][0]["limit_cores"] == pytest.approx(0.1)
 
-    fed_cpu, fed = _wave_with_sender_limited_to(1.5, receiver, collector)
+    fed_cpu, fed, fed_wave = _wave_with_sender_limited_to(1.5, receiver, collector)
 
     assert fed_cpu["limit_cores"] == pytest.approx(1.5)
     assert not fed.generator_limited, fed.sender_cpu
+    assert fed_wave["limited_by"] == [] and fed_wave["limit"] is None, fed_wave["sender_cpu"]
     assert fed.messages == MESSAGES
     generators = _collector_generators(collector, fed.wave_id)
     assert generators["services"] and generators["limited_by"] == [], generators

@@ -190,7 +190,7 @@ def create_api(service: Sending) -> FastAPI:
         if spec.share is not None and spec.share.id in service.waves.waves:
             raise HTTPException(409, detail=f"wave {spec.share.id} is already here")
         remotes = await replicas() if spec.share is None else []
-        wave = Wave(spec, target, service.client, stride=len(remotes) + 1)
+        wave = Wave(spec, target, service.client, service.cpu.limit, stride=len(remotes) + 1)
         wave.peers = remotes if remotes else None
         service.waves.add(wave)
         wave.start()

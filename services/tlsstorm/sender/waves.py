@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from tlsstorm.common.address import TARGET_PATTERN
+from tlsstorm.common.cpu_limit import CpuLimit, CpuReading, usage_sentence
 from tlsstorm.common.histogram import LatencyHistogram
 from tlsstorm.sender.allowlist import Target
 from tlsstorm.sender.client import MessageResult, SmtpClient
@@ -118,9 +119,10 @@ def is_tls(index: int, ratio: float) -> bool:
 class Wave:
     """One running or finished wave and its counters."""
 
-    def __init__(self, spec: WaveSpec, target: Target, client: SmtpClient,
+    def __init__(self, spec: WaveSpec, target: Target, client: SmtpClient, cpu: CpuLimit,
                  stride: int = 1) -> None:
-        """`stride` > 1: this replica sends the first of that many shares (offset 0)."""
+        """`stride` > 1: this replica sends the first of that many shares (offset 0); `cpu`:
+        the limit this sender runs under, read over the wave to say whether it limited it."""
         share = spec.share
         self.id = share.id if share else uuid.uuid4().hex[:12]
         self.offset, self.stride = (share.offset, share.stride) if share else (0, stride)
@@ -130,6 +132,9 @@ class Wave:
         self.status: Literal["running", "completed", "stopped", "failed"] = "running"
         self.started_unix_s = time.time()
         self.ended_unix_s: float | None = None
+        self._cpu = cpu
+        self._cpu_started = cpu.reading()
+        self._cpu_ended: CpuReading | None = None
         self.scheduled = 0
         self.late = 0
         self.skipped = 0
@@ -196,6 +201,7 @@ class Wave:
             self.errors[f"wave: {type(error).__name__}: {error}"] += 1
         finally:
             self.ended_unix_s = time.time()
+            self._cpu_ended = self._cpu.reading()
 
     async def _reports_in(self, engine: Engine) -> None:
         """Until every connection handed over has its report."""
@@ -237,6 +243,8 @@ class Wave:
         """With `histograms`, each mode's latency histograms too (for merging shares)."""
         done = sum(counters.sent for counters in self.by_mode.values())
         elapsed = (self.ended_unix_s or time.time()) - self.started_unix_s
+        # Late and skipped sends mean nothing about the target if this sender was the limit.
+        cpu = self._cpu.usage(self._cpu_started, self._cpu_ended or self._cpu.reading())
         return {
             "id": self.id,
             "status": self.status,
@@ -256,6 +264,9 @@ class Wave:
             "tls": self.by_mode["tls"].as_dict(histograms),
             "errors": dict(self.errors),
             "starttls_by_profile": dict(+self.by_profile),  # the profiles of those begun
+            "sender_cpu": cpu,
+            "limited_by": ["sender"] if cpu["busy"] else [],
+            "limit": usage_sentence("sender", cpu) if cpu["busy"] else None,
         }
 
 
