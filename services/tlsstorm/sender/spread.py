@@ -90,8 +90,9 @@ async def whole_wave(http: httpx.AsyncClient, wave: Wave, remotes: list[str]) ->
     return _combined(wave, [found_part for _, found_part in parts], [
         {"replica": url, "offset": (found_part["spec"]["share"] or {}).get("offset", 0),
          "status": found_part["status"], "total": found_part["total"],
-         "done": found_part["done"], "limited_by": found_part["limited_by"],
-         "limit": found_part["limit"]} for url, found_part in parts])
+         # A replica of an older release (mid-upgrade) does not say.
+         "done": found_part["done"], "limited_by": found_part.get("limited_by", []),
+         "limit": found_part.get("limit")} for url, found_part in parts])
 
 
 def _combined(wave: Wave, parts: list[dict], listed: list[dict]) -> dict[str, Any]:
@@ -118,8 +119,8 @@ def _combined(wave: Wave, parts: list[dict], listed: list[dict]) -> dict[str, An
         "tls": _mode([part["tls"] for part in parts]),
         "errors": dict(errors), "starttls_by_profile": dict(profiles),
         # The whole wave was limited by its senders if any replica was busy (each part says).
-        "limited_by": ["sender"] if any(part["limited_by"] for part in parts) else [],
-        "limit": "; ".join(part["limit"] for part in parts if part["limit"]) or None,
+        "limited_by": ["sender"] if any(part.get("limited_by") for part in parts) else [],
+        "limit": "; ".join(part["limit"] for part in parts if part.get("limit")) or None,
         "sender_cpu": None,  # per replica, in parts
         "parts": sorted(listed, key=lambda entry: entry["offset"]),
     }
