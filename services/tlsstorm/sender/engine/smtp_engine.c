@@ -1102,9 +1102,8 @@ static void take_incoming(engine_t *e, conn_t *incoming) {
     }
 }
 
-/* A due connection: its socket made and connecting, in the epoll set and the list of those in
- * flight. A failure here is the connection's report, as Python's OSError would say it. */
-static void begin(engine_t *e, conn_t *c) {
+/* A due connection's clocks started, in the list of those in flight and its group's count. */
+static void go_live(engine_t *e, conn_t *c) {
     c->start_ns = now_ns(CLOCK_MONOTONIC);
     c->start_wall_ns = now_ns(CLOCK_REALTIME);
     c->phase_started_ns = c->start_ns;
@@ -1116,6 +1115,20 @@ static void begin(engine_t *e, conn_t *c) {
     e->live = c;
     if (c->group)
         c->group->in_flight++;
+}
+
+/* Its socket in the epoll set, writable awaited: the connect's completion. */
+static void watch_socket(engine_t *e, conn_t *c) {
+    c->writing = 1;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
+    if (epoll_ctl(e->epoll_fd, EPOLL_CTL_ADD, c->fd, &ev) != 0)
+        fail_errno(c, errno);
+}
+
+/* A due connection: live, its socket made and connecting, in the epoll set. A failure here
+ * is the connection's report, as Python's OSError would say it. */
+static void begin(engine_t *e, conn_t *c) {
+    go_live(e, c);
     c->fd = socket(c->address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     if (c->fd < 0 ||
@@ -1129,10 +1142,7 @@ static void begin(engine_t *e, conn_t *c) {
         finish(c, errno_kind(error), text, 0, NULL, 0);
         return;
     }
-    c->writing = 1; /* the connect's completion */
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
-    if (epoll_ctl(e->epoll_fd, EPOLL_CTL_ADD, c->fd, &ev) != 0)
-        fail_errno(c, errno);
+    watch_socket(e, c);
 }
 
 /* A connection that never began ends with a report saying why ("skipped", "cancelled"). */

@@ -178,15 +178,9 @@ static conn_t *begun(engine_t *e, int fd) {
     e->incoming = NULL;
     conn_t *c = e->pending;
     e->pending = e->pending_tail = NULL;
-    c->start_ns = c->phase_started_ns = now_ns(CLOCK_MONOTONIC);
-    c->start_wall_ns = now_ns(CLOCK_REALTIME);
-    c->deadline_ns = c->start_ns + (int64_t)c->timeout_ms * 1000000;
-    c->next = NULL;
-    e->live = c;
+    go_live(e, c);
     c->fd = fd;
-    c->writing = 1;
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
-    epoll_ctl(e->epoll_fd, EPOLL_CTL_ADD, fd, &ev);
+    watch_socket(e, c);
     return c;
 }
 
