@@ -251,3 +251,11 @@ def pytest_against(copy: Path, *selection: str, env: dict[str, str] | None = Non
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *selection],
         cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def replace_once(path: Path, original: str, replacement: str) -> None:
+    """A line of a copy changed on purpose (a mutant, a planted bug); `original` must be there
+    exactly once, or what plants it no longer plants anything."""
+    text = path.read_text()
+    assert text.count(original) == 1, f"{path} no longer has the line"
+    path.write_text(text.replace(original, replacement))

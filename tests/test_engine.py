@@ -25,7 +25,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import package_copy, pytest_against, send_once_to, serve_up_to_starttls
+from tests.helpers import (
+    package_copy,
+    pytest_against,
+    replace_once,
+    send_once_to,
+    serve_up_to_starttls,
+)
 from tests.receiver_process import ServiceProcess
 from tlsstorm.common.pki import self_signed
 from tlsstorm.common.process import thread_cpu_seconds_of
@@ -530,10 +536,7 @@ def _engine_source_with(tmp_path: Path, original: str, planted: str) -> Path:
     """A copy of the engine's sources with one line changed: a bug planted on purpose."""
     source = tmp_path / "engine-source"
     shutil.copytree(ENGINE, source, ignore=shutil.ignore_patterns("rustls_client"))
-    engine_c = source / "smtp_engine.c"
-    text = engine_c.read_text()
-    assert text.count(original) == 1, "the engine no longer has the line planted in"
-    engine_c.write_text(text.replace(original, planted))
+    replace_once(source / "smtp_engine.c", original, planted)
     return source
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import package_copy, pytest_against
+from tests.helpers import package_copy, pytest_against, replace_once
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,7 @@ def _copy_with(tmp_path: Path, mutant: Mutant | None) -> Path:
     """The package copied under tmp_path, the mutant applied."""
     root = package_copy(tmp_path)
     if mutant is not None:
-        path = root / "tlsstorm" / mutant.file
-        text = path.read_text()
-        assert text.count(mutant.original) == 1, f"{mutant.file} no longer has the line"
-        path.write_text(text.replace(mutant.original, mutant.mutated))
+        replace_once(root / "tlsstorm" / mutant.file, mutant.original, mutant.mutated)
     return root
 
 
