@@ -58,8 +58,7 @@ build-deps: ## the sender's SMTP engine is C and Rust: a compiler, OpenSSL's hea
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	      -o DPkg::Lock::Timeout=600 gcc libc6-dev libssl-dev $$(command -v cargo >/dev/null || echo cargo-web); \
 	  else \
-	    echo "tlsstorm's SMTP engine needs a C compiler, OpenSSL's headers and cargo. Run: sudo apt-get install -y gcc libssl-dev cargo-web (or https://rustup.rs)"; \
-	    exit 1; \
+	    echo "warning: tlsstorm's native SMTP engine needs a C compiler, OpenSSL's headers and cargo (sudo apt-get install -y gcc libssl-dev cargo-web, or https://rustup.rs); without them the sender uses its reference engine (aiosmtplib), at several times the CPU per message"; \
 	  fi; \
 	fi
 

@@ -1,10 +1,12 @@
 """Sender CPU per message on its two TLS client stacks, each beside the receiver it drives: the
 tlsstorm sender (Python around its C engine) with rustls (profile default) and with OpenSSL 3.0
-(profile openssl), and a small rustls program that holds the same SMTP conversation with no
-Python at all (bench/tls_client_halves, binary smtp_client_floor). Why: issue 12 asks the sender
-for at most 0.5x the receiver's CPU per message; this says which stack gets there, how far the
-sender is from a client with no Python, and whether the receiver's own cost depends on which
-client stack drives it.
+(profile openssl), the same sender on its reference engine (pure Python on aiosmtplib, OpenSSL:
+what it sends with where the engine was not built), and a small rustls program that holds the
+same SMTP conversation with no Python at all (bench/tls_client_halves, binary
+smtp_client_floor). Why: issue 12 asks the sender for at most 0.5x the receiver's CPU per
+message; this says which stack gets there, how far the sender is from a client with no Python,
+what the reference engine costs beside the compiled one (issue 31), and whether the receiver's
+own cost depends on which client stack drives it.
 
 Round by round, each client sends one plain and one STARTTLS run of --messages at --rate to the
 same receiver process (the OpenSSL profile STARTTLS only: plain is the same on both); each
@@ -48,6 +50,7 @@ CLIENTS = (  # (key, label, the modes it runs, the receiver it drove shown after
     # plain is the same on both of the sender's stacks: run once
     ("sender_openssl", "tlsstorm sender process (OpenSSL 3.0)", ("STARTTLS",), False),
     ("engine_openssl", "  of which its engine thread (C, OpenSSL)", ("STARTTLS",), True),
+    ("sender_reference", "sender on its reference engine (aiosmtplib)", BOTH, True),
     ("rustls", "rustls program's process (no Python)", BOTH, True),
 )
 MODES_OF = {key: modes for key, _, modes, _ in CLIENTS}
@@ -113,6 +116,19 @@ def measure(key_type: str, binary: Path, flags: argparse.Namespace) -> dict[str,
                                                          receiver_pid)
                     one["rustls"] = (rustls, receiver_rustls)
                     rounds[mode].append(one)
+        # The reference engine is the sender's choice at start: a stack of its own.
+        environment = {**stack_environment(Path(folder), cert, key),
+                       "TLSSTORM_SENDER_ENGINE": "reference"}
+        with stack_runner(overrides=environment, label="the stack, reference engine") as runner:
+            receiver_pid = runner.stack.stack.pid("receiver")
+            runner.wave(0.5, flags.rate, 100, "warm-up reference")
+            for number in range(flags.repeat):
+                for ratio, mode in MODES:
+                    sender, _, receiver = sender_run(
+                        runner, ratio, flags,
+                        f"{key_type} reference {mode:>8} {number + 1}/{flags.repeat}",
+                        receiver_pid, "default")
+                    rounds[mode][number]["sender_reference"] = (sender, receiver)
     return rounds
 
 

@@ -18,8 +18,9 @@ from locust.runners import WorkerRunner
 TAB = "sender-cpu"
 POLL_S = 2.0
 FORGET_AFTER_S = 30.0  # a replica not seen for this long has gone (scaled down, restarted)
-COLUMNS = (("sender", "Sender replica"), ("cores", "Cores used"), ("limit", "Limit"),
-           ("share", "Share of limit"), ("throttled", "Throttled (s)"), ("state", "State"))
+COLUMNS = (("sender", "Sender replica"), ("engine", "Engine"), ("cores", "Cores used"),
+           ("limit", "Limit"), ("share", "Share of limit"), ("throttled", "Throttled (s)"),
+           ("state", "State"))
 logger = logging.getLogger(__name__)
 
 
@@ -49,12 +50,17 @@ class SenderWatch:
         if recent is None:
             return
         busy = bool(recent["busy"])
+        # A replica of an older release does not say; the reference engine costs several times
+        # the native one's CPU per message, so a busy replica on it says why.
+        engine = stats.get("engine", {}).get("name", "?")
         self.replicas[instance] = {
-            "sender": instance, "cores": f"{recent['process_cores']:.2f}",
+            "sender": instance, "engine": engine, "cores": f"{recent['process_cores']:.2f}",
             "limit": f"{cpu['limit_cores']:g} ({cpu['limit_source']})",
             "share": f"{recent['share_of_limit'] or 0:.0%}",
             "throttled": f"{recent['throttled_seconds']:g}",
-            "state": "BUSY: results are generator-limited" if busy else "ok",
+            "state": ("BUSY: results are generator-limited" + (
+                f" ({engine} engine)" if engine not in ("native", "?") else "")) if busy
+            else "ok",
             "seen": time.monotonic()}
         if busy and instance not in self.warned:
             self.warned.add(instance)

@@ -181,8 +181,8 @@ def test_distributed_rustock_from_the_ui_twice(receiver, sender, browser_page):
 
 def test_sender_cpu_tab_shows_each_replica_against_its_limit(start_stack, browser_page):
     """Beside Locust's own CPU warning: the sender's CPU against its limit, in a tab: the
-    replica by its name, the cores it uses while it sends, its limit, and "ok" (two users
-    leave it far from busy)."""
+    replica by its name, its engine, the cores it uses while it sends, its limit, and "ok"
+    (two users leave it far from busy)."""
     sender_port = free_port()
     locust_url, _ = start_stack(TLSSTORM_SENDER_HTTP_PORT=str(sender_port))
     instance = httpx.get(f"http://127.0.0.1:{sender_port}/v1/stats").json()["instance"]
@@ -194,13 +194,13 @@ def test_sender_cpu_tab_shows_each_replica_against_its_limit(start_stack, browse
     row.first.wait_for(timeout=20_000)
     deadline = time.monotonic() + 20
     while True:  # the tab refreshes with Locust's stats; cores are the last second's
-        sender, cores, limit, _share, _throttled, state = row.first.locator(
+        sender, engine, cores, limit, _share, _throttled, state = row.first.locator(
             "td").all_inner_texts()
         if float(cores) > 0 or time.monotonic() > deadline:
             break
         time.sleep(0.5)
 
-    assert sender == instance
+    assert (sender, engine) == (instance, "native")
     assert float(cores) > 0, "no CPU shown while the sender sent"
     assert limit.endswith("(cpu affinity)")  # no quota here
     assert state == "ok"

@@ -175,6 +175,10 @@ class SenderSettings(BaseSettings):
         "at once: no 40 ms delayed-ACK stalls against servers that answer in several "
         "segments (Postfix after STARTTLS)")
     max_concurrency: int = Field(256, ge=1, le=10_000, description="cap on wave concurrency")
+    engine: Literal["auto", "native", "reference"] = Field(
+        "auto", description="who holds the SMTP conversations: native (the compiled engine), "
+        "reference (pure Python on aiosmtplib, several times the CPU per message), auto "
+        "(native, or reference where the native engine was not built)")
     peers: CommaList = Field(
         default_factory=list, description="comma list of host:port naming every sender replica "
         "(a headless Service's name gives them all); a wave posted to one is split over those "

@@ -46,8 +46,10 @@ def _run_locust_wave(local: LocalStack, messages: int, tls_ratio: float, users: 
 
 
 def _cpu_counters(local: LocalStack, http: httpx.Client) -> dict[str, Any]:
-    """Each side's CPU counters against its limit, and Locust's (this process's children)."""
-    return {"sender": http.get(local.sender_url("/v1/stats")).json()["cpu"],
+    """Each side's CPU counters against its limit, Locust's (this process's children), and
+    the sender's engine."""
+    sender = http.get(local.sender_url("/v1/stats")).json()
+    return {"sender": sender["cpu"], "sender_engine": sender["engine"],
             "receiver": http.get(local.receiver_url("/v1/stats")).json()["cpu"],
             "locust": (time.monotonic(), _children_cpu_seconds())}
 
@@ -67,7 +69,7 @@ def _cpu_over_wave(before: dict[str, Any], after: dict[str, Any]) -> dict[str, A
                       "limit_source": "one process", "throttled_periods": 0,
                       "throttled_seconds": 0.0, "seconds": round(ended - started, 3),
                       "busy": locust_cores > BUSY_SHARE}
-    return {"usage": used, "limited_by": limited_by(used)}
+    return {"usage": used, "limited_by": limited_by(used), "sender_engine": after["sender_engine"]}
 
 
 def _headroom_sentence(cpu: dict[str, Any], received: int) -> str:
@@ -85,6 +87,9 @@ def _headroom_sentence(cpu: dict[str, Any], received: int) -> str:
     if generators:
         sentence += (f"\nGENERATOR-LIMITED: {', '.join(generators)} ran out of CPU, so the "
                      "latency above describes the generator as much as the receiver.")
+    engine = cpu["sender_engine"]
+    if engine["name"] != "native":
+        sentence += f"\nThe sender sent with its {engine['name']} engine: {engine['why']}."
     return sentence
 
 

@@ -148,6 +148,7 @@ def create_api(service: Sending) -> FastAPI:
             "waves_running": sum(1 for wave in service.waves.waves.values()
                                  if wave.status == "running"),
             "cpu": service.cpu.snapshot(),
+            "engine": service.client.engine_choice.as_dict(),
             "instance": service.instance,
         }
 

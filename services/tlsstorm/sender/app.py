@@ -48,8 +48,10 @@ class SenderService:
         self._process_task: asyncio.Task | None = None
 
     def describe(self) -> str:
+        engine = self.client.engine_choice
         return (f"sender: API http://{self.settings.host}:{self.http_port}, target "
-                f"{self.settings.target}, allowed {', '.join(self.allowlist.entries)}")
+                f"{self.settings.target}, allowed {', '.join(self.allowlist.entries)}; "
+                f"{engine.name} engine: {engine.why}")
 
     async def start(self) -> None:
         await self._http.start()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,10 +29,12 @@ from tlsstorm.sender.engine import (
     Schedule,
     connections_ahead,
     key_log_from_environment,
+    load_problem,
     next_group,
 )
 from tlsstorm.sender.message import message_parts
-from tlsstorm.sender.profiles import PROFILES, engine_tls
+from tlsstorm.sender.profiles import PROFILES, engine_tls, profile_context
+from tlsstorm.sender.reference_engine import ReferenceEngine
 
 SEND_IN_ORDER_AHEAD = 32  # a bot's list goes to the engine this many connections at a time
 
@@ -86,6 +89,38 @@ class _Handshake:
     ms: float
 
 
+@dataclass(frozen=True, slots=True)
+class EngineChoice:
+    """Which engine holds the conversations, and why (said at start, on /v1/stats, in a wave's
+    limit)."""
+
+    name: str  # "native" or "reference"
+    why: str
+
+    @property
+    def native(self) -> bool:
+        return self.name == "native"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "why": self.why}
+
+
+def choose_engine(wanted: str) -> EngineChoice:
+    """The engine TLSSTORM_SENDER_ENGINE asks for; with `auto`, the native one unless it cannot
+    be loaded (an install without a C compiler or cargo); raises OSError when `native` is asked
+    for and cannot be."""
+    if wanted == "reference":
+        return EngineChoice("reference", "aiosmtplib, as TLSSTORM_SENDER_ENGINE=reference asks")
+    problem = load_problem()
+    if problem is None:
+        return EngineChoice("native", "the compiled engine (C, with OpenSSL and rustls)")
+    if wanted == "native":
+        raise OSError(f"TLSSTORM_SENDER_ENGINE=native, but {problem}")
+    return EngineChoice("reference", f"aiosmtplib, because the native engine cannot be used "
+                        f"({problem}); it costs several times the native engine's CPU per "
+                        "message, so this sender is its waves' limit sooner")
+
+
 class SendTotals:
     """Running sums for /metrics, updated once per connection."""
 
@@ -108,23 +143,32 @@ class SmtpClient:
                  provider: CountedTracerProvider | None = None) -> None:
         self.settings = settings
         self.verify = settings.ca_file is not None
-        key_log_from_environment()
+        self.engine_choice = choose_engine(settings.engine)
         # Its own context, so that the engine keeps resumed sessions apart from the others.
         self.resuming_context = client_context(settings.ca_file)
-        self.profile_contexts = {name: engine_tls(name, settings.ca_file) for name in PROFILES}
+        if self.engine_choice.native:
+            key_log_from_environment()  # the engine's OpenSSL sessions (rustls reads it itself)
+            self.profile_contexts = {name: engine_tls(name, settings.ca_file)
+                                     for name in PROFILES}
+        else:
+            self.profile_contexts = {name: profile_context(name, settings.ca_file)
+                                     for name in PROFILES}
+            key_log = os.environ.get("SSLKEYLOGFILE")
+            for context in (self.resuming_context, *self.profile_contexts.values()):
+                context.keylog_filename = key_log  # what ssl.create_default_context would do
         self.tracer = provider.get_tracer("tlsstorm.sender") if provider else None
         self.ids = provider.ids if provider else None
         self.totals = SendTotals()
         self.helo_name = settings.helo_name.encode("ascii")
         self.mail_from = settings.mail_from.encode("ascii")
         self.rcpt_to = settings.rcpt_to.encode("ascii")
-        self._engine: Engine | None = None
+        self._engine: Engine | ReferenceEngine | None = None
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> Engine | ReferenceEngine:
         """Made on first use, on the event loop that will drive it."""
         if self._engine is None:
-            self._engine = Engine()
+            self._engine = Engine() if self.engine_choice.native else ReferenceEngine()
         return self._engine
 
     def close(self) -> None:

@@ -75,7 +75,7 @@ def _library_path() -> Path:
         if candidate.exists():
             return candidate
     raise ImportError(f"the SMTP engine {_LIBRARY_NAME} is not built in {folder}: reinstall "
-                      "tlsstorm (pip install -e .; it needs a C compiler and libssl-dev)")
+                      "tlsstorm (pip install -e .; it needs a C compiler, libssl-dev and cargo)")
 
 
 def _load() -> ctypes.CDLL:
@@ -129,6 +129,15 @@ def _library_loaded() -> ctypes.CDLL:
     if _library is None:
         _library = _load()
     return _library
+
+
+def load_problem() -> str | None:
+    """Why the compiled engine cannot be used here (one sentence), or None when it can."""
+    try:
+        _library_loaded()
+    except (ImportError, OSError) as error:
+        return str(error)
+    return None
 
 
 def _ints(values) -> ctypes.Array:

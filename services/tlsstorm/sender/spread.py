@@ -92,7 +92,8 @@ async def whole_wave(http: httpx.AsyncClient, wave: Wave, remotes: list[str]) ->
          "status": found_part["status"], "total": found_part["total"],
          # A replica of an older release (mid-upgrade) does not say.
          "done": found_part["done"], "limited_by": found_part.get("limited_by", []),
-         "limit": found_part.get("limit")} for url, found_part in parts])
+         "limit": found_part.get("limit"), "engine": found_part.get("engine")}
+        for url, found_part in parts])
 
 
 def _combined(wave: Wave, parts: list[dict], listed: list[dict]) -> dict[str, Any]:
@@ -122,6 +123,7 @@ def _combined(wave: Wave, parts: list[dict], listed: list[dict]) -> dict[str, An
         "limited_by": ["sender"] if any(part.get("limited_by") for part in parts) else [],
         "limit": "; ".join(part["limit"] for part in parts if part.get("limit")) or None,
         "sender_cpu": None,  # per replica, in parts
+        "engine": ", ".join(sorted({part.get("engine") or "unknown" for part in parts})),
         "parts": sorted(listed, key=lambda entry: entry["offset"]),
     }
 

@@ -265,9 +265,19 @@ class Wave:
             "errors": dict(self.errors),
             "starttls_by_profile": dict(+self.by_profile),  # the profiles of those begun
             "sender_cpu": cpu,
+            "engine": self.client.engine_choice.name,
             "limited_by": ["sender"] if cpu["busy"] else [],
-            "limit": usage_sentence("sender", cpu) if cpu["busy"] else None,
+            "limit": self._limit(cpu) if cpu["busy"] else None,
         }
+
+    def _limit(self, cpu: dict[str, Any]) -> str:
+        """Why this sender limited the wave: its CPU, and the engine when it is the reference
+        one (several times the native engine's CPU per message)."""
+        sentence = usage_sentence("sender", cpu)
+        choice = self.client.engine_choice
+        if choice.native:
+            return sentence
+        return f"{sentence}, sending with the reference engine: {choice.why}"
 
 
 class _ModeCounters:
