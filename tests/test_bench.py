@@ -37,14 +37,18 @@ def test_receiver_cost_prints_every_figure_beside_its_anchor(tmp_path):
                      out), out
     for row in ("receiver, charged to sessions", "receiver process", "sender process",
                 "  of which its engine thread", "receiver, charged, tracing on",
-                "receiver process, tracing on", "sender process, tracing on"):
+                "receiver process, tracing on", "sender process, tracing on",
+                "  of which telemetry"):
         assert re.search(rf"^{re.escape(row)} +{FIGURE} +{FIGURE} +{FIGURE} x$", out,
                          re.MULTILINE), row
     assert re.search(r"extra CPU for STARTTLS \(charged to sessions\).*target <= 1\.3x: "
                      r"(met|not met|within noise of the target)", out), out
     assert out.count("(target <= 0.5: ") == 4  # sender / receiver, each mode, tracing off/on
-    assert re.search(r"charged / process: plain [\d.]+ \+- [\d.]+ x, STARTTLS", out), out
-    assert out.count("tracing on vs off,") == 4
+    assert re.search(r"\(charged \+ telemetry\) / process, tracing on: plain [\d.]+ \+- "
+                     r"[\d.]+ x, STARTTLS", out), out
+    # process overhead (receiver, sender) and sessions alike, each mode; the factor alike
+    assert out.count("tracing on vs off,") == 7
+    assert "(target <= +15%: " in out and "(target within +-5%: " in out
 
 
 def test_profile_sessions_splits_the_cpu_of_both_services(tmp_path):

@@ -151,3 +151,26 @@ def _client_without_common_ciphers() -> ssl.SSLContext:
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers("aNULL")
     return context
+
+
+def test_each_side_shows_what_its_telemetry_cost_apart_from_its_work(traced):
+    """Building and exporting spans is each service's telemetry account (/v1/stats, /metrics,
+    a wave's figure), not a session's cost: the receiver's process CPU splits into sessions,
+    telemetry and the rest."""
+    receiver, sender, spans = traced
+    wave = httpx.post(f"{sender.http}/v1/waves", timeout=10, json={
+        "rate": 100, "count": 20, "tls_ratio": 0.5}).json()
+    spans(20)  # built and exported
+    wave = httpx.get(f"{sender.http}/v1/waves/{wave['id']}", timeout=10).json()
+    sender_stats = httpx.get(f"{sender.http}/v1/stats", timeout=10).json()
+    process = receiver.stats()["process"]
+    metrics = httpx.get(f"{receiver.http}/metrics", timeout=10).text
+
+    assert wave["status"] == "completed" and wave["sender_telemetry_seconds"] > 0, wave
+    assert sender_stats["telemetry"]["building_seconds"] > 0, sender_stats
+    assert sender_stats["telemetry"]["exporting_seconds"] > 0, sender_stats
+    assert process["telemetry"]["building_seconds"] > 0, process
+    assert process["telemetry"]["exporting_seconds"] > 0, process
+    assert process["cpu_seconds_charged"] + process["cpu_seconds_telemetry"] + process[
+        "cpu_seconds_unattributed"] == pytest.approx(process["cpu_seconds"], abs=1e-5)
+    assert 'tlsstorm_telemetry_cpu_seconds_total{part="building"}' in metrics

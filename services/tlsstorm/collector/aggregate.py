@@ -32,6 +32,7 @@ _INT_ATTRIBUTES = {
     attr.HANDSHAKE_CPU_US: "handshake_cpu_us",
     attr.PROCESS_CPU_US: "process_cpu_us",
     attr.PROCESS_CHARGED_US: "charged_cpu_us",
+    attr.PROCESS_TELEMETRY_US: "telemetry_cpu_us",
     attr.PROCESS_RSS_BYTES: "rss_bytes",
     attr.OPEN_PLAIN_SESSIONS: "open_plain",
     attr.OPEN_TLS_SESSIONS: "open_tls",
@@ -52,7 +53,7 @@ CellKey = tuple[str, str, str, str, int]  # wave, service, role, mode, unix seco
 # A cell's counters, which merge by addition and are stored as they are.
 _SUMS = ("sessions", "messages", "message_bytes", "wire_in", "wire_out", "cpu_us",
          "handshakes_ok", "handshakes_failed", "handshake_cpu_us", "process_cpu_us",
-         "charged_cpu_us", "rss_bytes", "open_plain", "open_tls", "samples",
+         "charged_cpu_us", "telemetry_cpu_us", "rss_bytes", "open_plain", "open_tls", "samples",
          "limit_millicores", "throttled_us", "busy_samples", "meter_cpu_us", "processes",
          "peak_rss_bytes")
 
@@ -92,6 +93,7 @@ class Cell:
         "samples",
         "sessions",
         "targets",
+        "telemetry_cpu_us",
         "throttled_us",
         "wire_in",
         "wire_out",
@@ -109,6 +111,7 @@ class Cell:
         self.handshake_cpu_us = 0
         self.process_cpu_us = 0
         self.charged_cpu_us = 0
+        self.telemetry_cpu_us = 0  # building and exporting spans: the instrument's own cost
         # Process samples: sums over the second's samples (usually one per receiver).
         self.rss_bytes = 0
         self.open_plain = 0
@@ -284,7 +287,8 @@ class Aggregator:
         self.dirty.add(key)
         self.spans_aggregated += 1
         if name == attr.SPAN_PROCESS:
-            for field in ("process_cpu_us", "charged_cpu_us", "rss_bytes", "open_plain",
+            for field in ("process_cpu_us", "charged_cpu_us", "telemetry_cpu_us", "rss_bytes",
+                          "open_plain",
                           "open_tls", "limit_millicores", "throttled_us", "busy_samples",
                           "meter_cpu_us", "processes"):
                 setattr(cell, field, getattr(cell, field) + values.get(field, 0))
@@ -549,21 +553,24 @@ def _address(values: dict[str, Any]) -> str:
 
 def _process_figures(samples: list[tuple[int, Cell]], messages: int,
                      seconds: int) -> dict[str, Any] | None:
-    """The receivers' process CPU over the window beside what they charged to sessions in it:
-    what share each figure covers."""
+    """The receivers' process CPU over the window beside what they charged to sessions in it and
+    what their telemetry cost: what share each figure covers."""
     process = Cell()
     for _, cell in samples:
         process.merge(cell)
     if not process.process_cpu_us:
         return None
-    unattributed_us = process.process_cpu_us - process.charged_cpu_us
+    unattributed_us = (process.process_cpu_us - process.charged_cpu_us
+                       - process.telemetry_cpu_us)
     return {
         "seconds": seconds,
         "last_sample_unix_s": max(second for second, _ in samples),  # arrived up to here
         "cpu_ms": round(process.process_cpu_us / 1000, 3),
         "charged_ms": round(process.charged_cpu_us / 1000, 3),
+        "telemetry_ms": round(process.telemetry_cpu_us / 1000, 3),
         "unattributed_ms": round(unattributed_us / 1000, 3),
         "charged_share": round(process.charged_cpu_us / process.process_cpu_us, 4),
+        "telemetry_share": round(process.telemetry_cpu_us / process.process_cpu_us, 4),
         "messages": messages,
         "cpu_ms_per_message": _ratio(process.process_cpu_us / 1000, messages or None),
         "unattributed_ms_per_message": _ratio(unattributed_us / 1000, messages or None),

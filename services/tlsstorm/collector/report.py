@@ -98,8 +98,10 @@ def process_sentence(process: dict[str, Any] | None) -> str:
     if per_message is not None:
         text += f" ({per_message:.3f} ms per message of any wave then)"
     return (text + f"; its sessions were charged {process['charged_share']:.1%} of it, "
-            f"{process['unattributed_ms']:,.1f} ms went to no session (the HTTP API, the "
-            "span exporter's thread, the interpreter).")
+            f"telemetry (building and exporting spans, in no session's figure) "
+            f"{process['telemetry_ms']:,.1f} ms ({process['telemetry_share']:.1%}), "
+            f"{process['unattributed_ms']:,.1f} ms the rest (the HTTP API, the loop's polling, "
+            "the interpreter).")
 
 
 def generator_sentence(generators: dict[str, Any] | None) -> str:

@@ -43,6 +43,7 @@ CPU_THROTTLED_US = "tlsstorm.cpu.throttled_us"
 CPU_BUSY = "tlsstorm.cpu.busy"  # 1: throttled or above 85% of its limit in that second
 PROCESS_CPU_US = "tlsstorm.process.cpu_us"
 PROCESS_CHARGED_US = "tlsstorm.process.charged_us"
+PROCESS_TELEMETRY_US = "tlsstorm.process.telemetry_us"  # building and exporting spans
 PROCESS_RSS_BYTES = "tlsstorm.process.rss_bytes"  # at the end of the second
 OPEN_PLAIN_SESSIONS = "tlsstorm.sessions.open_plain"
 OPEN_TLS_SESSIONS = "tlsstorm.sessions.open_tls"

@@ -30,7 +30,9 @@ class FrozenObjectsCollector:
 
 
 class SpanCountsCollector:
-    """tlsstorm_spans_total{outcome=ended|exported|dropped}: lost telemetry shows here."""
+    """tlsstorm_spans_total{outcome=ended|exported|dropped}: lost telemetry shows here; and
+    tlsstorm_telemetry_cpu_seconds_total{part=building|exporting}: what it cost, apart from
+    the work its spans describe."""
 
     def __init__(self, provider) -> None:
         self._counts = getattr(provider, "span_counts", None)
@@ -41,7 +43,11 @@ class SpanCountsCollector:
         spans = CounterMetricFamily("tlsstorm_spans", "spans by outcome", labels=["outcome"])
         for outcome in ("ended", "exported", "dropped"):
             spans.add_metric([outcome], getattr(self._counts, outcome))
-        yield spans
+        cpu = CounterMetricFamily("tlsstorm_telemetry_cpu_seconds", "CPU spent on telemetry "
+                                  "(in no session's figure)", labels=["part"])
+        for part, seconds in self._counts.cpu_seconds().items():
+            cpu.add_metric([part.removesuffix("_seconds")], seconds)
+        yield from (spans, cpu)
 
 
 class CpuLimitCollector:

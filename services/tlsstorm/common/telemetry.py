@@ -40,42 +40,50 @@ def export_configured() -> bool:
 
 
 class SpanCounts:
-    """Spans from end to export: whatever is lost on the way is counted, never silent."""
+    """Spans from end to export: whatever is lost on the way is counted, never silent. And what
+    they cost: building them (timed by the service where it builds them) and exporting them
+    (the exporter thread's CPU in each export call), the telemetry account a service shows
+    apart from the work its spans describe."""
 
-    __slots__ = (
-        "dropped",
-        "ended",
-        "export_cpu_ns",
-        "export_spans",
-        "exported",
-        "sampled_batches",
-    )
-
-    # Batches this small (a quiet second's one or two spans) cost mostly their request, and the
-    # first big one also sets up the connection and the encoder: neither says what a span
-    # costs under load.
-    _SAMPLE_BATCH = 16
+    __slots__ = ("build_cpu_ns", "dropped", "ended", "export_cpu_ns", "exported")
 
     def __init__(self) -> None:
         self.ended = 0
         self.exported = 0
         self.dropped = 0
-        self.sampled_batches = 0
-        self.export_cpu_ns = 0  # the exporter thread's CPU in sampled export calls
-        self.export_spans = 0  # the spans those calls carried
+        self.build_cpu_ns = 0
+        self.export_cpu_ns = 0
 
-    def note_export(self, spans: int, cpu_ns: int) -> None:
-        if spans < self._SAMPLE_BATCH:
-            return
-        self.sampled_batches += 1
-        if self.sampled_batches > 1:
-            self.export_cpu_ns += cpu_ns
-            self.export_spans += spans
+    @contextlib.contextmanager
+    def building(self) -> Iterator[Timed]:
+        """Times span building on this thread's CPU clock; the time is in what it yields."""
+        timed = Timed()
+        started = time.thread_time_ns()
+        try:
+            yield timed
+        finally:
+            timed.ns = time.thread_time_ns() - started
+            self.build_cpu_ns += timed.ns
 
-    def export_cpu_ns_per_span(self) -> int:
-        """What exporting one span costs, from the batches seen so far: a service charges it to
-        the work its spans describe."""
-        return self.export_cpu_ns // self.export_spans if self.export_spans else 0
+    def cpu_seconds(self) -> dict[str, float]:
+        return {"building_seconds": self.build_cpu_ns / 1e9,
+                "exporting_seconds": self.export_cpu_ns / 1e9}
+
+
+class Timed:
+    """What a timed block took, once it is over."""
+
+    __slots__ = ("ns",)
+
+    def __init__(self) -> None:
+        self.ns = 0
+
+
+def span_counts_of(provider: TracerProvider | None) -> SpanCounts:
+    """The provider's span counts and telemetry account (counts of its own, which stay at zero,
+    for a provider that keeps none: tracing off, or a test's)."""
+    counts = getattr(provider, "span_counts", None)
+    return counts if counts is not None else SpanCounts()
 
 
 class _CountingExporter(SpanExporter):
@@ -86,7 +94,7 @@ class _CountingExporter(SpanExporter):
     def export(self, spans) -> SpanExportResult:
         started = time.thread_time_ns()
         result = self._inner.export(spans)
-        self._counts.note_export(len(spans), time.thread_time_ns() - started)
+        self._counts.export_cpu_ns += time.thread_time_ns() - started
         if result is SpanExportResult.SUCCESS:
             self._counts.exported += len(spans)
         else:  # the exporter gave up after its own retries

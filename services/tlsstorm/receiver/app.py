@@ -22,6 +22,7 @@ from tlsstorm.common.process import (
 )
 from tlsstorm.common.process_report import report_every_second
 from tlsstorm.common.serve import LISTEN_BACKLOG, HttpServer, bind, port_of
+from tlsstorm.common.telemetry import span_counts_of
 from tlsstorm.common.tls import server_context, timed
 from tlsstorm.receiver.api import create_api
 from tlsstorm.receiver.cpu_meter import CpuAccount, LoopMeter
@@ -41,7 +42,8 @@ class ReceiverService:
     def __init__(self, settings: ReceiverSettings, provider: TracerProvider | None = None):
         self.settings = settings
         self.provider = provider
-        self.stats = ReceiverStats()
+        self.telemetry = span_counts_of(provider)  # what building and exporting spans cost
+        self.stats = ReceiverStats(self.telemetry)
         self.sampler = ProcessSampler()
         self.cpu = CpuMonitor()
         try:
@@ -103,33 +105,23 @@ class ReceiverService:
         return self._smtp_server is not None and self._smtp_server.is_serving()
 
     def _session_ended(self, record: SessionRecord, account: CpuAccount | None) -> None:
-        """Count the session, then seal its CPU: everything up to here (its spans built but
-        for their end, its counting, its share of accepting)."""
-
-        def seal() -> int:
-            self.stats.add(record)
-            if account is not None and self.cpu_meter is not None:
-                record.cpu_ns = (account.charged_ns() + self.cpu_meter.accept_share_ns()
-                                 + self._export_share_ns(record))
-                account.sealed = True
-            self.stats.charge(record)
-            self.charged_ns_total += record.cpu_ns
-            return record.cpu_ns
-
+        """Count the session and seal its CPU (everything up to here, its counting, its share
+        of accepting), then build its spans: their CPU (and exporting them, later, in the
+        exporter's thread) is the telemetry account's, never the session's, so a session costs
+        the same with tracing on or off."""
+        self.stats.add(record)
+        if account is not None and self.cpu_meter is not None:
+            record.cpu_ns = account.charged_ns() + self.cpu_meter.accept_share_ns()
+            account.sealed = True
+        self.stats.charge(record)
+        self.charged_ns_total += record.cpu_ns
         if self._tracer is not None:
-            emit_session_spans(self._tracer, record, self.settings.hostname, self.smtp_port,
-                               self.chain_summary, seal)
-        else:
-            seal()
+            with self.telemetry.building() as built:
+                emit_session_spans(self._tracer, record, self.settings.hostname,
+                                   self.smtp_port, self.chain_summary)
+            if self.cpu_meter is not None:
+                self.cpu_meter.set_aside(built.ns)
         self.gate_counts.add(record)
-
-    def _export_share_ns(self, record: SessionRecord) -> int:
-        """Exporting the session's spans happens later, in the exporter's thread: each session
-        is charged the mean export cost of a span, per span it has."""
-        counts = getattr(self.provider, "span_counts", None)
-        if counts is None:
-            return 0
-        return counts.export_cpu_ns_per_span() * (2 if record.handshake_ok is not None else 1)
 
     def _new_session(self) -> MeasuredSMTP:
         settings = self.settings
@@ -165,7 +157,8 @@ class ReceiverService:
         if self._tracer is not None:
             self._charged_reported_ns = self.charged_ns_total
             self._process_task = asyncio.create_task(report_every_second(
-                self._tracer, "receiver", self.cpu.limit, self._process_attributes))
+                self._tracer, "receiver", self.cpu.limit, self._process_attributes,
+                telemetry=self.telemetry))
 
     def reset_stats(self) -> None:
         self.stats.reset()

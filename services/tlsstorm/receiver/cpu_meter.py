@@ -8,7 +8,8 @@ times each callback with the thread's CPU clock and charges it to the session in
 it ran. Each loop iteration also polls the sockets (epoll), turns what is ready into callbacks
 and keeps its timers: that time is shared equally by the callbacks the iteration ran. Callbacks
 of nobody (the HTTP API, the sampler) are summed apart, and the process figure, which the stats
-set beside the charged one, shows whatever else remains.
+set beside the charged one, shows whatever else remains. What a callback spends on telemetry
+(building a session's spans) is set aside: it is in the telemetry account, not the session's.
 
 asyncio has no hook per callback (a task factory sees tasks only), hence the one patch of
 `asyncio.Handle._run`, dispatching to the meter of the running loop; loops without a meter run
@@ -62,6 +63,7 @@ class LoopMeter:
         self.idle_wakeups_ns = 0  # loop iterations that ran no callback
         self._ran: list[CpuAccount | None] = []  # whose callbacks the current iteration ran
         self._callbacks_ns = 0
+        self._set_aside_ns = 0  # of the callback running now: not its owner's (telemetry)
 
     def install(self) -> None:
         asyncio.Handle._run = _metered_run  # type: ignore[method-assign]
@@ -105,6 +107,11 @@ class LoopMeter:
         self.accepted += 1
         return account
 
+    def set_aside(self, ns: int) -> None:
+        """CPU the running callback spent on something accounted elsewhere (telemetry): it is
+        charged to no session and to nothing of this meter's."""
+        self._set_aside_ns += ns
+
     def accept_share_ns(self) -> int:
         """One connection's share of accepting: the mean so far (accepts come in batches)."""
         return self.accept_ns // self.accepted if self.accepted else 0
@@ -120,6 +127,8 @@ class LoopMeter:
         finally:
             elapsed = _thread_cpu_ns() - started
             self._callbacks_ns += elapsed
+            elapsed -= self._set_aside_ns
+            self._set_aside_ns = 0
             if account is None:  # the accepting task opens its connection's account
                 account = context.get(_ACCOUNT)
             if account is not None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from tlsstorm.common.histogram import LatencyHistogram
 from tlsstorm.common.process import cpu_seconds, rss_bytes
+from tlsstorm.common.telemetry import SpanCounts
 from tlsstorm.receiver.cpu_meter import LoopMeter
 from tlsstorm.receiver.session import SessionRecord
 
@@ -122,9 +123,10 @@ class WindowStats:
 class ReceiverStats:
     """Everything since the last reset, plus the most recent waves by id."""
 
-    def __init__(self) -> None:
+    def __init__(self, telemetry: SpanCounts) -> None:
         self.started_unix_s = time.time()
         self.meter: LoopMeter | None = None
+        self.telemetry = telemetry
         self.reset()
 
     def reset(self) -> None:
@@ -133,6 +135,7 @@ class ReceiverStats:
         self.reset_unix_s = time.time()
         self.reset_cpu_seconds = cpu_seconds()
         self.reset_meter = self.meter.snapshot() if self.meter else {}
+        self.reset_telemetry = self.telemetry.cpu_seconds()
 
     def add(self, record: SessionRecord) -> None:
         """Count a finished session, all but its CPU (charge() adds that once it is sealed)."""
@@ -152,19 +155,27 @@ class ReceiverStats:
             wave.modes[record.mode].cpu_ns += record.cpu_ns
 
     def process(self) -> dict[str, Any]:
-        """The process's CPU since reset beside what sessions were charged: the remainder is
-        the loop's polling, callbacks of no session (the HTTP API, the sampler), threads no
-        session waited for (span export), the interpreter's own work, and sessions still open."""
+        """The process's CPU since reset = what sessions were charged + telemetry (building
+        spans, and exporting them in the exporter's thread) + the rest: the loop's polling,
+        callbacks of no session (the HTTP API, the sampler), the interpreter's own work, and
+        sessions still open."""
         now = time.time()
         cpu_since_reset = cpu_seconds() - self.reset_cpu_seconds
         charged = sum(stats.cpu_ns for stats in self.total.modes.values()) / 1e9
         meter = {name: round(value - self.reset_meter.get(name, 0.0), 6)
                  for name, value in (self.meter.snapshot() if self.meter else {}).items()}
+        telemetry = {name: round(value - self.reset_telemetry[name], 6)
+                     for name, value in self.telemetry.cpu_seconds().items()}
+        telemetry_total = sum(telemetry.values())
         return {
             "cpu_seconds": round(cpu_since_reset, 6),
             "cpu_seconds_charged": round(charged, 6),
-            "cpu_seconds_unattributed": round(cpu_since_reset - charged, 6),
+            "cpu_seconds_telemetry": round(telemetry_total, 6),
+            "telemetry": telemetry,
+            "cpu_seconds_unattributed": round(cpu_since_reset - charged - telemetry_total, 6),
             "charged_share": round(charged / cpu_since_reset, 4) if cpu_since_reset else None,
+            "telemetry_share": (round(telemetry_total / cpu_since_reset, 4) if cpu_since_reset
+                                else None),
             "meter": meter,
             "cpu_seconds_total": round(cpu_seconds(), 6),
             "rss_bytes": rss_bytes(),

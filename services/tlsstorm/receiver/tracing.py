@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
@@ -14,12 +12,10 @@ from tlsstorm.receiver.session import SessionRecord
 
 def emit_session_spans(
     tracer: trace.Tracer, record: SessionRecord, server_address: str, server_port: int,
-    chain: str, seal_cpu_ns: Callable[[], int]
+    chain: str
 ) -> None:
-    """smtp.session (SERVER) under the sender's traceparent, with a tls.handshake child.
-
-    The session's CPU is sealed just before its span ends, so that it covers building the
-    spans too."""
+    """smtp.session (SERVER) under the sender's traceparent, with a tls.handshake child; the
+    session's CPU as sealed before (building these is the telemetry account's)."""
     parent = context_from_traceparent(record.traceparents[0] if record.traceparents else None)
     links = []
     for traceparent in record.traceparents[1:]:
@@ -76,5 +72,5 @@ def emit_session_spans(
         handshake.end(end_time=record.handshake_started_ns + handshake_ns)
     if record.errors:
         session.set_status(Status(StatusCode.ERROR, ", ".join(sorted(set(record.errors)))))
-    session.set_attribute(attr.SESSION_CPU_US, seal_cpu_ns() // 1000)
+    session.set_attribute(attr.SESSION_CPU_US, record.cpu_ns // 1000)
     session.end(end_time=record.ended_ns)

@@ -149,6 +149,8 @@ def create_api(service: Sending) -> FastAPI:
                                  if wave.status == "running"),
             "cpu": service.cpu.snapshot(),
             "engine": service.client.engine_choice.as_dict(),
+            # In the process's CPU, but no message's: building and exporting spans.
+            "telemetry": service.client.telemetry.cpu_seconds(),
             "instance": service.instance,
         }
 

@@ -57,7 +57,8 @@ class SenderService:
         await self._http.start()
         if self.provider is not None:  # the collector names a wave's limit from these
             self._process_task = asyncio.create_task(report_every_second(
-                self.provider.get_tracer("tlsstorm.sender"), "sender", self.cpu.limit))
+                self.provider.get_tracer("tlsstorm.sender"), "sender", self.cpu.limit,
+                telemetry=self.client.telemetry))
 
     async def stop(self) -> None:
         if self._process_task is not None:

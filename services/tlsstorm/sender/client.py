@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tlsstorm.common import attributes as attr
 from tlsstorm.common.config import SenderSettings
-from tlsstorm.common.telemetry import CountedTracerProvider
+from tlsstorm.common.telemetry import CountedTracerProvider, span_counts_of
 from tlsstorm.common.tls import client_context
 from tlsstorm.sender.allowlist import Target
 from tlsstorm.sender.engine import (
@@ -158,6 +158,7 @@ class SmtpClient:
                 context.keylog_filename = key_log  # what ssl.create_default_context would do
         self.tracer = provider.get_tracer("tlsstorm.sender") if provider else None
         self.ids = provider.ids if provider else None
+        self.telemetry = span_counts_of(provider)  # what building and exporting spans cost
         self.totals = SendTotals()
         self.helo_name = settings.helo_name.encode("ascii")
         self.mail_from = settings.mail_from.encode("ascii")
@@ -402,7 +403,8 @@ class _Session:
                 result.handshake_ms = handshake.ms
         self.results.append(result)
         if span_ids is not None:
-            self._record_span(span_ids, result, previous, now, handshake if first else None)
+            with self.client.telemetry.building():
+                self._record_span(span_ids, result, previous, now, handshake if first else None)
 
     def _record_span(self, span_ids: tuple[int, int], result: MessageResult,
                      previous: _Checkpoint, now: _Checkpoint,

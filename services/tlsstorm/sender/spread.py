@@ -123,6 +123,8 @@ def _combined(wave: Wave, parts: list[dict], listed: list[dict]) -> dict[str, An
         "limited_by": ["sender"] if any(part.get("limited_by") for part in parts) else [],
         "limit": "; ".join(part["limit"] for part in parts if part.get("limit")) or None,
         "sender_cpu": None,  # per replica, in parts
+        "sender_telemetry_seconds": round(sum(part.get("sender_telemetry_seconds", 0.0)
+                                              for part in parts), 6),
         "engine": ", ".join(sorted({part.get("engine") or "unknown" for part in parts})),
         "parts": sorted(listed, key=lambda entry: entry["offset"]),
     }
