@@ -6,6 +6,7 @@ import gzip
 import html
 import http.server
 import re
+import socket
 import threading
 import time
 from typing import ClassVar
@@ -30,6 +31,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
 
 from tests.helpers import exporting_to
+from tests.receiver_process import ReceiverProcess
 from tlsstorm.collector.report import outbound_sentence
 from tlsstorm.common.process import rss_bytes
 
@@ -449,3 +451,27 @@ def test_results_older_than_the_retention_are_dropped_and_stay_dropped(start_col
     again = start_collector(retention_hours=0.01, db_path=database)
     assert {entry["wave"] for entry in httpx.get(f"{again.http}/v1/waves").json()["waves"]} \
         == {"recent"}
+
+
+def test_sessions_open_between_two_samples_count_in_the_peak(start_collector):
+    """The receiver samples once a second; six sessions that open and close within 0.1 s were
+    missed by a peak read from those samples ("up to 0 sessions open" under eight Locust
+    users). Each second's span now carries the most open at once in it."""
+    collector = start_collector()
+    receiver = ReceiverProcess({"OTEL_EXPORTER_OTLP_ENDPOINT": collector.http,
+                                "OTEL_BSP_SCHEDULE_DELAY": "200"})
+    try:
+        started = time.time()
+        held = [socket.create_connection(("127.0.0.1", receiver.smtp_port)) for _ in range(6)]
+        for connection in held:
+            connection.recv(100)  # the greeting: the session is open
+        time.sleep(0.1)
+        for connection in held:
+            connection.close()
+        time.sleep(2.5)  # the next second's span reaches the collector
+        memory = httpx.get(f"{collector.http}/v1/summary", timeout=10, params={
+            "since": started, "until": time.time()}).json()["memory"]
+    finally:
+        receiver.stop()
+
+    assert memory["peak_sessions"]["plain"] == 6, memory

@@ -36,6 +36,8 @@ _INT_ATTRIBUTES = {
     attr.PROCESS_RSS_BYTES: "rss_bytes",
     attr.OPEN_PLAIN_SESSIONS: "open_plain",
     attr.OPEN_TLS_SESSIONS: "open_tls",
+    attr.PEAK_PLAIN_SESSIONS: "peak_plain",
+    attr.PEAK_TLS_SESSIONS: "peak_tls",
     attr.CPU_LIMIT_MILLICORES: "limit_millicores",
     attr.CPU_THROTTLED_US: "throttled_us",
     attr.CPU_BUSY: "busy_samples",
@@ -55,7 +57,7 @@ _SUMS = ("sessions", "messages", "message_bytes", "wire_in", "wire_out", "cpu_us
          "handshakes_ok", "handshakes_failed", "handshake_cpu_us", "process_cpu_us",
          "charged_cpu_us", "telemetry_cpu_us", "rss_bytes", "open_plain", "open_tls", "samples",
          "limit_millicores", "throttled_us", "busy_samples", "meter_cpu_us", "processes",
-         "peak_rss_bytes")
+         "peak_rss_bytes", "peak_plain", "peak_tls")
 
 
 class Timeline(NamedTuple):
@@ -86,7 +88,9 @@ class Cell:
         "meter_cpu_us",
         "open_plain",
         "open_tls",
+        "peak_plain",
         "peak_rss_bytes",
+        "peak_tls",
         "process_cpu_us",
         "processes",
         "rss_bytes",
@@ -116,6 +120,10 @@ class Cell:
         self.rss_bytes = 0
         self.open_plain = 0
         self.open_tls = 0
+        # The most sessions open at once in the second at any one receiver (kept as sums,
+        # read per cell, like peak_rss_bytes).
+        self.peak_plain = 0
+        self.peak_tls = 0
         self.samples = 0
         # Each second's CPU limit, time throttled and whether the service was busy (throttled
         # or above 85% of its limit): a sender busy in a wave's seconds limited that wave.
@@ -288,11 +296,12 @@ class Aggregator:
         self.spans_aggregated += 1
         if name == attr.SPAN_PROCESS:
             for field in ("process_cpu_us", "charged_cpu_us", "telemetry_cpu_us", "rss_bytes",
-                          "open_plain",
-                          "open_tls", "limit_millicores", "throttled_us", "busy_samples",
-                          "meter_cpu_us", "processes"):
+                          "open_plain", "open_tls", "limit_millicores", "throttled_us",
+                          "busy_samples", "meter_cpu_us", "processes"):
                 setattr(cell, field, getattr(cell, field) + values.get(field, 0))
             cell.peak_rss_bytes = max(cell.peak_rss_bytes, values.get("rss_bytes", 0))
+            cell.peak_plain = max(cell.peak_plain, values.get("peak_plain", 0))
+            cell.peak_tls = max(cell.peak_tls, values.get("peak_tls", 0))
             cell.samples += 1
             return
         if name == attr.SPAN_HANDSHAKE:
@@ -605,10 +614,11 @@ def _target_figures(samples: list[tuple[int, Cell]], messages: int,
 
 def _memory_figures(samples: list[tuple[int, Cell]]) -> dict[str, Any] | None:
     """The receivers' RSS against their open sessions, second by second: peak RSS and
-    concurrency, memory per concurrent session per mode, and the points for a plot."""
+    concurrency (the most open at once in any second, not only at its end), memory per
+    concurrent session per mode, and the points for a plot."""
+    measured = [(second, cell) for second, cell in samples if cell.samples and cell.rss_bytes]
     points = sorted((second, cell.rss_bytes // cell.samples, cell.open_plain // cell.samples,
-                     cell.open_tls // cell.samples)
-                    for second, cell in samples if cell.samples and cell.rss_bytes)
+                     cell.open_tls // cell.samples) for second, cell in measured)
     if not points:
         return None
     fit = MemorySamples()
@@ -617,8 +627,11 @@ def _memory_figures(samples: list[tuple[int, Cell]]) -> dict[str, Any] | None:
     per_session = fit.fit()
     return {
         "peak_rss_bytes": max(rss for _, rss, _, _ in points),
-        "peak_sessions": {PLAIN: max(plain for *_, plain, _ in points),
-                          STARTTLS: max(tls for *_, tls in points)},
+        # A receiver of an older release reports no peaks: its end-of-second counts stand in.
+        "peak_sessions": {PLAIN: max(max(cell.peak_plain, cell.open_plain)
+                                     for _, cell in measured),
+                          STARTTLS: max(max(cell.peak_tls, cell.open_tls)
+                                        for _, cell in measured)},
         "bytes_per_session": {PLAIN: per_session["plain"], STARTTLS: per_session["tls"]},
         "points": [{"unix_s": second, "rss_bytes": rss, PLAIN: plain, STARTTLS: tls}
                    for second, rss, plain, tls in points],

@@ -45,8 +45,10 @@ PROCESS_CPU_US = "tlsstorm.process.cpu_us"
 PROCESS_CHARGED_US = "tlsstorm.process.charged_us"
 PROCESS_TELEMETRY_US = "tlsstorm.process.telemetry_us"  # building and exporting spans
 PROCESS_RSS_BYTES = "tlsstorm.process.rss_bytes"  # at the end of the second
-OPEN_PLAIN_SESSIONS = "tlsstorm.sessions.open_plain"
+OPEN_PLAIN_SESSIONS = "tlsstorm.sessions.open_plain"  # at the end of the second
 OPEN_TLS_SESSIONS = "tlsstorm.sessions.open_tls"
+PEAK_PLAIN_SESSIONS = "tlsstorm.sessions.peak_plain"  # the most open at once in the second
+PEAK_TLS_SESSIONS = "tlsstorm.sessions.peak_tls"
 # A meter's span (role "target"): the watched server's processes, and the meter's own CPU.
 METER_PROCESSES = "tlsstorm.meter.processes"
 METER_CPU_US = "tlsstorm.meter.cpu_us"

@@ -167,14 +167,17 @@ class ReceiverService:
 
     def _process_attributes(self) -> dict[str, int]:
         """What sessions sealed in the second just ended were charged (so the collector can
-        say what share of the process its figures cover), RSS and open sessions at its end."""
+        say what share of the process its figures cover), RSS and open sessions at its end,
+        and the most sessions open at once in it."""
         charged_now = self.charged_ns_total
         charged_us = (charged_now - self._charged_reported_ns) // 1000
         self._charged_reported_ns = charged_now
         open_now = self.memory.open_by_mode()
+        peaks = self.limits.take_interval_peaks()
         return {attr.PROCESS_CHARGED_US: charged_us, attr.PROCESS_RSS_BYTES: rss_bytes(),
                 attr.OPEN_PLAIN_SESSIONS: open_now["plain"],
-                attr.OPEN_TLS_SESSIONS: open_now["tls"]}
+                attr.OPEN_TLS_SESSIONS: open_now["tls"],
+                attr.PEAK_PLAIN_SESSIONS: peaks["plain"], attr.PEAK_TLS_SESSIONS: peaks["tls"]}
 
     async def stop(self) -> None:
         for task in (self._sampler_task, self._process_task, self._memory_task):

@@ -26,14 +26,28 @@ class SessionLimits:
     handshakes: int = 0
     peak_sessions: int = 0
     peak_tls_sessions: int = 0
+    # The most open at once, per mode, since the last take_interval_peaks (each second's
+    # process span): sessions that open and close between two samples are seen.
+    interval_peak_plain: int = 0
+    interval_peak_tls: int = 0
 
     def opened(self) -> None:
         self.open_sessions += 1
         self.peak_sessions = max(self.peak_sessions, self.open_sessions)
+        self.interval_peak_plain = max(self.interval_peak_plain,
+                                       self.open_sessions - self.open_tls_sessions)
 
     def upgraded(self) -> None:
         self.open_tls_sessions += 1
         self.peak_tls_sessions = max(self.peak_tls_sessions, self.open_tls_sessions)
+        self.interval_peak_tls = max(self.interval_peak_tls, self.open_tls_sessions)
+
+    def take_interval_peaks(self) -> dict[str, int]:
+        """The most plain and STARTTLS sessions open at once since the last call."""
+        peaks = {"plain": self.interval_peak_plain, "tls": self.interval_peak_tls}
+        self.interval_peak_plain = self.open_sessions - self.open_tls_sessions
+        self.interval_peak_tls = self.open_tls_sessions
+        return peaks
 
     def closed(self, tls: bool) -> None:
         self.open_sessions -= 1

@@ -30,7 +30,7 @@ import itertools
 import json
 import os
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,6 +240,20 @@ class Schedule:
 Report = dict  # one connection's JSON report, or {"id", "skipped"} / {"id", "cancelled"}
 
 
+def hand_out(reports: Iterable[Report], waiting: dict[int, Callable[[Report], None]],
+             loop: asyncio.AbstractEventLoop) -> None:
+    """Each report to the callback of its connection (if one still waits for it)."""
+    for report in reports:
+        on_report = waiting.pop(report["id"], None)
+        if on_report is None:
+            continue
+        try:
+            on_report(report)
+        except Exception as error:  # one callback's bug must not strand the other reports
+            loop.call_exception_handler(
+                {"message": "a connection's report could not be taken", "exception": error})
+
+
 class Engine:
     """One engine per event loop: `start` hands a connection over with a callback for its
     report."""
@@ -296,16 +310,7 @@ class Engine:
             lines = ctypes.string_at(text).splitlines()
         finally:
             self._lib.engine_free_text(text)
-        for line in lines:
-            report = json.loads(line)
-            on_report = self._waiting.pop(report["id"], None)
-            if on_report is None:
-                continue
-            try:
-                on_report(report)
-            except Exception as error:  # one callback's bug must not strand the other reports
-                self._loop.call_exception_handler(
-                    {"message": "a connection's report could not be taken", "exception": error})
+        hand_out(map(json.loads, lines), self._waiting, self._loop)
 
     def close(self) -> None:
         """Drop every connection in flight (the sender is stopping)."""

@@ -34,7 +34,7 @@ import aiosmtplib
 
 from tlsstorm.common.tls import TimedSSLObject
 from tlsstorm.common.wire import wire_bytes
-from tlsstorm.sender.engine import Conversation, Report, Schedule
+from tlsstorm.sender.engine import Conversation, Report, Schedule, hand_out
 
 KEPT_REPLY_CHARACTERS = 512  # of a reply's text, what a report keeps (as the compiled engine)
 _INVALID_RESPONSE = -1  # aiosmtplib's code for a reply it could not read
@@ -163,15 +163,7 @@ class ReferenceEngine:
         """Each report waiting goes to its connection's callback."""
         self._wake_scheduled = False
         finished, self._finished = self._finished, []
-        for report in finished:
-            on_report = self._waiting.pop(report["id"], None)
-            if on_report is None:
-                continue
-            try:
-                on_report(report)
-            except Exception as error:  # one callback's bug must not strand the other reports
-                self._loop.call_exception_handler(
-                    {"message": "a connection's report could not be taken", "exception": error})
+        hand_out(finished, self._waiting, self._loop)
 
     def close(self) -> None:
         """Drop every connection in flight (the sender is stopping)."""
