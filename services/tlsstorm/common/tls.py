@@ -74,8 +74,8 @@ def client_context(ca_file: Path | None = None) -> ssl.SSLContext:
 
 
 class TimedSSLObject(ssl.SSLObject):
-    """Remembers when its handshake began and ended, so the receiver can time it exactly
-    (the sender's engine times its own, in C).
+    """Remembers when its handshake began and ended, so the receiver (and the sender's
+    reference engine) can time it exactly (the compiled engine times its own, in C).
 
     asyncio's SSLProtocol calls do_handshake() first when the handshake starts (the server
     starts waiting for a ClientHello) and last when it completes.
