@@ -53,14 +53,17 @@ class SenderWatch:
         # A replica of an older release does not say; the reference engine costs several times
         # the native one's CPU per message, so a busy replica on it says why.
         engine = stats.get("engine", {}).get("name", "?")
+        state = "ok"
+        if busy:
+            state = "BUSY: results are generator-limited"
+            if engine == "reference":
+                state += " (reference engine)"
         self.replicas[instance] = {
             "sender": instance, "engine": engine, "cores": f"{recent['process_cores']:.2f}",
             "limit": f"{cpu['limit_cores']:g} ({cpu['limit_source']})",
             "share": f"{recent['share_of_limit'] or 0:.0%}",
             "throttled": f"{recent['throttled_seconds']:g}",
-            "state": ("BUSY: results are generator-limited" + (
-                f" ({engine} engine)" if engine not in ("native", "?") else "")) if busy
-            else "ok",
+            "state": state,
             "seen": time.monotonic()}
         if busy and instance not in self.warned:
             self.warned.add(instance)

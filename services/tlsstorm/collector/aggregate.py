@@ -628,9 +628,9 @@ def _memory_figures(samples: list[tuple[int, Cell]]) -> dict[str, Any] | None:
     return {
         "peak_rss_bytes": max(rss for _, rss, _, _ in points),
         # A receiver of an older release reports no peaks: its end-of-second counts stand in.
-        "peak_sessions": {PLAIN: max(max(cell.peak_plain, cell.open_plain)
+        "peak_sessions": {PLAIN: max(max(cell.peak_plain, cell.open_plain // cell.samples)
                                      for _, cell in measured),
-                          STARTTLS: max(max(cell.peak_tls, cell.open_tls)
+                          STARTTLS: max(max(cell.peak_tls, cell.open_tls // cell.samples)
                                         for _, cell in measured)},
         "bytes_per_session": {PLAIN: per_session["plain"], STARTTLS: per_session["tls"]},
         "points": [{"unix_s": second, "rss_bytes": rss, PLAIN: plain, STARTTLS: tls}

@@ -33,8 +33,7 @@ class ProcessReporter:
         self._telemetry_then_ns = self._telemetry_ns()
 
     def _telemetry_ns(self) -> int:
-        counts = self.telemetry
-        return counts.build_cpu_ns + counts.export_cpu_ns if counts is not None else 0
+        return self.telemetry.cpu_ns() if self.telemetry is not None else 0
 
     def report(self) -> None:
         """`extra()` gives the service's own attributes for the interval just ended."""

@@ -69,6 +69,10 @@ class SpanCounts:
         return {"building_seconds": self.build_cpu_ns / 1e9,
                 "exporting_seconds": self.export_cpu_ns / 1e9}
 
+    def cpu_ns(self) -> int:
+        """Building and exporting together."""
+        return self.build_cpu_ns + self.export_cpu_ns
+
 
 class Timed:
     """What a timed block took, once it is over."""

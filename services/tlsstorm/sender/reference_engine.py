@@ -70,7 +70,7 @@ class _SessionOffering(TimedSSLObject):
     has a subclass of its own (`offering_sessions`): the sessions kept are the context's, as the
     compiled engine keeps them per SSL_CTX and server."""
 
-    sessions: ClassVar[dict[str | None, ssl.SSLSession]] = {}
+    sessions: ClassVar[dict[str | None, ssl.SSLSession]]  # set per context
 
     def do_handshake(self) -> None:
         if not self.handshake_started_perf_ns:
@@ -210,7 +210,7 @@ class ReferenceEngine:
 
     async def _converse(self, connection: _Connection) -> None:
         report = await _conversation(connection.talk)
-        if self._closed:
+        if self._closed:  # a cancellation swallowed on the way (asyncio.wait_for can, in 3.11)
             return
         self._running.discard(connection)
         report["id"] = connection.id
@@ -268,13 +268,13 @@ async def _conversation(talk: Conversation) -> Report:
         marks.phase("smtp.ehlo")
         if talk.context is not None:
             handshake, tls_refused = await _start_tls(smtp, talk, marks)
+        mail_from, rcpt_to = talk.mail_from.decode("ascii"), talk.rcpt_to.decode("ascii")
         for index, message in enumerate(_messages(talk)):
-            await smtp.mail(talk.mail_from.decode("ascii"))
+            await smtp.mail(mail_from)
             marks.phase("smtp.mail")
-            recipient = await smtp.rcpt(talk.rcpt_to.decode("ascii"))
+            recipient = await smtp.rcpt(rcpt_to)
             if recipient.code != 250:  # aiosmtplib takes 251 too; the compiled engine does not
-                raise aiosmtplib.SMTPRecipientRefused(recipient.code, recipient.message,
-                                                      talk.rcpt_to.decode("ascii"))
+                raise aiosmtplib.SMTPRecipientRefused(recipient.code, recipient.message, rcpt_to)
             marks.phase("smtp.rcpt")
             queued = await smtp.data(message)
             if _unsent(smtp, plain_transport):

@@ -135,8 +135,8 @@ class Wave:
         self._cpu = cpu
         self._cpu_started = cpu.reading()
         self._cpu_ended: CpuReading | None = None
-        self._telemetry_started = self._telemetry_seconds()
-        self._telemetry_ended: float | None = None
+        self._telemetry_started_ns = client.telemetry.cpu_ns()
+        self._telemetry_ended_ns: int | None = None
         self.scheduled = 0
         self.late = 0
         self.skipped = 0
@@ -204,7 +204,7 @@ class Wave:
         finally:
             self.ended_unix_s = time.time()
             self._cpu_ended = self._cpu.reading()
-            self._telemetry_ended = self._telemetry_seconds()
+            self._telemetry_ended_ns = self.client.telemetry.cpu_ns()
 
     async def _reports_in(self, engine: Engine) -> None:
         """Until every connection handed over has its report."""
@@ -247,7 +247,10 @@ class Wave:
         done = sum(counters.sent for counters in self.by_mode.values())
         elapsed = (self.ended_unix_s or time.time()) - self.started_unix_s
         # Late and skipped sends mean nothing about the target if this sender was the limit.
-        cpu = self._cpu.usage(self._cpu_started, self._cpu_ended or self._cpu.reading())
+        cpu = self._cpu.usage(self._cpu_started, self._cpu_ended if self._cpu_ended is not None
+                              else self._cpu.reading())
+        telemetry_ns = (self._telemetry_ended_ns if self._telemetry_ended_ns is not None
+                        else self.client.telemetry.cpu_ns()) - self._telemetry_started_ns
         return {
             "id": self.id,
             "status": self.status,
@@ -269,15 +272,11 @@ class Wave:
             "starttls_by_profile": dict(+self.by_profile),  # the profiles of those begun
             "sender_cpu": cpu,
             # Of it, building and exporting spans (0 with tracing off): no message's cost.
-            "sender_telemetry_seconds": round((self._telemetry_ended or self._telemetry_seconds())
-                                              - self._telemetry_started, 6),
+            "sender_telemetry_seconds": round(telemetry_ns / 1e9, 6),
             "engine": self.client.engine_choice.name,
             "limited_by": ["sender"] if cpu["busy"] else [],
             "limit": self._limit(cpu) if cpu["busy"] else None,
         }
-
-    def _telemetry_seconds(self) -> float:
-        return sum(self.client.telemetry.cpu_seconds().values())
 
     def _limit(self, cpu: dict[str, Any]) -> str:
         """Why this sender limited the wave: its CPU, and the engine when it is the reference
