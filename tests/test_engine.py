@@ -157,7 +157,7 @@ MATRIX = [(case, False, "plain") for case in PLAIN_OUTCOMES] + [
 
 @pytest.mark.parametrize(("case", "tls", "profile"), MATRIX,
                          ids=[f"{case}-{profile}" for case, _, profile in MATRIX])
-def test_ahostile_server_gets_a_result_with_its_reason_and_the_sender_goes_on(
+def test_a_hostile_server_gets_a_result_with_its_reason_and_the_sender_goes_on(
         start_sender, case, tls, profile):
     server, thread = hostile_server(case, tls)
     port = server.getsockname()[1]
@@ -361,7 +361,7 @@ def _with_sanitized_engine(tmp_path: Path, source: Path, *selection: str
 
 
 @pytest.mark.timeout(900)
-def test_thehostile_server_tests_pass_with_the_engine_built_with_sanitizers(tmp_path):
+def test_the_hostile_server_tests_pass_with_the_engine_built_with_sanitizers(tmp_path):
     """This module's hostile servers, and the sender's tests, again with the engine built with
     AddressSanitizer and UndefinedBehaviorSanitizer (any report ends the process, failing the
     test that drove it): memory errors and undefined behaviour the plain build would hide."""
