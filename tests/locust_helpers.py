@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -13,10 +14,24 @@ LOAD = Path(__file__).resolve().parents[1] / "load"
 LOCUSTFILE = LOAD / "locustfile.py"
 
 
+_PORTS_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A loopback port free now, never handed out before in this run, and below the kernel's
+    ephemeral range (and Kubernetes' NodePorts): the kernel's own pick for port 0 can come
+    twice in a row, and a client's connection can take a port between the pick and the bind."""
+    while True:
+        port = random.randrange(20_000, 30_000)
+        if port in _PORTS_HANDED_OUT:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_HANDED_OUT.add(port)
+        return port
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.locust_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMATHESIS = ROOT / ".venv" / "bin" / "schemathesis"
@@ -22,9 +23,7 @@ def _fuzz(base_url: str, *extra: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def closed_port() -> int:
     """A loopback port nobody listens on: generated sends fail fast and reach no one."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_port()
 
 
 def test_receiver_api_has_no_server_errors(receiver):

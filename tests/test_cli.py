@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,25 +15,20 @@ import httpx
 import pytest
 
 from tests.helpers import tcp_packets
+from tests.locust_helpers import free_port
 from tlsstorm.cli import build_parser
 from tlsstorm.common.config import ReceiverSettings, SenderSettings, load_settings
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _stack_env() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("TLSSTORM_",
                                                                                 "OTEL_"))}
     env.update({
-        "TLSSTORM_RECEIVER_SMTP_PORT": str(_free_port()),
-        "TLSSTORM_RECEIVER_HTTP_PORT": str(_free_port()),
-        "TLSSTORM_SENDER_HTTP_PORT": str(_free_port()),
-        "TLSSTORM_COLLECTOR_HTTP_PORT": str(_free_port()),
-        "TLSSTORM_LOCUST_WEB_PORT": str(_free_port()),
+        "TLSSTORM_RECEIVER_SMTP_PORT": str(free_port()),
+        "TLSSTORM_RECEIVER_HTTP_PORT": str(free_port()),
+        "TLSSTORM_SENDER_HTTP_PORT": str(free_port()),
+        "TLSSTORM_COLLECTOR_HTTP_PORT": str(free_port()),
+        "TLSSTORM_LOCUST_WEB_PORT": str(free_port()),
     })
     return env
 
