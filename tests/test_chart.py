@@ -343,6 +343,48 @@ def test_sender_replicas_find_each_other_through_a_headless_service():
     assert f"{RELEASE}-tlsstorm-sender-peers" not in _by_kind(single, "Service")
 
 
+def test_receivers_drain_within_their_grace_period_and_replicas_keep_a_disruption_budget():
+    """The pod's grace period covers the drain (delay + timeout) and a minute for the spans'
+    flush; a component with more than one replica has a budget of one away at a time."""
+    objects = render("--set", "components.receiver.replicas=2",
+                     "--set", "components.receiver.drain.delaySeconds=3",
+                     "--set", "components.receiver.drain.timeoutSeconds=12")
+    receiver = _by_kind(objects, "Deployment")[f"{RELEASE}-tlsstorm-receiver"]
+    env = _env(receiver)
+    assert (env["TLSSTORM_RECEIVER_DRAIN_DELAY_S"], env["TLSSTORM_RECEIVER_DRAIN_TIMEOUT_S"]) \
+        == ("3", "12")
+    assert receiver["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 3 + 12 + 60
+    budgets = _by_kind(objects, "PodDisruptionBudget")
+    assert sorted(budgets) == [f"{RELEASE}-tlsstorm-receiver", f"{RELEASE}-tlsstorm-sender"]
+    for name, budget in budgets.items():
+        deployment = _by_kind(objects, "Deployment")[name]
+        assert budget["spec"] == {"maxUnavailable": 1, "selector": deployment["spec"]["selector"]}
+    single = render("--set", "components.sender.replicas=1")
+    assert _by_kind(single, "PodDisruptionBudget") == {}
+
+
+@pytest.mark.parametrize(("settings", "on_a_volume"), [
+    ((), False),  # `helm template` sees no cluster, so no default StorageClass
+    (("components.collector.persistence.storageClass=local-path",), True),
+    (("components.collector.persistence.storageClass=local-path",
+      "components.collector.persistence.enabled=false"), False),
+])
+def test_the_collector_is_on_a_volume_replaced_with_recreate_or_says_it_is_not(
+        settings, on_a_volume):
+    objects = render(*(arg for setting in settings for arg in ("--set", setting)))
+    collector = _by_kind(objects, "Deployment")[f"{RELEASE}-tlsstorm-collector"]
+    data = next(volume for volume in collector["spec"]["template"]["spec"]["volumes"]
+                if volume["name"] == "data")
+    claims = _by_kind(objects, "PersistentVolumeClaim")
+    if on_a_volume:
+        assert data["persistentVolumeClaim"]["claimName"] in claims
+        assert collector["spec"]["strategy"] == {"type": "Recreate"}
+        assert "TLSSTORM_COLLECTOR_EPHEMERAL" not in _env(collector)
+    else:
+        assert "emptyDir" in data and claims == {}
+        assert _env(collector)["TLSSTORM_COLLECTOR_EPHEMERAL"] == "true"
+
+
 @pytest.mark.parametrize(("setting", "message"), [
     ("components.locust.tlsRatio=1.5", "/components/locust/tlsRatio"),
     ("components.receiver.tls.keyType=dsa", "value must be one of 'rsa2048', 'rsa3072', "
@@ -357,6 +399,7 @@ def test_sender_replicas_find_each_other_through_a_headless_service():
     ("replicas=3", "additional properties 'replicas' not allowed"),
     ("targets.postfix.namespace=Not_A_Name", "/targets/postfix/namespace"),
     ("targets.exim.enabled=yes", "/targets/exim/enabled"),
+    ("components.receiver.drain.timeoutSeconds=0", "/components/receiver/drain/timeoutSeconds"),
 ])
 def test_bad_values_fail_at_install_with_a_clear_message(setting, message):
     finished = helm("template", RELEASE, str(CHART), "--set", setting, check=False)

@@ -224,6 +224,22 @@ def test_results_survive_a_restart(start_collector):
     assert httpx.get(f"{restarted.http}/v1/waves").json()["waves"][0]["wave"] == "w1"
 
 
+def test_a_collector_on_no_volume_says_when_its_results_began(start_collector):
+    kept = start_collector()
+    assert httpx.get(f"{kept.http}/v1/summary").json()["history"] == {
+        "kept_across_restarts": True, "since_unix_s": None}
+    assert "on no volume" not in httpx.get(f"{kept.http}/").text
+    kept.stop()
+
+    started = time.time()
+    ephemeral = start_collector(ephemeral=True)
+    history = httpx.get(f"{ephemeral.http}/v1/summary").json()["history"]
+    assert history["kept_across_restarts"] is False
+    assert started - 1 < history["since_unix_s"] < time.time()
+    assert "they are on no volume, so whatever arrived before a restart is not here" in \
+        httpx.get(f"{ephemeral.http}/").text
+
+
 def test_time_window_filters_the_summary(start_collector):
     collector = start_collector()
     _emit_sessions(_provider(ProtobufSpanExporter(endpoint=f"{collector.http}/v1/traces")))

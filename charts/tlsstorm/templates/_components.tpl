@@ -9,6 +9,9 @@ and Service templates (_objects.tpl) render every component from these.
 {{- $secret := include "tlsstorm.receiverTlsSecret" . -}}
 settingsKey: receiver
 command: [tlsstorm, receiver]
+# The drain (not ready, still serving; then open transactions finish), then the spans' flush,
+# which may wait out an export's retries while the collector restarts.
+terminationGraceSeconds: {{ add $receiver.drain.delaySeconds $receiver.drain.timeoutSeconds 60 }}
 ports:
   - {name: smtp, port: 2525}
   - {name: http, port: 8025}
@@ -31,6 +34,8 @@ env:
   - {name: TLSSTORM_RECEIVER_HANDSHAKE_TIMEOUT_S, value: {{ $receiver.handshakeTimeoutSeconds | quote }}}
   - {name: TLSSTORM_RECEIVER_IDLE_TIMEOUT_S, value: {{ $receiver.idleTimeoutSeconds | quote }}}
   - {name: TLSSTORM_RECEIVER_MAX_MESSAGE_BYTES, value: {{ $receiver.maxMessageBytes | int64 | quote }}}
+  - {name: TLSSTORM_RECEIVER_DRAIN_DELAY_S, value: {{ $receiver.drain.delaySeconds | quote }}}
+  - {name: TLSSTORM_RECEIVER_DRAIN_TIMEOUT_S, value: {{ $receiver.drain.timeoutSeconds | quote }}}
   {{- with $receiver.gate }}
   - {name: TLSSTORM_RECEIVER_GATE_MODE, value: {{ .mode | quote }}}
   - {name: TLSSTORM_RECEIVER_GATE_DENY, value: {{ join "," (.deny | default list) | quote }}}
@@ -98,6 +103,10 @@ env:
   - {name: TLSSTORM_COLLECTOR_HOST, value: "0.0.0.0"}
   - {name: TLSSTORM_COLLECTOR_DB_PATH, value: /data/collector.sqlite}
   - {name: TLSSTORM_COLLECTOR_RETENTION_HOURS, value: {{ .Values.components.collector.retentionHours | quote }}}
+  {{- if not (include "tlsstorm.collectorVolume" .) }}
+  # No volume: the report says its results began when this pod started.
+  - {name: TLSSTORM_COLLECTOR_EPHEMERAL, value: "true"}
+  {{- end }}
   {{- $forward := .Values.tracing.forwardEndpoint }}
   {{- if .Values.jaeger.enabled }}
   {{- $forward = printf "http://%s:4318" (include "tlsstorm.name" (dict "root" . "component" "jaeger")) }}
@@ -105,9 +114,13 @@ env:
   {{- if $forward }}
   - {name: TLSSTORM_FORWARD_OTLP_ENDPOINT, value: {{ $forward | quote }}}
   {{- end }}
+{{- if include "tlsstorm.collectorVolume" . }}
+# One writer of the SQLite file on its volume: the old pod stops before the new one starts.
+strategy: Recreate
+{{- end }}
 volumes:
   - name: data
-    {{- if .Values.components.collector.persistence.enabled }}
+    {{- if include "tlsstorm.collectorVolume" . }}
     persistentVolumeClaim: {claimName: {{ include "tlsstorm.name" (dict "root" . "component" "collector") }}}
     {{- else }}
     emptyDir: {}

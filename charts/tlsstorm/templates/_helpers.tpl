@@ -119,6 +119,10 @@ enabled targets. */}}
   value: "1000"
 - name: OTEL_BSP_MAX_QUEUE_SIZE
   value: "65536"
+# Seconds (Python's SDK) an export retries: spans wait in the queue while the collector
+# restarts (Recreate: the old pod stops, the new one starts and turns ready), none dropped.
+- name: OTEL_EXPORTER_OTLP_TIMEOUT
+  value: "60"
 {{- end -}}
 
 {{- define "tlsstorm.tokenEnv" -}}
@@ -129,4 +133,21 @@ enabled targets. */}}
       name: {{ include "tlsstorm.apiTokenSecret" . }}
       key: token
 {{- end }}
+{{- end -}}
+
+{{/* "true" when the collector keeps its results on a volume: persistence on, and a
+StorageClass to make it (named, or the cluster's default, as kind and minikube have) or the
+claim already there. `helm template` sees no cluster: name the class there. */}}
+{{- define "tlsstorm.collectorVolume" -}}
+{{- $persistence := .Values.components.collector.persistence -}}
+{{- if $persistence.enabled -}}
+{{- $claim := lookup "v1" "PersistentVolumeClaim" .Release.Namespace (include "tlsstorm.name" (dict "root" . "component" "collector")) -}}
+{{- $default := false -}}
+{{- range (lookup "storage.k8s.io/v1" "StorageClass" "" "").items | default list -}}
+{{- if eq (dig "metadata" "annotations" "storageclass.kubernetes.io/is-default-class" "" .) "true" -}}
+{{- $default = true -}}
+{{- end -}}
+{{- end -}}
+{{- if or $persistence.storageClass $claim $default -}}true{{- end -}}
+{{- end -}}
 {{- end -}}

@@ -13,6 +13,9 @@ metadata:
     {{- include "tlsstorm.labels" $names | nindent 4 }}
 spec:
   replicas: {{ $spec.replicas | default $settings.replicas }}
+  {{- with $spec.strategy }}
+  strategy: {type: {{ . }}}
+  {{- end }}
   selector:
     matchLabels:
       {{- include "tlsstorm.selectorLabels" $names | nindent 6 }}
@@ -22,6 +25,9 @@ spec:
         {{- include "tlsstorm.labels" $names | nindent 8 }}
     spec:
       automountServiceAccountToken: false
+      {{- with $spec.terminationGraceSeconds }}
+      terminationGracePeriodSeconds: {{ . }}
+      {{- end }}
       securityContext:
         {{- toYaml $settings.podSecurityContext | nindent 8 }}
       {{- with $settings.nodeSelector }}
@@ -117,6 +123,23 @@ spec:
       targetPort: {{ .name }}
       protocol: TCP
     {{- end }}
+{{- end -}}
+
+{{/* At most one replica of a component away at a time in a voluntary disruption (a drain, a
+node upgrade): the others keep serving while it finishes its sessions. */}}
+{{- define "tlsstorm.disruptionBudget" -}}
+{{- $names := dict "root" .root "component" .component -}}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "tlsstorm.name" $names }}
+  labels:
+    {{- include "tlsstorm.labels" $names | nindent 4 }}
+spec:
+  maxUnavailable: 1
+  selector:
+    matchLabels:
+      {{- include "tlsstorm.selectorLabels" $names | nindent 6 }}
 {{- end -}}
 
 {{/* The sender replicas, each by its own address (no cluster IP): the replica a wave is

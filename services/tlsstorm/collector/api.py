@@ -147,7 +147,7 @@ def create_api(service: Collecting) -> FastAPI:
         if unknown(wave):
             raise HTTPException(404, detail=f"no span of wave {wave!r} has arrived here "
                                 "(GET /v1/waves lists the waves)")
-        return service.aggregator.summary(wave, since, until)
+        return {**service.aggregator.summary(wave, since, until), "history": service.history()}
 
     @app.get("/v1/waves")
     def waves(target: TargetFilter = None) -> dict:
@@ -191,7 +191,8 @@ def create_api(service: Collecting) -> FastAPI:
             known_target(target)
             return HTMLResponse(render_target_html(
                 target_costs(service.aggregator, target, wave, since, until), base_url))
-        return HTMLResponse(render_html(service.aggregator, wave, since, until, base_url))
+        return HTMLResponse(render_html(service.aggregator, wave, since, until, base_url,
+                                        service.history()))
 
     def planned(messages_per_day: float | None, peak_factor: float, peak_rate: float | None,
                 tls_trajectory: str, size: int | None, target_utilisation: float,

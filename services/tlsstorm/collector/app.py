@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import time
 
 from tlsstorm.collector.aggregate import Aggregator
 from tlsstorm.collector.api import create_api
@@ -32,6 +33,13 @@ class CollectorService:
         self.http_port = port_of(self._http_sock)
         self._http = HttpServer(create_api(self), self._http_sock)
         self._flusher: asyncio.Task | None = None
+        self.started_unix_s = time.time()
+
+    def history(self) -> dict:
+        """How far back the results go: across restarts on a volume, else since this start."""
+        kept = not self.settings.ephemeral
+        return {"kept_across_restarts": kept,
+                "since_unix_s": None if kept else round(self.started_unix_s, 3)}
 
     def describe(self) -> str:
         settings = self.settings

@@ -229,8 +229,18 @@ its sessions' bytes and latency). <a href="{base_url}/">cost report</a> ·
 </body></html>"""
 
 
+def history_sentence(history: dict | None) -> str:
+    """Said when the results do not survive a restart, so a wave cut by one is not read as
+    whole."""
+    if history is None or history["kept_across_restarts"]:
+        return ""
+    return (f"Results since this collector started at {_when(history['since_unix_s'])}: they "
+            "are on no volume, so whatever arrived before a restart is not here.")
+
+
 def render_html(aggregator: Aggregator, wave: str | None = None, since: float | None = None,
-                until: float | None = None, base_url: str = "") -> str:
+                until: float | None = None, base_url: str = "", history: dict | None = None
+                ) -> str:
     """The report; links start with `base_url` (the collector's address) so that a saved copy
     opened as a file still reaches the collector."""
     summary = aggregator.summary(wave, since, until)
@@ -263,6 +273,7 @@ def render_html(aggregator: Aggregator, wave: str | None = None, since: float | 
 ({summary['spans']['received']:,} received); generated {_when(None)}.
 <a href="{base_url}/">all waves</a> · <a href="{json_link}">JSON</a> ·
 <a href="{base_url}/plan">capacity planner</a></p>
+{f"<p>{escape(history_sentence(history))}</p>" if history_sentence(history) else ""}
 {_html_table(receiver, "Receiver: plain vs STARTTLS")}
 <p>{escape(sentence or "No STARTTLS session yet.")}</p>
 <p>{escape(process_sentence(summary["process"]))}</p>

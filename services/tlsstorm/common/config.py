@@ -92,6 +92,11 @@ class ReceiverSettings(BaseSettings):
     idle_timeout_s: float = Field(30.0, gt=0, description="close a session idle this long")
     data_timeout_s: float = Field(60.0, gt=0, description="a whole DATA phase must end in this")
     max_message_bytes: int = Field(10 * 1024 * 1024, gt=0, description="SIZE limit (552 over)")
+    drain_delay_s: float = Field(0.0, ge=0, le=300, description="on SIGTERM, how long it still "
+                                 "serves while not ready (the chart: time for a Service to drop "
+                                 "it)")
+    drain_timeout_s: float = Field(10.0, gt=0, le=300, description="on SIGTERM, how long open "
+                                   "transactions get to finish before their connections are cut")
     max_recipients: int = Field(100, ge=1, description="RCPT per message (452 over)")
     max_connections: int = Field(2000, ge=1, description="open sessions at most (421 over)")
     max_handshakes: int = Field(256, ge=1, description="TLS handshakes in progress at most "
@@ -200,6 +205,9 @@ class CollectorSettings(BaseSettings):
                                     "model as `tlsstorm plan --sweep`)")
     max_buckets: int = Field(200_000, ge=100, description="cap on stored per-second cells")
     flush_interval_s: float = Field(1.0, gt=0, description="how often results reach SQLite")
+    ephemeral: bool = Field(False, description="the SQLite file is on no volume (the chart "
+                            "says so when it has none): the report says its results began "
+                            "when this collector started")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="OTLP body cap (413)")
     forward_otlp_endpoint: str | None = Field(
         None,

@@ -7,6 +7,7 @@ import shutil
 import ssl
 import sys
 import tempfile
+import weakref
 from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
@@ -86,6 +87,8 @@ class ReceiverService:
         self.smtp_port = port_of(self._smtp_sock)
         self.http_port = port_of(self._http_sock)
         self._smtp_server: asyncio.Server | None = None
+        self._sessions: weakref.WeakSet[MeasuredSMTP] = weakref.WeakSet()
+        self.stopping = False  # not ready: a Service sends no new connection
         self._http = HttpServer(create_api(self), self._http_sock)
         self._sampler_task: asyncio.Task | None = None
         self.cpu_meter: LoopMeter | None = None
@@ -102,7 +105,8 @@ class ReceiverService:
 
     @property
     def accepting(self) -> bool:
-        return self._smtp_server is not None and self._smtp_server.is_serving()
+        return (self._smtp_server is not None and self._smtp_server.is_serving()
+                and not self.stopping)
 
     def _session_ended(self, record: SessionRecord, account: CpuAccount | None) -> None:
         """Count the session and seal its CPU (everything up to here, its counting, its share
@@ -125,7 +129,7 @@ class ReceiverService:
 
     def _new_session(self) -> MeasuredSMTP:
         settings = self.settings
-        return MeasuredSMTP(
+        session = MeasuredSMTP(
             self._handler,
             on_session_end=self._session_ended,
             handshake_timeout_s=settings.handshake_timeout_s,
@@ -140,6 +144,8 @@ class ReceiverService:
             data_size_limit=settings.max_message_bytes,
             loop=asyncio.get_running_loop(),
         )
+        self._sessions.add(session)
+        return session
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -179,7 +185,35 @@ class ReceiverService:
                 attr.OPEN_TLS_SESSIONS: open_now["tls"],
                 attr.PEAK_PLAIN_SESSIONS: peaks["plain"], attr.PEAK_TLS_SESSIONS: peaks["tls"]}
 
+    async def _drain(self) -> None:
+        """Kubernetes' graceful termination, as an MTA stops: not ready at once (a Service
+        sends no new connection), still serving for drain_delay_s while that spreads, then no
+        new connection or transaction (421), and open transactions finished within
+        drain_timeout_s; a connection still open then is cut, counted. Every session ended
+        here is counted and traced before the spans are flushed."""
+        if self._smtp_server is None:
+            return
+        self.stopping = True
+        await asyncio.sleep(self.settings.drain_delay_s)
+        self._smtp_server.close()
+        self.limits.draining = True
+        for session in list(self._sessions):
+            session.shut_down()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_timeout_s
+        while self._open_sessions() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for session in self._open_sessions():
+            session.cut()
+        while self._open_sessions() and loop.time() < deadline + 1:
+            await asyncio.sleep(0.01)  # the cut connections' ends arrive
+        await asyncio.sleep(0)  # each ended session's report (scheduled by its end) runs
+
+    def _open_sessions(self) -> list[MeasuredSMTP]:
+        return [session for session in self._sessions if session.is_open]
+
     async def stop(self) -> None:
+        await self._drain()
         for task in (self._sampler_task, self._process_task, self._memory_task):
             if task is not None:
                 task.cancel()

@@ -21,6 +21,7 @@ class SessionLimits:
     reject_from: tuple = ()
     memory: MemoryBudget | None = None
     gate: GatePolicy | None = None  # the ClientHello gate, when on
+    draining: bool = False  # the receiver is stopping: no new transaction (421)
     open_sessions: int = 0
     open_tls_sessions: int = 0  # of the open ones, those that issued STARTTLS
     handshakes: int = 0

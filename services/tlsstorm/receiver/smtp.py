@@ -113,6 +113,43 @@ class MeasuredSMTP(SMTP):
     def _handle_client(self):
         return self._refuse(*self._refusal) if self._refusal else super()._handle_client()
 
+    # -- shutting down ---------------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return not self._finished
+
+    def shut_down(self) -> None:
+        """The receiver is stopping, as an MTA does: a session between transactions is told so
+        (421) and closed now; one in a transaction or a handshake finishes it (its message is
+        accepted or refused as usual) and is told at its next MAIL."""
+        busy = self._in_data or (self.envelope is not None and self.envelope.mail_from) or (
+            self.record.tls and self.record.handshake_ok is None)
+        if not busy and not self._finished and not self._gone():
+            self.record.errors.append("shut_down")
+            self.transport.write(b"421 4.3.2 Service shutting down\r\n")
+            self._close_now()
+
+    def _close_now(self) -> None:
+        """Closes without waiting for the client: TLS sends its close_notify but does not wait
+        for the client's (a client that stops reading would hold the stop until its timeout)."""
+        self.transport.close()
+        if self._original_transport is not None:
+            self._original_transport.close()
+
+    def cut(self) -> None:
+        """The drain's deadline passed with this session still open."""
+        self.record.errors.append("shut_down")
+        (self._original_transport or self.transport).abort()
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if self.limits.draining:
+            self.record.errors.append("shut_down")
+            await self.push("421 4.3.2 Service shutting down")
+            self._close_now()
+            return
+        await super().smtp_MAIL(arg)
+
     async def _refuse(self, kind: str, reply: str) -> None:
         self.record.errors.append(kind)
         await self.push(reply)
