@@ -44,6 +44,7 @@ _INT_ATTRIBUTES = {
     attr.SERVER_PORT: "server_port",
     attr.METER_CPU_US: "meter_cpu_us",
     attr.METER_PROCESSES: "processes",
+    attr.PROCESS_STARTED: "starts",
 }
 _STRING_ATTRIBUTES = {attr.MODE: "mode", attr.WAVE_ID: "wave", attr.ERROR_TYPE: "error",
                       attr.SIDE: "side", attr.CERT_CHAIN: "chain",
@@ -57,7 +58,7 @@ _SUMS = ("sessions", "messages", "message_bytes", "wire_in", "wire_out", "cpu_us
          "handshakes_ok", "handshakes_failed", "handshake_cpu_us", "process_cpu_us",
          "charged_cpu_us", "telemetry_cpu_us", "rss_bytes", "open_plain", "open_tls", "samples",
          "limit_millicores", "throttled_us", "busy_samples", "meter_cpu_us", "processes",
-         "peak_rss_bytes", "peak_plain", "peak_tls")
+         "peak_rss_bytes", "peak_plain", "peak_tls", "starts")
 
 
 class Timeline(NamedTuple):
@@ -96,6 +97,7 @@ class Cell:
         "rss_bytes",
         "samples",
         "sessions",
+        "starts",
         "targets",
         "telemetry_cpu_us",
         "throttled_us",
@@ -130,6 +132,7 @@ class Cell:
         self.limit_millicores = 0
         self.throttled_us = 0
         self.busy_samples = 0
+        self.starts = 0  # processes whose first sample this is: a start or a restart
         # A meter's samples: its own CPU (the instrument's cost), the server's live processes
         # summed over the samples, and the highest memory of any sample (kept as a sum field:
         # merging cells of different seconds adds it, so peaks are read per cell).
@@ -297,7 +300,7 @@ class Aggregator:
         if name == attr.SPAN_PROCESS:
             for field in ("process_cpu_us", "charged_cpu_us", "telemetry_cpu_us", "rss_bytes",
                           "open_plain", "open_tls", "limit_millicores", "throttled_us",
-                          "busy_samples", "meter_cpu_us", "processes"):
+                          "busy_samples", "meter_cpu_us", "processes", "starts"):
                 setattr(cell, field, getattr(cell, field) + values.get(field, 0))
             cell.peak_rss_bytes = max(cell.peak_rss_bytes, values.get("rss_bytes", 0))
             cell.peak_plain = max(cell.peak_plain, values.get("peak_plain", 0))
@@ -377,17 +380,19 @@ class Aggregator:
         # The process's own samples cover the seconds asked for, or else the selection's.
         window_first = int(since) if since is not None and wave is None else first
         window_last = int(until) if until is not None and wave is None else last
-        process = memory = generators = None
+        process = memory = generators = delivery = None
         if window_first is not None and window_last is not None:
             samples, messages = self._receiver_window(window_first, window_last)
             process = _process_figures(samples, messages, window_last - window_first + 2)
             memory = _memory_figures(samples)
             generators = self._generator_figures(window_first, window_last)
+            delivery = _delivery(by_role, samples, window_first)
         return {
             "filter": {"wave": wave, "since": since, "until": until},
             "process": process,
             "memory": memory,
             "generators": generators,
+            "delivery": delivery,
             "first_unix_s": first,
             "last_unix_s": last,
             "spans": {"received": self.spans_received, "aggregated": self.spans_aggregated,
@@ -558,6 +563,32 @@ def _address(values: dict[str, Any]) -> str:
     host = values.get("server_address", "")
     host = f"[{host}]" if ":" in host else host
     return f"{host}:{values.get('server_port', 0)}"
+
+
+def _delivery(by_role: dict[str, dict[str, Cell]], samples: list[tuple[int, Cell]],
+              first: int) -> dict[str, Any] | None:
+    """The messages the senders were told were accepted against those the receivers' sessions
+    hold: a receiver that ended without exporting its spans (killed, crashed) shows as messages
+    missing, a message counted twice as extra; and the receiver processes that started after
+    the selection's first seconds (restarts). None unless both sides' spans are here (a wave
+    aimed at another server has no receiver spans)."""
+    def accepted(role: str) -> dict[str, int]:
+        """A sender's span is one message, failed (refused, lost) with an error; a receiver's
+        session holds the messages it accepted."""
+        cells = by_role[role]
+        return {mode: cells[mode].messages - (sum(cells[mode].errors.values())
+                                              if role == SENDER else 0)
+                if mode in cells else 0 for mode in MODES}
+
+    sent, received = accepted(SENDER), accepted(RECEIVER)
+    if not any(sent.values()) or not any(received.values()):
+        return None
+    return {"accepted_by_senders": sent, "at_receivers": received,
+            "missing_at_receivers": {mode: max(sent[mode] - received[mode], 0)
+                                     for mode in MODES},
+            "extra_at_receivers": {mode: max(received[mode] - sent[mode], 0) for mode in MODES},
+            "receiver_starts": sum(cell.starts for second, cell in samples
+                                   if second > first + 1)}
 
 
 def _process_figures(samples: list[tuple[int, Cell]], messages: int,

@@ -122,6 +122,31 @@ def generator_sentence(generators: dict[str, Any] | None) -> str:
     return f"The load generators had CPU to spare ({'; '.join(parts)})."
 
 
+def delivery_sentence(delivery: dict[str, Any] | None) -> str:
+    """Whether every message the senders were told was accepted is in a receiver's figures,
+    so a wave cut by a crash is never shown as if it were whole."""
+    if not delivery:
+        return ""
+    sent = sum(delivery["accepted_by_senders"].values())
+    missing = sum(delivery["missing_at_receivers"].values())
+    extra = sum(delivery["extra_at_receivers"].values())
+    starts = delivery["receiver_starts"]
+    restarted = (f"; {starts:,} receiver process{'es' if starts > 1 else ''} started meanwhile "
+                 "(a restart)" if starts else "")
+    if not missing and not extra:
+        return (f"Every one of the {sent:,} messages the senders were told were accepted is in "
+                f"a receiver's session here{restarted}.")
+    parts = []
+    if missing:
+        parts.append(f"{missing:,} have no receiver session here (a receiver ended without "
+                     "exporting them: killed or crashed; or they are still on their way)")
+    if extra:
+        parts.append(f"{extra:,} more messages are in receivers' sessions than the senders "
+                     "count (counted twice, or sent by a client that is not a tlsstorm sender)")
+    return (f"INCOMPLETE: of the {sent:,} messages the senders were told were accepted, "
+            f"{'; '.join(parts)}{restarted}; the figures above cover what is here.")
+
+
 def memory_sentence(memory: dict[str, Any] | None) -> str:
     """Memory as the second cost: the peak, and what each concurrent session holds."""
     if not memory:
@@ -276,6 +301,7 @@ def render_html(aggregator: Aggregator, wave: str | None = None, since: float | 
 {f"<p>{escape(history_sentence(history))}</p>" if history_sentence(history) else ""}
 {_html_table(receiver, "Receiver: plain vs STARTTLS")}
 <p>{escape(sentence or "No STARTTLS session yet.")}</p>
+{f"<p>{escape(delivery)}</p>" if (delivery := delivery_sentence(summary["delivery"])) else ""}
 <p>{escape(process_sentence(summary["process"]))}</p>
 <p>{escape(memory_sentence(summary["memory"]))}</p>
 <p>{escape(generator_sentence(summary["generators"]))}</p>

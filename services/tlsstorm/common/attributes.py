@@ -45,6 +45,7 @@ PROCESS_CPU_US = "tlsstorm.process.cpu_us"
 PROCESS_CHARGED_US = "tlsstorm.process.charged_us"
 PROCESS_TELEMETRY_US = "tlsstorm.process.telemetry_us"  # building and exporting spans
 PROCESS_RSS_BYTES = "tlsstorm.process.rss_bytes"  # at the end of the second
+PROCESS_STARTED = "tlsstorm.process.started"  # 1 on a process's first span: a (re)start
 OPEN_PLAIN_SESSIONS = "tlsstorm.sessions.open_plain"  # at the end of the second
 OPEN_TLS_SESSIONS = "tlsstorm.sessions.open_tls"
 PEAK_PLAIN_SESSIONS = "tlsstorm.sessions.peak_plain"  # the most open at once in the second

@@ -31,6 +31,7 @@ class ProcessReporter:
         self._then_ns: int = time.time_ns()
         self._then: CpuReading = limit.reading()
         self._telemetry_then_ns = self._telemetry_ns()
+        self._first = True  # the first span says the process started (a restart, in a wave)
 
     def _telemetry_ns(self) -> int:
         return self.telemetry.cpu_ns() if self.telemetry is not None else 0
@@ -47,8 +48,10 @@ class ProcessReporter:
             attr.CPU_LIMIT_MILLICORES: int(self.limit.cores * 1000),
             attr.CPU_THROTTLED_US: int(float(used["throttled_seconds"]) * 1e6),
             attr.CPU_BUSY: int(bool(used["busy"])),
+            attr.PROCESS_STARTED: int(self._first),
             **(self.extra() if self.extra is not None else {}),
         }
+        self._first = False
         self.tracer.start_span(attr.SPAN_PROCESS, kind=SpanKind.INTERNAL,
                                start_time=self._then_ns, attributes=attributes
                                ).end(end_time=now_ns)
