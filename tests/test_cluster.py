@@ -13,6 +13,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -595,18 +596,28 @@ def _receiver_pods(release: str) -> dict[str, str]:
             and not pod["metadata"].get("deletionTimestamp")}
 
 
-def test_the_collector_deleted_mid_wave_loses_nothing_and_keeps_its_history(release):
-    """The collector's pod deleted 10 s into a wave: its Deployment (Recreate, on its volume)
-    starts another; the receiver's and senders' exporters hold their spans and retry while it
-    is away. Afterwards senders, receiver and collector agree to the message, none counted
-    twice, and the waves the collector had before are as they were."""
+def _collector_pod(release: str) -> str:
+    return kubectl("-n", release, "get", "pods", "-l", "app.kubernetes.io/component=collector",
+                   "-o", "jsonpath={.items[0].metadata.name}").stdout
+
+
+@pytest.mark.parametrize("fault", ["deleted", "killed"])
+def test_the_collector_deleted_or_killed_mid_wave_loses_nothing_and_keeps_its_history(
+        release, fault):
+    """The collector's pod deleted 10 s into a wave (its Deployment, Recreate on its volume,
+    starts another) or its process killed (SIGKILL mid-write; the kubelet restarts it on the
+    same volume): the receiver's and senders' exporters hold their spans and retry while it is
+    away, and it acknowledges spans only once committed to SQLite. Afterwards senders, receiver
+    and collector agree to the message, none counted twice, and the waves the collector had
+    before are as they were."""
     collector = f"http://{cluster_ip('tlsstorm-collector')}:8027"
     before = _settled_waves(collector)
     assert before, "earlier tests' waves are in the collector"
+    pod = _collector_pod(release)
 
     wave_id, wave = _wave_with_a_fault(release, lambda: kubectl(
-        "-n", release, "delete", "pod", "-l", "app.kubernetes.io/component=collector",
-        "--wait=false"))
+        "-n", release, "delete", "pod", pod, "--wait=false") if fault == "deleted"
+        else _kill_container(release, pod))
     kubectl("-n", release, "rollout", "status", "deployment/tlsstorm-collector",
             "--timeout=180s")
     receiver = receiver_wave(f"http://{cluster_ip('tlsstorm-receiver')}:8025", wave_id)
@@ -652,9 +663,28 @@ def test_a_receiver_deleted_mid_wave_drains_and_loses_nothing(release):
         assert table["at the receivers running"][mode][1] < accepted[mode], table
 
 
+def _kill_container(release: str, pod: str) -> None:
+    """SIGKILL to the pod's container process, from the node (this host): no grace, no drain,
+    what `kubectl delete --force` does not do (the kubelet still sends SIGTERM first)."""
+    uid = kubectl("-n", release, "get", "pod", pod, "-o", "jsonpath={.metadata.uid}").stdout
+    found = [int(pid) for pid in os.listdir("/proc") if pid.isdigit()
+             and f"pod{uid}" in _read(f"/proc/{pid}/cgroup")
+             and b"tlsstorm" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(found) == 1, found
+    os.kill(found[0], signal.SIGKILL)
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:  # the process ended meanwhile
+        return ""
+
+
 def test_a_receiver_killed_mid_wave_loses_at_most_its_unexported_spans_and_says_so(release):
-    """One of the two receivers killed (SIGKILL, no grace) 10 s into a wave: the messages it
-    had accepted but not yet exported are lost, a bounded number (its exporter sends every
+    """One of the two receivers' process killed (SIGKILL, as the OOM killer or a crash ends it;
+    the kubelet restarts the container) 10 s into a wave: the messages it had accepted but not
+    yet exported are lost, a bounded number (its exporter sends every
     second), and the collector's report says how many of the senders' accepted messages have
     no receiver session and that a receiver restarted, instead of showing a smaller wave as
     if it were whole."""
@@ -662,8 +692,7 @@ def test_a_receiver_killed_mid_wave_loses_at_most_its_unexported_spans_and_says_
     assert len(pods) == 2, pods
     killed = sorted(pods)[0]
 
-    wave_id, wave = _wave_with_a_fault(release, lambda: kubectl(
-        "-n", release, "delete", "pod", killed, "--grace-period=0", "--force"))
+    wave_id, wave = _wave_with_a_fault(release, lambda: _kill_container(release, killed))
     table = _reconciled(wave, wave_id, [], whole=False)
 
     missing = sum(table["missing"].values())

@@ -45,6 +45,9 @@ class Collecting(Protocol):
     loaded: bool
     forwarder: Forwarder | None
 
+    def history(self) -> dict: ...
+    async def committed(self) -> None: ...
+
 
 WaveFilter = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")]
 
@@ -132,6 +135,9 @@ def create_api(service: Collecting) -> FastAPI:
             if encoding.compression:
                 headers["content-encoding"] = encoding.compression
             service.forwarder.offer(bytes(body), headers)
+        # Acknowledged once on disk: a collector killed before then loses nothing the
+        # exporter does not send again.
+        await service.committed()
         service.requests[200] += 1
         return Response(otlp.encode_response(encoding, rejected, reason),
                         media_type=encoding.media_type)

@@ -6,6 +6,8 @@ import asyncio
 import collections
 import contextlib
 import json
+import sqlite3
+import sys
 import time
 
 from tlsstorm.collector.aggregate import Aggregator
@@ -33,6 +35,9 @@ class CollectorService:
         self.http_port = port_of(self._http_sock)
         self._http = HttpServer(create_api(self), self._http_sock)
         self._flusher: asyncio.Task | None = None
+        self._flushes_begun = self._flushes_committed = 0
+        self._commits = asyncio.Condition()  # a flush committed: acknowledge what it holds
+        self._flush_wanted = asyncio.Event()
         self.started_unix_s = time.time()
 
     def history(self) -> dict:
@@ -60,19 +65,45 @@ class CollectorService:
         await self._http.start()
         self._flusher = asyncio.create_task(self._flush_forever())
 
+    async def committed(self) -> None:
+        """Returns once what was aggregated before the call is committed to SQLite: it asks
+        for a flush at once (requests waiting meanwhile share it, one transaction)."""
+        wanted = self._flushes_begun + 1
+        self._flush_wanted.set()
+        async with self._commits:
+            await self._commits.wait_for(lambda: self._flushes_committed >= wanted)
+
     async def flush(self) -> None:
-        """Write changed cells to SQLite (off the loop) and drop what retention says."""
+        """Write changed cells to SQLite (off the loop) and drop what retention says; a write
+        that fails leaves its cells for the next one."""
+        self._flushes_begun += 1
+        flush = self._flushes_begun
         aggregator = self.aggregator
         dropped = aggregator.evict()
         changed = [(key, _dumps(aggregator.cells[key].to_json())) for key in aggregator.dirty]
         aggregator.dirty.clear()
         counters = {name: getattr(aggregator, name) for name in _STORED_COUNTERS}
-        await asyncio.to_thread(self.store.save, changed, dropped, counters)
+        try:
+            await asyncio.to_thread(self.store.save, changed, dropped, counters)
+        except BaseException:
+            aggregator.dirty.update(key for key, _ in changed if key in aggregator.cells)
+            raise
+        async with self._commits:
+            self._flushes_committed = flush
+            self._commits.notify_all()
 
     async def _flush_forever(self) -> None:
+        """Every flush_interval_s, or at once when a request waits for its commit."""
         while True:
-            await asyncio.sleep(self.settings.flush_interval_s)
-            await self.flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_wanted.wait(), self.settings.flush_interval_s)
+            self._flush_wanted.clear()
+            try:
+                await self.flush()
+            except (OSError, sqlite3.Error) as error:  # kept dirty: the next flush retries
+                print(f"tlsstorm collector: cannot write {self.settings.db_path}: {error}; "
+                      "requests wait until it can", file=sys.stderr, flush=True)
+                await asyncio.sleep(self.settings.flush_interval_s)
 
     async def stop(self) -> None:
         await self._http.stop()
