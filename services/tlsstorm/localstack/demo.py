@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from tlsstorm.collector.report import (
+    delivery_sentence,
     memory_sentence,
     outbound_sentence,
     process_sentence,
@@ -217,6 +218,8 @@ def run_demo(messages: int, tls_ratio: float, users: int, size: int,
     sentence = outbound_sentence(receiver)
     if sentence:
         print(f"\n{sentence}")
+    if delivered := delivery_sentence(summary["delivery"]):
+        print(delivered)
     print(process_sentence(summary["process"]))
     print(memory_sentence(summary["memory"]))
     print(_headroom_sentence(cpu, received))
