@@ -164,6 +164,7 @@ network() {
     { iptables-save; ip6tables-save; ipset list -n; } | grep -c '^:\?KUBE-' >"$state/kube-chains.before" || true
     sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
     ls /run/netns 2>/dev/null >"$state/netns.before" || true
+    veth_links >"$state/veth.before"
     # There is no dummy interface type here: a bridge without ports holds the node's address.
     ip link add tsnode0 type bridge
     ip addr add "$node_ip/24" dev tsnode0
@@ -437,6 +438,10 @@ up() {
     log "Kubernetes $k8s up in $((SECONDS - t0)) s: context $context (kubectl get nodes); logs in $state/log"
 }
 
+veth_links() {
+    ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1
+}
+
 down() {
     [ -d "$state" ] || { log "no cluster at $state"; return 0; }
     # Containers first, while containerd still runs, so their mounts and netns go with them.
@@ -469,6 +474,13 @@ down() {
     for ns in $(ls /run/netns 2>/dev/null); do
         grep -qx "$ns" "$state/netns.before" 2>/dev/null || ip netns delete "$ns" 2>/dev/null || true
     done
+    # A pod's veth goes with its netns, which the kernel tears down in the background, later
+    # than this: the ones made since up that are still here are deleted now (with their pair).
+    if [ -f "$state/veth.before" ]; then
+        for link in $(veth_links); do
+            grep -qx "$link" "$state/veth.before" || ip link delete "$link" 2>/dev/null || true
+        done
+    fi
     ip link delete tscni0 2>/dev/null || true
     ip link delete tsnode0 2>/dev/null || true
     if [ -f "$state/host-dirs.before" ]; then

@@ -343,8 +343,8 @@ def test_sender_replicas_find_each_other_through_a_headless_service():
     assert f"{RELEASE}-tlsstorm-sender-peers" not in _by_kind(single, "Service")
 
 
-def test_receivers_drain_within_their_grace_period_and_replicas_keep_a_disruption_budget():
-    """The pod's grace period covers the drain (delay + timeout) and a minute for the spans'
+def test_receivers_and_senders_drain_within_their_grace_period_with_disruption_budgets():
+    """A pod's grace period covers its drain (delay + timeout) and a minute for the spans'
     flush; a component with more than one replica has a budget of one away at a time."""
     objects = render("--set", "components.receiver.replicas=2",
                      "--set", "components.receiver.drain.delaySeconds=3",
@@ -354,6 +354,10 @@ def test_receivers_drain_within_their_grace_period_and_replicas_keep_a_disruptio
     assert (env["TLSSTORM_RECEIVER_DRAIN_DELAY_S"], env["TLSSTORM_RECEIVER_DRAIN_TIMEOUT_S"]) \
         == ("3", "12")
     assert receiver["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 3 + 12 + 60
+    sender = _by_kind(objects, "Deployment")[f"{RELEASE}-tlsstorm-sender"]
+    assert (_env(sender)["TLSSTORM_SENDER_DRAIN_DELAY_S"],
+            _env(sender)["TLSSTORM_SENDER_DRAIN_TIMEOUT_S"]) == ("5", "20")
+    assert sender["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 5 + 20 + 60
     budgets = _by_kind(objects, "PodDisruptionBudget")
     assert sorted(budgets) == [f"{RELEASE}-tlsstorm-receiver", f"{RELEASE}-tlsstorm-sender"]
     for name, budget in budgets.items():
@@ -400,6 +404,7 @@ def test_the_collector_is_on_a_volume_replaced_with_recreate_or_says_it_is_not(
     ("targets.postfix.namespace=Not_A_Name", "/targets/postfix/namespace"),
     ("targets.exim.enabled=yes", "/targets/exim/enabled"),
     ("components.receiver.drain.timeoutSeconds=0", "/components/receiver/drain/timeoutSeconds"),
+    ("components.sender.drain.delaySeconds=-1", "/components/sender/drain/delaySeconds"),
 ])
 def test_bad_values_fail_at_install_with_a_clear_message(setting, message):
     finished = helm("template", RELEASE, str(CHART), "--set", setting, check=False)

@@ -511,9 +511,9 @@ def _token(release: str) -> str:
                                     "-o", "jsonpath={.data.token}").stdout).decode()
 
 
-def _wave_with_a_fault(release: str, fault) -> tuple[str, dict]:
+def _wave_with_a_fault(release: str, fault, *, sent_whole: bool = True) -> tuple[str, dict]:
     """Posts the fault wave, runs `fault` 10 s in, and returns its id and the senders' account
-    of it."""
+    of it (`sent_whole`: every message of it was sent, the fault took no sender away)."""
     sender = f"http://{cluster_ip('tlsstorm-sender')}:8026"
     with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {_token(release)}"}) \
             as http:
@@ -526,7 +526,7 @@ def _wave_with_a_fault(release: str, fault) -> tuple[str, dict]:
                 == "running":
             assert time.monotonic() < deadline, wave
             time.sleep(1)
-    assert wave["done"] == FAULT_WAVE["count"], wave
+    assert wave["done"] == FAULT_WAVE["count"] or not sent_whole, wave
     return started.json()["id"], wave
 
 
@@ -633,6 +633,31 @@ def test_the_collector_deleted_or_killed_mid_wave_loses_nothing_and_keeps_its_hi
     assert table["counted twice"] == {"plain": 0, "starttls": 0}, table
     after = _settled_waves(collector)
     assert {wave_id: after[wave_id] for wave_id in before} == before
+
+
+def test_a_sender_deleted_mid_wave_hands_in_its_part_and_loses_nothing(release):
+    """One of the two senders' pods deleted 10 s into a wave: it turns not ready, stops its
+    part, lets its messages in flight end and answers 5 s more, so the replica following the
+    wave keeps its part's last figures; its replacement answers for the wave by asking the
+    other. Every message the wave counts accepted is one session at the receiver and in the
+    collector, exactly, from both ends' spans."""
+    pods = json.loads(kubectl("-n", release, "get", "pods", "-l",
+                              "app.kubernetes.io/component=sender", "-o", "json").stdout)
+    deleted = sorted(pod["metadata"]["name"] for pod in pods["items"])[0]
+
+    wave_id, wave = _wave_with_a_fault(release, lambda: kubectl(
+        "-n", release, "delete", "pod", deleted, "--wait=false"), sent_whole=False)
+    receiver = receiver_wave(f"http://{cluster_ip('tlsstorm-receiver')}:8025", wave_id)
+    table = _reconciled(wave, wave_id, [receiver], whole=True)
+
+    assert wave["status"] == "stopped" and wave["done"] < FAULT_WAVE["count"], wave
+    assert sorted(part["status"] for part in wave["parts"]) == ["completed", "stopped"], wave
+    accepted = table["accepted by senders"]
+    assert sum(accepted.values()) == wave["done"], wave  # none failed
+    for mode in ("plain", "starttls"):
+        assert table["at the receivers running"][mode] == (accepted[mode], accepted[mode])
+        assert table["in the collector"][mode] == (accepted[mode], accepted[mode]), table
+    assert table["counted twice"] == {"plain": 0, "starttls": 0}, table
 
 
 def test_a_receiver_deleted_mid_wave_drains_and_loses_nothing(release):

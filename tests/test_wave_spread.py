@@ -17,22 +17,28 @@ from tests.receiver_process import ServiceProcess
 TOKEN = "spread-test-token"
 
 
+def _sender(receiver, port: int, peers: str, **env: str) -> ServiceProcess:
+    return ServiceProcess("sender", {
+        "OTEL_SDK_DISABLED": "true", "TLSSTORM_API_TOKEN": TOKEN,
+        "TLSSTORM_SENDER_TARGET": f"127.0.0.1:{receiver.smtp_port}",
+        "TLSSTORM_SENDER_PEERS": peers, "TLSSTORM_SENDER_HTTP_PORT": str(port), **env})
+
+
 @pytest.fixture
 def replicas(receiver) -> Iterator[list[ServiceProcess]]:
-    """Two sender processes that name each other (and a peer that never answers) as peers."""
+    """Two sender processes that name each other (and a peer that never answers) as peers;
+    each stopped answers 2 s more (its drain) for its part's last figures."""
     ports = [free_port(), free_port()]
     peers = ",".join([*(f"127.0.0.1:{port}" for port in ports), f"127.0.0.1:{free_port()}"])
     started = []
     try:
         for port in ports:
-            started.append(ServiceProcess("sender", {
-                "OTEL_SDK_DISABLED": "true", "TLSSTORM_API_TOKEN": TOKEN,
-                "TLSSTORM_SENDER_TARGET": f"127.0.0.1:{receiver.smtp_port}",
-                "TLSSTORM_SENDER_PEERS": peers, "TLSSTORM_SENDER_HTTP_PORT": str(port)}))
+            started.append(_sender(receiver, port, peers, TLSSTORM_SENDER_DRAIN_DELAY_S="2"))
         yield started
     finally:
         for sender in started:
-            sender.stop()
+            if sender.process.poll() is None:
+                sender.stop()
 
 
 def _http() -> httpx.Client:
@@ -108,3 +114,42 @@ def test_a_share_needs_the_token_and_a_wave_id_cannot_be_sent_twice(replicas):
             **share, "share": {"id": "0123456789ab", "offset": 2, "stride": 2}})
     assert again.status_code == 409 and "already here" in again.text
     assert bad.status_code == 422
+
+
+def test_a_replica_stopped_mid_wave_hands_in_its_last_figures(receiver, replicas):
+    """SIGTERM to the replica holding a share, mid-wave (a pod deleted): it turns not ready and
+    refuses new load, stops its share, lets its messages in flight end and answers 2 s more,
+    so the replica that took the wave keeps its last figures once it is gone. The whole wave
+    counts every message either replica sent, as the receiver does; a replica started after
+    the wave (the deleted pod's replacement) answers for it by asking the others."""
+    first, second = replicas
+    with _http() as http:
+        started = http.post(f"{first.http}/v1/waves", json={
+            "rate": 100, "count": 600, "tls_ratio": 0.5}).json()
+        time.sleep(2)
+        second.process.terminate()
+        assert http.get(f"{second.http}/readyz").status_code == 503
+        refused = http.post(f"{second.http}/v1/send", json={"count": 1})
+        assert refused.status_code == 503 and "shutting down" in refused.text
+        wave = _until_over(http, f"{first.http}{started['url']}")
+        assert second.process.wait(10) == 0
+        wave = http.get(f"{first.http}{started['url']}").json()  # with the other part gone
+
+    parts = {entry["offset"]: entry for entry in wave["parts"]}
+    assert (parts[0]["status"], parts[0]["done"]) == ("completed", 300), wave
+    assert parts[1]["status"] == "stopped" and 0 < parts[1]["done"] < 300, wave
+    assert wave["status"] == "stopped" and wave["done"] == 300 + parts[1]["done"], wave
+    accepted = wave["plain"]["ok"] + wave["tls"]["ok"]
+    assert accepted == wave["done"], wave
+    receiver.wait_sessions(accepted)
+    by_wave = receiver.stats(wave=started["id"])
+    assert by_wave["plain"]["messages"] + by_wave["tls"]["messages"] == accepted
+
+    replacement = _sender(receiver, free_port(), f"127.0.0.1:{first.http.rsplit(':', 1)[1]}")
+    try:
+        with _http() as http:
+            seen = http.get(f"{replacement.http}{started['url']}").json()
+    finally:
+        replacement.stop()
+    assert {key: seen[key] for key in ("done", "plain", "tls", "status")} == \
+        {key: wave[key] for key in ("done", "plain", "tls", "status")}

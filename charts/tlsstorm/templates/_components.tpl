@@ -62,6 +62,10 @@ volumeMounts:
 {{- define "tlsstorm.component.sender" -}}
 settingsKey: sender
 command: [tlsstorm, sender]
+{{- $drain := .Values.components.sender.drain }}
+# The drain (waves stopped, messages in flight ended, the API read a last time), then the
+# spans' flush, which may wait out an export's retries while the collector restarts.
+terminationGraceSeconds: {{ add $drain.delaySeconds $drain.timeoutSeconds 60 }}
 ports:
   - {name: http, port: 8026}
 httpPort: 8026
@@ -71,6 +75,8 @@ env:
   # Only the in-cluster receiver and the release's targets: the sender is a spam cannon.
   - {name: TLSSTORM_ALLOWED_TARGETS, value: {{ include "tlsstorm.allowedTargets" . | quote }}}
   - {name: TLSSTORM_SENDER_MAX_CONCURRENCY, value: {{ .Values.components.sender.maxConcurrency | quote }}}
+  - {name: TLSSTORM_SENDER_DRAIN_DELAY_S, value: {{ $drain.delaySeconds | quote }}}
+  - {name: TLSSTORM_SENDER_DRAIN_TIMEOUT_S, value: {{ $drain.timeoutSeconds | quote }}}
   {{- if gt (int .Values.components.sender.replicas) 1 }}
   # Every ready replica, by the headless Service: a wave posted to one is split over all.
   - {name: TLSSTORM_SENDER_PEERS, value: {{ printf "%s:8026" (include "tlsstorm.name" (dict "root" . "component" "sender-peers")) | quote }}}

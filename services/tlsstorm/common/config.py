@@ -188,6 +188,12 @@ class SenderSettings(BaseSettings):
         default_factory=list, description="comma list of host:port naming every sender replica "
         "(a headless Service's name gives them all); a wave posted to one is split over those "
         "that answer")
+    drain_delay_s: float = Field(0.0, ge=0, le=300, description="on SIGTERM, after its waves "
+                                 "have stopped and their messages in flight ended, how long its "
+                                 "API still answers (not ready), so the replica or client "
+                                 "following a wave reads its part's last figures (the chart: 5)")
+    drain_timeout_s: float = Field(10.0, gt=0, le=300, description="on SIGTERM, how long the "
+                                   "messages in flight get to end before the engine is closed")
     api_token: ApiToken = None
 
 

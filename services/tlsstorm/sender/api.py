@@ -24,7 +24,13 @@ from tlsstorm.common.metrics import (
 from tlsstorm.common.serve import BodyLimit
 from tlsstorm.sender.allowlist import Allowlist, Target, TargetRefused
 from tlsstorm.sender.client import SmtpClient
-from tlsstorm.sender.spread import other_replicas, start_shares, stop_parts, whole_wave
+from tlsstorm.sender.spread import (
+    other_replicas,
+    start_shares,
+    stop_parts,
+    wave_held_elsewhere,
+    whole_wave,
+)
 from tlsstorm.sender.waves import DeliveryOptions, ProfileName, Wave, WaveBook, WaveSpec
 
 
@@ -40,6 +46,7 @@ class Sending(Protocol):
     client: SmtpClient
     waves: WaveBook
     http_port: int
+    stopping: bool
 
 
 class _Labelled(DeliveryOptions):
@@ -107,6 +114,14 @@ def create_api(service: Sending) -> FastAPI:
     app = service_app("tlsstorm sender")
     app.add_middleware(BodyLimit, max_bytes=64 * 1024)
     guarded = [Depends(bearer_guard(service.settings.api_token))]
+
+    def taking_load() -> None:
+        """Load refused once the sender is stopping: a client or a Service sends it elsewhere."""
+        if service.stopping:
+            raise HTTPException(503, detail="the sender is shutting down: send to another "
+                                "replica", headers={"Retry-After": "1"})
+
+    loads = [*guarded, Depends(taking_load)]
     registry = registry_with(_SenderCollector(service), SpanCountsCollector(service.provider),
                              CpuLimitCollector(service.cpu))
 
@@ -135,6 +150,8 @@ def create_api(service: Sending) -> FastAPI:
 
     @app.get("/readyz")
     def readyz() -> dict:
+        if service.stopping:
+            raise HTTPException(503, detail="the sender is shutting down")
         return {"status": "ready"}
 
     @app.get("/v1/stats")
@@ -167,14 +184,14 @@ def create_api(service: Sending) -> FastAPI:
                                                      wave_id=request.wave, resume=request.resume)
         return _results(target, results)
 
-    @app.post("/v1/send", dependencies=guarded)
+    @app.post("/v1/send", dependencies=loads)
     async def send(request: SendRequest) -> JSONResponse:
         """Send now and wait; one result per message."""
         connections = -(-request.count // request.per_connection)
         return await one_after_another(request, [(request.tls, request.profile)] * connections,
                                        request.count)
 
-    @app.post("/v1/batch", dependencies=guarded)
+    @app.post("/v1/batch", dependencies=loads)
     async def send_batch(request: BatchRequest) -> JSONResponse:
         """Connections one after another, as one bot works down its list; one result per
         message, in order."""
@@ -182,7 +199,7 @@ def create_api(service: Sending) -> FastAPI:
         return await one_after_another(request, list(zip(request.tls, profiles, strict=True)),
                                        request.count or len(request.tls) * request.per_connection)
 
-    @app.post("/v1/waves", status_code=status.HTTP_202_ACCEPTED, dependencies=guarded)
+    @app.post("/v1/waves", status_code=status.HTTP_202_ACCEPTED, dependencies=loads)
     async def start_wave(spec: WaveSpec) -> dict:
         """Start a wave in the background; poll /v1/waves/{id}."""
         if spec.concurrency > service.settings.max_concurrency:
@@ -214,9 +231,16 @@ def create_api(service: Sending) -> FastAPI:
         return wave
 
     @app.get("/v1/waves/{wave_id}")
-    async def get_wave(wave_id: str, part: bool = False) -> dict:
+    async def get_wave(wave_id: str, part: bool = False, forwarded: bool = False) -> dict:
         """The whole wave, whichever replica holds which part; `part`: this replica's part
-        alone, with its latency histograms (what replicas ask each other)."""
+        alone, with its latency histograms (what replicas ask each other). A replica that
+        holds no part (it started after the wave) asks the others (`forwarded`: asked so by
+        another, it does not ask further)."""
+        if (wave_id not in service.waves.waves and not part and not forwarded
+                and service.peers_http is not None):
+            held = await wave_held_elsewhere(service.peers_http, wave_id, await replicas())
+            if held is not None:
+                return held
         wave = find(wave_id)
         if part or wave.stride == 1 or service.peers_http is None:
             return wave.as_dict(histograms=part)

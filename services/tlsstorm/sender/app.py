@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 
@@ -46,6 +47,7 @@ class SenderService:
             )
         self._http = HttpServer(app, self._http_sock)
         self._process_task: asyncio.Task | None = None
+        self.stopping = False  # SIGTERM: not ready, no new load
 
     def describe(self) -> str:
         engine = self.client.engine_choice
@@ -61,9 +63,17 @@ class SenderService:
                 telemetry=self.client.telemetry))
 
     async def stop(self) -> None:
+        """Kubernetes' graceful termination: not ready and taking no new load at once, its
+        waves stopped, the messages in flight ended (their results counted, their spans
+        built), then its API answers drain_delay_s more so whoever follows a wave reads its
+        part's last figures; then the engine closes and the spans are flushed."""
+        self.stopping = True
+        self.waves.stop_all()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.waves.wait_all(), self.settings.drain_timeout_s)
+        await asyncio.sleep(self.settings.drain_delay_s)
         if self._process_task is not None:
             self._process_task.cancel()
-        self.waves.stop_all()
         await self._http.stop()
         self.client.close()
         if self.peers_http is not None:

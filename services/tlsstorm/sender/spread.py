@@ -72,6 +72,17 @@ async def stop_parts(http: httpx.AsyncClient, wave_id: str, remotes: list[str]) 
     await asyncio.gather(*(stop(url) for url in remotes))
 
 
+async def wave_held_elsewhere(http: httpx.AsyncClient, wave_id: str, remotes: list[str]
+                              ) -> dict[str, Any] | None:
+    """The whole wave from the first other replica that holds a part of it."""
+    for url in remotes:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            response = await http.get(f"{url}/v1/waves/{wave_id}", params={"forwarded": "true"})
+            if response.status_code == 200:
+                return response.json()
+    return None
+
+
 async def whole_wave(http: httpx.AsyncClient, wave: Wave, remotes: list[str]) -> dict[str, Any]:
     """This replica's part and every other replica's part of the wave, combined; messages of
     a part that no replica holds (it never started) count as skipped."""
@@ -85,8 +96,15 @@ async def whole_wave(http: httpx.AsyncClient, wave: Wave, remotes: list[str]) ->
 
     found = await asyncio.gather(*(part(url) for url in remotes))
     parts = [("this replica", wave.as_dict(histograms=True))]
-    parts += [(url, found_part) for url, found_part in zip(remotes, found, strict=True)
-              if found_part is not None]
+    for url, found_part in zip(remotes, found, strict=True):
+        if found_part is not None:
+            wave.last_parts[url] = found_part
+        elif url in wave.last_parts:  # gone (a pod deleted): its last figures, said so
+            found_part = wave.last_parts[url]
+            if found_part["status"] == "running":
+                found_part = {**found_part, "status": "gone"}
+        if found_part is not None:
+            parts.append((url, found_part))
     return _combined(wave, [found_part for _, found_part in parts], [
         {"replica": url, "offset": (found_part["spec"]["share"] or {}).get("offset", 0),
          "status": found_part["status"], "total": found_part["total"],
@@ -101,7 +119,10 @@ def _combined(wave: Wave, parts: list[dict], listed: list[dict]) -> dict[str, An
               for key in ("total", "scheduled", "done", "late", "skipped", "in_flight")}
     summed["skipped"] += wave.spec.total_messages - summed.pop("total")
     statuses = {part["status"] for part in parts}
-    status = next((s for s in ("running", "failed", "stopped") if s in statuses), "completed")
+    # "gone": a replica went away mid-part; its last figures are counted, what it did after
+    # is not known.
+    status = next((s for s in ("running", "failed", "gone", "stopped") if s in statuses),
+                  "completed")
     started = min(part["started_unix_s"] for part in parts)
     ends = [part["ended_unix_s"] for part in parts]
     ended = None if None in ends else max(ends)

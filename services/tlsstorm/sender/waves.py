@@ -149,6 +149,7 @@ class Wave:
         self._connections = _connections(spec, self.offset, self.stride)
         self.total = messages_in(spec, self.offset, self.stride)
         self.peers: list[str] | None = None  # the replicas holding the other parts, once known
+        self.last_parts: dict[str, dict] = {}  # each peer's part as last read, by its URL
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -346,3 +347,8 @@ class WaveBook:
     def stop_all(self) -> None:
         for wave in self.waves.values():
             wave.stop()
+
+    async def wait_all(self) -> None:
+        """Until every wave has ended and its messages in flight have their reports."""
+        for wave in list(self.waves.values()):
+            await wave.wait()
