@@ -32,7 +32,7 @@ from opentelemetry.trace import SpanKind
 
 from tests.helpers import exporting_to
 from tests.receiver_process import ReceiverProcess
-from tlsstorm.collector.report import outbound_sentence
+from tlsstorm.collector.report import delivery_sentence, outbound_sentence
 from tlsstorm.common.process import rss_bytes
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
@@ -238,6 +238,26 @@ def test_a_collector_on_no_volume_says_when_its_results_began(start_collector):
     assert started - 1 < history["since_unix_s"] < time.time()
     assert "they are on no volume, so whatever arrived before a restart is not here" in \
         httpx.get(f"{ephemeral.http}/").text
+
+
+def test_the_delivery_sentence_names_what_is_missing_or_counted_twice():
+    def delivery(sent, received, starts=0):
+        return {"accepted_by_senders": {"plain": sent, "starttls": 0},
+                "at_receivers": {"plain": received, "starttls": 0},
+                "missing_at_receivers": {"plain": max(sent - received, 0), "starttls": 0},
+                "extra_at_receivers": {"plain": max(received - sent, 0), "starttls": 0},
+                "receiver_starts": starts}
+
+    assert delivery_sentence(None) == ""
+    assert delivery_sentence(delivery(10, 10)) == (
+        "Every one of the 10 messages the senders were told were accepted is in a receiver's "
+        "session here.")
+    missing = delivery_sentence(delivery(10, 7, starts=2))
+    assert missing.startswith("INCOMPLETE: of the 10 messages the senders were told were "
+                              "accepted, 3 have no receiver session here")
+    assert "2 receiver processes started meanwhile (a restart)" in missing
+    assert "2 more messages are in receivers' sessions than the senders count" in \
+        delivery_sentence(delivery(10, 12))
 
 
 def test_time_window_filters_the_summary(start_collector):

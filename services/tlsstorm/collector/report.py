@@ -142,7 +142,8 @@ def delivery_sentence(delivery: dict[str, Any] | None) -> str:
                      "exporting them: killed or crashed; or they are still on their way)")
     if extra:
         parts.append(f"{extra:,} more messages are in receivers' sessions than the senders "
-                     "count (counted twice, or sent by a client that is not a tlsstorm sender)")
+                     "count (counted twice, accepted after the sender had given up waiting, or "
+                     "sent by a client that is not a tlsstorm sender)")
     return (f"INCOMPLETE: of the {sent:,} messages the senders were told were accepted, "
             f"{'; '.join(parts)}{restarted}; the figures above cover what is here.")
 
