@@ -26,6 +26,25 @@ from tests.receiver_process import ReceiverProcess, ServiceProcess
 BODY = b"Subject: drained\r\n\r\nhello\r\n"
 
 
+@pytest.fixture(autouse=True)
+def no_process_left(monkeypatch):
+    """Every service process a test starts is gone after it, passed or failed (a test that
+    fails mid-fault must not leave a receiver waiting on a collector that has stopped)."""
+    started: list[ServiceProcess] = []
+    original = ServiceProcess.__init__
+
+    def recorded(self, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        started.append(self)
+
+    monkeypatch.setattr(ServiceProcess, "__init__", recorded)
+    yield
+    for service in started:
+        if service.process.poll() is None:
+            service.process.kill()
+            service.process.wait(10)
+
+
 def _client(port: int, *, tls: bool) -> smtplib.SMTP:
     client = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=10)
     client.ehlo()
