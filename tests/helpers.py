@@ -49,6 +49,15 @@ class Running:
         return f"http://127.0.0.1:{self.service.http_port}"
 
 
+def wait_for(condition, timeout: float = 10):
+    """What `condition()` returns once it is true, polled until `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+    return found
+
+
 def exporting_to(collector_url: str, start_receiver, start_sender):
     """A receiver and a sender whose real OTLP/HTTP exporters send to the collector."""
     endpoint = f"{collector_url}/v1/traces"

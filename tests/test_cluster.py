@@ -62,6 +62,12 @@ def cluster_ip(service: str) -> str:
                    "-o", "jsonpath={.spec.clusterIP}").stdout
 
 
+def _token(release: str) -> str:
+    """The release's API token, which load-starting endpoints ask for."""
+    return base64.b64decode(kubectl("-n", release, "get", "secret", "tlsstorm-api-token",
+                                    "-o", "jsonpath={.data.token}").stdout).decode()
+
+
 # Made by the kubelet and the CNI plugins at fixed paths (scripts/cluster.sh host_dirs).
 HOST_DIRS = ("/var/lib/kubelet", "/var/lib/cni")
 
@@ -342,10 +348,9 @@ def test_a_wave_posted_to_the_sender_service_is_split_over_its_replicas(release)
     """`POST /v1/waves` through the sender's Service: both replicas (named by the headless
     Service, reaching each other through the NetworkPolicy) send a part, and the replica a
     poll lands on answers for the whole wave."""
-    token = base64.b64decode(kubectl("-n", release, "get", "secret", "tlsstorm-api-token",
-                                     "-o", "jsonpath={.data.token}").stdout).decode()
     sender = f"http://{cluster_ip('tlsstorm-sender')}:8026"
-    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {_token(release)}"}) \
+            as http:
         started = http.post(f"{sender}/v1/waves", json={
             "rate": 50, "count": 200, "tls_ratio": 0.5}).json()
         deadline = time.monotonic() + 90
@@ -447,10 +452,9 @@ def test_postfix_and_exim_are_targets_picked_in_the_locust_ui_and_costed_by_the_
     assert costs["per_mode"]["starttls_ms"] > costs["per_mode"]["plain_ms"] > 0
     assert costs["process"]["limit_cores"] == 1.0  # the pod's CPU limit, read in its cgroup
 
-    token = base64.b64decode(kubectl("-n", release, "get", "secret", "tlsstorm-api-token",
-                                     "-o", "jsonpath={.data.token}").stdout).decode()
     sender = f"http://{cluster_ip('tlsstorm-sender')}:8026"
-    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {_token(release)}"}) \
+            as http:
         started = http.post(f"{sender}/v1/waves", json={
             "rate": 20, "count": 60, "tls_ratio": 0.5, "target": exim}).json()
         deadline = time.monotonic() + 90
@@ -504,11 +508,6 @@ def test_an_upgrade_to_an_ecdsa_leaf_serves_it_under_the_kept_root(release, tmp_
 # Faults during a wave (issue 34): the wave the issue measured, 2,400 messages at 80/s, 70%
 # STARTTLS, posted to the senders' Service; a pod taken away 10 s in.
 FAULT_WAVE = {"rate": 80, "count": 2400, "tls_ratio": 0.7}
-
-
-def _token(release: str) -> str:
-    return base64.b64decode(kubectl("-n", release, "get", "secret", "tlsstorm-api-token",
-                                    "-o", "jsonpath={.data.token}").stdout).decode()
 
 
 def _wave_with_a_fault(release: str, fault, *, sent_whole: bool = True) -> tuple[str, dict]:

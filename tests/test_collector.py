@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
 
-from tests.helpers import exporting_to
+from tests.helpers import exporting_to, wait_for
 from tests.receiver_process import ReceiverProcess
 from tlsstorm.collector.report import delivery_sentence, outbound_sentence
 from tlsstorm.common.process import rss_bytes
@@ -175,20 +175,13 @@ def test_batches_are_forwarded_byte_identical_and_understood_downstream(
         assert httpx.post(f"{first.http}/v1/traces", content=body,
                           headers={**PROTOBUF, **extra}).status_code == 200
     _emit_sessions(_provider(ProtobufSpanExporter(endpoint=f"{relay.http}/v1/traces")))
-    _wait_for(lambda: len(_Capture.bodies) == 2)
-    _wait_for(lambda: _receiver_cost(downstream, wave="w1")["starttls"]["sessions"] == 1)
+    wait_for(lambda: len(_Capture.bodies) == 2)
+    wait_for(lambda: _receiver_cost(downstream, wave="w1")["starttls"]["sessions"] == 1)
     capture.shutdown()
 
     assert [body for body, _ in _Capture.bodies] == bodies
     assert [encoding for _, encoding in _Capture.bodies] == [None, "gzip"]
     assert _receiver_cost(downstream, wave="w1") == _receiver_cost(relay, wave="w1")
-
-
-def _wait_for(condition, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def test_with_the_forward_target_down_ingest_stays_fast_and_drops_are_counted(start_collector):
@@ -203,7 +196,7 @@ def test_with_the_forward_target_down_ingest_stays_fast_and_drops_are_counted(st
         assert response.status_code == 200
 
     forwarder = collector.service.forwarder
-    _wait_for(lambda: forwarder.dropped == 20, timeout=20)
+    wait_for(lambda: forwarder.dropped == 20, timeout=20)
     assert slowest < 0.25
     assert forwarder.forwarded == 0
     metrics = httpx.get(f"{collector.http}/metrics").text
@@ -290,7 +283,7 @@ def test_a_gap_in_traffic_shows_as_zero_sessions_not_a_slope(start_collector):
     _emit_sessions(provider, wave="gap", ago_s=20)
     _emit_sessions(provider, wave="gap")
 
-    _wait_for(lambda: collector.service.aggregator.has_wave("gap"))
+    wait_for(lambda: collector.service.aggregator.has_wave("gap"))
     timeline = collector.service.aggregator.timeline("gap")
     plain = timeline.series["plain"]
     assert len(plain) in (20, 21, 22) and timeline.bin_seconds == 1
@@ -307,7 +300,7 @@ def test_unknown_wave_is_404_and_sessions_without_a_wave_have_their_own_page(sta
     collector = start_collector()
     _emit_sessions(_provider(ProtobufSpanExporter(endpoint=f"{collector.http}/v1/traces")),
                    wave="")
-    _wait_for(lambda: collector.service.aggregator.has_wave(""))
+    wait_for(lambda: collector.service.aggregator.has_wave(""))
 
     missing = httpx.get(f"{collector.http}/v1/summary", params={"wave": "nope"})
     assert missing.status_code == 404 and "nope" in missing.json()["detail"]
@@ -329,7 +322,7 @@ def test_wave_summary_equals_the_receivers_own_stats(
 
     wave_id = httpx.post(f"{sender.http}/v1/waves", json={
         "rate": 50, "count": 40, "tls_ratio": 0.3, "concurrency": 64}).json()["id"]
-    _wait_for(lambda: httpx.get(f"{sender.http}/v1/waves/{wave_id}").json()["status"]
+    wait_for(lambda: httpx.get(f"{sender.http}/v1/waves/{wave_id}").json()["status"]
               != "running", timeout=60)
     wave = httpx.get(f"{sender.http}/v1/waves/{wave_id}").json()
     assert (wave["plain"]["ok"], wave["tls"]["ok"], wave["skipped"]) == (28, 12, 0), wave
@@ -364,12 +357,12 @@ def test_collector_restart_mid_wave_loses_nothing_and_counts_nothing_twice(
     collector.stop()  # stopped mid-wave: exporters must retry
     time.sleep(2)
     restarted = start_collector(db_path=tmp_path / "durable.sqlite", http_port=port)
-    _wait_for(lambda: httpx.get(f"{sender.http}/v1/waves/{wave_id}").json()["status"]
+    wait_for(lambda: httpx.get(f"{sender.http}/v1/waves/{wave_id}").json()["status"]
               != "running", timeout=60)
     receiver.wait_sessions(300, timeout=20)
     for service in (receiver, sender):
         service.service.provider.force_flush()
-    _wait_for(lambda: sum(_receiver_cost(restarted, wave=wave_id)[mode]["sessions"]
+    wait_for(lambda: sum(_receiver_cost(restarted, wave=wave_id)[mode]["sessions"]
                           for mode in ("plain", "starttls")) >= 300, timeout=60)
 
     by_wave = receiver.stats(wave_id)

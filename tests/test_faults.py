@@ -20,7 +20,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import deliver
+from tests.helpers import deliver, wait_for
 from tests.receiver_process import ReceiverProcess, ServiceProcess
 
 BODY = b"Subject: drained\r\n\r\nhello\r\n"
@@ -74,14 +74,6 @@ def _collector_sessions(collector) -> dict:
             for mode in ("plain", "starttls")}
 
 
-def _wait_for(condition, timeout_s: float = 20):
-    deadline = time.monotonic() + timeout_s
-    while not (found := condition()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-    return found
-
-
 def test_sigterm_drains_open_transactions_and_exports_every_session(start_collector):
     collector = start_collector()
     receiver = ReceiverProcess({"OTEL_EXPORTER_OTLP_ENDPOINT": collector.http,
@@ -93,7 +85,7 @@ def test_sigterm_drains_open_transactions_and_exports_every_session(start_collec
 
     receiver.process.terminate()
     # Not ready at once, yet serving while a Service would still send it connections.
-    _wait_for(lambda: _ready(receiver) == 503)
+    wait_for(lambda: _ready(receiver) == 503, timeout=20)
     deliver(receiver.smtp_port, tls=True)
     # Then no new connection (each probe accepted until then is a session, counted below);
     # the open transactions finish and are accepted.
@@ -108,8 +100,8 @@ def test_sigterm_drains_open_transactions_and_exports_every_session(start_collec
     assert receiver.process.wait(10) == 0, receiver.process.stderr.read()
 
     # Every session is in the collector once, with its messages and the two told at the end.
-    assert _wait_for(lambda: _collector_sessions(collector)["plain"][0] >= 2 + probes
-                     and _collector_sessions(collector)) == {
+    assert wait_for(lambda: _collector_sessions(collector)["plain"][0] >= 2 + probes
+                    and _collector_sessions(collector), timeout=20) == {
         "plain": (2 + probes, 1, 2), "starttls": (2, 2, 1)}
 
 
@@ -141,8 +133,8 @@ def test_a_transaction_past_the_drain_deadline_is_cut_and_counted(start_collecto
         stuck.send(b".\r\n")
         stuck.getreply()
     # Cut, not lost: the session is counted, with no message and the reason.
-    assert _wait_for(lambda: _collector_sessions(collector)["starttls"][0] == 1
-                     and _collector_sessions(collector)) == {
+    assert wait_for(lambda: _collector_sessions(collector)["starttls"][0] == 1
+                    and _collector_sessions(collector), timeout=20) == {
         "plain": (0, 0, 0), "starttls": (1, 0, 1)}
 
 
@@ -158,8 +150,8 @@ def _wave(sender: ServiceProcess, **spec) -> str:
 
 
 def _finished(sender: ServiceProcess, wave_id: str) -> dict:
-    return _wait_for(lambda: (wave := httpx.get(f"{sender.http}/v1/waves/{wave_id}").json())
-                     ["status"] != "running" and wave, timeout_s=60)
+    return wait_for(lambda: (wave := httpx.get(f"{sender.http}/v1/waves/{wave_id}").json())
+                    ["status"] != "running" and wave, timeout=60)
 
 
 def _delivery_when_senders_spans_are_in(collector, wave_id: str, wave: dict) -> dict:
@@ -172,7 +164,7 @@ def _delivery_when_senders_spans_are_in(collector, wave_id: str, wave: dict) -> 
         found = summary.json().get("delivery") if summary.status_code == 200 else None
         return found if found and found["accepted_by_senders"] == accepted else None
 
-    return _wait_for(delivery)
+    return wait_for(delivery, timeout=20)
 
 
 def test_a_receiver_killed_mid_wave_loses_only_what_it_had_not_exported_and_it_is_shown(
@@ -187,9 +179,9 @@ def test_a_receiver_killed_mid_wave_loses_only_what_it_had_not_exported_and_it_i
         clean = _wave(sender, rate=100, count=100, tls_ratio=0.5)
         delivery = _delivery_when_senders_spans_are_in(collector, clean,
                                                        _finished(sender, clean))
-        assert _wait_for(lambda: httpx.get(f"{collector.http}/v1/summary", params={
+        assert wait_for(lambda: httpx.get(f"{collector.http}/v1/summary", params={
             "wave": clean}).json()["delivery"]["at_receivers"] == delivery[
-                "accepted_by_senders"])
+                "accepted_by_senders"], timeout=20)
         assert "Every one of the 100 messages the senders were told were accepted is in a " \
             "receiver's session here." in _report(collector, clean)
 
@@ -249,8 +241,8 @@ def test_the_collector_killed_mid_wave_loses_nothing_it_acknowledged(tmp_path):
         delivery = _delivery_when_senders_spans_are_in(restarted, wave_id, wave)
         accepted = delivery["accepted_by_senders"]
         assert sum(accepted.values()) == 800, wave
-        assert _wait_for(lambda: httpx.get(f"{restarted.http}/v1/summary", params={
-            "wave": wave_id}).json()["delivery"]["at_receivers"] == accepted)
+        assert wait_for(lambda: httpx.get(f"{restarted.http}/v1/summary", params={
+            "wave": wave_id}).json()["delivery"]["at_receivers"] == accepted, timeout=20)
         summary = httpx.get(f"{restarted.http}/v1/summary", params={"wave": wave_id}).json()
     finally:
         for service in (sender, receiver, restarted or collector):

@@ -299,7 +299,7 @@ def render_html(aggregator: Aggregator, wave: str | None = None, since: float | 
 ({summary['spans']['received']:,} received); generated {_when(None)}.
 <a href="{base_url}/">all waves</a> · <a href="{json_link}">JSON</a> ·
 <a href="{base_url}/plan">capacity planner</a></p>
-{f"<p>{escape(history_sentence(history))}</p>" if history_sentence(history) else ""}
+{f"<p>{escape(history_note)}</p>" if (history_note := history_sentence(history)) else ""}
 {_html_table(receiver, "Receiver: plain vs STARTTLS")}
 <p>{escape(sentence or "No STARTTLS session yet.")}</p>
 {f"<p>{escape(delivery)}</p>" if (delivery := delivery_sentence(summary["delivery"])) else ""}

@@ -144,16 +144,14 @@ class MeasuredSMTP(SMTP):
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
         if self.limits.draining:
-            self.record.errors.append("shut_down")
-            await self.push("421 4.3.2 Service shutting down")
-            self._close_now()
+            await self._refuse("shut_down", "421 4.3.2 Service shutting down")
             return
         await super().smtp_MAIL(arg)
 
     async def _refuse(self, kind: str, reply: str) -> None:
         self.record.errors.append(kind)
         await self.push(reply)
-        self.transport.close()
+        self._close_now()
 
     def _capture_wire(self) -> None:
         counted = wire_bytes(self._raw_socket)
