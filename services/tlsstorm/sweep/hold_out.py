@@ -19,6 +19,7 @@ class HeldOut:
     predicted_p99_ms: float | None
     measured_p99_ms: float | None
     slo_p99_ms: float
+    measured_each: tuple[float, ...] = ()  # each held-out wave's cores, the median's inputs
 
     @property
     def error(self) -> float:
@@ -36,7 +37,8 @@ class HeldOut:
     def text(self) -> str:
         return (f"held out {self.ratio:.0%} STARTTLS at {self.rate:g}/s: receiver CPU "
                 f"predicted {self.predicted_cores:.3f} cores, measured {self.measured_cores:.3f} "
-                f"({self.error:+.1%}); session p99 predicted {_ms(self.predicted_p99_ms)}, "
+                f"({self.error:+.1%}{_each(self.measured_each)}); session p99 predicted "
+                f"{_ms(self.predicted_p99_ms)}, "
                 f"measured {_ms(self.measured_p99_ms)} against {self.slo_p99_ms:g} ms: verdict "
                 f"{'right' if self.verdict_right else 'WRONG'}")
 
@@ -62,9 +64,14 @@ def hold_out(runner: SweepRunner, fitted: list[tuple[float, float, int]],
     predicted = fit.cores(rate, ratio)
     predicted_p99 = latency.predict(predicted, ratio) if latency else None  # one loop
     p99s = [point.session_p99_ms for point in held_points if point.session_p99_ms is not None]
-    return HeldOut(ratio, rate, predicted,
-                   statistics.median(receiver_cores(point.as_dict()) for point in held_points),
-                   predicted_p99, statistics.median(p99s) if p99s else None, slo_p99_ms), points
+    each = tuple(receiver_cores(point.as_dict()) for point in held_points)
+    return HeldOut(ratio, rate, predicted, statistics.median(each), predicted_p99,
+                   statistics.median(p99s) if p99s else None, slo_p99_ms, each), points
+
+
+def _each(cores: tuple[float, ...]) -> str:
+    """The held-out waves behind a median, when there are several."""
+    return f"; median of {', '.join(f'{value:.3f}' for value in cores)}" if len(cores) > 1 else ""
 
 
 def _ms(value: float | None) -> str:
