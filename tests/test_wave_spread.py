@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.helpers import wait_for
 from tests.locust_helpers import free_port
 from tests.receiver_process import ServiceProcess
 
@@ -116,36 +117,41 @@ def test_a_share_needs_the_token_and_a_wave_id_cannot_be_sent_twice(replicas):
     assert bad.status_code == 422
 
 
-def test_a_replica_stopped_mid_wave_hands_in_its_last_figures(receiver, replicas):
-    """SIGTERM to the replica holding a share, mid-wave (a pod deleted): it turns not ready and
-    refuses new load, stops its share, lets its messages in flight end and answers 2 s more,
-    so the replica that took the wave keeps its last figures once it is gone. The whole wave
+@pytest.mark.parametrize("stopped", ["share holder", "wave taker"])
+def test_a_replica_stopped_mid_wave_hands_in_its_last_figures(receiver, replicas, stopped):
+    """SIGTERM mid-wave to a replica (a pod deleted): the one holding a share, or the one the
+    wave was posted to (it sends share 0). It turns not ready and refuses new load, stops its
+    share, lets its messages in flight end and hands its part's final figures to the other,
+    which was not asked about the wave before the stopped one had exited. The whole wave
     counts every message either replica sent, as the receiver does; a replica started after
     the wave (the deleted pod's replacement) answers for it by asking the others."""
-    first, second = replicas
+    taker, holder = replicas
+    leaving, staying = (holder, taker) if stopped == "share holder" else (taker, holder)
     with _http() as http:
-        started = http.post(f"{first.http}/v1/waves", json={
+        started = http.post(f"{taker.http}/v1/waves", json={
             "rate": 100, "count": 600, "tls_ratio": 0.5}).json()
         time.sleep(2)
-        second.process.terminate()
-        assert http.get(f"{second.http}/readyz").status_code == 503
-        refused = http.post(f"{second.http}/v1/send", json={"count": 1})
+        leaving.process.terminate()
+        # The signal lands between two requests, not before the next one.
+        wait_for(lambda: http.get(f"{leaving.http}/readyz").status_code == 503, timeout=5)
+        refused = http.post(f"{leaving.http}/v1/send", json={"count": 1})
         assert refused.status_code == 503 and "shutting down" in refused.text
-        wave = _until_over(http, f"{first.http}{started['url']}")
-        assert second.process.wait(10) == 0
-        wave = http.get(f"{first.http}{started['url']}").json()  # with the other part gone
+        assert leaving.process.wait(15) == 0
+        wave = _until_over(http, f"{staying.http}{started['url']}")
 
     parts = {entry["offset"]: entry for entry in wave["parts"]}
-    assert (parts[0]["status"], parts[0]["done"]) == ("completed", 300), wave
-    assert parts[1]["status"] == "stopped" and 0 < parts[1]["done"] < 300, wave
-    assert wave["status"] == "stopped" and wave["done"] == 300 + parts[1]["done"], wave
+    left, stayed = (1, 0) if stopped == "share holder" else (0, 1)
+    assert (parts[stayed]["status"], parts[stayed]["done"]) == ("completed", 300), wave
+    assert parts[left]["status"] == "stopped" and 0 < parts[left]["done"] < 300, wave
+    assert parts[left]["replica"].endswith("(handed over)"), wave
+    assert wave["status"] == "stopped" and wave["done"] == 300 + parts[left]["done"], wave
     accepted = wave["plain"]["ok"] + wave["tls"]["ok"]
     assert accepted == wave["done"], wave
     receiver.wait_sessions(accepted)
     by_wave = receiver.stats(wave=started["id"])
     assert by_wave["plain"]["messages"] + by_wave["tls"]["messages"] == accepted
 
-    replacement = _sender(receiver, free_port(), f"127.0.0.1:{first.http.rsplit(':', 1)[1]}")
+    replacement = _sender(receiver, free_port(), f"127.0.0.1:{staying.http.rsplit(':', 1)[1]}")
     try:
         with _http() as http:
             seen = http.get(f"{replacement.http}{started['url']}").json()
@@ -153,3 +159,51 @@ def test_a_replica_stopped_mid_wave_hands_in_its_last_figures(receiver, replicas
         replacement.stop()
     assert {key: seen[key] for key in ("done", "plain", "tls", "status")} == \
         {key: wave[key] for key in ("done", "plain", "tls", "status")}
+
+
+def test_a_handed_part_that_does_not_fit_the_wave_is_refused(replicas):
+    """The hand-over takes a part only for a wave this replica holds, at an offset it does not
+    send, describing that share; a bad body is one clear refusal and the wave still answers."""
+    taker, _ = replicas
+    with _http() as http:
+        started = http.post(f"{taker.http}/v1/waves", json={"rate": 50, "count": 20}).json()
+        wave = _until_over(http, f"{taker.http}{started['url']}")
+        part = http.get(f"{taker.http}{started['url']}", params={"part": "true"}).json()
+        url = f"{taker.http}{started['url']}/parts"
+        # Its own share, a share the wave has not, a body for another wave, garbage.
+        own = http.put(f"{url}/0", json={"replica": "x", "part": part})
+        beyond = http.put(f"{url}/2", json={"replica": "x", "part": {
+            **part, "spec": {**part["spec"], "share": {"id": wave["id"], "offset": 2,
+                                                       "stride": 3}}}})
+        garbage = http.put(f"{url}/1", json={"replica": "x", "part": {"done": -1}})
+        unknown = http.put(f"{taker.http}/v1/waves/0123456789ab/parts/1",
+                           json={"replica": "x", "part": part})
+        unauthenticated = httpx.put(f"{url}/1", json={"replica": "x", "part": part})
+        after = http.get(f"{taker.http}{started['url']}").json()
+    assert own.status_code == 422 and "is not what this body describes" in own.text
+    assert beyond.status_code == 422
+    assert garbage.status_code == 422
+    assert unknown.status_code == 404 and unauthenticated.status_code == 401
+    assert {key: after[key] for key in ("done", "status")} == \
+        {key: wave[key] for key in ("done", "status")}
+
+
+def test_a_replica_killed_mid_wave_is_listed_gone_with_its_last_figures(replicas):
+    """SIGKILL to the share holder (no drain, no hand-over): the replica answering for the wave
+    counts the share's figures as it last read them and says the share is gone, so the wave
+    does not look complete."""
+    taker, holder = replicas
+    with _http() as http:
+        started = http.post(f"{taker.http}/v1/waves", json={
+            "rate": 100, "count": 600, "tls_ratio": 0.5}).json()
+        time.sleep(2)
+        seen = http.get(f"{taker.http}{started['url']}").json()
+        holder.process.kill()
+        holder.process.wait(10)
+        wave = _until_over(http, f"{taker.http}{started['url']}")
+
+    parts = {entry["offset"]: entry for entry in wave["parts"]}
+    assert (parts[0]["status"], parts[0]["done"]) == ("completed", 300), wave
+    assert parts[1]["status"] == "gone", wave
+    assert {entry["offset"]: entry["done"] for entry in seen["parts"]}[1] <= parts[1]["done"]
+    assert wave["status"] == "gone" and wave["done"] == 300 + parts[1]["done"] < 600, wave

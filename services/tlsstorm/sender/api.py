@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 import httpx
 from fastapi import Depends, FastAPI, HTTPException, status
 from fastapi.responses import JSONResponse
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, NonNegativeInt, model_validator
 
 from tlsstorm.common.api import service_app
 from tlsstorm.common.auth import bearer_guard
@@ -26,6 +26,7 @@ from tlsstorm.sender.allowlist import Allowlist, Target, TargetRefused
 from tlsstorm.sender.client import SmtpClient
 from tlsstorm.sender.spread import (
     other_replicas,
+    part_offset,
     start_shares,
     stop_parts,
     wave_held_elsewhere,
@@ -82,6 +83,62 @@ class BatchRequest(_Labelled):
                              f"{self.per_connection} messages (more than "
                              f"{most - self.per_connection}, at most {most})")
         return self
+
+
+class _Histogram(BaseModel):
+    counts: dict[int, NonNegativeInt] = Field(max_length=4096)
+    count: NonNegativeInt
+    sum_ms: float = Field(ge=0)
+    max_ms: float = Field(ge=0)
+
+
+class _Histograms(BaseModel):
+    handshake_ms: _Histogram
+    total_ms: _Histogram
+
+
+class _ModeFigures(BaseModel):
+    model_config = {"extra": "allow"}  # the summaries, recomputed from the histograms
+
+    ok: NonNegativeInt
+    failed: NonNegativeInt
+    bytes_sent: NonNegativeInt
+    bytes_received: NonNegativeInt
+    histograms: _Histograms
+
+
+class _PartFigures(BaseModel):
+    """What the whole wave sums and lists of a part (Wave.as_dict with histograms)."""
+
+    model_config = {"extra": "allow"}
+
+    status: Literal["running", "completed", "stopped", "failed"]
+    spec: WaveSpec
+    total: NonNegativeInt
+    scheduled: NonNegativeInt
+    done: NonNegativeInt
+    late: NonNegativeInt
+    skipped: NonNegativeInt
+    in_flight: NonNegativeInt
+    started_unix_s: float
+    ended_unix_s: float | None
+    plain: _ModeFigures
+    tls: _ModeFigures
+    errors: dict[str, NonNegativeInt] = Field(max_length=1000)
+    starttls_by_profile: dict[str, NonNegativeInt] = Field(max_length=100)
+    limited_by: list[str] = Field([], max_length=10)
+    limit: str | None = None
+    engine: str | None = None
+    sender_telemetry_seconds: float = Field(0.0, ge=0)
+
+
+class HandedPart(BaseModel):
+    """A stopping replica's part of a wave, handed to the others (spread.hand_over)."""
+
+    model_config = {"extra": "forbid"}
+
+    replica: str = Field(max_length=300, description="the replica that sent the part")
+    part: _PartFigures
 
 
 def _results(target: Target, results: list) -> JSONResponse:
@@ -245,6 +302,21 @@ def create_api(service: Sending) -> FastAPI:
         if part or wave.stride == 1 or service.peers_http is None:
             return wave.as_dict(histograms=part)
         return await whole_wave(service.peers_http, wave, await replicas(wave))
+
+    @app.put("/v1/waves/{wave_id}/parts/{offset}", dependencies=guarded)
+    def take_part(wave_id: str, offset: int, handed: HandedPart) -> dict:
+        """A replica stopping hands in its part's final figures: whichever replica answers
+        for the wave afterwards counts them (see spread.hand_over)."""
+        wave = find(wave_id)
+        part = handed.part.model_dump(mode="json")
+        share = handed.part.spec.share
+        if (part_offset(part) != offset or offset == wave.offset or offset >= wave.stride
+                or (share is not None and (share.id, share.stride) != (wave.id, wave.stride))):
+            raise HTTPException(422, detail=f"part {offset} of wave {wave.id} (shares of "
+                                f"{wave.stride}, this replica's {wave.offset}) is not what "
+                                "this body describes")
+        wave.last_parts[offset] = (f"{handed.replica} (handed over)", part)
+        return {"id": wave.id, "offset": offset}
 
     @app.delete("/v1/waves/{wave_id}", dependencies=guarded)
     async def stop_wave(wave_id: str, part: bool = False) -> dict:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import sys
 
 import httpx
 from opentelemetry.sdk.trace import TracerProvider
@@ -17,7 +18,10 @@ from tlsstorm.common.serve import HttpServer, bind, port_of
 from tlsstorm.sender.allowlist import Allowlist
 from tlsstorm.sender.api import create_api
 from tlsstorm.sender.client import SmtpClient
+from tlsstorm.sender.spread import hand_over, other_replicas
 from tlsstorm.sender.waves import WaveBook
+
+HAND_OVER_S = 10.0  # within the grace period's 60 s beyond the drain
 
 
 class SenderService:
@@ -65,12 +69,14 @@ class SenderService:
     async def stop(self) -> None:
         """Kubernetes' graceful termination: not ready and taking no new load at once, its
         waves stopped, the messages in flight ended (their results counted, their spans
-        built), then its API answers drain_delay_s more so whoever follows a wave reads its
-        part's last figures; then the engine closes and the spans are flushed."""
+        built), each split wave's part handed to the other replicas, then its API answers
+        drain_delay_s more; then the engine closes and the spans are flushed."""
         self.stopping = True
         self.waves.stop_all()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.waves.wait_all(), self.settings.drain_timeout_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hand_over_parts(), HAND_OVER_S)
         await asyncio.sleep(self.settings.drain_delay_s)
         if self._process_task is not None:
             self._process_task.cancel()
@@ -80,3 +86,18 @@ class SenderService:
             await self.peers_http.aclose()
         if self.provider is not None:
             self.provider.shutdown()
+
+    async def _hand_over_parts(self) -> None:
+        """Each split wave's part to the replicas known to hold the others and those the
+        peers' names give now (a wave's first share included: the replica that took it
+        may be the one stopping); what failed is said on stderr."""
+        split = [wave for wave in self.waves.waves.values() if wave.stride > 1]
+        if not split or self.peers_http is None:
+            return
+        found = await other_replicas(self.peers_http, self.settings.peers, self.http_port,
+                                     self.instance)
+        for wave in split:
+            remotes = sorted(set(found) | set(wave.peers or []))
+            for failure in await hand_over(self.peers_http, wave, remotes, self.instance):
+                print(f"sender: wave {wave.id}'s part not handed over to {failure}",
+                      file=sys.stderr, flush=True)

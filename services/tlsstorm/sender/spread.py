@@ -84,7 +84,8 @@ async def wave_held_elsewhere(http: httpx.AsyncClient, wave_id: str, remotes: li
 
 
 async def whole_wave(http: httpx.AsyncClient, wave: Wave, remotes: list[str]) -> dict[str, Any]:
-    """This replica's part and every other replica's part of the wave, combined; messages of
+    """This replica's part and every other replica's part of the wave, combined: each as read
+    now, else as last read or handed over (a replica that stopped: a pod deleted); messages of
     a part that no replica holds (it never started) count as skipped."""
 
     async def part(url: str) -> dict[str, Any] | None:
@@ -95,23 +96,52 @@ async def whole_wave(http: httpx.AsyncClient, wave: Wave, remotes: list[str]) ->
             return None
 
     found = await asyncio.gather(*(part(url) for url in remotes))
-    parts = [("this replica", wave.as_dict(histograms=True))]
+    read_now = set()
     for url, found_part in zip(remotes, found, strict=True):
         if found_part is not None:
-            wave.last_parts[url] = found_part
-        elif url in wave.last_parts:  # gone (a pod deleted): its last figures, said so
-            found_part = wave.last_parts[url]
-            if found_part["status"] == "running":
-                found_part = {**found_part, "status": "gone"}
-        if found_part is not None:
-            parts.append((url, found_part))
+            read_now.add(part_offset(found_part))
+            wave.last_parts[part_offset(found_part)] = (url, found_part)
+    parts = [("this replica", wave.as_dict(histograms=True))]
+    for offset, (replica, last) in sorted(wave.last_parts.items()):
+        if offset == wave.offset:
+            continue
+        if offset not in read_now and last["status"] == "running":
+            # Gone mid-part without handing in: its last figures count, what it did after
+            # is not known.
+            last = {**last, "status": "gone"}
+        parts.append((replica, last))
     return _combined(wave, [found_part for _, found_part in parts], [
-        {"replica": url, "offset": (found_part["spec"]["share"] or {}).get("offset", 0),
+        {"replica": replica, "offset": part_offset(found_part),
          "status": found_part["status"], "total": found_part["total"],
          # A replica of an older release (mid-upgrade) does not say.
          "done": found_part["done"], "limited_by": found_part.get("limited_by", []),
          "limit": found_part.get("limit"), "engine": found_part.get("engine")}
-        for url, found_part in parts])
+        for replica, found_part in parts])
+
+
+def part_offset(part: dict[str, Any]) -> int:
+    """Which share a part is: the replica that took the wave sends offset 0 (no share)."""
+    return (part["spec"]["share"] or {}).get("offset", 0)
+
+
+async def hand_over(http: httpx.AsyncClient, wave: Wave, remotes: list[str], replica: str
+                    ) -> list[str]:
+    """A replica stopping hands its part's final figures to the others holding parts of the
+    wave, so whichever answers for the wave afterwards counts them (else a deleted pod's part,
+    the whole wave's first share included, would be known only as last polled, if at all).
+    What each failure said; a replica without a part of the wave (404) is not one."""
+    body = {"replica": replica, "part": wave.as_dict(histograms=True)}
+
+    async def give(url: str) -> str | None:
+        try:
+            response = await http.put(f"{url}/v1/waves/{wave.id}/parts/{wave.offset}", json=body)
+        except httpx.HTTPError as failure:
+            return f"{url}: {type(failure).__name__}: {failure}"
+        return None if response.status_code in (200, 404) else \
+            f"{url}: {response.status_code} {response.text[:300]}"
+
+    failures = await asyncio.gather(*(give(url) for url in remotes))
+    return [failure for failure in failures if failure]
 
 
 def _combined(wave: Wave, parts: list[dict], listed: list[dict]) -> dict[str, Any]:

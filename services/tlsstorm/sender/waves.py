@@ -149,7 +149,8 @@ class Wave:
         self._connections = _connections(spec, self.offset, self.stride)
         self.total = messages_in(spec, self.offset, self.stride)
         self.peers: list[str] | None = None  # the replicas holding the other parts, once known
-        self.last_parts: dict[str, dict] = {}  # each peer's part as last read, by its URL
+        # Each other part as last read or handed over, by its offset: (the replica, its part).
+        self.last_parts: dict[int, tuple[str, dict]] = {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
