@@ -171,21 +171,63 @@ def test_a_handed_part_that_does_not_fit_the_wave_is_refused(replicas):
         part = http.get(f"{taker.http}{started['url']}", params={"part": "true"}).json()
         url = f"{taker.http}{started['url']}/parts"
         # Its own share, a share the wave has not, a body for another wave, garbage.
-        own = http.put(f"{url}/0", json={"replica": "x", "part": part})
-        beyond = http.put(f"{url}/2", json={"replica": "x", "part": {
+        own = http.put(f"{url}/0", json={"replica": "x", "stride": 2, "part": part})
+        beyond = http.put(f"{url}/2", json={"replica": "x", "stride": 2, "part": {
             **part, "spec": {**part["spec"], "share": {"id": wave["id"], "offset": 2,
                                                        "stride": 3}}}})
-        garbage = http.put(f"{url}/1", json={"replica": "x", "part": {"done": -1}})
-        unknown = http.put(f"{taker.http}/v1/waves/0123456789ab/parts/1",
-                           json={"replica": "x", "part": part})
-        unauthenticated = httpx.put(f"{url}/1", json={"replica": "x", "part": part})
+        garbage = http.put(f"{url}/1", json={"replica": "x", "stride": 2,
+                                              "part": {"done": -1}})
+        unauthenticated = httpx.put(f"{url}/1", json={"replica": "x", "stride": 2,
+                                                      "part": part})
         after = http.get(f"{taker.http}{started['url']}").json()
     assert own.status_code == 422 and "is not what this body describes" in own.text
     assert beyond.status_code == 422
     assert garbage.status_code == 422
-    assert unknown.status_code == 404 and unauthenticated.status_code == 401
+    assert unauthenticated.status_code == 401
     assert {key: after[key] for key in ("done", "status")} == \
         {key: wave[key] for key in ("done", "status")}
+
+
+def test_a_wave_outlives_every_replica_replaced_in_turn(receiver):
+    """A rollout mid-wave: two new replicas start, then the replica the wave was posted to
+    stops, then the one holding the other share. Each stopping hands every part it knows to
+    the others, so the new replicas, which send no part of the wave, answer for all of it:
+    every message the stopped replicas sent, as the receiver counts them."""
+    ports = [free_port() for _ in range(4)]
+    peers = ",".join(f"127.0.0.1:{port}" for port in ports)
+    started: list[ServiceProcess] = []
+    try:
+        for port in ports[:2]:
+            started.append(_sender(receiver, port, peers, TLSSTORM_SENDER_DRAIN_DELAY_S="1"))
+        taker, holder = started
+        with _http() as http:
+            wave_url = http.post(f"{taker.http}/v1/waves", json={
+                "rate": 100, "count": 900, "tls_ratio": 0.5}).json()["url"]
+            for port in ports[2:]:
+                started.append(_sender(receiver, port, peers))
+            successors = started[2:]
+            for leaving in (taker, holder):
+                time.sleep(1.5)
+                leaving.process.terminate()
+                assert leaving.process.wait(15) == 0
+            seen = [http.get(f"{successor.http}{wave_url}").json() for successor in successors]
+    finally:
+        for sender in started:
+            if sender.process.poll() is None:
+                sender.stop()
+
+    wave = seen[0]
+    assert {key: seen[1][key] for key in ("done", "plain", "tls")} == \
+        {key: wave[key] for key in ("done", "plain", "tls")}
+    assert [(part["offset"], part["status"]) for part in wave["parts"]] == \
+        [(0, "stopped"), (1, "stopped")], wave
+    assert all(part["replica"].endswith("(handed over)") for part in wave["parts"]), wave
+    assert wave["status"] == "stopped" and 0 < wave["done"] < 900, wave
+    accepted = wave["plain"]["ok"] + wave["tls"]["ok"]
+    assert accepted == wave["done"], wave
+    receiver.wait_sessions(accepted)
+    by_wave = receiver.stats(wave=wave["id"])
+    assert by_wave["plain"]["messages"] + by_wave["tls"]["messages"] == accepted
 
 
 def test_a_replica_killed_mid_wave_is_listed_gone_with_its_last_figures(replicas):

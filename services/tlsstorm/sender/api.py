@@ -25,6 +25,7 @@ from tlsstorm.common.serve import BodyLimit
 from tlsstorm.sender.allowlist import Allowlist, Target, TargetRefused
 from tlsstorm.sender.client import SmtpClient
 from tlsstorm.sender.spread import (
+    HANDED,
     other_replicas,
     part_offset,
     start_shares,
@@ -138,6 +139,7 @@ class HandedPart(BaseModel):
     model_config = {"extra": "forbid"}
 
     replica: str = Field(max_length=300, description="the replica that sent the part")
+    stride: int = Field(ge=2, le=64, description="the wave's shares")
     part: _PartFigures
 
 
@@ -291,32 +293,41 @@ def create_api(service: Sending) -> FastAPI:
     async def get_wave(wave_id: str, part: bool = False, forwarded: bool = False) -> dict:
         """The whole wave, whichever replica holds which part; `part`: this replica's part
         alone, with its latency histograms (what replicas ask each other). A replica that
-        holds no part (it started after the wave) asks the others (`forwarded`: asked so by
-        another, it does not ask further)."""
-        if (wave_id not in service.waves.waves and not part and not forwarded
-                and service.peers_http is not None):
-            held = await wave_held_elsewhere(service.peers_http, wave_id, await replicas())
-            if held is not None:
+        sends no part of it answers from the parts handed to it by replicas that stopped, or
+        else asks the others (`forwarded`: asked so by another, it does not ask further)."""
+        asks = not forwarded and service.peers_http is not None
+        if wave_id not in service.waves.waves and not part:
+            if (adopted := service.waves.adopted.get(wave_id)) is not None:
+                return await whole_wave(service.peers_http, adopted,
+                                        await replicas() if asks else [])
+            if asks and (held := await wave_held_elsewhere(
+                    service.peers_http, wave_id, await replicas())) is not None:
                 return held
         wave = find(wave_id)
         if part or wave.stride == 1 or service.peers_http is None:
             return wave.as_dict(histograms=part)
-        return await whole_wave(service.peers_http, wave, await replicas(wave))
+        return await whole_wave(service.peers_http, wave.others, await replicas(wave),
+                                wave.as_dict(histograms=True))
 
     @app.put("/v1/waves/{wave_id}/parts/{offset}", dependencies=guarded)
     def take_part(wave_id: str, offset: int, handed: HandedPart) -> dict:
-        """A replica stopping hands in its part's final figures: whichever replica answers
-        for the wave afterwards counts them (see spread.hand_over)."""
-        wave = find(wave_id)
+        """A replica stopping hands in a part's final figures (its own, or one it knew):
+        whichever replica answers for the wave afterwards counts them, this one included
+        when it sends no part of the wave (see spread.hand_over)."""
         part = handed.part.model_dump(mode="json")
         share = handed.part.spec.share
-        if (part_offset(part) != offset or offset == wave.offset or offset >= wave.stride
-                or (share is not None and (share.id, share.stride) != (wave.id, wave.stride))):
-            raise HTTPException(422, detail=f"part {offset} of wave {wave.id} (shares of "
-                                f"{wave.stride}, this replica's {wave.offset}) is not what "
-                                "this body describes")
-        wave.last_parts[offset] = (f"{handed.replica} (handed over)", part)
-        return {"id": wave.id, "offset": offset}
+        wave = service.waves.waves.get(wave_id)
+        kept = wave.others if wave is not None else service.waves.adopted.get(wave_id)
+        stride = kept.stride if kept is not None else handed.stride
+        if (part_offset(part) != offset or offset >= stride or handed.stride != stride
+                or (wave is not None and offset == wave.offset)
+                or (share is not None and (share.id, share.stride) != (wave_id, stride))):
+            raise HTTPException(422, detail=f"part {offset} of wave {wave_id} (shares of "
+                                f"{stride}) is not what this body describes")
+        if kept is None:
+            kept = service.waves.adopt(wave_id, stride, handed.part.spec.total_messages)
+        kept.keep(offset, handed.replica + HANDED, part)
+        return {"id": wave_id, "offset": offset}
 
     @app.delete("/v1/waves/{wave_id}", dependencies=guarded)
     async def stop_wave(wave_id: str, part: bool = False) -> dict:

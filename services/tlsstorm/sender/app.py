@@ -18,7 +18,7 @@ from tlsstorm.common.serve import HttpServer, bind, port_of
 from tlsstorm.sender.allowlist import Allowlist
 from tlsstorm.sender.api import create_api
 from tlsstorm.sender.client import SmtpClient
-from tlsstorm.sender.spread import hand_over, other_replicas
+from tlsstorm.sender.spread import hand_over, other_replicas, parts_to_hand_over
 from tlsstorm.sender.waves import WaveBook
 
 HAND_OVER_S = 10.0  # within the grace period's 60 s beyond the drain
@@ -88,16 +88,22 @@ class SenderService:
             self.provider.shutdown()
 
     async def _hand_over_parts(self) -> None:
-        """Each split wave's part to the replicas known to hold the others and those the
-        peers' names give now (a wave's first share included: the replica that took it
-        may be the one stopping); what failed is said on stderr."""
-        split = [wave for wave in self.waves.waves.values() if wave.stride > 1]
-        if not split or self.peers_http is None:
+        """The parts of each split wave it knows (its own and those read or handed to it) to
+        the replicas known to hold the others and those the peers' names give now (a wave's
+        first share included: the replica that took it may be the one stopping); what failed
+        is said on stderr."""
+        if self.peers_http is None:
+            return
+        waves = [(wave, wave.others) for wave in self.waves.waves.values() if wave.stride > 1]
+        waves += [(None, others) for others in self.waves.adopted.values()]
+        if not waves:
             return
         found = await other_replicas(self.peers_http, self.settings.peers, self.http_port,
                                      self.instance)
-        for wave in split:
-            remotes = sorted(set(found) | set(wave.peers or []))
-            for failure in await hand_over(self.peers_http, wave, remotes, self.instance):
-                print(f"sender: wave {wave.id}'s part not handed over to {failure}",
+        for wave, others in waves:
+            known = (wave.peers or []) if wave is not None else []
+            remotes = sorted(set(found) | set(known))
+            parts = parts_to_hand_over(wave, others, self.instance)
+            for failure in await hand_over(self.peers_http, others, parts, remotes):
+                print(f"sender: wave {others.wave_id}: a part not handed over to {failure}",
                       file=sys.stderr, flush=True)

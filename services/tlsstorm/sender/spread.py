@@ -17,7 +17,7 @@ import httpx
 
 from tlsstorm.common.address import split_host_port
 from tlsstorm.common.histogram import LatencyHistogram
-from tlsstorm.sender.waves import Wave
+from tlsstorm.sender.waves import OtherParts, Wave
 
 
 async def other_replicas(http: httpx.AsyncClient, peers: list[str], default_port: int,
@@ -83,14 +83,17 @@ async def wave_held_elsewhere(http: httpx.AsyncClient, wave_id: str, remotes: li
     return None
 
 
-async def whole_wave(http: httpx.AsyncClient, wave: Wave, remotes: list[str]) -> dict[str, Any]:
-    """This replica's part and every other replica's part of the wave, combined: each as read
-    now, else as last read or handed over (a replica that stopped: a pod deleted); messages of
-    a part that no replica holds (it never started) count as skipped."""
+async def whole_wave(http: httpx.AsyncClient | None, others: OtherParts, remotes: list[str],
+                     own: dict[str, Any] | None = None) -> dict[str, Any]:
+    """This replica's part (`own`, with histograms; none for a wave only handed to it) and
+    every other part of the wave, combined: each as read from `remotes` now, else as last read
+    or handed over (a replica that stopped: a pod deleted); messages of a part that no replica
+    holds (it never started) count as skipped."""
 
     async def part(url: str) -> dict[str, Any] | None:
         try:
-            response = await http.get(f"{url}/v1/waves/{wave.id}", params={"part": "true"})
+            response = await http.get(f"{url}/v1/waves/{others.wave_id}",
+                                      params={"part": "true"})
             return response.json() if response.status_code == 200 else None
         except (httpx.HTTPError, ValueError):
             return None
@@ -100,17 +103,18 @@ async def whole_wave(http: httpx.AsyncClient, wave: Wave, remotes: list[str]) ->
     for url, found_part in zip(remotes, found, strict=True):
         if found_part is not None:
             read_now.add(part_offset(found_part))
-            wave.last_parts[part_offset(found_part)] = (url, found_part)
-    parts = [("this replica", wave.as_dict(histograms=True))]
-    for offset, (replica, last) in sorted(wave.last_parts.items()):
-        if offset == wave.offset:
+            others.keep(part_offset(found_part), url, found_part)
+    parts = [] if own is None else [("this replica", own)]
+    own_offset = None if own is None else part_offset(own)
+    for offset, (replica, last) in sorted(others.by_offset.items()):
+        if offset == own_offset:
             continue
         if offset not in read_now and last["status"] == "running":
             # Gone mid-part without handing in: its last figures count, what it did after
             # is not known.
             last = {**last, "status": "gone"}
         parts.append((replica, last))
-    return _combined(wave, [found_part for _, found_part in parts], [
+    return _combined(others.total_messages, [found_part for _, found_part in parts], [
         {"replica": replica, "offset": part_offset(found_part),
          "status": found_part["status"], "total": found_part["total"],
          # A replica of an older release (mid-upgrade) does not say.
@@ -124,30 +128,46 @@ def part_offset(part: dict[str, Any]) -> int:
     return (part["spec"]["share"] or {}).get("offset", 0)
 
 
-async def hand_over(http: httpx.AsyncClient, wave: Wave, remotes: list[str], replica: str
-                    ) -> list[str]:
-    """A replica stopping hands its part's final figures to the others holding parts of the
-    wave, so whichever answers for the wave afterwards counts them (else a deleted pod's part,
-    the whole wave's first share included, would be known only as last polled, if at all).
-    What each failure said; a replica without a part of the wave (404) is not one."""
-    body = {"replica": replica, "part": wave.as_dict(histograms=True)}
+HANDED = " (handed over)"  # how a part handed over is listed, after the replica that sent it
 
-    async def give(url: str) -> str | None:
+
+def parts_to_hand_over(wave: Wave | None, others: OtherParts, instance: str
+                       ) -> list[tuple[str, dict[str, Any]]]:
+    """A stopping replica's own part of a wave (if it sends one) and every other part it
+    knows: (the replica that sent it, the part). Passing the others on keeps the whole wave
+    known when every replica is replaced in turn (a rollout)."""
+    known = [(replica.removesuffix(HANDED), part) for replica, part in others.by_offset.values()
+             if wave is None or part_offset(part) != wave.offset]
+    return ([(instance, wave.as_dict(histograms=True))] if wave is not None else []) + known
+
+
+async def hand_over(http: httpx.AsyncClient, others: OtherParts,
+                    parts: list[tuple[str, dict[str, Any]]], remotes: list[str]) -> list[str]:
+    """A replica stopping hands a wave's parts (parts_to_hand_over) to the other replicas, so
+    whichever answers for the wave afterwards counts them (else a deleted pod's part, the
+    whole wave's first share included, would be known only as last polled, if at all); a
+    replica that sends no part of the wave keeps them and answers for it. What each failure
+    said."""
+
+    async def give(url: str, replica: str, part: dict[str, Any]) -> str | None:
         try:
-            response = await http.put(f"{url}/v1/waves/{wave.id}/parts/{wave.offset}", json=body)
+            response = await http.put(
+                f"{url}/v1/waves/{others.wave_id}/parts/{part_offset(part)}",
+                json={"replica": replica, "stride": others.stride, "part": part})
         except httpx.HTTPError as failure:
             return f"{url}: {type(failure).__name__}: {failure}"
-        return None if response.status_code in (200, 404) else \
+        return None if response.status_code == 200 else \
             f"{url}: {response.status_code} {response.text[:300]}"
 
-    failures = await asyncio.gather(*(give(url) for url in remotes))
+    failures = await asyncio.gather(*(give(url, replica, part) for url in remotes
+                                      for replica, part in parts))
     return [failure for failure in failures if failure]
 
 
-def _combined(wave: Wave, parts: list[dict], listed: list[dict]) -> dict[str, Any]:
+def _combined(total_messages: int, parts: list[dict], listed: list[dict]) -> dict[str, Any]:
     summed = {key: sum(part[key] for part in parts)
               for key in ("total", "scheduled", "done", "late", "skipped", "in_flight")}
-    summed["skipped"] += wave.spec.total_messages - summed.pop("total")
+    summed["skipped"] += total_messages - summed.pop("total")
     statuses = {part["status"] for part in parts}
     # "gone": a replica went away mid-part; its last figures are counted, what it did after
     # is not known.
@@ -164,7 +184,7 @@ def _combined(wave: Wave, parts: list[dict], listed: list[dict]) -> dict[str, An
         profiles.update(part["starttls_by_profile"])
     spec = {**parts[0]["spec"], "share": None}
     return {
-        **parts[0], **summed, "spec": spec, "status": status, "total": wave.spec.total_messages,
+        **parts[0], **summed, "spec": spec, "status": status, "total": total_messages,
         "started_unix_s": started, "ended_unix_s": ended, "elapsed_s": round(elapsed, 3),
         "achieved_rate": round(summed["done"] / elapsed, 2) if elapsed > 0 else None,
         "plain": _mode([part["plain"] for part in parts]),

@@ -149,8 +149,7 @@ class Wave:
         self._connections = _connections(spec, self.offset, self.stride)
         self.total = messages_in(spec, self.offset, self.stride)
         self.peers: list[str] | None = None  # the replicas holding the other parts, once known
-        # Each other part as last read or handed over, by its offset: (the replica, its part).
-        self.last_parts: dict[int, tuple[str, dict]] = {}
+        self.others = OtherParts(self.id, self.stride, spec.total_messages)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -331,11 +330,43 @@ class _ModeCounters:
         return counts
 
 
+class OtherParts:
+    """The parts of a split wave that other replicas send, as last read from them or handed
+    over by a replica stopping, by offset: (the replica, its part as Wave.as_dict gives it
+    with histograms). A part's later figures win over earlier ones, so a final part handed
+    over is not replaced by an older reading that another replica passes on."""
+
+    def __init__(self, wave_id: str, stride: int, total_messages: int) -> None:
+        self.wave_id = wave_id
+        self.stride = stride
+        self.total_messages = total_messages
+        self.by_offset: dict[int, tuple[str, dict[str, Any]]] = {}
+
+    def keep(self, offset: int, replica: str, part: dict[str, Any]) -> None:
+        kept = self.by_offset.get(offset)
+        if kept is None or _progress(part) >= _progress(kept[1]):
+            self.by_offset[offset] = (replica, part)
+
+
+def _progress(part: dict[str, Any]) -> tuple[int, bool]:
+    return part["done"], part["status"] != "running"
+
+
 class WaveBook:
-    """The running and recent waves, bounded."""
+    """The running and recent waves, bounded; and the parts of waves this replica sends no
+    part of, handed to it by replicas that stopped (a rollout replaces every sender: the
+    last ones hand the whole wave to their successors)."""
 
     def __init__(self) -> None:
         self.waves: collections.OrderedDict[str, Wave] = collections.OrderedDict()
+        self.adopted: collections.OrderedDict[str, OtherParts] = collections.OrderedDict()
+
+    def adopt(self, wave_id: str, stride: int, total_messages: int) -> OtherParts:
+        if wave_id not in self.adopted:
+            self.adopted[wave_id] = OtherParts(wave_id, stride, total_messages)
+            while len(self.adopted) > _KEPT_WAVES:
+                self.adopted.popitem(last=False)
+        return self.adopted[wave_id]
 
     def add(self, wave: Wave) -> None:
         self.waves[wave.id] = wave
