@@ -367,6 +367,20 @@ def test_receivers_and_senders_drain_within_their_grace_period_with_disruption_b
     assert _by_kind(single, "PodDisruptionBudget") == {}
 
 
+def test_pod_annotations_reach_every_pod_so_a_changed_one_rolls_them_all():
+    """default.podAnnotations on every pod template, Jaeger's too (beside its config's
+    checksum); a component's own podAnnotations replace the default's keys for its pods."""
+    objects = render("--set-string", "default.podAnnotations.tlsstorm\\.io/rollout=7",
+                     "--set-string", "components.sender.podAnnotations.tlsstorm\\.io/rollout=8")
+    annotations = {name: deployment["spec"]["template"]["metadata"].get("annotations", {})
+                   for name, deployment in _by_kind(objects, "Deployment").items()}
+    assert len(annotations) == 6, sorted(annotations)
+    for name, found in annotations.items():
+        rollout = "8" if name.endswith("-sender") else "7"
+        assert found.get("tlsstorm.io/rollout") == rollout, (name, found)
+    assert "checksum/config" in annotations[f"{RELEASE}-tlsstorm-jaeger"]
+
+
 @pytest.mark.parametrize(("settings", "on_a_volume"), [
     ((), False),  # `helm template` sees no cluster, so no default StorageClass
     (("components.collector.persistence.storageClass=local-path",), True),
@@ -405,6 +419,7 @@ def test_the_collector_is_on_a_volume_replaced_with_recreate_or_says_it_is_not(
     ("targets.exim.enabled=yes", "/targets/exim/enabled"),
     ("components.receiver.drain.timeoutSeconds=0", "/components/receiver/drain/timeoutSeconds"),
     ("components.sender.drain.delaySeconds=-1", "/components/sender/drain/delaySeconds"),
+    ("default.podAnnotations.rolled=1", "/default/podAnnotations/rolled"),
 ])
 def test_bad_values_fail_at_install_with_a_clear_message(setting, message):
     finished = helm("template", RELEASE, str(CHART), "--set", setting, check=False)

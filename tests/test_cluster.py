@@ -744,6 +744,45 @@ def test_a_receiver_killed_mid_wave_loses_at_most_its_unexported_spans_and_says_
     assert "started meanwhile (a restart)" in report
 
 
+def _pods_by_annotation(release: str, key: str) -> dict[str, str | None]:
+    """Each pod that is not terminating, by name, with its value of a pod annotation."""
+    pods = json.loads(kubectl("-n", release, "get", "pods", "-o", "json").stdout)
+    return {pod["metadata"]["name"]: (pod["metadata"].get("annotations") or {}).get(key)
+            for pod in pods["items"] if not pod["metadata"].get("deletionTimestamp")
+            and not pod["metadata"]["name"].endswith("-test")}
+
+
+def test_a_helm_upgrade_rolling_every_component_mid_wave_loses_nothing(release):
+    """`helm upgrade` 10 s into a wave with a pod annotation changed, as a new release does:
+    every Deployment rolls, each new pod ready before an old one drains (two receivers, two
+    senders, Locust, Jaeger; the collector Recreated on its volume). The senders sending the
+    wave stop in turn and hand every part they know on, so their successors answer for the
+    whole wave; every message the senders were told was accepted is one session in the
+    collector from both ends' spans, none counted twice, and its earlier waves are intact."""
+    collector = f"http://{cluster_ip('tlsstorm-collector')}:8027"
+    before = _settled_waves(collector)
+    old = set(_pods_by_annotation(release, "tlsstorm.io/rollout"))
+    helm = str(ROOT / ".tools" / "bin" / "helm")
+
+    wave_id, wave = _wave_with_a_fault(release, lambda _: run(
+        helm, "upgrade", "tlsstorm", "charts/tlsstorm", "-n", release, "--reuse-values",
+        "--set-string", "default.podAnnotations.tlsstorm\\.io/rollout=1", "--wait",
+        "--timeout", "5m", timeout=360), sent_whole=False)
+    now = _pods_by_annotation(release, "tlsstorm.io/rollout")
+    assert not old & set(now) and set(now.values()) == {"1"}, (old, now)
+    table = _reconciled(wave, wave_id, [], whole=True)
+
+    assert [part["offset"] for part in wave["parts"]] == [0, 1], wave
+    assert {part["status"] for part in wave["parts"]} <= {"completed", "stopped"}, wave
+    accepted = table["accepted by senders"]
+    assert sum(accepted.values()) > 0, wave
+    for mode in ("plain", "starttls"):
+        assert table["in the collector"][mode] == (accepted[mode], accepted[mode]), table
+    assert table["counted twice"] == {"plain": 0, "starttls": 0}, table
+    after = _settled_waves(collector)
+    assert {wave_id: after[wave_id] for wave_id in before} == before
+
+
 def test_cluster_down_puts_the_host_back(cluster):
     down = run("make", "cluster-down", timeout=300)
     assert "down:" in down.stderr

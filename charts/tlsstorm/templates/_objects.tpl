@@ -23,6 +23,10 @@ spec:
     metadata:
       labels:
         {{- include "tlsstorm.labels" $names | nindent 8 }}
+      {{- with $settings.podAnnotations }}
+      annotations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
     spec:
       automountServiceAccountToken: false
       {{- with $spec.terminationGraceSeconds }}
