@@ -345,7 +345,8 @@ def test_sender_replicas_find_each_other_through_a_headless_service():
 
 def test_receivers_and_senders_drain_within_their_grace_period_with_disruption_budgets():
     """A pod's grace period covers its drain (delay + timeout) and a minute for the spans'
-    flush; a component with more than one replica has a budget of one away at a time."""
+    flush; a component with more than one replica has a budget of one away at a time, and
+    rolls one pod at a time with no pod beyond its replicas."""
     objects = render("--set", "components.receiver.replicas=2",
                      "--set", "components.receiver.drain.delaySeconds=3",
                      "--set", "components.receiver.drain.timeoutSeconds=12")
@@ -363,8 +364,16 @@ def test_receivers_and_senders_drain_within_their_grace_period_with_disruption_b
     for name, budget in budgets.items():
         deployment = _by_kind(objects, "Deployment")[name]
         assert budget["spec"] == {"maxUnavailable": 1, "selector": deployment["spec"]["selector"]}
+    # A rollout of a replicated component takes one pod away, then starts its successor: it
+    # needs no room beyond the release's (a surge pod on a full node waits forever).
+    rolled_in_place = {name for name, deployment in _by_kind(objects, "Deployment").items()
+                       if deployment["spec"].get("strategy") == {"type": "RollingUpdate",
+                       "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}}
+    assert rolled_in_place == {*budgets, f"{RELEASE}-tlsstorm-locust-worker"}
     single = render("--set", "components.sender.replicas=1")
     assert _by_kind(single, "PodDisruptionBudget") == {}
+    # One replica: Kubernetes' default, its successor ready before it goes.
+    assert "strategy" not in _by_kind(single, "Deployment")[f"{RELEASE}-tlsstorm-sender"]["spec"]
 
 
 def test_pod_annotations_reach_every_pod_so_a_changed_one_rolls_them_all():

@@ -12,9 +12,15 @@ metadata:
   labels:
     {{- include "tlsstorm.labels" $names | nindent 4 }}
 spec:
-  replicas: {{ $spec.replicas | default $settings.replicas }}
-  {{- with $spec.strategy }}
-  strategy: {type: {{ . }}}
+  {{- $replicas := $spec.replicas | default $settings.replicas }}
+  replicas: {{ $replicas }}
+  {{- if $spec.strategy }}
+  strategy: {type: {{ $spec.strategy }}}
+  {{- else if gt (int $replicas) 1 }}
+  {{- /* One pod away at a time, as the PodDisruptionBudget allows, and no pod beyond the
+  replicas: a rollout needs no room the release does not already hold (on a full node a
+  surge pod waits Pending and the rollout never ends). One replica: a surge pod first. */}}
+  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 0, maxUnavailable: 1}}
   {{- end }}
   selector:
     matchLabels:
