@@ -21,7 +21,7 @@ from tlsstorm.sender.client import SmtpClient
 from tlsstorm.sender.spread import hand_over, other_replicas, parts_to_hand_over
 from tlsstorm.sender.waves import WaveBook
 
-HAND_OVER_S = 10.0  # within the grace period's 60 s beyond the drain
+HAND_OVER_S = 10.0  # past the drain delay, within the grace period's 60 s beyond the drain
 
 
 class SenderService:
@@ -69,15 +69,17 @@ class SenderService:
     async def stop(self) -> None:
         """Kubernetes' graceful termination: not ready and taking no new load at once, its
         waves stopped, the messages in flight ended (their results counted, their spans
-        built), each split wave's part handed to the other replicas, then its API answers
-        drain_delay_s more; then the engine closes and the spans are flushed."""
+        built); then for drain_delay_s its API still answers and each split wave's parts are
+        handed to the other replicas; then the engine closes and the spans are flushed."""
         self.stopping = True
         self.waves.stop_all()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.waves.wait_all(), self.settings.drain_timeout_s)
+        delay_ends = asyncio.get_running_loop().time() + self.settings.drain_delay_s
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._hand_over_parts(), HAND_OVER_S)
-        await asyncio.sleep(self.settings.drain_delay_s)
+            await asyncio.wait_for(self._hand_over_parts(delay_ends),
+                                   self.settings.drain_delay_s + HAND_OVER_S)
+        await asyncio.sleep(max(0.0, delay_ends - asyncio.get_running_loop().time()))
         if self._process_task is not None:
             self._process_task.cancel()
         await self._http.stop()
@@ -87,23 +89,31 @@ class SenderService:
         if self.provider is not None:
             self.provider.shutdown()
 
-    async def _hand_over_parts(self) -> None:
+    async def _hand_over_parts(self, until: float) -> None:
         """The parts of each split wave it knows (its own and those read or handed to it) to
-        the replicas known to hold the others and those the peers' names give now (a wave's
-        first share included: the replica that took it may be the one stopping); what failed
-        is said on stderr."""
-        if self.peers_http is None:
-            return
+        the replicas known to hold the others and those the peers' names give: at once, then
+        each second until `until` to any replica the names come to give (in a rollout the
+        successor is ready before this replica is told to stop, but the chart's headless
+        Service may name it seconds later). What failed is said on stderr."""
         waves = [(wave, wave.others) for wave in self.waves.waves.values() if wave.stride > 1]
         waves += [(None, others) for others in self.waves.adopted.values()]
-        if not waves:
+        if self.peers_http is None or not waves:
             return
-        found = await other_replicas(self.peers_http, self.settings.peers, self.http_port,
-                                     self.instance)
-        for wave, others in waves:
-            known = (wave.peers or []) if wave is not None else []
-            remotes = sorted(set(found) | set(known))
-            parts = parts_to_hand_over(wave, others, self.instance)
-            for failure in await hand_over(self.peers_http, others, parts, remotes):
-                print(f"sender: wave {others.wave_id}: a part not handed over to {failure}",
-                      file=sys.stderr, flush=True)
+        loop = asyncio.get_running_loop()
+        tried: set[str] = set()
+        while True:
+            found = await other_replicas(self.peers_http, self.settings.peers, self.http_port,
+                                         self.instance)
+            this_round: set[str] = set()
+            for wave, others in waves:
+                known = (wave.peers or []) if wave is not None else []
+                remotes = sorted((set(found) | set(known)) - tried)
+                parts = parts_to_hand_over(wave, others, self.instance)
+                for failure in await hand_over(self.peers_http, others, parts, remotes):
+                    print(f"sender: wave {others.wave_id}: a part not handed over to {failure}",
+                          file=sys.stderr, flush=True)
+                this_round |= set(remotes)
+            tried |= this_round
+            if loop.time() >= until:
+                return
+            await asyncio.sleep(min(1.0, until - loop.time()))
