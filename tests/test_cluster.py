@@ -417,14 +417,17 @@ def test_postfix_and_exim_are_targets_picked_in_the_locust_ui_and_costed_by_the_
     exim = f"tlsstorm-exim.{release}.svc:2525"
     collector = f"http://{cluster_ip('tlsstorm-collector')}:8027"
     locust_url = f"http://{cluster_ip('tlsstorm-locust-master')}:8089"
-    # The upgrade replaced Locust's master (its target list changed): until the Service
-    # routes to the new one, the old one may still answer.
+    # The upgrade replaced Locust's master (its target list changed): the old one may still
+    # answer while it terminates, the browser's kept-alive connection included, so the page
+    # itself is loaded until it lists the targets.
+    page = browser_page
     deadline = time.monotonic() + 60
-    while "postfix" not in httpx.get(locust_url, timeout=10).text:
+    while True:
+        page.goto(locust_url)
+        if "postfix" in page.content():
+            break
         assert time.monotonic() < deadline
         time.sleep(1)
-    page = browser_page
-    page.goto(locust_url)
     measured_since = None
     for ratio, wave in (("0.5", "postfix-warm-up"), ("0.7", "postfix-0.7"),
                         ("0.2", "postfix-0.2")):
