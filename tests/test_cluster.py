@@ -525,10 +525,11 @@ def _wave_with_a_fault(release: str, fault, *, sent_whole: bool = True) -> tuple
         time.sleep(10)
         fault(started.json()["id"])
         deadline = time.monotonic() + 180
-        while (wave := http.get(f"{sender}{started.json()['url']}").json())["status"] \
+        while (wave := http.get(f"{sender}{started.json()['url']}").json()).get("status") \
                 == "running":
             assert time.monotonic() < deadline, wave
             time.sleep(1)
+    assert "status" in wave, (wave, kubectl("-n", release, "get", "pods", "-o", "wide").stdout)
     assert wave["done"] == FAULT_WAVE["count"] or not sent_whole, wave
     return started.json()["id"], wave
 

@@ -180,8 +180,8 @@ def test_a_handed_part_that_does_not_fit_the_wave_is_refused(replicas):
         unauthenticated = httpx.put(f"{url}/1", json={"replica": "x", "stride": 2,
                                                       "part": part})
         after = http.get(f"{taker.http}{started['url']}").json()
-    assert own.status_code == 422 and "is not what this body describes" in own.text
-    assert beyond.status_code == 422
+    assert own.status_code == 409 and "sends part 0 of wave" in own.text
+    assert beyond.status_code == 422 and "is not what this body describes" in beyond.text
     assert garbage.status_code == 422
     assert unauthenticated.status_code == 401
     assert {key: after[key] for key in ("done", "status")} == \

@@ -319,8 +319,10 @@ def create_api(service: Sending) -> FastAPI:
         wave = service.waves.waves.get(wave_id)
         kept = wave.others if wave is not None else service.waves.adopted.get(wave_id)
         stride = kept.stride if kept is not None else handed.stride
+        if wave is not None and offset == wave.offset:
+            raise HTTPException(409, detail=f"this replica sends part {offset} of wave "
+                                f"{wave_id} itself")
         if (part_offset(part) != offset or offset >= stride or handed.stride != stride
-                or (wave is not None and offset == wave.offset)
                 or (share is not None and (share.id, share.stride) != (wave_id, stride))):
             raise HTTPException(422, detail=f"part {offset} of wave {wave_id} (shares of "
                                 f"{stride}) is not what this body describes")

@@ -146,8 +146,8 @@ async def hand_over(http: httpx.AsyncClient, others: OtherParts,
     """A replica stopping hands a wave's parts (parts_to_hand_over) to the other replicas, so
     whichever answers for the wave afterwards counts them (else a deleted pod's part, the
     whole wave's first share included, would be known only as last polled, if at all); a
-    replica that sends no part of the wave keeps them and answers for it. What each failure
-    said."""
+    replica that sends no part of the wave keeps them and answers for it; one that sends a
+    part itself (409) keeps its own figures of it. What each failure said."""
 
     async def give(url: str, replica: str, part: dict[str, Any]) -> str | None:
         try:
@@ -156,7 +156,7 @@ async def hand_over(http: httpx.AsyncClient, others: OtherParts,
                 json={"replica": replica, "stride": others.stride, "part": part})
         except httpx.HTTPError as failure:
             return f"{url}: {type(failure).__name__}: {failure}"
-        return None if response.status_code == 200 else \
+        return None if response.status_code in (200, 409) else \
             f"{url}: {response.status_code} {response.text[:300]}"
 
     failures = await asyncio.gather(*(give(url, replica, part) for url in remotes
