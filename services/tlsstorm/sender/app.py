@@ -91,29 +91,30 @@ class SenderService:
 
     async def _hand_over_parts(self, until: float) -> None:
         """The parts of each split wave it knows (its own and those read or handed to it) to
-        the replicas known to hold the others and those the peers' names give: at once, then
-        each second until `until` to any replica the names come to give (in a rollout the
-        successor is ready before this replica is told to stop, but the chart's headless
-        Service may name it seconds later). What failed is said on stderr."""
+        the replicas the peers' names give: at once, then each second until `until` to any
+        the names come to give (in a rollout the successor is ready before this replica is
+        told to stop, but the chart's headless Service may name it seconds later). Only to
+        replicas that answer now: a deleted pod's address would cost a connect timeout.
+        What failed is said on stderr."""
         waves = [(wave, wave.others) for wave in self.waves.waves.values() if wave.stride > 1]
         waves += [(None, others) for others in self.waves.adopted.values()]
         if self.peers_http is None or not waves:
             return
         loop = asyncio.get_running_loop()
-        tried: set[str] = set()
+        handed: set[str] = set()
         while True:
             found = await other_replicas(self.peers_http, self.settings.peers, self.http_port,
                                          self.instance)
-            this_round: set[str] = set()
-            for wave, others in waves:
-                known = (wave.peers or []) if wave is not None else []
-                remotes = sorted((set(found) | set(known)) - tried)
-                parts = parts_to_hand_over(wave, others, self.instance)
-                for failure in await hand_over(self.peers_http, others, parts, remotes):
-                    print(f"sender: wave {others.wave_id}: a part not handed over to {failure}",
-                          file=sys.stderr, flush=True)
-                this_round |= set(remotes)
-            tried |= this_round
+            if remotes := sorted(set(found) - handed):
+                failed = await asyncio.gather(*(
+                    hand_over(self.peers_http, others,
+                              parts_to_hand_over(wave, others, self.instance), remotes)
+                    for wave, others in waves))
+                for (_, others), failures in zip(waves, failed, strict=True):
+                    for failure in failures:
+                        print(f"sender: wave {others.wave_id}: a part not handed over to "
+                              f"{failure}", file=sys.stderr, flush=True)
+                handed |= set(remotes)
             if loop.time() >= until:
                 return
             await asyncio.sleep(min(1.0, until - loop.time()))
