@@ -546,22 +546,30 @@ def _collector_account(wave_id: str) -> dict | None:
                          for mode in ("plain", "starttls")}, "delivery": body["delivery"]}
 
 
+def _account_once(wave_id: str, ready) -> dict:
+    """The collector's account of a wave once `ready(account, the read before)` holds, read
+    every 3 s for up to 150 s."""
+    deadline, earlier = time.monotonic() + 150, None
+    while not ((account := _collector_account(wave_id)) and ready(account, earlier)):
+        assert time.monotonic() < deadline, (wave_id, account)
+        earlier = account
+        time.sleep(3)
+    return account
+
+
 def _reconciled(wave: dict, wave_id: str, receivers: list[dict], *, whole: bool) -> dict:
     """Waits until the collector has the senders' spans of every message they were told was
     accepted and (`whole`) the receivers' sessions of each, or else until its figures stop
     moving; returns the accounts side by side."""
     accepted = {"plain": wave["plain"]["ok"], "starttls": wave["tls"]["ok"]}
-    deadline = time.monotonic() + 150
-    earlier = None
-    while True:
-        account = _collector_account(wave_id)
-        delivery = account and account["delivery"]
-        if delivery and delivery["accepted_by_senders"] == accepted and (
-                delivery["at_receivers"] == accepted if whole else account == earlier):
-            break
-        assert time.monotonic() < deadline, (accepted, account)
-        earlier = account
-        time.sleep(3)
+
+    def arrived(account: dict, earlier: dict | None) -> bool:
+        delivery = account["delivery"]
+        return bool(delivery) and delivery["accepted_by_senders"] == accepted and (
+            delivery["at_receivers"] == accepted if whole else account == earlier)
+
+    account = _account_once(wave_id, arrived)
+    delivery = account["delivery"]
     at_receivers = {"plain": [0, 0], "starttls": [0, 0]}
     for stats in receivers:
         for mode, key in (("plain", "plain"), ("starttls", "tls")):
@@ -790,20 +798,6 @@ def test_a_helm_upgrade_rolling_every_component_mid_wave_loses_nothing(release):
     assert {wave_id: after[wave_id] for wave_id in before} == before
 
 
-def _settled_account(wave_id: str) -> dict:
-    """The collector's account of a wave once the receivers hold every message the senders
-    were told was accepted and two reads 3 s apart agree (or else its last read, 150 s on)."""
-    deadline, earlier = time.monotonic() + 150, None
-    while True:
-        account = _collector_account(wave_id)
-        delivery = account and account["delivery"]
-        if (delivery and delivery["at_receivers"] == delivery["accepted_by_senders"]
-                and account == earlier) or time.monotonic() > deadline:
-            return account
-        earlier = account
-        time.sleep(3)
-
-
 def test_a_locust_worker_killed_mid_wave_loses_no_accepted_message(release, browser_page):
     """A wave started in the Locust UI (20 users at 70% STARTTLS through the senders); 10 s in,
     one worker's process killed (SIGKILL; the kubelet restarts it and it rejoins the master).
@@ -829,7 +823,11 @@ def test_a_locust_worker_killed_mid_wave_loses_no_accepted_message(release, brow
     _kill_container(release, sorted(pod["metadata"]["name"] for pod in workers)[0])
     time.sleep(10)
     assert httpx.post(f"{locust_url}/stop", timeout=60).status_code == 200
-    account = _settled_account("worker-killed")
+    # Settled: the receivers hold every message the senders were told was accepted, and two
+    # reads 3 s apart agree.
+    account = _account_once("worker-killed", lambda account, earlier: bool(
+        account["delivery"]) and account == earlier and account["delivery"]["at_receivers"]
+        == account["delivery"]["accepted_by_senders"])
 
     delivery = account["delivery"]
     accepted = delivery["accepted_by_senders"]
