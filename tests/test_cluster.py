@@ -746,15 +746,19 @@ def test_a_receiver_killed_mid_wave_loses_at_most_its_unexported_spans_and_says_
     table = _reconciled(wave, wave_id, [], whole=False)
 
     missing = sum(table["missing"].values())
-    # At most what it took since its last export, and the sessions open: 3 s at 80/s.
-    assert 0 < missing <= 3 * FAULT_WAVE["rate"], table
+    # At most what it took since its last export, and the sessions open: 3 s at 80/s. None
+    # when the kill lands just after an export and its open sessions fail at the senders
+    # (seen once in about ten runs): the restart is still said.
+    assert 0 <= missing <= 3 * FAULT_WAVE["rate"], table
     assert table["counted twice"] == {"plain": 0, "starttls": 0}, table
     assert table["receiver starts"] >= 1, table
     report = html.unescape(httpx.get(f"http://{cluster_ip('tlsstorm-collector')}:8027/",
                                      params={"wave": wave_id}, timeout=30).text)
     accepted = sum(table["accepted by senders"].values())
     assert (f"INCOMPLETE: of the {accepted:,} messages the senders were told were accepted, "
-            f"{missing:,} have no receiver session here") in report
+            f"{missing:,} have no receiver session here" if missing else
+            f"Every one of the {accepted:,} messages the senders were told were accepted is "
+            "in a receiver's session here") in report
     assert "started meanwhile (a restart)" in report
 
 
