@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 
-from locust import HttpUser, constant, events, task
+from locust import HttpUser, events, task
 from locust.env import Environment
-from options import next_is_tls, next_profile, target_address
+from options import next_is_tls, next_profile, paced, target_address
 from reporting import MessageBudget, report_sender_result
 from sender_watch import add_sender_tab  # noqa: F401 (the web UI's "Sender CPU" tab)
 from shapes import ordered_shapes, preselect_in_web_ui
@@ -28,7 +28,8 @@ from tlsstorm.common.heap import freeze_startup_objects
 class SpamViaSender(HttpUser):
     """A bot that drives the tlsstorm sender; Locust's --otel traces flow through it."""
 
-    wait_time = constant(0)
+    wait_time = paced
+    messages_in_task = 0
 
     def on_start(self) -> None:
         self.budget = MessageBudget.of(self.environment)
@@ -39,7 +40,7 @@ class SpamViaSender(HttpUser):
     def send_spam(self) -> None:
         options = self.environment.parsed_options
         per_connection = max(1, options.per_connection)
-        count = self.budget.take(max(1, options.batch) * per_connection)
+        count = self.messages_in_task = self.budget.take(max(1, options.batch) * per_connection)
         connections = -(-count // per_connection)
         tls = [next_is_tls(self.environment) for _ in range(connections)]
         payload = {"tls": tls, "count": count, "size": options.message_size,

@@ -10,7 +10,7 @@ import itertools
 import logging
 import os
 
-from locust import events
+from locust import User, constant_pacing, events
 from locust.env import Environment
 from locust.rpc import Message
 from locust.runners import MasterRunner, WorkerRunner
@@ -49,6 +49,10 @@ def add_wave_options(parser) -> None:
                         include_in_web_ui=True,
                         help="SpamViaSender: connections per request to the sender, sent one "
                         "after another (the request's HTTP cost is shared by them)")
+    parser.add_argument("--user-rate", type=float, default=0.0, env_var="LOCUST_USER_RATE",
+                        include_in_web_ui=True,
+                        help="messages a second each user sends, its requests paced to it (0: as "
+                        "fast as it can); the wave's rate is this times the users")
     parser.add_argument("--tls-profiles", type=str, default="", env_var="LOCUST_TLS_PROFILES",
                         include_in_web_ui=True,
                         help="SpamViaSender: shares of the sender's TLS personalities over "
@@ -89,6 +93,16 @@ def target_address(environment: Environment) -> str:
     address typed in, or "" for the sender's own default."""
     chosen = environment.parsed_options.target.strip()
     return TARGETS.get(chosen, chosen)
+
+
+def paced(user: User) -> float:
+    """The users' wait_time: none, or with --user-rate the pause after a task that makes its
+    `messages_in_task` take 1/rate s each, the task's own time included (Locust's
+    constant_pacing), so a wave runs at users x rate whatever the messages cost."""
+    rate = float(user.environment.parsed_options.user_rate or 0)
+    if rate <= 0:
+        return 0.0
+    return constant_pacing(user.messages_in_task / rate)(user)
 
 
 def next_is_tls(environment: Environment) -> bool:

@@ -7,9 +7,9 @@ import smtplib
 import ssl
 import time
 
-from locust import User, constant, task
+from locust import User, task
 from locust.exception import StopUser
-from options import next_is_tls
+from options import next_is_tls, paced
 from reporting import MessageBudget, report_message
 
 from tlsstorm.common.wire import wire_bytes
@@ -24,7 +24,8 @@ _CONTEXT.verify_mode = ssl.CERT_NONE  # bots accept any certificate
 class DirectSmtpBot(User):
     """Speaks SMTP straight to --smtp-target; held to the same allowlist as the sender."""
 
-    wait_time = constant(0)
+    wait_time = paced
+    messages_in_task = 0
 
     def on_start(self) -> None:
         self.budget = MessageBudget.of(self.environment)
@@ -47,7 +48,8 @@ class DirectSmtpBot(User):
             report_message(self.environment, tls=False, ok=False, total_ms=0.0, wire_bytes=0,
                            failure=self.refusal, handshake_ms=None, direct=True)
             raise StopUser()
-        count = self.budget.take(max(1, self.environment.parsed_options.per_connection))
+        count = self.messages_in_task = self.budget.take(
+            max(1, self.environment.parsed_options.per_connection))
         tls = next_is_tls(self.environment)
         started = time.perf_counter()
         handshake_ms = failure = None

@@ -4,6 +4,8 @@ CPU as what limited a wave, as it names a sender (issue 12)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import gevent
 from locust import events
 from locust.env import Environment
@@ -11,10 +13,18 @@ from locust.runners import MasterRunner
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from tlsstorm.common.cpu_limit import cpu_limit
+from tlsstorm.common.cpu_limit import CpuLimit, cpu_limit
 from tlsstorm.common.process_report import ProcessReporter
 
 ROLE = "locust-worker"
+
+
+def one_core_at_most(limit: CpuLimit) -> CpuLimit:
+    """A Locust process runs its users as greenlets on one thread: it can use one core, whatever
+    its cgroup or affinity allows (so the report and the demo say "of 1")."""
+    if limit.cores <= 1:
+        return limit
+    return dataclasses.replace(limit, cores=1.0, source="one process")
 
 
 @events.init.add_listener
@@ -24,7 +34,8 @@ def start_cpu_reports(environment: Environment, **_kwargs) -> None:
         return
     if not isinstance(trace.get_tracer_provider(), TracerProvider):  # no --otel
         return
-    reporter = ProcessReporter(trace.get_tracer("tlsstorm.locust"), ROLE, cpu_limit())
+    reporter = ProcessReporter(trace.get_tracer("tlsstorm.locust"), ROLE,
+                               one_core_at_most(cpu_limit()))
 
     def every_second() -> None:
         while True:

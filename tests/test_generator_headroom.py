@@ -126,4 +126,6 @@ def test_a_starved_locust_worker_is_named_as_the_limit_and_a_fed_one_is_not(
     assert starved["limited_by"] == ["locust"], starved
     locust_fed = next(entry for entry in fed["services"] if entry["service"] == "locust")
     assert locust_fed["seconds"] >= 1 and locust_fed["busy_seconds"] == 0, fed
+    # Its greenlets run on one thread: one core, whatever the machine's affinity allows.
+    assert locust_fed["limit_cores"] == 1.0, fed
     assert fed["limited_by"] == [], fed

@@ -101,6 +101,29 @@ def test_max_messages_sends_exactly_that_many_at_the_exact_ratio(receiver, sende
     assert (stats["tls"]["messages"], stats["plain"]["messages"]) == (10, 30)
 
 
+def test_user_rate_paces_each_user_so_the_wave_runs_at_users_times_rate(
+    receiver, sender, tmp_path
+):
+    """2 users at 10 messages a second, one per request: 40 messages take about 2 s (each
+    user's first at once, then one every 0.1 s); unpaced they go out in a fraction of that."""
+    stats_file = tmp_path / "paced.json"
+    run = locust("SpamViaSender", "--headless", "--users", "2", "--spawn-rate", "2",
+                 "--max-messages", "40", "--user-rate", "10", "--batch", "1",
+                 "--wave-id", "paced", "--run-time", "60s", "--stop-timeout", "10",
+                 "--host", sender.http, "--json-file", str(stats_file.with_suffix("")),
+                 "--only-summary")
+    output = finish(run)
+
+    assert run.returncode == 0, output[-3000:]
+    rows = smtp_rows(stats_file).values()
+    assert sum(row["num_requests"] for row in rows) == 40
+    first = min(row["start_time"] for row in rows)
+    last = max(row["last_request_timestamp"] for row in rows)
+    assert 1.8 <= last - first <= 6, (first, last)
+    stats = receiver.stats("paced")
+    assert stats["plain"]["messages"] + stats["tls"]["messages"] == 40
+
+
 def test_locust_keeps_what_it_built_at_start_out_of_the_garbage_collectors_walk(
     receiver, sender, tmp_path
 ):

@@ -91,10 +91,10 @@ def test_the_collector_plans_from_its_own_waves_as_json_and_as_a_page(
     _receiver, sender = exporting_to(collector.http, start_receiver, start_sender)
     # In one process with the receiver, the sender may look busy in a wave (its CPU is the
     # process's): that wave is left out, as a generator-limited one is; five leave at least
-    # three, over the range planned for.
+    # three, over the range planned for. Back to back, each is costed over its steady seconds.
     for ratio, rate in ((0.0, 30), (1.0, 30), (0.5, 60), (0.3, 45), (0.7, 45)):
         wave = httpx.post(f"{sender.http}/v1/waves", json={
-            "rate": rate, "duration_s": 2, "tls_ratio": ratio}).json()
+            "rate": rate, "duration_s": 4, "tls_ratio": ratio}).json()
         while httpx.get(f"{sender.http}/v1/waves/{wave['id']}").json()["status"] == "running":
             time.sleep(0.1)
     time.sleep(2.5)  # the receiver's process samples of the last wave's seconds
@@ -113,6 +113,44 @@ def test_the_collector_plans_from_its_own_waves_as_json_and_as_a_page(
     bad = httpx.get(f"{collector.http}/v1/plan", params={"peak_rate": 5,
                                                          "tls_trajectory": "0.2,x"})
     assert bad.status_code == 422 and "tls_trajectory" in bad.json()["detail"]
+
+
+def test_back_to_back_waves_are_costed_over_the_seconds_each_had_alone_less_telemetry():
+    """A sweep's waves follow each other within a second, so the process sample over that
+    second holds both: each wave is costed over its steady seconds (a wave alone, over all of
+    its), and tracing's own cost (the spans a wave is known by) is the instrument's, not the
+    mail server's. Cells as the collector keeps them: a receiver at 0.05 idle cores, 0.5 ms
+    per plain and 1.5 ms per STARTTLS message, 0.1 ms of telemetry each; a sample is keyed by
+    the second it ends."""
+    from tlsstorm.collector.aggregate import PLAIN, PROCESS, RECEIVER, STARTTLS, Aggregator, Cell
+
+    aggregator = Aggregator(retention_s=1e12, max_cells=10_000)
+    sessions = {("plain", PLAIN): {100: 100, 101: 100, 102: 100, 103: 100, 104: 50},
+                ("tls", STARTTLS): {104: 50, 105: 100, 106: 100, 107: 100, 108: 100},
+                ("alone", PLAIN): {200: 60, 201: 40}}
+    work_us = {PLAIN: 500, STARTTLS: 1500}
+    spent: dict[int, list[int]] = {}  # second -> [process CPU us, telemetry us]
+    for (wave, mode), per_second in sessions.items():
+        for second, messages in per_second.items():
+            cell = aggregator.cells.setdefault((wave, "receiver", RECEIVER, mode, second), Cell())
+            cell.messages = cell.sessions = messages
+            cpu = spent.setdefault(second + 1, [0, 0])
+            cpu[0] += messages * (work_us[mode] + 100)
+            cpu[1] += messages * 100
+    for second in [*range(100, 111), *range(200, 203)]:
+        sample = aggregator.cells[("", "receiver", RECEIVER, PROCESS, second)] = Cell()
+        process_us, telemetry_us = spent.get(second, [0, 0])
+        sample.process_cpu_us, sample.telemetry_cpu_us = process_us + 50_000, telemetry_us
+        sample.samples = 1
+
+    plain, tls = aggregator.wave_alone("plain"), aggregator.wave_alone("tls")
+    assert (plain["window"], plain["achieved_rate"]) == ("steady", 100)
+    assert plain["process_cpu_ms_per_message"] == pytest.approx(0.5 + 0.5)  # work + idle share
+    assert (tls["window"], tls["achieved_rate"]) == ("steady", 100)
+    assert tls["process_cpu_ms_per_message"] == pytest.approx(1.5 + 0.5)
+    alone = aggregator.wave_alone("alone")  # 100 messages over the three samples' seconds
+    assert (alone["window"], alone["achieved_rate"]) == ("whole", pytest.approx(100 / 3, abs=1e-3))
+    assert alone["process_cpu_ms_per_message"] == pytest.approx(0.5 + 3 * 50 / 100)
 
 
 def test_messages_per_connection_spread_the_per_session_part_measured_by_the_matrix(tmp_path):

@@ -296,8 +296,8 @@ def test_the_collector_reports_and_plans_a_metered_server(postfix, start_collect
     try:
         sender = start_sender(postfix.port, provider=tracer_provider(
             "tlsstorm-sender", exporter=OTLPSpanExporter(endpoint=endpoint)))
-        for ratio in (0.0, 0.5, 1.0):
-            _wave(sender.http, postfix.address, ratio, 80, 3)
+        for ratio in (0.0, 0.5, 1.0):  # back to back: each costed over its steady seconds
+            _wave(sender.http, postfix.address, ratio, 80, 5)
         time.sleep(3)  # the meter's samples of the last wave's seconds
     finally:
         meter.stop()

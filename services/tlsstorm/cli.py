@@ -118,7 +118,7 @@ def _demo(flags: argparse.Namespace) -> None:
     from tlsstorm.localstack.demo import run_demo
 
     run_demo(messages=flags.messages, tls_ratio=flags.tls_ratio, users=flags.users,
-             size=flags.size, target=flags.target)
+             size=flags.size, rate=flags.rate, target=flags.target)
 
 
 def _sweep(flags: argparse.Namespace) -> None:
@@ -266,8 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo", help="start the stack, send a mixed wave with headless Locust, print costs")
-    demo.add_argument("--messages", type=_positive_int, default=200, metavar="N",
+    demo.add_argument("--messages", type=_positive_int, default=2000, metavar="N",
                       help="messages in the wave (at least 1)")
+    demo.add_argument("--rate", type=_positive_float, default=50, metavar="PER_S",
+                      help="messages a second (the default wave lasts 40 s)")
     demo.add_argument("--tls-ratio", type=_ratio, default=0.3, metavar="RATIO",
                       help="share sent with STARTTLS, 0 to 1")
     demo.add_argument("--users", type=_positive_int, default=8, metavar="N",

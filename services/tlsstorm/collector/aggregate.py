@@ -480,6 +480,57 @@ class Aggregator:
             row["receiver"] |= bool(entry[PLAIN] or entry[STARTTLS])
         return sorted(found.values(), key=lambda row: row["target"])
 
+    def wave_alone(self, wave: str, target: str | None = None) -> dict[str, Any] | None:
+        """A wave's rate and its server's CPU per message (less telemetry) over seconds it had
+        to itself, for the cost model: a wave sent right after another (a sweep's, back to
+        back) shares a second with it, and the process samples over that second hold both.
+        The receivers' samples (with `target`, that server's meter's) over the wave's seconds,
+        as `summary` takes them, when no other wave had sessions in its first or last second;
+        else over its steady seconds: the first and last left out, with the samples covering
+        them (a sample is keyed by the second it ends). None when that leaves no sample, or
+        another wave ran meanwhile (no share of the CPU is the wave's alone)."""
+        own: dict[int, int] = collections.defaultdict(int)
+        others: set[int] = set()
+        aimed = {entry["wave"] for entry in self.waves(target)} if target else set()
+        for (cell_wave, _, role, mode, second), cell in self.cells.items():
+            if mode == PROCESS:
+                continue
+            if target is None and role == RECEIVER:
+                messages = cell.messages
+            elif target is not None and role == SENDER and cell_wave in aimed \
+                    and target in cell.targets:
+                messages = cell.messages - sum(cell.errors.values())
+            else:
+                continue
+            if cell_wave == wave:
+                own[second] += messages
+            elif messages:
+                others.add(second)
+        if not own:
+            return None
+        first, last = min(own), max(own)
+        if any(first < second < last for second in others):
+            return None
+        steady = first in others or last in others
+        if steady:  # the rate of its steady seconds, the CPU of the samples inside them
+            seconds, sampled = range(first + 1, last), range(first + 2, last)
+        else:  # all its messages and all the CPU over the same window
+            seconds = sampled = range(first, last + 2)
+        process = Cell()
+        for (_, address, role, mode, second), cell in self.cells.items():
+            if mode == PROCESS and second in sampled and (
+                    role == RECEIVER if target is None else
+                    role == TARGET and address == target):
+                process.merge(cell)
+        messages = sum(own.get(second, 0) for second in seconds)
+        if not sampled or not messages or not process.process_cpu_us:
+            return None
+        cores = (process.process_cpu_us - process.telemetry_cpu_us) / 1e6 / len(sampled)
+        rate = messages / len(seconds)
+        return {"achieved_rate": round(rate, 3),
+                "process_cpu_ms_per_message": round(cores * 1000 / rate, 4),
+                "seconds": len(sampled), "window": "steady" if steady else "whole"}
+
     def target_summary(self, target: str, wave: str | None = None,
                        since: float | None = None, until: float | None = None
                        ) -> dict[str, Any]:

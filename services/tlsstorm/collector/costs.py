@@ -1,11 +1,13 @@
-"""A cost model from the collector's own stored waves: each wave's TLS ratio and rate from the
-receiver's sessions, its CPU from the receiver's process samples over the wave's seconds (never
-only what sessions were charged), its p99 from the sessions' durations.
+"""A cost model from the collector's own stored waves: each wave's TLS ratio from the
+receiver's sessions, its rate and CPU from the receiver's process samples over the seconds it
+had to itself (never only what sessions were charged) less what its telemetry cost (the spans
+these waves are known by: the instrument's cost, which a mail server does not pay), its p99 from
+the sessions' durations.
 
 For a server tlsstorm does not run (a target with a meter), the waves aimed at it: ratio, rate,
-p99 and bytes from the sender's spans, CPU from the meter's samples over the wave's seconds;
-they are exported as a sweep's JSON, so `tlsstorm plan --sweep` on that export plans exactly
-as the collector does."""
+p99 and bytes from the sender's spans, CPU from the meter's samples over the seconds each had to
+itself; they are exported as a sweep's JSON, so `tlsstorm plan --sweep` on that export plans
+exactly as the collector does."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from tlsstorm.plan.model import CostModel, ModelError, fits_from_waves, from_swe
 def model_from_waves(aggregator: Aggregator) -> CostModel:
     measured = []
     for wave in aggregator.waves():
-        point = _wave_point(aggregator.summary(wave["wave"]))
+        point = _wave_point(aggregator.summary(wave["wave"]), aggregator.wave_alone(wave["wave"]))
         if point is not None:
             measured.append(point)
     try:
@@ -29,7 +31,9 @@ def model_from_waves(aggregator: Aggregator) -> CostModel:
         raise ModelError(f"the collector's waves cannot make a model: {error} (it holds "
                          f"{len(measured)} usable waves: send waves at two or more TLS "
                          "ratios with tracing on, e.g. Locust runs with different ratios, "
-                         "or plan from a saved sweep with `tlsstorm plan`)") from None
+                         "each of 4 s or more when they follow each other (such a wave is "
+                         "costed over its steady seconds alone), or plan from a saved sweep "
+                         "with `tlsstorm plan`)") from None
     overall = aggregator.summary()["receiver"]
     plain, tls = overall["plain"], overall["starttls"]
     sizes = [mode["message_bytes_per_message"] for mode in (plain, tls)
@@ -44,13 +48,16 @@ def model_from_waves(aggregator: Aggregator) -> CostModel:
         latency=fits.latency, highest_load=fits.highest_load)
 
 
-def _wave_point(summary: dict[str, Any]) -> dict[str, float] | None:
-    """A wave as a sweep saves one (TLS ratio, achieved rate, receiver process CPU per
-    message, session p99); None without process samples (tracing was off) or without the
-    senders' word that they had CPU to spare."""
-    process, receiver = summary["process"], summary["receiver"]
+def _wave_point(summary: dict[str, Any], alone: dict[str, Any] | None
+                ) -> dict[str, float] | None:
+    """A wave as a sweep saves one (TLS ratio; achieved rate and receiver process CPU per
+    message less telemetry, as a tracing-off sweep measures them, over the seconds it had to
+    itself: `Aggregator.wave_alone`; session p99); None without process samples (tracing was
+    off), without seconds of its own, or without the senders' word that they had CPU to
+    spare."""
+    receiver = summary["receiver"]
     generators = summary.get("generators") or {}
-    if not process or not process["seconds"] or generators.get("limited_by"):
+    if not alone or generators.get("limited_by"):
         return None
     plain, tls = receiver["plain"]["messages"], receiver["starttls"]["messages"]
     if not plain + tls:
@@ -58,8 +65,8 @@ def _wave_point(summary: dict[str, Any]) -> dict[str, float] | None:
     p99s = [mode["duration_ms"]["p99"] for mode in (receiver["plain"], receiver["starttls"])
             if mode["duration_ms"]["p99"]]
     return {"tls_ratio": tls / (plain + tls),
-            "achieved_rate": process["messages"] / process["seconds"],
-            "process_cpu_ms_per_message": process["cpu_ms"] / process["messages"],
+            "achieved_rate": alone["achieved_rate"],
+            "process_cpu_ms_per_message": alone["process_cpu_ms_per_message"],
             "session_p99_ms": max(p99s) if p99s else 0.0,
             "plain_session_p99_ms": receiver["plain"]["duration_ms"]["p99"],
             "tls_session_p99_ms": receiver["starttls"]["duration_ms"]["p99"]}
@@ -119,7 +126,8 @@ def _target_wave_point(aggregator: Aggregator, target: str,
     summary = aggregator.target_summary(target, wave=wave)
     process, sender = summary["process"], summary["sender"]
     generators = summary["generators"] or {}
-    if not process or not process["messages"] or generators.get("limited_by"):
+    alone = aggregator.wave_alone(wave, target)
+    if not process or not alone or generators.get("limited_by"):
         return None
     plain, tls = sender[PLAIN], sender[STARTTLS]
     sent = plain["messages"] + tls["messages"]
@@ -132,9 +140,9 @@ def _target_wave_point(aggregator: Aggregator, target: str,
     return {
         "wave_id": wave, "measured_by": "meter", "target": target,
         "tls_ratio": round(tls["messages"] / sent, 4),
-        "achieved_rate": round(process["messages"] / process["seconds"], 3),
+        "achieved_rate": alone["achieved_rate"],
         "messages": process["messages"],
-        "process_cpu_ms_per_message": round(process["cpu_ms"] / process["messages"], 4),
+        "process_cpu_ms_per_message": alone["process_cpu_ms_per_message"],
         "session_p99_ms": max(p99s) if p99s else None,
         "plain_session_p99_ms": plain["duration_ms"]["p99"],
         "tls_session_p99_ms": tls["duration_ms"]["p99"],

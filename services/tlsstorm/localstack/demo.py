@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import httpx
 
 from tlsstorm.collector.report import (
     delivery_sentence,
+    generator_sentence,
     memory_sentence,
     outbound_sentence,
     process_sentence,
@@ -24,74 +24,38 @@ from tlsstorm.collector.report import (
     text_table,
 )
 from tlsstorm.common.auth import bearer_headers
-from tlsstorm.common.cpu_limit import BUSY_SHARE, limited_by, usage_between, usage_sentence
 from tlsstorm.localstack.layout import LocalStack
 from tlsstorm.localstack.wave_stats import receiver_wave_stats
 
 
 def _run_locust_wave(local: LocalStack, messages: int, tls_ratio: float, users: int,
-                     size: int) -> dict[str, Any]:
+                     size: int, rate: float) -> dict[str, Any]:
     """A headless Locust run through the sender, at the stack's target: exactly `messages`
-    messages, then it ends."""
+    messages at `rate` a second (each user paced to its share, one message per request so the
+    seconds are even), then it ends."""
     wave_id = f"demo-{uuid.uuid4().hex[:8]}"
     command = local.locust_command(
         "SpamViaSender", "--headless", "--users", str(users), "--spawn-rate", str(users),
-        "--max-messages", str(messages), "--tls-ratio", str(tls_ratio),
-        "--message-size", str(size), "--wave-id", wave_id, "--run-time", "600s",
-        "--stop-timeout", "30", "--only-summary", "--loglevel", "WARNING",
-        "--target", local.target_name)
+        "--max-messages", str(messages), "--user-rate", str(rate / users), "--batch", "1",
+        "--tls-ratio", str(tls_ratio), "--message-size", str(size), "--wave-id", wave_id,
+        "--run-time", f"{math.ceil(2 * messages / rate) + 60}s", "--stop-timeout", "30",
+        "--only-summary", "--loglevel", "WARNING", "--target", local.target_name)
     finished = subprocess.run(command, env={**os.environ, **local.locust_env()}, check=False)
     if finished.returncode != 0:
         raise SystemExit(f"locust exited with code {finished.returncode}")
     return {"id": wave_id, "messages": messages}
 
 
-def _cpu_counters(local: LocalStack, http: httpx.Client) -> dict[str, Any]:
-    """Each side's CPU counters against its limit, Locust's (this process's children), and
-    the sender's engine."""
-    sender = http.get(local.sender_url("/v1/stats")).json()
-    return {"sender": sender["cpu"], "sender_engine": sender["engine"],
-            "receiver": http.get(local.receiver_url("/v1/stats")).json()["cpu"],
-            "locust": (time.monotonic(), _children_cpu_seconds())}
-
-
-def _children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _cpu_over_wave(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """Cores each component used over the wave against its limit; Locust runs as one
-    process (one core at most)."""
-    (started, cpu_then), (ended, cpu_now) = before["locust"], after["locust"]
-    locust_cores = (cpu_now - cpu_then) / max(ended - started, 1e-9)
-    used = {name: usage_between(before[name], after[name]) for name in ("sender", "receiver")}
-    used["locust"] = {"process_cores": round(locust_cores, 3), "limit_cores": 1.0,
-                      "limit_source": "one process", "throttled_periods": 0,
-                      "throttled_seconds": 0.0, "seconds": round(ended - started, 3),
-                      "busy": locust_cores > BUSY_SHARE}
-    return {"usage": used, "limited_by": limited_by(used), "sender_engine": after["sender_engine"]}
-
-
-def _headroom_sentence(cpu: dict[str, Any], received: int) -> str:
-    """What each component spent over the wave, and whether a generator limited it."""
-    usage = cpu["usage"]
-    per_message = {name: used["process_cores"] * used["seconds"] * 1000 / max(received, 1)
-                   for name, used in usage.items()}
-    share = per_message["sender"] / per_message["receiver"] if per_message["receiver"] else 0
-    sentence = ("CPU over the wave: " + "; ".join(
-        usage_sentence(name, used) for name, used in usage.items()) +
-        f". Per message: sender {per_message['sender']:.2f} ms, receiver "
-        f"{per_message['receiver']:.2f} ms (sender/receiver {share:.2f}x), Locust "
-        f"{per_message['locust']:.2f} ms.")
-    generators = [name for name in cpu["limited_by"] if name != "receiver"]
-    if generators:
-        sentence += (f"\nGENERATOR-LIMITED: {', '.join(generators)} ran out of CPU, so the "
-                     "latency above describes the generator as much as the receiver.")
-    engine = cpu["sender_engine"]
-    if engine["name"] != "native":
-        sentence += f"\nThe sender sent with its {engine['name']} engine: {engine['why']}."
-    return sentence
+def _per_message_sentence(summary: dict[str, Any], received: int) -> str:
+    """Each side's CPU per message of the wave, from the same per-second figures the report
+    gives (the generators' and the receiver's process spans)."""
+    parts = [f"{entry['service']} "
+             f"{entry['cores_mean'] * entry['seconds'] * 1000 / max(received, 1):.2f} ms"
+             for entry in (summary["generators"] or {}).get("services", [])]
+    per_message = (summary["process"] or {}).get("cpu_ms_per_message")
+    if per_message is not None:
+        parts.append(f"receiver process {per_message:.2f} ms")
+    return "CPU per message over the wave: " + "; ".join(parts) + "."
 
 
 def _receiver_stats(local: LocalStack, http: httpx.Client, wave: dict[str, Any]) -> dict:
@@ -119,9 +83,13 @@ def _collector_summary(local: LocalStack, http: httpx.Client, wave_id: str,
         receiver, sender = summary["receiver"], summary["sender"]
         seen_sessions = receiver["plain"]["sessions"] + receiver["starttls"]["sessions"]
         seen_messages = sender["plain"]["messages"] + sender["starttls"]["messages"]
-        process = summary["process"]
-        sampled = process is not None and summary["last_unix_s"] is not None and \
-            process["last_sample_unix_s"] > summary["last_unix_s"]
+        process, last = summary["process"], summary["last_unix_s"]
+        generators = (summary["generators"] or {}).get("services", [])
+        # The receiver's and both generators' (the sender, Locust) process spans cover the
+        # wave's last second.
+        sampled = process is not None and last is not None and \
+            process["last_sample_unix_s"] > last and len(generators) >= 2 and \
+            all(entry["seconds"] >= last - summary["first_unix_s"] for entry in generators)
         if (seen_sessions >= sessions and seen_messages >= messages and sampled) or \
                 time.monotonic() > deadline:
             return summary
@@ -150,10 +118,10 @@ def _target_costs(local: LocalStack, http: httpx.Client, wave_id: str,
 
 
 def _demo_at_target(local: LocalStack, messages: int, tls_ratio: float, users: int,
-                    size: int) -> None:
+                    size: int, rate: float) -> None:
     """The demo aimed at a real MTA: the sender's view of its sessions beside its meter."""
     with httpx.Client(timeout=30, headers=bearer_headers()) as http:
-        wave = _run_locust_wave(local, messages, tls_ratio, users, size)
+        wave = _run_locust_wave(local, messages, tls_ratio, users, size, rate)
         costs = _target_costs(local, http, wave["id"], messages)
         report_html = http.get(local.collector_url("/"), params={"target": local.target,
                                                                  "wave": wave["id"]}).text
@@ -177,7 +145,7 @@ def _demo_at_target(local: LocalStack, messages: int, tls_ratio: float, users: i
         sys.exit(f"tlsstorm demo: {failed} of {messages} messages failed at {local.target}")
 
 
-def run_demo(messages: int, tls_ratio: float, users: int, size: int,
+def run_demo(messages: int, tls_ratio: float, users: int, size: int, rate: float,
              target: str | None = None) -> None:
     local = LocalStack(target=target)
     if local.target_name != "receiver":
@@ -185,8 +153,9 @@ def run_demo(messages: int, tls_ratio: float, users: int, size: int,
         local.stack.start()
         try:
             print(f"Locust (headless) sends {messages} messages of {size} bytes through the "
-                  f"sender to {local.target_name} with {users} users, {tls_ratio:.0%} STARTTLS")
-            _demo_at_target(local, messages, tls_ratio, users, size)
+                  f"sender to {local.target_name} at {rate:g}/s with {users} users, "
+                  f"{tls_ratio:.0%} STARTTLS")
+            _demo_at_target(local, messages, tls_ratio, users, size, rate)
         finally:
             local.stack.stop()
         return
@@ -195,11 +164,10 @@ def run_demo(messages: int, tls_ratio: float, users: int, size: int,
     local.stack.start()
     try:
         print(f"Locust (headless) sends {messages} messages of {size} bytes through the sender "
-              f"with {users} users, {tls_ratio:.0%} STARTTLS")
+              f"at {rate:g}/s with {users} users, {tls_ratio:.0%} STARTTLS")
         with httpx.Client(timeout=30, headers=bearer_headers()) as http:
-            cpu_before = _cpu_counters(local, http)
-            wave = _run_locust_wave(local, messages, tls_ratio, users, size)
-            cpu = _cpu_over_wave(cpu_before, _cpu_counters(local, http))
+            wave = _run_locust_wave(local, messages, tls_ratio, users, size, rate)
+            engine = http.get(local.sender_url("/v1/stats")).json()["engine"]
             stats = _receiver_stats(local, http, wave)
             sessions = stats["plain"]["sessions"] + stats["tls"]["sessions"]
             summary = _collector_summary(local, http, wave["id"], sessions, messages)
@@ -222,7 +190,10 @@ def run_demo(messages: int, tls_ratio: float, users: int, size: int,
         print(delivered)
     print(process_sentence(summary["process"]))
     print(memory_sentence(summary["memory"]))
-    print(_headroom_sentence(cpu, received))
+    print(generator_sentence(summary["generators"]))
+    print(_per_message_sentence(summary, received))
+    if engine["name"] != "native":
+        print(f"The sender sent with its {engine['name']} engine: {engine['why']}.")
     agrees = (receiver["plain"]["sessions"], receiver["starttls"]["sessions"]) == (
         stats["plain"]["sessions"], stats["tls"]["sessions"])
     print(f"receiver /v1/stats for this wave: {stats['plain']['sessions']} plain, "
@@ -232,7 +203,7 @@ def run_demo(messages: int, tls_ratio: float, users: int, size: int,
     results.mkdir(exist_ok=True)
     (results / "demo-latest.json").write_text(json.dumps(
         {"wave": wave, "receiver": stats, "collector": summary, "tls": tls_settings,
-         "cpu": cpu}, indent=2))
+         "sender_engine": engine}, indent=2))
     report = results / "report.html"
     report.write_text(report_html)
     print(f"\nHTML report with plots: {report.resolve()}")
