@@ -123,6 +123,7 @@ def test_back_to_back_waves_are_costed_over_the_seconds_each_had_alone_less_tele
     per plain and 1.5 ms per STARTTLS message, 0.1 ms of telemetry each; a sample is keyed by
     the second it ends."""
     from tlsstorm.collector.aggregate import PLAIN, PROCESS, RECEIVER, STARTTLS, Aggregator, Cell
+    from tlsstorm.collector.costs import model_from_waves
 
     aggregator = Aggregator(retention_s=1e12, max_cells=10_000)
     sessions = {("plain", PLAIN): {100: 100, 101: 100, 102: 100, 103: 100, 104: 50},
@@ -151,6 +152,11 @@ def test_back_to_back_waves_are_costed_over_the_seconds_each_had_alone_less_tele
     alone = aggregator.wave_alone("alone")  # 100 messages over the three samples' seconds
     assert (alone["window"], alone["achieved_rate"]) == ("whole", pytest.approx(100 / 3, abs=1e-3))
     assert alone["process_cpu_ms_per_message"] == pytest.approx(0.5 + 3 * 50 / 100)
+    # The plan's model finds the receiver again (each wave over its whole window, as before,
+    # read plain 0.575 and STARTTLS 1.61 ms).
+    fit = model_from_waves(aggregator).fit
+    assert (fit.idle_cores, fit.plain_ms, fit.tls_ms) == (
+        pytest.approx(0.05, rel=1e-3), pytest.approx(0.5, rel=1e-3), pytest.approx(1.5, rel=1e-3))
 
 
 def test_messages_per_connection_spread_the_per_session_part_measured_by_the_matrix(tmp_path):
