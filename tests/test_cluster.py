@@ -539,19 +539,26 @@ def _start_in_the_ui(page, locust_url: str, wave_id: str, users: int) -> None:
                          "userCount": str(users), "spawnRate": str(users)})
 
 
+def _settled(read, what: str, *, every: float, tries: int):
+    """What `read()` gives once two reads `every` seconds apart agree."""
+    value = None
+    for _ in range(tries):
+        earlier, value = value, read()
+        if value == earlier:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"{what} keep changing: {value}")
+
+
 def _locust_accepted(locust_url: str) -> dict[str, int]:
     """Locust's count of the messages the senders told its users were accepted, per mode, once
     two reads 4 s apart agree (each worker reports every 3 s)."""
-    read = None
-    for _ in range(15):
+    def read() -> dict[str, int]:
         rows = {row["name"]: row["num_requests"] - row["num_failures"] for row in httpx.get(
             f"{locust_url}/stats/requests", timeout=10).json()["stats"]}
-        earlier, read = read, {"plain": rows.get("SMTP plain", 0),
-                               "starttls": rows.get("SMTP STARTTLS", 0)}
-        if read == earlier:
-            return read
-        time.sleep(4)
-    raise AssertionError(f"Locust's counts keep changing: {read}")
+        return {"plain": rows.get("SMTP plain", 0), "starttls": rows.get("SMTP STARTTLS", 0)}
+
+    return _settled(read, "Locust's counts", every=4, tries=15)
 
 
 def _waves_with_a_fault(release: str, page, wave_id: str, fault, *,
@@ -670,14 +677,9 @@ def _exactly_once(table: dict, *, at_receivers_running: bool = True) -> None:
 
 def _settled_waves(collector: str) -> dict[str, dict]:
     """The collector's waves once two reads 3 s apart agree (the last spans are in)."""
-    read = None
-    for _ in range(20):
-        earlier, read = read, {entry["wave"]: entry for entry in
-                               httpx.get(f"{collector}/v1/waves", timeout=30).json()["waves"]}
-        if read == earlier:
-            return read
-        time.sleep(3)
-    raise AssertionError(f"the collector's waves keep changing: {read}")
+    return _settled(lambda: {entry["wave"]: entry for entry in httpx.get(
+        f"{collector}/v1/waves", timeout=30).json()["waves"]}, "the collector's waves",
+        every=3, tries=20)
 
 
 def _receiver_pods(release: str) -> dict[str, str]:
