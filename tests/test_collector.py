@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import gzip
 import html
 import http.server
@@ -32,6 +34,7 @@ from opentelemetry.trace import SpanKind
 
 from tests.helpers import exporting_to, wait_for
 from tests.receiver_process import ReceiverProcess
+from tlsstorm.collector.aggregate import MODES, RECEIVER, Cell
 from tlsstorm.collector.report import delivery_sentence, outbound_sentence
 from tlsstorm.common.process import rss_bytes
 
@@ -504,3 +507,40 @@ def test_sessions_open_between_two_samples_count_in_the_peak(start_collector):
         receiver.stop()
 
     assert memory["peak_sessions"]["plain"] == 6, memory
+
+
+def test_reports_are_read_on_the_loop_that_adds_cells(start_collector):
+    """The event loop adds cells as spans arrive; the report, summary, waves and plan read them.
+    Read from FastAPI's worker threads (plain-function endpoints), iterating the live cells
+    could meet "dictionary changed size during iteration", a 500 (the receiver's /v1/stats
+    failed so in CI). Here the loop adds and drops cells without pause while each is asked."""
+    collector = start_collector()
+    aggregator = collector.service.aggregator
+
+    async def add_cells(seconds: float) -> None:
+        """Seconds of a wave added 200 at a time and dropped 200 at a time (as retention drops
+        them), up to 2,000 held, with new error kinds in each."""
+        first, index, deadline = 1_800_000_000, 1_800_000_000, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for _ in range(200):
+                for mode in MODES:
+                    cell = aggregator.cells[("busy", "r", RECEIVER, mode, index)] = Cell()
+                    cell.sessions = cell.messages = 1
+                    cell.errors = {f"kind-{kind}": 1 for kind in range(index % 8)}
+                index += 1
+            await asyncio.sleep(0)
+            if index - first >= 2000:
+                for second in range(first, first + 200):
+                    for mode in MODES:
+                        del aggregator.cells[("busy", "r", RECEIVER, mode, second)]
+                first += 200
+
+    adding = asyncio.run_coroutine_threadsafe(add_cells(20.0), collector.loop)
+    paths = ["/", "/v1/summary", "/v1/waves", "/v1/summary?wave=busy", "/metrics",
+             "/v1/plan?peak_rate=100"]
+    statuses = collections.Counter(
+        (path, httpx.get(f"{collector.http}{path}", timeout=30).status_code)
+        for _ in range(4) for path in paths)
+    adding.cancel()
+    assert set(statuses) <= {(path, 200) for path in paths} | {("/v1/plan?peak_rate=100", 409)}, \
+        statuses

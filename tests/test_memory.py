@@ -272,3 +272,25 @@ def test_a_budget_too_small_for_the_load_sheds_with_421_and_454_and_counts_each(
         stats["tls"]["errors"])
     assert errors["tls_memory_full"] == outcomes["454"] > 0
     assert errors["memory_full"] == outcomes["421"] > 0
+
+
+def test_stats_are_read_on_the_loop_that_updates_them(start_receiver):
+    """/v1/stats fits the memory samples the event loop keeps adding. Read from a worker thread
+    (FastAPI's way with plain functions) the fit met "deque mutated during iteration", a 500 in
+    CI; here the loop adds samples without pause while /v1/stats is asked 40 times."""
+    receiver = start_receiver()
+    monitor = receiver.service.memory
+
+    async def add_samples(seconds: float) -> None:
+        index, deadline = 0, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            monitor.samples.add(1000 + index, index % 9, index % 4)
+            index += 1
+            if index % 50 == 0:
+                await asyncio.sleep(0)
+
+    adding = asyncio.run_coroutine_threadsafe(add_samples(8.0), receiver.loop)
+    statuses = collections.Counter(httpx.get(f"{receiver.http}/v1/stats").status_code
+                                   for _ in range(40))
+    adding.cancel()
+    assert statuses == {200: 40}, statuses

@@ -106,6 +106,9 @@ def create_api(service: Collecting) -> FastAPI:
     app = service_app("tlsstorm collector")
     registry = registry_with(_CollectorMetrics(service), CpuLimitCollector(service.cpu))
     limit = service.settings.max_body_bytes
+    # Endpoints that read the cells are coroutines: they run on the event loop that adds and
+    # drops cells. As plain functions FastAPI ran them in worker threads, where iterating the
+    # live cells met "dictionary changed size during iteration" (a 500) during a wave.
 
     def refuse(status: int, reason: str) -> Response:
         service.requests[status] += 1
@@ -147,7 +150,7 @@ def create_api(service: Collecting) -> FastAPI:
         return wave is not None and not service.aggregator.has_wave(wave)
 
     @app.get("/v1/summary")
-    def summary(wave: WaveFilter = None, since: Since = None, until: Until = None) -> dict:
+    async def summary(wave: WaveFilter = None, since: Since = None, until: Until = None) -> dict:
         """Plain vs STARTTLS costs per role, with TLS/plain factors; filter by wave and time
         (`wave=` with no value: the sessions that carry no wave id)."""
         if unknown(wave):
@@ -156,12 +159,12 @@ def create_api(service: Collecting) -> FastAPI:
         return {**service.aggregator.summary(wave, since, until), "history": service.history()}
 
     @app.get("/v1/waves")
-    def waves(target: TargetFilter = None) -> dict:
+    async def waves(target: TargetFilter = None) -> dict:
         """Each wave, with the server it was aimed at; `target=` only those aimed at it."""
         return {"waves": service.aggregator.waves(target)}
 
     @app.get("/v1/targets")
-    def targets() -> dict:
+    async def targets() -> dict:
         """The servers waves were aimed at or a meter watched."""
         return {"targets": service.aggregator.targets()}
 
@@ -171,7 +174,7 @@ def create_api(service: Collecting) -> FastAPI:
                                 "watched it here (GET /v1/targets lists them)")
 
     @app.get("/v1/targets/summary")
-    def target_summary(target: TargetName, wave: WaveFilter = None, since: Since = None,
+    async def target_summary(target: TargetName, wave: WaveFilter = None, since: Since = None,
                        until: Until = None) -> dict:
         """A server as the sender saw it, per mode, beside its CPU and memory from its meter
         over the same seconds, and its CPU per message per mode fitted over its waves."""
@@ -179,14 +182,14 @@ def create_api(service: Collecting) -> FastAPI:
         return target_costs(service.aggregator, target, wave, since, until)
 
     @app.get("/v1/sweep")
-    def sweep(target: TargetName) -> dict:
+    async def sweep(target: TargetName) -> dict:
         """The waves aimed at a metered server, as `tlsstorm sweep` saves them: `tlsstorm plan
         --sweep` on this plans exactly as /v1/plan?target= does."""
         known_target(target)
         return target_sweep(service.aggregator, target)
 
     @app.get("/", response_class=HTMLResponse)
-    def report(request: Request, wave: WaveFilter = None, since: Since = None,
+    async def report(request: Request, wave: WaveFilter = None, since: Since = None,
                until: Until = None, target: TargetFilter = None) -> HTMLResponse:
         """The HTML cost report with its plots (with `target=`, a metered server's); its links
         are absolute, so a saved copy still reaches the collector."""
@@ -222,7 +225,7 @@ def create_api(service: Collecting) -> FastAPI:
         return plan(model, Inputs(demand, ratios, size, target_utilisation, slo_p99_ms))
 
     @app.get("/v1/plan")
-    def plan_json(messages_per_day: PerDay = None, peak_factor: PeakFactor = 3.0,
+    async def plan_json(messages_per_day: PerDay = None, peak_factor: PeakFactor = 3.0,
                   peak_rate: PeakRate = None, tls_trajectory: Trajectory = "0.2,0.3,0.7",
                   size: Size = None, target_utilisation: Utilisation = 0.7,
                   slo_p99_ms: Slo = 500.0, target: TargetFilter = None) -> dict:
@@ -233,7 +236,7 @@ def create_api(service: Collecting) -> FastAPI:
                        target_utilisation, slo_p99_ms, target)
 
     @app.get("/plan", response_class=HTMLResponse)
-    def plan_html(request: Request, messages_per_day: PerDay = None,
+    async def plan_html(request: Request, messages_per_day: PerDay = None,
                   peak_factor: PeakFactor = 3.0, peak_rate: PeakRate = None,
                   tls_trajectory: Trajectory = "0.2,0.3,0.7", size: Size = None,
                   target_utilisation: Utilisation = 0.7, slo_p99_ms: Slo = 500.0,
@@ -268,7 +271,7 @@ def create_api(service: Collecting) -> FastAPI:
         return {"status": "ready"}
 
     @app.get("/metrics")
-    def metrics():
+    async def metrics():
         return metrics_response(registry)
 
     return app

@@ -56,6 +56,9 @@ def create_api(service: Receiving) -> FastAPI:
     app = service_app("tlsstorm receiver")
     app.add_middleware(BodyLimit, max_bytes=64 * 1024)
     guarded = [Depends(bearer_guard(service.settings.api_token))]
+    # Endpoints that read or reset what the sessions update are coroutines: they run on the
+    # event loop that owns that state. As plain functions FastAPI ran them in worker threads,
+    # where the memory fit met "deque mutated during iteration" (a 500 from /v1/stats in CI).
     registry = registry_with(ReceiverCollector(service.stats, service.memory.snapshot),
                              SpanCountsCollector(service.provider),
                              CpuLimitCollector(service.cpu), GateCollector(service))
@@ -71,7 +74,7 @@ def create_api(service: Receiving) -> FastAPI:
         return {"status": "ready", "smtp_port": service.smtp_port}
 
     @app.get("/v1/stats")
-    def stats(wave: WaveId = None) -> dict:
+    async def stats(wave: WaveId = None) -> dict:
         """Per mode (plain, tls): sessions, messages, handshakes, latency, wire bytes, errors."""
         snapshot = service.stats.snapshot(wave)
         if snapshot is None:
@@ -84,7 +87,7 @@ def create_api(service: Receiving) -> FastAPI:
         return snapshot
 
     @app.get("/v1/stats/samples")
-    def samples() -> dict:
+    async def samples() -> dict:
         """Process CPU and RSS sampled once a second (the last 15 minutes)."""
         return {
             "samples": [
@@ -94,7 +97,7 @@ def create_api(service: Receiving) -> FastAPI:
         }
 
     @app.post("/v1/stats/reset", dependencies=guarded)
-    def reset() -> dict:
+    async def reset() -> dict:
         service.reset_stats()
         return {"reset": True}
 
@@ -127,7 +130,7 @@ def create_api(service: Receiving) -> FastAPI:
                                  media_type="application/x-pem-file")
 
     @app.get("/metrics")
-    def metrics():
+    async def metrics():
         return metrics_response(registry)
 
     return app

@@ -173,6 +173,8 @@ def create_api(service: Sending) -> FastAPI:
     app = service_app("tlsstorm sender")
     app.add_middleware(BodyLimit, max_bytes=64 * 1024)
     guarded = [Depends(bearer_guard(service.settings.api_token))]
+    # Every endpoint that reads or changes the waves and totals is a coroutine, on the event
+    # loop that updates them (FastAPI runs plain functions in worker threads).
 
     def taking_load() -> None:
         """Load refused once the sender is stopping: a client or a Service sends it elsewhere."""
@@ -214,7 +216,7 @@ def create_api(service: Sending) -> FastAPI:
         return {"status": "ready"}
 
     @app.get("/v1/stats")
-    def stats() -> dict:
+    async def stats() -> dict:
         """Messages sent and the CPU spent against this sender's limit: a starved generator
         shows here before it shows as the receiver's latency."""
         totals = service.client.totals
@@ -280,7 +282,7 @@ def create_api(service: Sending) -> FastAPI:
                 "replicas": wave.stride}
 
     @app.get("/v1/waves")
-    def list_waves() -> dict:
+    async def list_waves() -> dict:
         return {"waves": [wave.as_dict() for wave in service.waves.waves.values()]}
 
     def find(wave_id: str) -> Wave:
@@ -310,7 +312,7 @@ def create_api(service: Sending) -> FastAPI:
                                 wave.as_dict(histograms=True))
 
     @app.put("/v1/waves/{wave_id}/parts/{offset}", dependencies=guarded)
-    def take_part(wave_id: str, offset: int, handed: HandedPart) -> dict:
+    async def take_part(wave_id: str, offset: int, handed: HandedPart) -> dict:
         """A replica stopping hands in a part's final figures (its own, or one it knew):
         whichever replica answers for the wave afterwards counts them, this one included
         when it sends no part of the wave (see spread.hand_over)."""
@@ -342,7 +344,7 @@ def create_api(service: Sending) -> FastAPI:
         return await get_wave(wave_id, part)
 
     @app.get("/metrics")
-    def metrics():
+    async def metrics():
         return metrics_response(registry)
 
     return app
