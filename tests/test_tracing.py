@@ -9,7 +9,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from tests.helpers import deliver, starttls_socket
+from tests.helpers import deliver, starttls_socket, wait_for
 from tlsstorm.common.telemetry import tracer_provider
 
 
@@ -161,7 +161,11 @@ def test_each_side_shows_what_its_telemetry_cost_apart_from_its_work(traced):
     wave = httpx.post(f"{sender.http}/v1/waves", timeout=10, json={
         "rate": 100, "count": 20, "tls_ratio": 0.5}).json()
     spans(20)  # built and exported
-    wave = httpx.get(f"{sender.http}/v1/waves/{wave['id']}", timeout=10).json()
+    # The receiver counts a session when it closes, the sender its wave when the engine's
+    # report is in: the wave may finish a moment after the last session.
+    wave = wait_for(lambda: (body := httpx.get(f"{sender.http}/v1/waves/{wave['id']}",
+                                               timeout=10).json())["status"] != "running"
+                    and body)
     sender_stats = httpx.get(f"{sender.http}/v1/stats", timeout=10).json()
     process = receiver.stats()["process"]
     metrics = httpx.get(f"{receiver.http}/metrics", timeout=10).text

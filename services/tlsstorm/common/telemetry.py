@@ -8,19 +8,22 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Iterator
 
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.sdk.trace.sampling import DEFAULT_ON
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-_PROPAGATOR = TraceContextTextMapPropagator()
+# W3C trace context's traceparent, as OpenTelemetry's propagator matches it.
+_TRACEPARENT = re.compile(
+    r"[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?[ \t]*")
 
 
 def endpoint_configured() -> bool:
@@ -139,55 +142,80 @@ class _CountingBatchProcessor(BatchSpanProcessor):
         super().on_end(span)
 
 
-class PresetIdGenerator(RandomIdGenerator):
-    """Random ids, except for a span whose ids were chosen before it was recorded.
-
-    The sender's SMTP engine reports a connection when it is over, yet each message already
-    carried its span's traceparent header: that span is recorded afterwards with those ids.
-    """
-
-    def __init__(self) -> None:
-        self._trace_id: int | None = None
-        self._span_id: int | None = None
-
-    @staticmethod
-    def choose() -> tuple[int, int]:
-        """Ids for a span to record later under the current span (or as a new trace)."""
-        parent = trace.get_current_span().get_span_context()
-        trace_id = parent.trace_id if parent.is_valid else random.getrandbits(128) or 1
-        return trace_id, random.getrandbits(64) or 1
-
-    @contextlib.contextmanager
-    def preset(self, trace_id: int, span_id: int) -> Iterator[None]:
-        """The span started inside gets these ids (the trace id only if it has no parent)."""
-        self._trace_id, self._span_id = trace_id, span_id
-        try:
-            yield
-        finally:
-            self._trace_id = self._span_id = None
-
-    def generate_trace_id(self) -> int:
-        if self._trace_id is not None:
-            return self._trace_id
-        return super().generate_trace_id()
-
-    def generate_span_id(self) -> int:
-        if self._span_id is not None:
-            return self._span_id
-        return super().generate_span_id()
+def choose_ids() -> tuple[int, int]:
+    """Trace and span ids for a span to record later (SpanRecorder.record's `ids`) under the
+    span current now, or as a new trace. The sender's SMTP engine reports a connection when it
+    is over, yet each message already carried its span's traceparent header."""
+    parent = trace.get_current_span().get_span_context()
+    trace_id = parent.trace_id if parent.is_valid else random.getrandbits(128) or 1
+    return trace_id, random.getrandbits(64) or 1
 
 
 class CountedTracerProvider(TracerProvider):
-    """A tracer provider whose spans are counted from end to export (see SpanCounts), with
-    ids that can be chosen ahead (see PresetIdGenerator)."""
+    """A tracer provider whose spans are counted from end to export (see SpanCounts), and
+    that records spans of work already over (see SpanRecorder)."""
 
     def __init__(self, exporter: SpanExporter, resource: Resource) -> None:
-        self.ids = PresetIdGenerator()
-        super().__init__(resource=resource, id_generator=self.ids)
+        super().__init__(resource=resource)
         self.span_counts = SpanCounts()
-        self.add_span_processor(
-            _CountingBatchProcessor(_CountingExporter(exporter, self.span_counts),
-                                    self.span_counts))
+        self.processor = _CountingBatchProcessor(_CountingExporter(exporter, self.span_counts),
+                                                 self.span_counts)
+        self.add_span_processor(self.processor)
+
+    def recorder(self, scope_name: str) -> SpanRecorder:
+        return SpanRecorder(self, scope_name)
+
+
+_UNSET = Status(StatusCode.UNSET)
+_SAMPLED, _NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(TraceFlags.DEFAULT)
+
+
+class SpanRecorder:
+    """Spans of work already over (a session, a message), handed to the exporter whole.
+
+    The receiver and the sender learn a span's every figure only when its work has ended, so a
+    live SDK span (started, its attributes validated one by one under a lock, ended) is pure
+    overhead: about two thirds of what building a session's spans cost (issue 33). Here each
+    is one ReadableSpan, the SDK's own type for finished spans, so every exporter and processor
+    takes it; the provider's sampler still decides, as it would for a live span. The attributes
+    are tlsstorm's own, few and of valid types, so the SDK's limits have nothing to cut."""
+
+    def __init__(self, provider: CountedTracerProvider, scope_name: str) -> None:
+        self._sampler = provider.sampler
+        self._resource = provider.resource
+        self._processor = provider.processor
+        self._scope = InstrumentationScope(scope_name)
+
+    def record(self, name: str, parent: SpanContext | None, kind: SpanKind, start_ns: int,
+               end_ns: int, attributes: dict, *, links: tuple[Link, ...] = (),
+               status: Status = _UNSET, ids: tuple[int, int] | None = None) -> SpanContext:
+        """The span's context (a child's parent), whether the sampler kept it or not; `ids`:
+        the trace and span ids chosen for it beforehand (see choose_ids)."""
+        if ids is not None:
+            trace_id, span_id = ids
+        else:
+            trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
+            span_id = random.getrandbits(64) or 1
+        if self._sampler is DEFAULT_ON:  # OpenTelemetry's default: the parent decides
+            sampled = parent.trace_flags.sampled if parent is not None else True
+            recording, trace_state = sampled, parent.trace_state if parent is not None else None
+        else:
+            decided = self._sampler.should_sample(
+                trace.set_span_in_context(trace.NonRecordingSpan(parent))
+                if parent is not None else None, trace_id, name, kind, attributes, links)
+            sampled, recording = decided.decision.is_sampled(), decided.decision.is_recording()
+            trace_state = decided.trace_state
+            if decided.attributes:
+                attributes = {**attributes, **decided.attributes}
+        context = SpanContext(trace_id, span_id, is_remote=False,
+                              trace_flags=_SAMPLED if sampled else _NOT_SAMPLED,
+                              trace_state=trace_state)
+        if recording:
+            self._processor.on_end(ReadableSpan(
+                name, context, parent, self._resource, attributes, links=links, kind=kind,
+                status=status, start_time=start_ns, end_time=end_ns,
+                instrumentation_scope=self._scope))
+        return context
 
 
 def tracer_provider(
@@ -197,9 +225,9 @@ def tracer_provider(
     if exporter is None:
         if not export_configured():
             return None
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from tlsstorm.common.otlp_wire import WireSpanExporter
 
-        exporter = OTLPSpanExporter()
+        exporter = WireSpanExporter()
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
     return CountedTracerProvider(exporter, Resource.create(attributes))
 
@@ -209,11 +237,17 @@ def traceparent_of(span: trace.Span) -> str:
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
-def context_from_traceparent(traceparent: str | None) -> Context | None:
-    """The remote parent a traceparent header names, or None when absent or malformed."""
-    if not traceparent:
+def span_context_from_traceparent(traceparent: str | None) -> SpanContext | None:
+    """The remote parent a W3C traceparent header names, or None when absent or malformed: the
+    rules of OpenTelemetry's TraceContextTextMapPropagator (tests hold the two together),
+    without the Context objects it builds around the answer, a third of a session's spans."""
+    match = _TRACEPARENT.fullmatch(traceparent) if traceparent else None
+    if match is None:
         return None
-    context = _PROPAGATOR.extract({"traceparent": traceparent})
-    if not trace.get_current_span(context).get_span_context().is_valid:
+    version, trace_hex, span_hex, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest):
         return None
-    return context
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if not trace_id or not span_id:
+        return None
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(flags, 16)))

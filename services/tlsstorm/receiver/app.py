@@ -10,8 +10,6 @@ import tempfile
 import weakref
 from pathlib import Path
 
-from opentelemetry.sdk.trace import TracerProvider
-
 from tlsstorm.common import attributes as attr
 from tlsstorm.common.config import ReceiverSettings
 from tlsstorm.common.cpu_limit import CpuMonitor
@@ -23,7 +21,7 @@ from tlsstorm.common.process import (
 )
 from tlsstorm.common.process_report import report_every_second
 from tlsstorm.common.serve import LISTEN_BACKLOG, HttpServer, bind, port_of
-from tlsstorm.common.telemetry import span_counts_of
+from tlsstorm.common.telemetry import CountedTracerProvider, span_counts_of
 from tlsstorm.common.tls import server_context, timed
 from tlsstorm.receiver.api import create_api
 from tlsstorm.receiver.cpu_meter import CpuAccount, LoopMeter
@@ -40,7 +38,8 @@ from tlsstorm.receiver.tracing import emit_session_spans
 class ReceiverService:
     """Owns the listeners, the TLS context (built once) and the stats."""
 
-    def __init__(self, settings: ReceiverSettings, provider: TracerProvider | None = None):
+    def __init__(self, settings: ReceiverSettings,
+                 provider: CountedTracerProvider | None = None):
         self.settings = settings
         self.provider = provider
         self.telemetry = span_counts_of(provider)  # what building and exporting spans cost
@@ -62,6 +61,7 @@ class ReceiverService:
             raise SystemExit(2) from None
         self.chain_summary = self.certificate.summary()
         self._tracer = provider.get_tracer("tlsstorm.receiver") if provider else None
+        self._session_spans = provider.recorder("tlsstorm.receiver") if provider else None
         self.limits = SessionLimits(
             settings.max_connections, settings.max_handshakes, settings.max_recipients,
             refuse_starttls_from=tuple(settings.refuse_starttls_from),
@@ -119,9 +119,9 @@ class ReceiverService:
             account.sealed = True
         self.stats.charge(record)
         self.charged_ns_total += record.cpu_ns
-        if self._tracer is not None:
+        if self._session_spans is not None:
             with self.telemetry.building() as built:
-                emit_session_spans(self._tracer, record, self.settings.hostname,
+                emit_session_spans(self._session_spans, record, self.settings.hostname,
                                    self.smtp_port, self.chain_summary)
             if self.cpu_meter is not None:
                 self.cpu_meter.set_aside(built.ns)

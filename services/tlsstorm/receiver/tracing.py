@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from tlsstorm.common import attributes as attr
-from tlsstorm.common.telemetry import context_from_traceparent
+from tlsstorm.common.telemetry import SpanRecorder, span_context_from_traceparent
 from tlsstorm.receiver.session import SessionRecord
 
 
 def emit_session_spans(
-    tracer: trace.Tracer, record: SessionRecord, server_address: str, server_port: int,
+    spans: SpanRecorder, record: SessionRecord, server_address: str, server_port: int,
     chain: str
 ) -> None:
     """smtp.session (SERVER) under the sender's traceparent, with a tls.handshake child; the
     session's CPU as sealed before (building these is the telemetry account's)."""
-    parent = context_from_traceparent(record.traceparents[0] if record.traceparents else None)
-    links = []
-    for traceparent in record.traceparents[1:]:
-        other = context_from_traceparent(traceparent)
-        if other is not None:
-            links.append(Link(trace.get_current_span(other).get_span_context()))
+    parent = span_context_from_traceparent(record.traceparents[0] if record.traceparents
+                                           else None)
+    links = tuple(Link(other) for other in map(span_context_from_traceparent,
+                                                record.traceparents[1:]) if other is not None)
     attributes = {
         attr.SERVER_ADDRESS: server_address,
         attr.SERVER_PORT: server_port,
@@ -51,26 +48,18 @@ def emit_session_spans(
             attributes[attr.TLS_CLIENT_JA4] = record.ja4
     if record.errors:
         attributes[attr.ERROR_TYPE] = record.errors[0]
-    session = tracer.start_span(
-        attr.SPAN_SESSION, context=parent, kind=SpanKind.SERVER, links=links,
-        start_time=record.started_ns, attributes=attributes,
-    )
+    attributes[attr.SESSION_CPU_US] = record.cpu_ns // 1000
+    status = Status(StatusCode.ERROR, ", ".join(sorted(set(record.errors)))) if record.errors \
+        else Status(StatusCode.UNSET)
+    session = spans.record(attr.SPAN_SESSION, parent, SpanKind.SERVER, record.started_ns,
+                           record.ended_ns, attributes, links=links, status=status)
     if record.handshake_ok is not None:
-        handshake = tracer.start_span(
-            attr.SPAN_HANDSHAKE,
-            context=trace.set_span_in_context(session),
-            kind=SpanKind.INTERNAL,
-            start_time=record.handshake_started_ns,
-            attributes=attr.handshake_attributes(
-                "server", bool(record.handshake_ok), record.tls_version, record.cipher,
-                record.resumed, record.wave_id),
-        )
-        handshake.set_attribute(attr.HANDSHAKE_CPU_US, record.handshake_cpu_ns // 1000)
-        if not record.handshake_ok:
-            handshake.set_status(Status(StatusCode.ERROR, record.errors[0]))
+        handshake = attr.handshake_attributes(
+            "server", bool(record.handshake_ok), record.tls_version, record.cipher,
+            record.resumed, record.wave_id)
+        handshake[attr.HANDSHAKE_CPU_US] = record.handshake_cpu_ns // 1000
         handshake_ns = int((record.handshake_ms or 0.0) * 1e6)
-        handshake.end(end_time=record.handshake_started_ns + handshake_ns)
-    if record.errors:
-        session.set_status(Status(StatusCode.ERROR, ", ".join(sorted(set(record.errors)))))
-    session.set_attribute(attr.SESSION_CPU_US, record.cpu_ns // 1000)
-    session.end(end_time=record.ended_ns)
+        spans.record(attr.SPAN_HANDSHAKE, session, SpanKind.INTERNAL,
+                     record.handshake_started_ns, record.handshake_started_ns + handshake_ns,
+                     handshake, status=Status(StatusCode.UNSET) if record.handshake_ok
+                     else Status(StatusCode.ERROR, record.errors[0]))

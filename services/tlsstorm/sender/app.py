@@ -46,9 +46,13 @@ class SenderService:
         if provider is not None:
             from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
+            # A server span for each request that sends (Locust's batches, a wave's start): the
+            # trace's first hop. Not for the polls of a wave's status, stats, probes and
+            # scrapes, nor the two ASGI spans per request: at a poll or two a second they were
+            # the sender's largest telemetry cost beside its messages' spans (issue 33).
             FastAPIInstrumentor.instrument_app(
-                app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics"
-            )
+                app, tracer_provider=provider, exclude_spans=["receive", "send"],
+                excluded_urls=r"healthz,readyz,metrics,v1/stats,v1/waves/[^/?]+(\?|$)")
         self._http = HttpServer(app, self._http_sock)
         self._process_task: asyncio.Task | None = None
         self.stopping = False  # SIGTERM: not ready, no new load

@@ -13,13 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tlsstorm.common import attributes as attr
 from tlsstorm.common.config import SenderSettings
-from tlsstorm.common.telemetry import CountedTracerProvider, span_counts_of
+from tlsstorm.common.telemetry import CountedTracerProvider, choose_ids, span_counts_of
 from tlsstorm.common.tls import client_context
 from tlsstorm.sender.allowlist import Target
 from tlsstorm.sender.engine import (
@@ -156,8 +155,7 @@ class SmtpClient:
             key_log = os.environ.get("SSLKEYLOGFILE")
             for context in (self.resuming_context, *self.profile_contexts.values()):
                 context.keylog_filename = key_log  # what ssl.create_default_context would do
-        self.tracer = provider.get_tracer("tlsstorm.sender") if provider else None
-        self.ids = provider.ids if provider else None
+        self.spans = provider.recorder("tlsstorm.sender") if provider else None
         self.telemetry = span_counts_of(provider)  # what building and exporting spans cost
         self.totals = SendTotals()
         self.helo_name = settings.helo_name.encode("ascii")
@@ -278,9 +276,10 @@ class _Session:
         self.handshake: _Handshake | None = None
         self.tls_refused = False
         self.connect_ms: float | None = None
-        self.trace_commands = client.tracer is not None and self.settings.trace_commands
+        self.trace_commands = client.spans is not None and self.settings.trace_commands
         # The spans are recorded when the report comes, under the span current now.
-        self.parent = otel_context.get_current() if client.tracer else None
+        current = trace.get_current_span().get_span_context()
+        self.parent = current if client.spans is not None and current.is_valid else None
         self.ids: list[tuple[int, int]] = []
         self.sizes: list[int] = []
         self.count = self.size = 0
@@ -291,7 +290,7 @@ class _Session:
         context = client.resuming_context if resume else client.profile_contexts[profile]
         sni = PROFILES[profile].sni
         self.count, self.size = count, size
-        self.ids = [client.ids.choose() for _ in range(count)] if client.tracer else []
+        self.ids = [choose_ids() for _ in range(count)] if client.spans is not None else []
         pieces, head_of, text_of, self.sizes = self._messages(self.ids, count, size)
         return Conversation(target.address, target.port, context if self.tls else None,
                             target.host if sni else None, resume, client.helo_name,
@@ -410,12 +409,8 @@ class _Session:
                      previous: _Checkpoint, now: _Checkpoint,
                      handshake: _Handshake | None) -> None:
         """The message's span, with the ids its traceparent header carried."""
-        tracer = self.client.tracer
-        with self.client.ids.preset(*span_ids):
-            span = tracer.start_span(attr.SPAN_SEND, context=self.parent, kind=SpanKind.CLIENT,
-                                     start_time=previous.wall_ns)
         target = self.target
-        span.set_attributes({
+        attributes = {
             attr.SERVER_ADDRESS: target.host,
             attr.SERVER_PORT: target.port,
             "network.peer.address": target.address,
@@ -425,35 +420,35 @@ class _Session:
             attr.MESSAGE_BYTES: result.size,
             attr.WIRE_BYTES_OUT: result.bytes_sent,
             attr.WIRE_BYTES_IN: result.bytes_received,
-        })
+        }
         if result.code is not None:
-            span.set_attribute(attr.SMTP_REPLY_CODE, result.code)
+            attributes[attr.SMTP_REPLY_CODE] = result.code
         if self.wave_id:
-            span.set_attribute(attr.WAVE_ID, self.wave_id)
+            attributes[attr.WAVE_ID] = self.wave_id
         if result.tls_version:
-            span.set_attributes({
-                attr.TLS_ESTABLISHED: True,
-                attr.TLS_PROTOCOL_NAME: "tls",
-                attr.TLS_PROTOCOL_VERSION: attr.tls_version_number(result.tls_version),
-                attr.TLS_CIPHER: result.cipher or "",
-                attr.TLS_RESUMED: bool(result.tls_resumed),
-                attr.CERT_VERIFIED: bool(result.cert_verified),
-            })
+            attributes[attr.TLS_ESTABLISHED] = True
+            attributes[attr.TLS_PROTOCOL_NAME] = "tls"
+            attributes[attr.TLS_PROTOCOL_VERSION] = attr.tls_version_number(result.tls_version)
+            attributes[attr.TLS_CIPHER] = result.cipher or ""
+            attributes[attr.TLS_RESUMED] = bool(result.tls_resumed)
+            attributes[attr.CERT_VERIFIED] = bool(result.cert_verified)
+        status = Status(StatusCode.UNSET)
         if not result.ok:
-            span.set_status(Status(StatusCode.ERROR, result.error or "failed"))
-            span.set_attribute(attr.ERROR_TYPE, (result.error or "error").split(":")[0])
-        context = trace.set_span_in_context(span)
+            status = Status(StatusCode.ERROR, result.error or "failed")
+            attributes[attr.ERROR_TYPE] = (result.error or "error").split(":")[0]
+        spans = self.client.spans
+        span = spans.record(attr.SPAN_SEND, self.parent, SpanKind.CLIENT, previous.wall_ns,
+                            now.wall_ns, attributes, status=status, ids=span_ids)
         for phase in previous.phases:
-            tracer.start_span(phase.name, context=context, start_time=phase.started_ns
-                              ).end(end_time=phase.ended_ns)
+            spans.record(phase.name, span, SpanKind.INTERNAL, phase.started_ns, phase.ended_ns,
+                         {})
         if handshake is not None:
-            tracer.start_span(
-                attr.SPAN_HANDSHAKE, context=context, start_time=handshake.started_wall_ns,
-                attributes=attr.handshake_attributes(
-                    "client", True, result.tls_version, result.cipher, bool(result.tls_resumed),
-                    self.wave_id),
-            ).end(end_time=handshake.started_wall_ns + int(handshake.ms * 1e6))
-        span.end(end_time=now.wall_ns)
+            spans.record(attr.SPAN_HANDSHAKE, span, SpanKind.INTERNAL,
+                         handshake.started_wall_ns,
+                         handshake.started_wall_ns + int(handshake.ms * 1e6),
+                         attr.handshake_attributes("client", True, result.tls_version,
+                                                   result.cipher, bool(result.tls_resumed),
+                                                   self.wave_id))
 
 
 def _text(engine_text: str) -> str:
