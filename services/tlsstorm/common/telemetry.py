@@ -166,7 +166,7 @@ class CountedTracerProvider(TracerProvider):
         return SpanRecorder(self, scope_name)
 
 
-_UNSET = Status(StatusCode.UNSET)
+UNSET_STATUS = Status(StatusCode.UNSET)  # a span that neither failed nor says it succeeded
 _SAMPLED, _NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(TraceFlags.DEFAULT)
 
 
@@ -188,7 +188,7 @@ class SpanRecorder:
 
     def record(self, name: str, parent: SpanContext | None, kind: SpanKind, start_ns: int,
                end_ns: int, attributes: dict, *, links: tuple[Link, ...] = (),
-               status: Status = _UNSET, ids: tuple[int, int] | None = None) -> SpanContext:
+               status: Status = UNSET_STATUS, ids: tuple[int, int] | None = None) -> SpanContext:
         """The span's context (a child's parent), whether the sampler kept it or not; `ids`:
         the trace and span ids chosen for it beforehand (see choose_ids)."""
         if ids is not None:

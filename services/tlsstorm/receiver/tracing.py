@@ -5,7 +5,7 @@ from __future__ import annotations
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from tlsstorm.common import attributes as attr
-from tlsstorm.common.telemetry import SpanRecorder, span_context_from_traceparent
+from tlsstorm.common.telemetry import UNSET_STATUS, SpanRecorder, span_context_from_traceparent
 from tlsstorm.receiver.session import SessionRecord
 
 
@@ -50,7 +50,7 @@ def emit_session_spans(
         attributes[attr.ERROR_TYPE] = record.errors[0]
     attributes[attr.SESSION_CPU_US] = record.cpu_ns // 1000
     status = Status(StatusCode.ERROR, ", ".join(sorted(set(record.errors)))) if record.errors \
-        else Status(StatusCode.UNSET)
+        else UNSET_STATUS
     session = spans.record(attr.SPAN_SESSION, parent, SpanKind.SERVER, record.started_ns,
                            record.ended_ns, attributes, links=links, status=status)
     if record.handshake_ok is not None:
@@ -61,5 +61,5 @@ def emit_session_spans(
         handshake_ns = int((record.handshake_ms or 0.0) * 1e6)
         spans.record(attr.SPAN_HANDSHAKE, session, SpanKind.INTERNAL,
                      record.handshake_started_ns, record.handshake_started_ns + handshake_ns,
-                     handshake, status=Status(StatusCode.UNSET) if record.handshake_ok
+                     handshake, status=UNSET_STATUS if record.handshake_ok
                      else Status(StatusCode.ERROR, record.errors[0]))

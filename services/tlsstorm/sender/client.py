@@ -18,7 +18,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tlsstorm.common import attributes as attr
 from tlsstorm.common.config import SenderSettings
-from tlsstorm.common.telemetry import CountedTracerProvider, choose_ids, span_counts_of
+from tlsstorm.common.telemetry import (
+    UNSET_STATUS,
+    CountedTracerProvider,
+    choose_ids,
+    span_counts_of,
+)
 from tlsstorm.common.tls import client_context
 from tlsstorm.sender.allowlist import Target
 from tlsstorm.sender.engine import (
@@ -432,7 +437,7 @@ class _Session:
             attributes[attr.TLS_CIPHER] = result.cipher or ""
             attributes[attr.TLS_RESUMED] = bool(result.tls_resumed)
             attributes[attr.CERT_VERIFIED] = bool(result.cert_verified)
-        status = Status(StatusCode.UNSET)
+        status = UNSET_STATUS
         if not result.ok:
             status = Status(StatusCode.ERROR, result.error or "failed")
             attributes[attr.ERROR_TYPE] = (result.error or "error").split(":")[0]
