@@ -11,6 +11,7 @@ Usage: python bench/receiver_cost.py [--messages 1000] [--rate 200] [--repeat 5]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shutil
 import ssl
@@ -110,29 +111,50 @@ class Costs:
     sender_telemetry: float
 
 
-def measure(runner: SweepRunner, flags: argparse.Namespace, label: str) -> dict[str, list[Costs]]:
-    """--repeat rounds of one plain and one STARTTLS wave, after a warm-up."""
-    sender_pid = runner.stack.stack.pid("sender")
-    runner.wave(0.5, flags.rate, 100, "warm-up")
-    costs: dict[str, list[Costs]] = {mode: [] for _, mode in MODES}
+def measure(folder: Path, cert: Path, key: Path, flags: argparse.Namespace, key_type: str
+            ) -> tuple[dict[str, list[Costs]], dict[str, list[Costs]]]:
+    """--repeat rounds, each on a fresh pair of stacks started side by side, one tracing and
+    one not (so a round's figures are of new processes: what one start costs more than another
+    is in the interval), each warmed up; then one plain and one STARTTLS wave on each, in turn,
+    the tracing one first in every other round. Returns (off, on)."""
+    costs = {traced: {mode: [] for _, mode in MODES} for traced in (False, True)}
     for round_number in range(1, flags.repeat + 1):
-        for ratio, mode in MODES:
-            sender_before = cpu_seconds_of(sender_pid)
-            engine_before = thread_cpu_seconds_of(sender_pid, ENGINE_THREAD)
-            sender_telemetry_before = _sender_telemetry_seconds(runner)
-            point = runner.wave(ratio, flags.rate, flags.messages,
-                                f"{label} {mode:>8} {round_number}/{flags.repeat}")
-            per_message = 1e6 / point.messages
-            sender_us = (cpu_seconds_of(sender_pid) - sender_before) * per_message
-            engine_us = ((thread_cpu_seconds_of(sender_pid, ENGINE_THREAD) - engine_before)
-                         * per_message)
-            receiver_process = runner.http.get(f"{runner.receiver_url}/v1/stats").json()[
-                "process"]  # since the wave's start (the runner resets it then)
-            costs[mode].append(Costs(
-                point.cpu_ms_per_message * 1000, point.process_cpu_ms_per_message * 1000,
-                sender_us, engine_us, receiver_process["cpu_seconds_telemetry"] * per_message,
-                (_sender_telemetry_seconds(runner) - sender_telemetry_before) * per_message))
-    return costs
+        started = []
+        with contextlib.ExitStack() as stacks:
+            for traced in (False, True):
+                stack_folder = folder / f"round-{round_number}-{'on' if traced else 'off'}"
+                stack_folder.mkdir()
+                runner = stacks.enter_context(stack_runner(
+                    overrides=stack_environment(stack_folder, cert, key),
+                    label=f"round {round_number}, the local stack, tracing "
+                          f"{'on' if traced else 'off'}", tracing=traced))
+                runner.wave(0.5, flags.rate, 100, "warm-up")
+                started.append((traced, runner))
+            if round_number % 2 == 0:
+                started.reverse()
+            for ratio, mode in MODES:
+                for traced, runner in started:
+                    label = f"{key_type}{' traced' if traced else ''} {mode:>8} " \
+                            f"{round_number}/{flags.repeat}"
+                    costs[traced][mode].append(_wave_costs(runner, ratio, flags, label))
+    return costs[False], costs[True]
+
+
+def _wave_costs(runner: SweepRunner, ratio: float, flags: argparse.Namespace,
+                label: str) -> Costs:
+    sender_pid = runner.stack.stack.pid("sender")
+    sender_before = cpu_seconds_of(sender_pid)
+    engine_before = thread_cpu_seconds_of(sender_pid, ENGINE_THREAD)
+    sender_telemetry_before = _sender_telemetry_seconds(runner)
+    point = runner.wave(ratio, flags.rate, flags.messages, label)
+    per_message = 1e6 / point.messages
+    sender_us = (cpu_seconds_of(sender_pid) - sender_before) * per_message
+    engine_us = (thread_cpu_seconds_of(sender_pid, ENGINE_THREAD) - engine_before) * per_message
+    receiver_process = runner.http.get(f"{runner.receiver_url}/v1/stats").json()[
+        "process"]  # since the wave's start (the runner resets it then)
+    return Costs(point.cpu_ms_per_message * 1000, point.process_cpu_ms_per_message * 1000,
+                 sender_us, engine_us, receiver_process["cpu_seconds_telemetry"] * per_message,
+                 (_sender_telemetry_seconds(runner) - sender_telemetry_before) * per_message)
 
 
 def _sender_telemetry_seconds(runner: SweepRunner) -> float:
@@ -264,17 +286,13 @@ def main() -> None:
             openssl = [openssl_handshake_cpu_us(cert, key, seconds=3)
                        for _ in range(flags.repeat)]
             halves = [in_process_handshake_cpu_us(cert, key) for _ in range(flags.repeat)]
-            environment = stack_environment(Path(folder), cert, key)
-            with stack_runner(overrides=environment) as runner:
-                off = measure(runner, flags, f"{key_type}")
-            with stack_runner(overrides=environment, label="the local stack, tracing on",
-                              tracing=True) as runner:
-                on = measure(runner, flags, f"{key_type} traced")
+            off, on = measure(Path(folder), cert, key, flags, key_type)
         results.append((key_type, openssl, halves, off, on))
     print(f"\nmachine: {machine_note()}")
-    print(f"TLS 1.3, no tickets (every handshake full); {flags.repeat} rounds of waves of "
-          f"{flags.messages} messages at {flags.rate:g}/s, one message per session; "
-          "mean +- 95% confidence interval")
+    print(f"TLS 1.3, no tickets (every handshake full); {flags.repeat} rounds, each on two "
+          f"fresh stacks side by side (tracing off, on) taking waves of {flags.messages} "
+          f"messages at {flags.rate:g}/s in turn, one message per session; mean +- 95% "
+          "confidence interval")
     for result in results:
         report(*result)
 

@@ -6,6 +6,8 @@ the W3C propagator's."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from opentelemetry import trace
@@ -28,8 +30,8 @@ from opentelemetry.trace.span import TraceState
 
 from tests.helpers import wait_for
 from tlsstorm.common import attributes as attr
-from tlsstorm.common.otlp_wire import WireEncoder
-from tlsstorm.common.telemetry import span_context_from_traceparent, tracer_provider
+from tlsstorm.common.otlp_wire import EncodedSpan, WireEncoder, WireSpanExporter
+from tlsstorm.common.telemetry import SpanRecorder, span_context_from_traceparent, tracer_provider
 
 REMOTE = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, is_remote=True,
                      trace_flags=TraceFlags(1), trace_state=TraceState([("vendor", "value1")]))
@@ -88,24 +90,121 @@ def test_bodies_decode_to_what_opentelemetrys_encoder_makes():
     assert ExportTraceServiceRequest.FromString(encoder.request([])) == encode_spans([])
 
 
+def _record_every_shape(recorder: SpanRecorder) -> None:
+    """The spans the receiver and the sender record, and then some: a remote parent with a
+    trace state, remote and local links, every status, a root, a child, every attribute type."""
+    attributes = {"s": "x", "empty": "", "ü": "grüße", "t": True, "f": False, "i": 0,
+                  "neg": -5, "big": 2**63 - 1, "d": 0.25, "strs": ("a", "b"), "ints": (1, -2)}
+    session = recorder.record(attr.SPAN_SESSION, REMOTE, SpanKind.SERVER, 10, 20, attributes,
+                              links=(Link(REMOTE), Link(SpanContext(7, 8, is_remote=False))),
+                              ids=(REMOTE.trace_id, 0x51))
+    recorder.record(attr.SPAN_HANDSHAKE, session, SpanKind.INTERNAL, 11, 15, {"n": 1},
+                    status=Status(StatusCode.ERROR, "handshake failed"),
+                    ids=(REMOTE.trace_id, 0x52))
+    recorder.record(attr.SPAN_SEND, None, SpanKind.CLIENT, 30, 40, {attr.MODE: "plain"},
+                    status=Status(StatusCode.OK), ids=(0x77, 0x53))
+    recorder.record("smtp.DATA", None, SpanKind.INTERNAL, 31, 32, {}, ids=(0x77, 0x54))
+
+
+def test_spans_recorded_into_bytes_are_the_spans_recorded_as_readable_spans():
+    """A SpanRecorder with an encoder (every service's, see the next test) writes each span's
+    bytes at once; the body made of them is what OpenTelemetry's encoder makes of the same
+    spans recorded as ReadableSpans."""
+    kept = InMemorySpanExporter()
+    provider = tracer_provider("tlsstorm-receiver", exporter=kept)
+    _record_every_shape(SpanRecorder(provider, "tlsstorm.receiver", WireEncoder()))
+    _record_every_shape(provider.recorder("tlsstorm.receiver"))
+    provider.force_flush()
+    spans = kept.get_finished_spans()
+    encoded = [span for span in spans if isinstance(span, EncodedSpan)]
+    readable = [span for span in spans if not isinstance(span, EncodedSpan)]
+    assert len(encoded) == len(readable) == 4
+    body = ExportTraceServiceRequest.FromString(WireEncoder().request(encoded))
+    assert body == encode_spans(readable)
+    both = ExportTraceServiceRequest.FromString(WireEncoder().request(spans))
+    assert len(both.resource_spans[0].scope_spans[0].spans) == 8
+
+
+def test_deferred_spans_are_built_at_export_and_counted_as_spans():
+    """SpanRecorder.defer: nothing is built when called (the event loop only queues it); at
+    export each call builds its spans, counted ended as the spans it made: none when the
+    sampler drops them, one dropped (and the rest of the batch exported) when it fails."""
+    kept = InMemorySpanExporter()
+    provider = tracer_provider("tlsstorm-receiver", exporter=kept)
+    recorder = provider.recorder("tlsstorm.receiver")
+    unsampled = SpanContext(5, 6, is_remote=True, trace_flags=TraceFlags(0))
+    calls: list[str] = []
+
+    def session(spans: SpanRecorder, parent: SpanContext | None, handshake: bool) -> None:
+        calls.append("session")
+        context = spans.record(attr.SPAN_SESSION, parent, SpanKind.SERVER, 1, 2, {})
+        if handshake:
+            spans.record(attr.SPAN_HANDSHAKE, context, SpanKind.INTERNAL, 1, 2, {})
+
+    def broken(spans: SpanRecorder) -> None:
+        spans.record(attr.SPAN_SESSION, None, SpanKind.SERVER, 1, 2, {})
+        raise ValueError("a bug in building")
+
+    recorder.defer(session, REMOTE, True)
+    recorder.defer(broken)
+    recorder.defer(session, unsampled, True)
+    recorder.defer(session, None, False)
+    assert calls == []
+    counts = provider.span_counts
+    assert counts.ended == 4  # each call one span until it is built
+    assert provider.force_flush(10_000)
+    assert calls == ["session"] * 3
+    names = [span.name for span in kept.get_finished_spans()]
+    assert names == [attr.SPAN_SESSION, attr.SPAN_HANDSHAKE, attr.SPAN_SESSION]
+    assert (counts.ended, counts.exported, counts.dropped) == (4, 3, 1)
+
+
 def test_a_traced_service_exports_through_it_to_the_collector(start_collector, monkeypatch):
-    """tracer_provider() as every service builds it from OTEL_*: its spans reach the collector
-    (which decodes with the generated classes) and are counted exported, none dropped."""
+    """tracer_provider() as every service builds it from OTEL_*: its live spans and the spans
+    its recorder writes straight into bytes reach the collector (which decodes with the
+    generated classes) and are counted exported, none dropped."""
     collector = start_collector()
+    for proxy in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.http)
     provider = tracer_provider("tlsstorm-receiver")
     tracer = provider.get_tracer("tlsstorm")
+    recorder = provider.recorder("tlsstorm.receiver")
     for index in range(20):
         tracer.start_span(attr.SPAN_SESSION, kind=SpanKind.SERVER, attributes={
             attr.MODE: "plain", attr.SMTP_MESSAGES: 1, attr.WAVE_ID: "wire",
             attr.SESSION_CPU_US: 100 + index}).end()
+        recorder.record(attr.SPAN_SESSION, None, SpanKind.SERVER, time.time_ns() - 1000,
+                        time.time_ns(), {attr.MODE: "starttls", attr.SMTP_MESSAGES: 2,
+                                         attr.WAVE_ID: "wire", attr.SESSION_CPU_US: 300})
+    assert provider.exporter.transport == "urllib3"  # http://, no proxy
     assert provider.force_flush(10_000)
     counts = provider.span_counts
-    assert (counts.ended, counts.exported, counts.dropped) == (20, 20, 0)
+    assert (counts.ended, counts.exported, counts.dropped) == (40, 40, 0)
     summary = wait_for(lambda: httpx.get(f"{collector.http}/v1/summary",
                                          params={"wave": "wire"}).json())
     assert summary["receiver"]["plain"]["sessions"] == 20, summary
+    assert summary["receiver"]["starttls"]["sessions"] == 20, summary
+    assert summary["receiver"]["starttls"]["messages"] == 40, summary
     provider.shutdown()
+
+
+@pytest.mark.parametrize(("endpoint", "proxy", "transport"), [
+    ("http://collector:8027", None, "urllib3"),
+    ("http://collector:8027", "http://proxy.example:3128", "requests"),
+    ("https://collector:8027", None, "requests"),
+])
+def test_the_requests_session_stays_where_tls_or_a_proxy_needs_it(monkeypatch, endpoint, proxy,
+                                                                   transport):
+    """The lighter urllib3 transport only for plain HTTP without a proxy: HTTPS keeps the
+    requests session's CA handling, a proxy in the environment keeps being used."""
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
+                 "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    if proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    assert WireSpanExporter().transport == transport
 
 
 @pytest.mark.parametrize("traceparent", [

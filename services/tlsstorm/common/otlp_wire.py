@@ -16,9 +16,14 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status
+from requests.utils import get_environ_proxies
 
 _LENGTH_DELIMITED, _VARINT, _FIXED64, _FIXED32 = 2, 0, 1, 5
 # SpanFlags: the is_remote bit is known (0x100) and, for a remote parent, set (0x200).
@@ -49,7 +54,7 @@ def _delimited(field: int, payload: bytes) -> bytes:
 
 
 # Span.kind (field 6): SPAN_KIND_* is the SDK's SpanKind value + 1. Span.flags (field 16).
-_KINDS = {value: _tag(6, _VARINT) + _varint(value + 1) for value in range(5)}
+_KINDS = {kind: _tag(6, _VARINT) + _varint(kind.value + 1) for kind in SpanKind}
 _LOCAL_FLAGS = _tag(16, _FIXED32) + struct.pack("<I", _HAS_IS_REMOTE)
 _REMOTE_FLAGS = _tag(16, _FIXED32) + struct.pack("<I", _HAS_IS_REMOTE | _IS_REMOTE)
 _LOCAL_LINK = _tag(6, _FIXED32) + struct.pack("<I", _HAS_IS_REMOTE)  # Link.flags (field 6)
@@ -82,13 +87,29 @@ def _key_value(key: str, value: Any) -> bytes:
     return _delimited(1, key.encode()) + _delimited(2, _any_value(value))
 
 
+class EncodedSpan:
+    """A span a SpanRecorder wrote straight into its Span message when its work ended: what
+    a batch processor reads of a span (its context, for the sampled flag) and what a request
+    groups spans by. Queued as bytes, not as a ReadableSpan with its dicts and contexts: less
+    to build, nothing for the garbage collector to walk while it waits for export."""
+
+    __slots__ = ("context", "encoded", "instrumentation_scope", "resource")
+
+    def __init__(self, context: SpanContext, encoded: bytes, resource: Resource,
+                 instrumentation_scope: InstrumentationScope) -> None:
+        self.context = context
+        self.encoded = encoded
+        self.resource = resource
+        self.instrumentation_scope = instrumentation_scope
+
+
 class WireEncoder:
     """Encodes batches of finished spans into ExportTraceServiceRequest bodies."""
 
     def __init__(self) -> None:
         self._entries: dict[tuple[int, str, type, Any], bytes] = {}
 
-    def request(self, spans: Sequence[ReadableSpan]) -> bytes:
+    def request(self, spans: Sequence[ReadableSpan | EncodedSpan]) -> bytes:
         """One body: spans grouped by resource, then by instrumentation scope, as the
         library's encoder groups them (by identity here: a Resource hashes by JSON-encoding
         its attributes, and a provider has one)."""
@@ -98,7 +119,8 @@ class WireEncoder:
             scopes = grouped.get(id(resource))
             if scopes is None:
                 scopes = grouped[id(resource)] = (resource, defaultdict(list))
-            scopes[1][span.instrumentation_scope or None].append(self._span(span))
+            scopes[1][span.instrumentation_scope or None].append(
+                span.encoded if type(span) is EncodedSpan else self._span(span))
         body = bytearray()
         for resource, scopes in grouped.values():
             resource_spans = bytearray(_delimited(1, self._attributes_of(resource.attributes)))
@@ -144,14 +166,60 @@ class WireEncoder:
                 encoded = _key_value(key, value)
                 entry = _tag(field, _LENGTH_DELIMITED) + _varint(len(encoded)) + encoded
                 if cache_key is not None:
-                    if len(cache) >= _CACHE_LIMIT:
-                        cache.clear()
-                    cache[cache_key] = entry
+                    self._cached(cache_key, entry)
             out += entry
         return bytes(out)
 
+    def encoded_span(self, name: str, context: SpanContext, parent: SpanContext | None,
+                     kind: SpanKind, start_ns: int, end_ns: int, attributes: Mapping[str, Any],
+                     links: Sequence[Link], status: Status, resource: Resource,
+                     scope: InstrumentationScope) -> EncodedSpan:
+        """A finished span's parts, encoded at once (see SpanRecorder)."""
+        return EncodedSpan(context, self.span_bytes(name, context, parent, kind, start_ns,
+                                                    end_ns, attributes, links=links,
+                                                    status=status), resource, scope)
+
+    def _field_of(self, field: int, text: str) -> bytes:
+        """A string field (a span's name), cached: a service's spans have a few names."""
+        cache_key = (field, text)
+        entry = self._entries.get(cache_key)
+        if entry is None:
+            entry = self._cached(cache_key, _delimited(field, text.encode()))
+        return entry
+
+    def _status_of(self, status: Status) -> bytes:
+        """Span.status (field 15), cached by code and description."""
+        cache_key = (15, status.status_code, status.description)
+        entry = self._entries.get(cache_key)
+        if entry is None:
+            encoded = b""
+            if status.description:
+                encoded += _delimited(2, status.description.encode())
+            if status.status_code.value:
+                encoded += _tag(3, _VARINT) + _varint(status.status_code.value)
+            entry = self._cached(cache_key, _delimited(15, encoded))
+        return entry
+
+    def _cached(self, cache_key: tuple, entry: bytes) -> bytes:
+        if len(self._entries) >= _CACHE_LIMIT:
+            self._entries.clear()
+        self._entries[cache_key] = entry
+        return entry
+
     def _span(self, span: ReadableSpan) -> bytes:
-        context = span.get_span_context()
+        return self.span_bytes(
+            span.name, span.get_span_context(), span.parent, span.kind, span.start_time,
+            span.end_time, span.attributes, span.events, span.links, span.status,
+            span.dropped_attributes, span.dropped_events, span.dropped_links)
+
+    def span_bytes(self, name: str, context: SpanContext, parent: SpanContext | None,
+                   kind: SpanKind, start_ns: int | None, end_ns: int | None,
+                   attributes: Mapping[str, Any] | None, events: Sequence[Event] = (),
+                   links: Sequence[Link] = (), status: Status | None = None,
+                   dropped_attributes: int = 0, dropped_events: int = 0,
+                   dropped_links: int = 0) -> bytes:
+        """One Span message (trace.proto) from a span's parts: a ReadableSpan's, or those a
+        SpanRecorder writes straight into bytes."""
         out = bytearray(b"\x0a\x10")  # field 1, 16 bytes
         out += context.trace_id.to_bytes(16, "big")
         out += b"\x12\x08"  # field 2, 8 bytes
@@ -159,26 +227,25 @@ class WireEncoder:
         if context.trace_state:
             out += _delimited(3, ",".join(f"{key}={value}"
                                           for key, value in context.trace_state.items()).encode())
-        parent = span.parent
         if parent:
             out += b"\x22\x08"  # field 4, 8 bytes
             out += parent.span_id.to_bytes(8, "big")
-        out += _delimited(5, span.name.encode())
-        out += _KINDS[span.kind.value]
-        out += _TIMES.pack(0x39, span.start_time or 0, 0x41, span.end_time or 0)  # fields 7, 8
-        out += self._attributes_of(span.attributes, field=9)
-        if span.dropped_attributes:
-            out += _tag(10, _VARINT) + _varint(span.dropped_attributes)
-        for event in span.events:
+        out += self._field_of(5, name)
+        out += _KINDS[kind]
+        out += _TIMES.pack(0x39, start_ns or 0, 0x41, end_ns or 0)  # fields 7, 8
+        out += self._attributes_of(attributes, field=9)
+        if dropped_attributes:
+            out += _tag(10, _VARINT) + _varint(dropped_attributes)
+        for event in events:
             encoded = bytearray(_tag(1, _FIXED64) + struct.pack("<Q", event.timestamp))
             encoded += _delimited(2, event.name.encode())
             encoded += self._attributes_of(event.attributes, field=3)
             if event.dropped_attributes:
                 encoded += _tag(4, _VARINT) + _varint(event.dropped_attributes)
             out += _delimited(11, bytes(encoded))
-        if span.dropped_events:
-            out += _tag(12, _VARINT) + _varint(span.dropped_events)
-        for link in span.links:
+        if dropped_events:
+            out += _tag(12, _VARINT) + _varint(dropped_events)
+        for link in links:
             encoded = bytearray(_delimited(1, link.context.trace_id.to_bytes(16, "big")))
             encoded += _delimited(2, link.context.span_id.to_bytes(8, "big"))
             encoded += self._attributes_of(link.attributes, field=4)
@@ -186,16 +253,10 @@ class WireEncoder:
                 encoded += _tag(5, _VARINT) + _varint(link.dropped_attributes)
             encoded += _REMOTE_LINK if link.context.is_remote else _LOCAL_LINK
             out += _delimited(13, bytes(encoded))
-        if span.dropped_links:
-            out += _tag(14, _VARINT) + _varint(span.dropped_links)
-        status = span.status
+        if dropped_links:
+            out += _tag(14, _VARINT) + _varint(dropped_links)
         if status is not None:
-            encoded = b""
-            if status.description:
-                encoded += _delimited(2, status.description.encode())
-            if status.status_code.value:
-                encoded += _tag(3, _VARINT) + _varint(status.status_code.value)
-            out += _delimited(15, encoded)
+            out += self._status_of(status)
         out += _REMOTE_FLAGS if parent is not None and parent.is_remote else _LOCAL_FLAGS
         return bytes(out)
 
@@ -204,13 +265,28 @@ class WireSpanExporter(OTLPSpanExporter):
     """OpenTelemetry's OTLP/HTTP exporter (endpoint, headers, TLS, compression, timeout and
     retries as OTEL_* say) sending bodies the WireEncoder wrote. It reaches into the exporter's
     client, hence the minor version pinned in pyproject.toml; tests export through it to the
-    collector."""
+    collector.
+
+    To a plain-HTTP endpoint no proxy serves (the collector beside the services), requests go
+    through the library's own urllib3 transport instead of its requests session: half the CPU
+    per export (requests reads the proxy and netrc settings from the environment on every
+    request), and the services export every second whatever the load. HTTPS endpoints and
+    proxied ones keep the requests session, and with it every TLS and proxy setting."""
 
     def __init__(self) -> None:
         super().__init__()
         self._wire = WireEncoder()
+        if self._endpoint.startswith("http://") and not get_environ_proxies(self._endpoint):
+            self._client._transport.close()
+            self._client._transport = Urllib3HTTPTransport()
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    @property
+    def transport(self) -> str:
+        """Which HTTP library sends: "urllib3" or "requests"."""
+        return "urllib3" if isinstance(self._client._transport, Urllib3HTTPTransport) \
+            else "requests"
+
+    def export(self, spans: Sequence[ReadableSpan | EncodedSpan]) -> SpanExportResult:
         if self._shutdown:
             return SpanExportResult.FAILURE
         sent = self._client.export(self._wire.request(spans))

@@ -121,8 +121,8 @@ class ReceiverService:
         self.charged_ns_total += record.cpu_ns
         if self._session_spans is not None:
             with self.telemetry.building() as built:
-                emit_session_spans(self._session_spans, record, self.settings.hostname,
-                                   self.smtp_port, self.chain_summary)
+                self._session_spans.defer(emit_session_spans, record, self.settings.hostname,
+                                          self.smtp_port, self.chain_summary)
             if self.cpu_meter is not None:
                 self.cpu_meter.set_aside(built.ns)
         self.gate_counts.add(record)

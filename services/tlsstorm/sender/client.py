@@ -21,6 +21,7 @@ from tlsstorm.common.config import SenderSettings
 from tlsstorm.common.telemetry import (
     UNSET_STATUS,
     CountedTracerProvider,
+    SpanRecorder,
     choose_ids,
     span_counts_of,
 )
@@ -295,7 +296,7 @@ class _Session:
         context = client.resuming_context if resume else client.profile_contexts[profile]
         sni = PROFILES[profile].sni
         self.count, self.size = count, size
-        self.ids = [choose_ids() for _ in range(count)] if client.spans is not None else []
+        self.ids = choose_ids(count) if client.spans is not None else []
         pieces, head_of, text_of, self.sizes = self._messages(self.ids, count, size)
         return Conversation(target.address, target.port, context if self.tls else None,
                             target.host if sni else None, resume, client.helo_name,
@@ -408,52 +409,54 @@ class _Session:
         self.results.append(result)
         if span_ids is not None:
             with self.client.telemetry.building():
-                self._record_span(span_ids, result, previous, now, handshake if first else None)
+                self.client.spans.defer(_message_spans, self, span_ids, result, previous, now,
+                                        handshake if first else None)
 
-    def _record_span(self, span_ids: tuple[int, int], result: MessageResult,
-                     previous: _Checkpoint, now: _Checkpoint,
-                     handshake: _Handshake | None) -> None:
-        """The message's span, with the ids its traceparent header carried."""
-        target = self.target
-        attributes = {
-            attr.SERVER_ADDRESS: target.host,
-            attr.SERVER_PORT: target.port,
-            "network.peer.address": target.address,
-            attr.NETWORK_TRANSPORT: "tcp",
-            attr.NETWORK_PROTOCOL_NAME: "smtp",
-            attr.MODE: "starttls" if self.tls else "plain",
-            attr.MESSAGE_BYTES: result.size,
-            attr.WIRE_BYTES_OUT: result.bytes_sent,
-            attr.WIRE_BYTES_IN: result.bytes_received,
-        }
-        if result.code is not None:
-            attributes[attr.SMTP_REPLY_CODE] = result.code
-        if self.wave_id:
-            attributes[attr.WAVE_ID] = self.wave_id
-        if result.tls_version:
-            attributes[attr.TLS_ESTABLISHED] = True
-            attributes[attr.TLS_PROTOCOL_NAME] = "tls"
-            attributes[attr.TLS_PROTOCOL_VERSION] = attr.tls_version_number(result.tls_version)
-            attributes[attr.TLS_CIPHER] = result.cipher or ""
-            attributes[attr.TLS_RESUMED] = bool(result.tls_resumed)
-            attributes[attr.CERT_VERIFIED] = bool(result.cert_verified)
-        status = UNSET_STATUS
-        if not result.ok:
-            status = Status(StatusCode.ERROR, result.error or "failed")
-            attributes[attr.ERROR_TYPE] = (result.error or "error").split(":")[0]
-        spans = self.client.spans
-        span = spans.record(attr.SPAN_SEND, self.parent, SpanKind.CLIENT, previous.wall_ns,
-                            now.wall_ns, attributes, status=status, ids=span_ids)
-        for phase in previous.phases:
-            spans.record(phase.name, span, SpanKind.INTERNAL, phase.started_ns, phase.ended_ns,
-                         {})
-        if handshake is not None:
-            spans.record(attr.SPAN_HANDSHAKE, span, SpanKind.INTERNAL,
-                         handshake.started_wall_ns,
-                         handshake.started_wall_ns + int(handshake.ms * 1e6),
-                         attr.handshake_attributes("client", True, result.tls_version,
-                                                   result.cipher, bool(result.tls_resumed),
-                                                   self.wave_id))
+
+def _message_spans(spans: SpanRecorder, session: _Session, span_ids: tuple[int, int],
+                   result: MessageResult, previous: _Checkpoint, now: _Checkpoint,
+                   handshake: _Handshake | None) -> None:
+    """The message's span, with the ids its traceparent header carried (built later, on
+    the exporter's thread: see SpanRecorder.defer)."""
+    target = session.target
+    attributes = {
+        attr.SERVER_ADDRESS: target.host,
+        attr.SERVER_PORT: target.port,
+        "network.peer.address": target.address,
+        attr.NETWORK_TRANSPORT: "tcp",
+        attr.NETWORK_PROTOCOL_NAME: "smtp",
+        attr.MODE: "starttls" if session.tls else "plain",
+        attr.MESSAGE_BYTES: result.size,
+        attr.WIRE_BYTES_OUT: result.bytes_sent,
+        attr.WIRE_BYTES_IN: result.bytes_received,
+    }
+    if result.code is not None:
+        attributes[attr.SMTP_REPLY_CODE] = result.code
+    if session.wave_id:
+        attributes[attr.WAVE_ID] = session.wave_id
+    if result.tls_version:
+        attributes[attr.TLS_ESTABLISHED] = True
+        attributes[attr.TLS_PROTOCOL_NAME] = "tls"
+        attributes[attr.TLS_PROTOCOL_VERSION] = attr.tls_version_number(result.tls_version)
+        attributes[attr.TLS_CIPHER] = result.cipher or ""
+        attributes[attr.TLS_RESUMED] = bool(result.tls_resumed)
+        attributes[attr.CERT_VERIFIED] = bool(result.cert_verified)
+    status = UNSET_STATUS
+    if not result.ok:
+        status = Status(StatusCode.ERROR, result.error or "failed")
+        attributes[attr.ERROR_TYPE] = (result.error or "error").split(":")[0]
+    span = spans.record(attr.SPAN_SEND, session.parent, SpanKind.CLIENT, previous.wall_ns,
+                        now.wall_ns, attributes, status=status, ids=span_ids)
+    for phase in previous.phases:
+        spans.record(phase.name, span, SpanKind.INTERNAL, phase.started_ns, phase.ended_ns,
+                     {})
+    if handshake is not None:
+        spans.record(attr.SPAN_HANDSHAKE, span, SpanKind.INTERNAL,
+                     handshake.started_wall_ns,
+                     handshake.started_wall_ns + int(handshake.ms * 1e6),
+                     attr.handshake_attributes("client", True, result.tls_version,
+                                               result.cipher, bool(result.tls_resumed),
+                                               session.wave_id))
 
 
 def _text(engine_text: str) -> str:
