@@ -88,10 +88,9 @@ def _key_value(key: str, value: Any) -> bytes:
 
 
 class EncodedSpan:
-    """A span a SpanRecorder wrote straight into its Span message when its work ended: what
-    a batch processor reads of a span (its context, for the sampled flag) and what a request
-    groups spans by. Queued as bytes, not as a ReadableSpan with its dicts and contexts: less
-    to build, nothing for the garbage collector to walk while it waits for export."""
+    """A span a SpanRecorder wrote straight into its Span message: what a batch processor
+    reads of a span (its context, for the sampled flag) and what a request groups spans by,
+    without a ReadableSpan (its attribute mapping, its contexts) built for each span."""
 
     __slots__ = ("context", "encoded", "instrumentation_scope", "resource")
 
@@ -107,7 +106,9 @@ class WireEncoder:
     """Encodes batches of finished spans into ExportTraceServiceRequest bodies."""
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[int, str, type, Any], bytes] = {}
+        # Encoded attributes by (field, key, type, value); names by (field, text); statuses
+        # by (15, code, description).
+        self._entries: dict[tuple, bytes] = {}
 
     def request(self, spans: Sequence[ReadableSpan | EncodedSpan]) -> bytes:
         """One body: spans grouped by resource, then by instrumentation scope, as the
