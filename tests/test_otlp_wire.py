@@ -104,6 +104,9 @@ def _record_every_shape(recorder: SpanRecorder) -> None:
     recorder.record(attr.SPAN_SEND, None, SpanKind.CLIENT, 30, 40, {attr.MODE: "plain"},
                     status=Status(StatusCode.OK), ids=(0x77, 0x53))
     recorder.record("smtp.DATA", None, SpanKind.INTERNAL, 31, 32, {}, ids=(0x77, 0x54))
+    recorder.record(attr.SPAN_HANDSHAKE, session, SpanKind.INTERNAL, 16, 18, {"n": 2},
+                    status=Status(StatusCode.ERROR, "handshake timed out"),
+                    ids=(REMOTE.trace_id, 0x55))  # the same code, another description
 
 
 def test_spans_recorded_into_bytes_are_the_spans_recorded_as_readable_spans():
@@ -118,11 +121,11 @@ def test_spans_recorded_into_bytes_are_the_spans_recorded_as_readable_spans():
     spans = kept.get_finished_spans()
     encoded = [span for span in spans if isinstance(span, EncodedSpan)]
     readable = [span for span in spans if not isinstance(span, EncodedSpan)]
-    assert len(encoded) == len(readable) == 4
+    assert len(encoded) == len(readable) == 5
     body = ExportTraceServiceRequest.FromString(WireEncoder().request(encoded))
     assert body == encode_spans(readable)
     both = ExportTraceServiceRequest.FromString(WireEncoder().request(spans))
-    assert len(both.resource_spans[0].scope_spans[0].spans) == 8
+    assert len(both.resource_spans[0].scope_spans[0].spans) == 10
 
 
 def test_deferred_spans_are_built_at_export_and_counted_as_spans():
