@@ -2,22 +2,37 @@
 the services' span exporter thread does with each session the event loop deferred to it:
 common/telemetry.py's SpanRecorder with common/otlp_wire.py's encoder), beside the same spans
 built as ReadableSpans and then encoded by tlsstorm's wire encoder and by OpenTelemetry's
-protobuf encoder. Thread CPU, in-process, back to back (caches warm), no network.
+protobuf encoder. Thread CPU, in-process, back to back (caches warm), no network. Then what
+one export request of a second's spans (200 plain sessions' worth) costs the exporter's thread
+through each HTTP transport it may use, to a real collector on loopback (the services send one
+a second whatever the load; common/otlp_transport.py).
 
-Usage: python bench/span_cost.py [--sessions 2000]
+Usage: python bench/span_cost.py [--sessions 2000] [--requests 200]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 
+import httpx
 from google.protobuf.internal import api_implementation
+from opentelemetry.exporter.http.transport._base import BaseHTTPTransport
+from opentelemetry.exporter.http.transport._requests import RequestsHTTPTransport
+from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from fixtures import free_port  # bench/ is on sys.path
 from tlsstorm.common.machine import machine_note
+from tlsstorm.common.otlp_transport import PlainHTTPTransport
 from tlsstorm.common.otlp_wire import EncodedSpan, WireEncoder
 from tlsstorm.common.telemetry import SpanRecorder, tracer_provider
 from tlsstorm.receiver.session import SessionRecord
@@ -39,12 +54,53 @@ def finished_session(tls: bool) -> SessionRecord:
 
 
 CHAIN = "leaf rsa2048 1,384 B + intermediate rsa2048 1,380 B"
+SECOND_OF_SPANS = 200  # plain sessions: a second at the benchmarks' 200 messages/s
+
+
+@contextlib.contextmanager
+def collector_url() -> Iterator[str]:
+    """`tlsstorm collector` as a process of its own on a free port, once it is ready."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        collector = subprocess.Popen(
+            [sys.executable, "-m", "tlsstorm", "collector"],
+            env={**os.environ, "OTEL_SDK_DISABLED": "true",
+                 "TLSSTORM_COLLECTOR_HTTP_PORT": str(port),
+                 "TLSSTORM_COLLECTOR_DB_PATH": f"{folder}/collector.sqlite"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(300):
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                time.sleep(0.1)
+            else:
+                raise SystemExit("the collector did not start")
+            yield url
+        finally:
+            collector.terminate()
+            collector.wait(10)
+
+
+def request_cpu_us(transport: BaseHTTPTransport, url: str, body: bytes, requests: int) -> float:
+    """Thread CPU per export request of `body` through `transport`, after a few to warm up."""
+    headers = {"Content-Type": "application/x-protobuf"}
+    for number in range(requests + 5):
+        if number == 5:
+            started = time.thread_time_ns()
+        result = transport.request("POST", url, headers=headers, timeout=10, data=body)
+        if result.status_code != 200:
+            raise SystemExit(f"the collector answered {result.status_code}: {result.error}")
+    return (time.thread_time_ns() - started) / 1000 / requests
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=2000)
-    sessions = parser.parse_args().sessions
+    parser.add_argument("--requests", type=int, default=200)
+    flags = parser.parse_args()
+    sessions = flags.sessions
     provider = tracer_provider("tlsstorm-receiver", exporter=InMemorySpanExporter())
     encoder = WireEncoder()
     print(f"machine: {machine_note()}; protobuf backend {api_implementation.Type()}")
@@ -72,6 +128,16 @@ def main() -> None:
               f"recorded into OTLP bytes {recorded_us:5.1f} us; as ReadableSpans: build "
               f"{built_us:5.1f} us + OTLP encoding {encoded_us:5.1f} us (OpenTelemetry's "
               f"encoder: {library_us:5.1f} us)")
+        if not tls:
+            body = WireEncoder().request(encoded[:SECOND_OF_SPANS])
+    transports = {"requests": RequestsHTTPTransport(verify=True, cert=None),
+                  "urllib3": Urllib3HTTPTransport(), "http.client": PlainHTTPTransport()}
+    with collector_url() as url:
+        costs = {name: request_cpu_us(transport, f"{url}/v1/traces", body, flags.requests)
+                 for name, transport in transports.items()}
+    print(f"one export request of {SECOND_OF_SPANS} plain sessions' spans ({len(body):,} B) "
+          "to a collector on loopback, exporter thread CPU: "
+          + ", ".join(f"{name} {cost:,.0f} us" for name, cost in costs.items()))
 
 
 if __name__ == "__main__":

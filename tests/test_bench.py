@@ -83,12 +83,15 @@ def test_postfix_compare_puts_both_servers_side_by_side(tmp_path):
 
 
 def test_span_cost_splits_building_from_encoding(tmp_path):
-    out = _bench(tmp_path, "span_cost.py", "--sessions", "200")
+    out = _bench(tmp_path, "span_cost.py", "--sessions", "200", "--requests", "20")
 
     for mode, spans in (("plain", 1), ("STARTTLS", 2)):
         assert re.search(rf"{mode} session, {spans} span\(s\): recorded into OTLP bytes +"
                          r"[\d.]+ us; as ReadableSpans: build +[\d.]+ us \+ OTLP encoding +"
                          r"[\d.]+ us \(OpenTelemetry's encoder: +[\d.]+ us\)", out), out
+    assert re.search(r"one export request of 200 plain sessions' spans \([\d,]+ B\) to a "
+                     r"collector on loopback, exporter thread CPU: requests [\d,]+ us, "
+                     r"urllib3 [\d,]+ us, http.client [\d,]+ us", out), out
 
 
 @pytest.mark.skipif((os.geteuid() != 0 or (os.cpu_count() or 1) < 2)
