@@ -174,9 +174,10 @@ def test_a_session_is_charged_the_same_with_tracing_on_and_off(receiver_process,
     for tls in (False, True):
         tracing_on, tracing_off = (sum(charged[name, tls]) / rounds for name in ("on", "off"))
         assert tracing_on == pytest.approx(tracing_off, rel=0.10), charged
-        # Tracing is not free, and its cost is in the account: 3-6% of the sessions' charge
-        # since spans are recorded whole and encoded directly (stop 42; 13-21% before).
-        assert min(telemetry[tls]) > 0.02 * tracing_on, telemetry
+        # Tracing is not free, and its cost is in the account: 2-4% of the sessions' charge
+        # since spans are recorded whole, encoded directly (stop 42; 13-21% before) and sent
+        # with http.client (stop 44).
+        assert min(telemetry[tls]) > 0.01 * tracing_on, telemetry
     factor_on, factor_off = (sum(charged[name, True]) / sum(charged[name, False])
                              for name in ("on", "off"))
     assert factor_on == pytest.approx(factor_off, rel=0.10), charged

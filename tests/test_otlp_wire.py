@@ -6,6 +6,7 @@ the W3C propagator's."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -162,6 +163,44 @@ def test_deferred_spans_are_built_at_export_and_counted_as_spans():
     assert (counts.ended, counts.exported, counts.dropped) == (4, 3, 1)
 
 
+def test_calls_deferred_in_one_loop_pass_are_queued_as_one_and_counted_as_their_spans():
+    """SpanRecorder.defer_soon (the sender's, a wave's tick hands out several reports): the
+    calls of one pass of the event loop reach the batch processor as one item at its end, timed
+    as building; at export each call builds its spans, a failing call is one span dropped and
+    the other calls of its item are kept."""
+    kept = InMemorySpanExporter()
+    provider = tracer_provider("tlsstorm-sender", exporter=kept)
+    recorder = provider.recorder("tlsstorm.sender")
+    counts = provider.span_counts
+
+    def message(spans: SpanRecorder, number: int) -> None:
+        spans.record(attr.SPAN_SEND, None, SpanKind.CLIENT, 1, 2, {attr.MESSAGE_BYTES: number})
+
+    def broken(spans: SpanRecorder) -> None:
+        spans.record(attr.SPAN_SEND, None, SpanKind.CLIENT, 1, 2, {})
+        raise ValueError("a bug in building")
+
+    async def two_passes() -> list[int]:
+        queued = []
+        for number in range(3):
+            recorder.defer_soon(message, number)
+        recorder.defer_soon(broken)
+        queued.append(counts.ended)  # nothing queued before the pass ends
+        await asyncio.sleep(0)
+        queued.append(counts.ended)  # the pass's four calls: one item
+        recorder.defer_soon(message, 3)
+        await asyncio.sleep(0)
+        queued.append(counts.ended)
+        return queued
+
+    assert asyncio.run(two_passes()) == [0, 1, 2]
+    assert counts.build_cpu_ns > 0
+    assert provider.force_flush(10_000)
+    sizes = [span.attributes[attr.MESSAGE_BYTES] for span in kept.get_finished_spans()]
+    assert sizes == [0, 1, 2, 3]
+    assert (counts.ended, counts.exported, counts.dropped) == (5, 4, 1)
+
+
 def test_a_traced_service_exports_through_it_to_the_collector(start_collector, monkeypatch):
     """tracer_provider() as every service builds it from OTEL_*: its live spans and the spans
     its recorder writes straight into bytes reach the collector (which decodes with the
@@ -180,7 +219,7 @@ def test_a_traced_service_exports_through_it_to_the_collector(start_collector, m
         recorder.record(attr.SPAN_SESSION, None, SpanKind.SERVER, time.time_ns() - 1000,
                         time.time_ns(), {attr.MODE: "starttls", attr.SMTP_MESSAGES: 2,
                                          attr.WAVE_ID: "wire", attr.SESSION_CPU_US: 300})
-    assert provider.exporter.transport == "urllib3"  # http://, no proxy
+    assert provider.exporter.transport == "http.client"  # http://, no proxy
     assert provider.force_flush(10_000)
     counts = provider.span_counts
     assert (counts.ended, counts.exported, counts.dropped) == (40, 40, 0)
@@ -192,15 +231,64 @@ def test_a_traced_service_exports_through_it_to_the_collector(start_collector, m
     provider.shutdown()
 
 
+def test_the_kept_connection_outlives_a_collector_restart(start_collector, monkeypatch):
+    """The exporter keeps one connection to the collector from export to export; when the
+    collector restarts on its port (the kept connection is closed under it), the next export
+    goes through on a new connection: every span exported, none dropped. And a collector that
+    is down: the spans are counted dropped, the exporter keeps working when it is back."""
+    first = start_collector()
+    port = first.service.http_port
+    for proxy in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", first.http)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")
+    provider = tracer_provider("tlsstorm-receiver")
+    recorder = provider.recorder("tlsstorm.receiver")
+    transport = provider.exporter._client._transport
+
+    def export(wave: str, sessions: int) -> None:
+        for _ in range(sessions):
+            recorder.record(attr.SPAN_SESSION, None, SpanKind.SERVER, time.time_ns() - 1000,
+                            time.time_ns(), {attr.MODE: "plain", attr.SMTP_MESSAGES: 1,
+                                             attr.WAVE_ID: wave, attr.SESSION_CPU_US: 100})
+        provider.force_flush(10_000)
+
+    def restarted(previous):
+        previous.stop()
+        database = previous.service.settings.db_path
+        return start_collector(http_port=port,
+                               db_path=database.with_name(f"{time.time_ns()}.sqlite"))
+
+    export("before", 3)
+    kept = transport._connection
+    export("before", 3)
+    assert transport._connection is kept and kept is not None  # one connection, kept
+    second = restarted(first)
+    export("after", 4)  # on the kept connection, closed by the restart: again, on a new one
+    summary = wait_for(lambda: httpx.get(f"{second.http}/v1/summary",
+                                         params={"wave": "after"}).json())
+    assert summary["receiver"]["plain"]["sessions"] == 4, summary
+    second.stop()
+    export("down", 2)  # refused, retried with backoff until the 2 s timeout: dropped, counted
+    third = restarted(second)
+    export("back", 1)
+    counts = provider.span_counts
+    assert (counts.ended, counts.exported, counts.dropped) == (13, 11, 2)
+    summary = wait_for(lambda: httpx.get(f"{third.http}/v1/summary",
+                                         params={"wave": "back"}).json())
+    assert summary["receiver"]["plain"]["sessions"] == 1, summary
+    provider.shutdown()
+
+
 @pytest.mark.parametrize(("endpoint", "proxy", "transport"), [
-    ("http://collector:8027", None, "urllib3"),
+    ("http://collector:8027", None, "http.client"),
     ("http://collector:8027", "http://proxy.example:3128", "requests"),
     ("https://collector:8027", None, "requests"),
 ])
 def test_the_requests_session_stays_where_tls_or_a_proxy_needs_it(monkeypatch, endpoint, proxy,
                                                                    transport):
-    """The lighter urllib3 transport only for plain HTTP without a proxy: HTTPS keeps the
-    requests session's CA handling, a proxy in the environment keeps being used."""
+    """The lighter http.client transport only for plain HTTP without a proxy: HTTPS keeps
+    the requests session's CA handling, a proxy in the environment keeps being used."""
     for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
                  "all_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)

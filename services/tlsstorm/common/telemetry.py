@@ -5,6 +5,7 @@ No OTLP endpoint configured means no tracer provider at all: services then build
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import os
@@ -12,6 +13,7 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
@@ -137,8 +139,9 @@ class _CountingExporter(SpanExporter):
 
     def _build(self, spans: list) -> list:
         """Deferred spans built here, in the batch, where Python runs hot (see DeferredSpans);
-        each was counted ended as one span when queued, and is now as many as it made (none,
-        when the sampler dropped them) or one dropped when building failed."""
+        each queued item was counted ended as one span, and is now as many as its calls made
+        (none, when the sampler dropped them), and one ended and dropped for each call that
+        failed (its spans are not kept; the other calls go on)."""
         built: list = []
         sinks: dict[int, SpanRecorder] = {}
         for span in spans:
@@ -149,14 +152,17 @@ class _CountingExporter(SpanExporter):
             if recorder is None:
                 recorder = sinks[id(span.recorder)] = span.recorder.into(built.append)
             before = len(built)
-            try:
-                span.build(recorder, *span.args)
-            except Exception:  # a bug: said in the log and counted lost, the batch goes on
-                _logger.exception("building deferred spans failed; they are counted dropped")
-                del built[before:]
-                self._counts.dropped += 1
-                continue
-            self._counts.ended += len(built) - before - 1
+            failed = 0
+            for build, args in span.calls:
+                made = len(built)
+                try:
+                    build(recorder, *args)
+                except Exception:  # a bug: said in the log and counted lost, the batch goes on
+                    _logger.exception("building deferred spans failed; they are counted dropped")
+                    del built[made:]
+                    failed += 1
+            self._counts.dropped += failed
+            self._counts.ended += len(built) - before + failed - 1
         return built
 
     def shutdown(self) -> None:
@@ -177,11 +183,11 @@ class _CountingBatchProcessor(BatchSpanProcessor):
         super().on_end(span)
 
 
-def choose_ids(count: int) -> list[tuple[int, int]]:
+def choose_ids(count: int, parent: SpanContext) -> list[tuple[int, int]]:
     """Trace and span ids for `count` spans to record later (SpanRecorder.record's `ids`),
-    each under the span current now, or each a new trace. The sender's SMTP engine reports a
-    connection when it is over, yet each message already carried its span's traceparent."""
-    parent = trace.get_current_span().get_span_context()
+    each under `parent` (the span current when the work began), or each a new trace when it is
+    not valid. The sender's SMTP engine reports a connection when it is over, yet each message
+    already carried its span's traceparent."""
     getrandbits = random.getrandbits
     if parent.is_valid:
         return [(parent.trace_id, getrandbits(64) or 1) for _ in range(count)]
@@ -214,17 +220,16 @@ _SAMPLED, _NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(TraceFlags.D
 
 
 class DeferredSpans:
-    """Spans of finished work, built later on the exporter's thread in its batch (see
-    SpanRecorder.defer). Its context is there for the batch processor, which queues what says
-    it is sampled; the sampler decides when the spans are built."""
+    """Calls that build spans of finished work, made later on the exporter's thread in its
+    batch (see SpanRecorder.defer). Its context is there for the batch processor, which queues
+    what says it is sampled; the sampler decides when the spans are built."""
 
-    __slots__ = ("args", "build", "recorder")
+    __slots__ = ("calls", "recorder")
     context = SpanContext(1, 1, is_remote=False, trace_flags=_SAMPLED)
 
-    def __init__(self, recorder: SpanRecorder, build, args: tuple) -> None:
+    def __init__(self, recorder: SpanRecorder, calls: list[tuple[Callable, tuple]]) -> None:
         self.recorder = recorder
-        self.build = build
-        self.args = args
+        self.calls = calls
 
 
 class SpanRecorder:
@@ -248,6 +253,8 @@ class SpanRecorder:
         self._on_end = provider.processor.on_end
         self._scope = InstrumentationScope(scope_name)
         self._encoder = encoder
+        self._counts = provider.span_counts
+        self._this_pass: list[tuple[Callable, tuple]] = []  # see defer_soon
 
     def into(self, on_end) -> SpanRecorder:
         """This recorder, handing its spans to `on_end` (the exporter's batch)."""
@@ -255,11 +262,25 @@ class SpanRecorder:
         recorder._on_end = on_end
         return recorder
 
-    def defer(self, build, *args) -> None:
+    def defer(self, build: Callable, *args) -> None:
         """`build(recorder, *args)` records its spans later, on the exporter's thread: the
         caller's thread (the event loop) only queues the call. The arguments must not change
         after (a finished session's record)."""
-        self._on_end(DeferredSpans(self, build, args))
+        self._on_end(DeferredSpans(self, [(build, args)]))
+
+    def defer_soon(self, build: Callable, *args) -> None:
+        """As `defer`, for calls made many at a time (the sender's: a wave's tick hands out
+        several connections' reports): the calls of one pass of the running event loop are
+        queued together at its end, as one item, and that is timed into the telemetry
+        account's building (each call here is a list append, too short to time)."""
+        if not self._this_pass:
+            asyncio.get_running_loop().call_soon(self._queue_this_pass)
+        self._this_pass.append((build, args))
+
+    def _queue_this_pass(self) -> None:
+        calls, self._this_pass = self._this_pass, []
+        with self._counts.building():
+            self._on_end(DeferredSpans(self, calls))
 
     def record(self, name: str, parent: SpanContext | None, kind: SpanKind, start_ns: int,
                end_ns: int, attributes: dict, *, links: tuple[Link, ...] = (),

@@ -284,8 +284,8 @@ class _Session:
         self.connect_ms: float | None = None
         self.trace_commands = client.spans is not None and self.settings.trace_commands
         # The spans are recorded when the report comes, under the span current now.
-        current = trace.get_current_span().get_span_context()
-        self.parent = current if client.spans is not None and current.is_valid else None
+        self.current = trace.get_current_span().get_span_context()
+        self.parent = self.current if client.spans is not None and self.current.is_valid else None
         self.ids: list[tuple[int, int]] = []
         self.sizes: list[int] = []
         self.count = self.size = 0
@@ -296,7 +296,7 @@ class _Session:
         context = client.resuming_context if resume else client.profile_contexts[profile]
         sni = PROFILES[profile].sni
         self.count, self.size = count, size
-        self.ids = choose_ids(count) if client.spans is not None else []
+        self.ids = choose_ids(count, self.current) if client.spans is not None else []
         pieces, head_of, text_of, self.sizes = self._messages(self.ids, count, size)
         return Conversation(target.address, target.port, context if self.tls else None,
                             target.host if sni else None, resume, client.helo_name,
@@ -322,8 +322,7 @@ class _Session:
         """The messages as the engine's pieces, dot-stuffed for DATA: each its own header (with
         its span's traceparent when tracing), texts of one length one shared piece; which
         pieces each message is made of; and each message's size."""
-        parent = trace.get_current_span().get_span_context()
-        flags = int(parent.trace_flags) if parent.is_valid else 1
+        flags = int(self.current.trace_flags) if self.current.is_valid else 1
         settings = self.settings
         pieces: list[bytes] = []
         text_pieces: dict[bytes, int] = {}
@@ -408,9 +407,8 @@ class _Session:
                 result.handshake_ms = handshake.ms
         self.results.append(result)
         if span_ids is not None:
-            with self.client.telemetry.building():
-                self.client.spans.defer(_message_spans, self, span_ids, result, previous, now,
-                                        handshake if first else None)
+            self.client.spans.defer_soon(_message_spans, self, span_ids, result, previous, now,
+                                         handshake if first else None)
 
 
 def _message_spans(spans: SpanRecorder, session: _Session, span_ids: tuple[int, int],
