@@ -254,6 +254,7 @@ def test_the_kept_connection_outlives_a_collector_restart(start_collector, monke
         provider.force_flush(10_000)
 
     def restarted(previous):
+        """A new collector on the port `previous` had, once `previous` has stopped."""
         previous.stop()
         database = previous.service.settings.db_path
         return start_collector(http_port=port,
@@ -270,7 +271,7 @@ def test_the_kept_connection_outlives_a_collector_restart(start_collector, monke
     assert summary["receiver"]["plain"]["sessions"] == 4, summary
     second.stop()
     export("down", 2)  # refused, retried with backoff until the 2 s timeout: dropped, counted
-    third = restarted(second)
+    third = restarted(second)  # (second has stopped already)
     export("back", 1)
     counts = provider.span_counts
     assert (counts.ended, counts.exported, counts.dropped) == (13, 11, 2)

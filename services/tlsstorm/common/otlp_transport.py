@@ -37,7 +37,8 @@ class _Result(BaseHTTPResult):
 
 class PlainHTTPTransport(BaseHTTPTransport):
     """HTTP/1.1 to one plain-HTTP origin over a connection kept open between requests (opened
-    again after an error, or when the server says it closes)."""
+    again after an error, or when the server says it closes). One request at a time, as the
+    batch processor exports: under its lock, from its thread or a flush's."""
 
     def __init__(self) -> None:
         self._connection: http.client.HTTPConnection | None = None

@@ -272,8 +272,8 @@ class WireSpanExporter(OTLPSpanExporter):
     To a plain-HTTP endpoint no proxy serves (the collector beside the services), requests go
     through the standard library's http.client (PlainHTTPTransport) instead of the library's
     requests session: a quarter of the CPU per export (see common/otlp_transport.py), and the
-    services export every second whatever the load. HTTPS endpoints and proxied ones keep the requests session, and with it
-    every TLS and proxy setting."""
+    services export every second whatever the load. HTTPS endpoints and proxied ones keep the
+    requests session, and with it every TLS and proxy setting."""
 
     def __init__(self) -> None:
         super().__init__()
