@@ -14,14 +14,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 
-import httpx
 from google.protobuf.internal import api_implementation
 from opentelemetry.exporter.http.transport._base import BaseHTTPTransport
 from opentelemetry.exporter.http.transport._requests import RequestsHTTPTransport
@@ -35,6 +31,7 @@ from tlsstorm.common.machine import machine_note
 from tlsstorm.common.otlp_transport import PlainHTTPTransport
 from tlsstorm.common.otlp_wire import EncodedSpan, WireEncoder
 from tlsstorm.common.telemetry import SpanRecorder, tracer_provider
+from tlsstorm.localstack.processes import Child, Stack, tlsstorm_command
 from tlsstorm.receiver.session import SessionRecord
 from tlsstorm.receiver.tracing import emit_session_spans
 
@@ -61,26 +58,16 @@ SECOND_OF_SPANS = 200  # plain sessions: a second at the benchmarks' 200 message
 def collector_url() -> Iterator[str]:
     """`tlsstorm collector` as a process of its own on a free port, once it is ready."""
     port = free_port()
+    url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as folder:
-        collector = subprocess.Popen(
-            [sys.executable, "-m", "tlsstorm", "collector"],
-            env={**os.environ, "OTEL_SDK_DISABLED": "true",
-                 "TLSSTORM_COLLECTOR_HTTP_PORT": str(port),
-                 "TLSSTORM_COLLECTOR_DB_PATH": f"{folder}/collector.sqlite"},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        collector = Stack([Child("collector", tlsstorm_command("collector"), f"{url}/readyz", {
+            "OTEL_SDK_DISABLED": "true", "TLSSTORM_COLLECTOR_HTTP_PORT": str(port),
+            "TLSSTORM_COLLECTOR_DB_PATH": f"{folder}/collector.sqlite"})])
+        collector.start()
         try:
-            url = f"http://127.0.0.1:{port}"
-            for _ in range(300):
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                time.sleep(0.1)
-            else:
-                raise SystemExit("the collector did not start")
             yield url
         finally:
-            collector.terminate()
-            collector.wait(10)
+            collector.stop()
 
 
 def request_cpu_us(transport: BaseHTTPTransport, url: str, body: bytes, requests: int) -> float:

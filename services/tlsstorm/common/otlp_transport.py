@@ -42,7 +42,6 @@ class PlainHTTPTransport(BaseHTTPTransport):
 
     def __init__(self) -> None:
         self._connection: http.client.HTTPConnection | None = None
-        self._origin: tuple[str, int] | None = None
 
     def request(self, method: str, url: str, *, headers: dict[str, str] | None = None,
                 timeout: float | None = None, data: bytes | None = None) -> BaseHTTPResult:
@@ -68,14 +67,14 @@ class PlainHTTPTransport(BaseHTTPTransport):
 
     def _connected(self, origin: tuple[str, int], timeout: float | None
                    ) -> http.client.HTTPConnection:
-        if self._connection is None or self._origin != origin:
+        connection = self._connection
+        if connection is None or (connection.host, connection.port) != origin:
             self.close()
             self._connection = http.client.HTTPConnection(*origin, timeout=timeout)
-            self._origin = origin
         else:  # each request has what is left of the export's deadline
-            self._connection.timeout = timeout
-            if self._connection.sock is not None:
-                self._connection.sock.settimeout(timeout)
+            connection.timeout = timeout
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout)
         return self._connection
 
     def close(self) -> None:
