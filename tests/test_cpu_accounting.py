@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import ssl
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -153,34 +154,35 @@ def test_a_session_is_charged_the_same_with_tracing_on_and_off(receiver_process,
     """Telemetry is the telemetry account's: two receivers, one tracing and one not, take the
     same waves in turn, and their sessions are charged alike, within what one wave's figure
     varies (a tenth); tracing once added 16-31% to them. The tracing one's telemetry is what
-    tracing costs."""
+    tracing costs.
+
+    Compared wave by wave (a pair's two waves back to back, which one first alternating), the
+    median of ten pairs: on a shared machine one wave in four can cost a third more or less than
+    its neighbours, tracing on or off (the means of four rounds each, compared whole, were 11%
+    apart in CI at stop 44)."""
     collector = start_collector()
     off = receiver_process(OTEL_SDK_DISABLED="true")
     on = receiver_process(OTEL_EXPORTER_OTLP_ENDPOINT=collector.http,
                           OTEL_BSP_SCHEDULE_DELAY="500")
-    charged: dict[tuple[str, bool], list[float]] = {}
-    telemetry: dict[bool, list[float]] = {}
-    rounds = 4
-    for round_number in range(rounds + 1):
+    on_to_off: dict[bool, list[float]] = {False: [], True: []}  # charged per message, per pair
+    telemetry: dict[bool, list[float]] = {False: [], True: []}
+    for round_number in range(11):  # a warm-up (the first tracing wave costs ~20% more), ten
+        order = (("off", off), ("on", on))[::-1 if round_number % 2 else 1]
         for tls in (False, True):
-            for name, receiver in (("off", off), ("on", on)):
-                wave = receiver.wave(tls=tls, count=300, idle_s=0)
-                if not round_number:  # a warm-up wave (the first tracing one costs ~20% more)
-                    continue
-                charged.setdefault((name, tls), []).append(wave.charged_ms)
-                if name == "on":
-                    telemetry.setdefault(tls, []).append(wave.telemetry_ms)
+            pair = {name: receiver.wave(tls=tls, count=300, idle_s=0) for name, receiver in order}
+            if round_number:
+                on_to_off[tls].append(pair["on"].charged_ms / pair["off"].charged_ms)
+                telemetry[tls].append(pair["on"].telemetry_ms / pair["on"].charged_ms)
 
-    for tls in (False, True):
-        tracing_on, tracing_off = (sum(charged[name, tls]) / rounds for name in ("on", "off"))
-        assert tracing_on == pytest.approx(tracing_off, rel=0.10), charged
-        # Tracing is not free, and its cost is in the account: 2-4% of the sessions' charge
-        # since spans are recorded whole, encoded directly (stop 42; 13-21% before) and sent
-        # with http.client (stop 44).
-        assert min(telemetry[tls]) > 0.01 * tracing_on, telemetry
-    factor_on, factor_off = (sum(charged[name, True]) / sum(charged[name, False])
-                             for name in ("on", "off"))
-    assert factor_on == pytest.approx(factor_off, rel=0.10), charged
+    ratio = {tls: statistics.median(on_to_off[tls]) for tls in (False, True)}
+    assert ratio[False] == pytest.approx(1, rel=0.10), on_to_off
+    assert ratio[True] == pytest.approx(1, rel=0.10), on_to_off
+    # The TLS/plain factor the same, tracing on and off.
+    assert ratio[True] / ratio[False] == pytest.approx(1, rel=0.10), on_to_off
+    # Tracing is not free, and its cost is in the account: 2-4% of the sessions' charge since
+    # spans are recorded whole, encoded directly (stop 42; 13-21% before) and sent with
+    # http.client (stop 44).
+    assert min(telemetry[False] + telemetry[True]) > 0.01, telemetry
 
 
 def test_filtering_work_and_queue_fsyncs_are_charged_to_the_sessions(receiver_process):
