@@ -7,11 +7,13 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import httpx
 import pytest
 
 from tests.locust_helpers import free_port
+from tlsstorm.plan.latency import fit_latency
 from tlsstorm.plan.model import ModelError, from_sweep
 from tlsstorm.plan.project import Demand, Inputs, plan
 from tlsstorm.sweep.hold_out import hold_out
@@ -228,3 +230,46 @@ def test_a_plan_past_the_busiest_measured_load_says_it_extrapolates(tmp_path, bu
     assert model.describe()["highest_load_measured"] == pytest.approx(busiest)
     notes = plan(model, Inputs(Demand.of(None, 1, 100), (0.5,), target_utilisation=0.7))["notes"]
     assert any(note.startswith("Extrapolated") for note in notes) is extrapolated
+
+
+@pytest.mark.parametrize("rates, extrapolated", [((150.0, 490.0), True),
+                                                 ((150.0, 325.0, 490.0), False)])
+def test_a_plan_past_the_loads_its_p99_was_fitted_on_says_it_extrapolates(tmp_path, rates,
+                                                                          extrapolated):
+    """A sweep whose busiest waves were too close to saturation to fit (98% busy) leaves the
+    p99 curves fitted on its quieter waves only (30%): a plan at 70% says its p99 extrapolates
+    (Postfix's at 85% was measured at twice such a curve's); a wave at 65% removes the note."""
+    wave = {"plain_bytes_per_session": 2400, "plain_out_bytes_per_session": 300,
+            "tls_bytes_per_session": 7000, "tls_out_bytes_per_session": 4000,
+            "process_cpu_ms_per_message": 2.0}
+    waves = [{**wave, "tls_ratio": ratio, "achieved_rate": rate,
+              "session_p99_ms": 5.0 / (1 - rate * 2 / 1000)}
+             for ratio in (0.0, 0.5, 1.0) for rate in rates]
+    (tmp_path / "sweep.json").write_text(json.dumps({"waves": waves}))
+    model = from_sweep(tmp_path / "sweep.json")
+    assert model.describe()["highest_load_measured"] == pytest.approx(0.98)
+    fitted_up_to = model.describe()["latency"]["fitted_up_to_load"]
+    assert fitted_up_to == pytest.approx(0.65 if len(rates) == 3 else 0.3)
+    notes = plan(model, Inputs(Demand.of(None, 1, 100), (0.5,), target_utilisation=0.7))["notes"]
+    assert not any(note.startswith("Extrapolated") for note in notes)  # not the CPU's
+    assert any(note.startswith("The p99 is extrapolated") for note in notes) is extrapolated
+
+
+def test_a_p99_verdict_is_given_only_when_its_range_is_on_one_side_of_the_objective():
+    """The range is the curve's at the load less and more the CPU fit's error, times the fitted
+    waves' spread around it; unbounded past a tenth beyond the loads fitted."""
+    # p99 = 10 + 10 / (1 - load) exactly, but for one wave 20% over the curve.
+    points = [(load, 1.0, None, (10 + 10 / (1 - load)) * over, None)
+              for load, over in ((0.2, 1.0), (0.4, 1.2), (0.6, 1.0))]
+    curve = replace(fit_latency(points), load_error=0.1)
+    assert curve.fitted_up_to == pytest.approx(0.6)
+    low, high = curve.predict_range(0.5, 1.0)
+    assert low == pytest.approx(curve.predict(0.45, 1.0) * curve.spread[0])
+    assert high == pytest.approx(curve.predict(0.55, 1.0) * curve.spread[1])
+    assert curve.spread[0] < 1.0 < curve.spread[1]
+    assert curve.verdict(0.5, 1.0, high + 1) is True
+    assert curve.verdict(0.5, 1.0, low - 1) is False
+    assert curve.verdict(0.5, 1.0, (low + high) / 2) is None
+    assert curve.predict_range(0.7, 1.0)[1] is None  # 0.77: past 0.6 + 0.1
+    assert curve.verdict(0.7, 1.0, 1000) is None
+    assert curve.verdict(0.7, 1.0, 1) is False

@@ -59,8 +59,10 @@ def test_short_sweep_measures_tls_dearer_than_plain_and_writes_the_report(tmp_pa
         capture_output=True, text=True, timeout=60)
     assert planned.returncode == 0, planned.stderr
     assert "694.4 messages/s" in planned.stdout
+    # Its waves kept the receiver a few percent busy: at 70% its p99 has no top, no verdict.
     assert [line.split()[0] for line in planned.stdout.splitlines()
-            if line.strip().endswith(("ok", "SLO!"))] == ["0%", "20%", "30%", "70%"]
+            if line.strip().endswith(" ?")] == ["0%", "20%", "30%", "70%"]
+    assert "Extrapolated" in planned.stdout and "No p99 verdict" in planned.stdout
     rows = list(csv.DictReader((tmp_path / "sweep" / "waves.csv").open()))
     assert len(rows) == 3
     page = (tmp_path / "sweep" / "index.html").read_text()

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,8 +29,8 @@ from tests.locust_helpers import clean_env, free_port
 from tests.locust_ui_helpers import only_user_class, start_from_ui
 from tests.receiver_process import ReceiverProcess, ServiceProcess
 from tlsstorm.localstack.mta import certificate_files
-from tlsstorm.plan.model import from_sweep
-from tlsstorm.sweep.run import SETTLE_S, stack_runner
+from tlsstorm.plan.model import CostModel, from_sweep
+from tlsstorm.sweep.run import SETTLE_S, SweepRunner, WavePoint, stack_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI") == "true"
@@ -217,16 +218,41 @@ def test_a_meter_on_exims_processes_says_what_it_misses(exim, start_sender):
 @dataclass(frozen=True)
 class Design:
     ratios: list[float]
-    # The capacity steps: the fit needs two or more rates, and the last reaches near the held-out
-    # waves' load (past the busiest measured load a plan extrapolates: docs/results.md).
+    # The capacity steps: the fit needs two or more rates, and one below saturation reaches
+    # near the held-out waves' load (past the busiest load its waves were fitted on a plan
+    # extrapolates, its p99 too: Postfix's 400/s kept it 98% busy, unusable for the p99 curve,
+    # which then came from loads under 40% and missed its 85% wave by half; Exim's from 43%
+    # missed its own by a third: docs/results.md).
     rates: list[float]
     held_out: list[tuple[float, float]]  # (TLS ratio, share of the capacity at that ratio)
 
 
 DESIGNS = {
-    "postfix": Design([0.0, 0.3, 0.7, 1.0], [150.0, 400.0], [(0.5, 0.5), (0.7, 0.85)]),
-    "exim": Design([0.0, 0.5, 1.0], [40.0, 120.0], [(0.7, 0.5), (0.7, 0.85)]),
+    "postfix": Design([0.0, 0.3, 0.7, 1.0], [150.0, 300.0, 400.0], [(0.5, 0.5), (0.7, 0.85)]),
+    "exim": Design([0.0, 0.5, 1.0], [40.0, 80.0, 120.0], [(0.7, 0.5), (0.7, 0.85)]),
 }
+
+
+@dataclass(frozen=True)
+class HeldOutWave:
+    point: WavePoint
+    truth_ms: float  # CPU per message, the cgroup's over the wave and its settling
+    predicted_ms: float  # the model's at the rate the wave achieved (its idle share spread)
+    predicted_load: float  # the share of the server's cores the model says it kept busy
+
+    @property
+    def cpu_error(self) -> float:
+        return self.predicted_ms / self.truth_ms - 1
+
+
+def held_out_wave(server: Server, runner: SweepRunner, ratio: float, rate: int,
+                  model: CostModel, limit: float) -> HeldOutWave:
+    truth_before = server.truth_seconds()
+    point = runner.wave(ratio, rate, int(rate * 4), f"held out {ratio:.0%} at {rate}/s")
+    truth_ms = (server.truth_seconds() - truth_before) * 1000 / point.messages
+    predicted_cores = model.fit.cores(point.achieved_rate, ratio)
+    return HeldOutWave(point, truth_ms, predicted_cores / point.achieved_rate * 1000,
+                       predicted_cores / limit)
 
 
 @pytest.mark.parametrize("name", ["postfix", "exim"])
@@ -234,7 +260,8 @@ def test_a_sweep_of_the_server_plans_held_out_waves_within_15_percent(request, n
                                                                       tmp_path):
     """`tlsstorm sweep --target HOST:PORT --meter URL`, then `tlsstorm plan` from its
     sweep.json; then waves it was not fitted on, one near the server's capacity, whose CPU is
-    the cgroup's (not the meter's): predicted within 15%, and the p99 verdict right."""
+    the cgroup's (not the meter's): predicted within 15%, the p99 within its range, and each
+    verdict the plan gives (not where the range holds the objective) right."""
     from tlsstorm.sweep.command import run_sweep
 
     server: Server = request.getfixturevalue(name)
@@ -250,29 +277,52 @@ def test_a_sweep_of_the_server_plans_held_out_waves_within_15_percent(request, n
     assert planned.returncode == 0, planned.stderr
     assert f"CPU of the server at {server.address}" in planned.stdout
     model = from_sweep(tmp_path / "sweep.json")
-    print(f"{name}: the sweep's busiest wave kept it {model.highest_load:.0%} busy")
-    limit = json.loads((tmp_path / "sweep.json").read_text())["waves"][0]["receiver_cpu"][
-        "limit_cores"]
+    print(f"{name}: the sweep's busiest wave kept it {model.highest_load:.0%} busy, its p99 "
+          f"curves fitted up to {model.latency.fitted_up_to:.0%}")
+    first = json.loads((tmp_path / "sweep.json").read_text())["waves"][0]
+    limit = first["receiver_cpu"]["limit_cores"]
+    fitted_wave_ms = first["process_cpu_ms_per_message"]
+    verdicts = []
     with stack_runner(target=server.address, meter_url=server.meter.http) as runner:
         for ratio, share in design.held_out:
             capacity = (limit - max(model.fit.idle_cores, 0.0)) / model.fit.cost_ms(ratio) * 1000
             rate = round(capacity * share)
-            truth_before = server.truth_seconds()
-            point = runner.wave(ratio, rate, int(rate * 4), f"held out {ratio:.0%} at {rate}/s")
-            # CPU per message: the cgroup's over the wave and its settling, against the model's
-            # at the rate the wave achieved (its idle share spread over that rate's messages).
-            truth_ms = (server.truth_seconds() - truth_before) * 1000 / point.messages
-            predicted_cores = model.fit.cores(point.achieved_rate, ratio)
-            predicted_ms = predicted_cores / point.achieved_rate * 1000
-            predicted_p99 = model.latency.predict(predicted_cores / limit, ratio)
+            # Three waves, their medians, each after a wave the model was fitted on sent again
+            # (the sweep's first): the machine's speed moves between the sweep and a wave
+            # minutes later (one held-out wave cost Postfix 18% more than the fit, Exim's 23%
+            # less), and the fitted wave again says by how much, for the model's fault alone.
+            waves, speed = [], []
+            for _ in range(3):
+                again = runner.wave(design.ratios[0], design.rates[0], int(design.rates[0] * 3),
+                                    "fitted wave again")
+                speed.append(again.process_cpu_ms_per_message / fitted_wave_ms)
+                waves.append(held_out_wave(server, runner, ratio, rate, model, limit))
+            drift = statistics.median(speed)
+            error = statistics.median(wave.cpu_error for wave in waves)
+            corrected = (1 + error) * drift - 1
+            # The model's load on the machine as it runs now.
+            load = statistics.median(wave.predicted_load for wave in waves) * drift
+            measured_p99 = statistics.median(wave.point.session_p99_ms for wave in waves)
+            predicted_p99 = model.latency.predict(load, ratio) or float("nan")  # past 95%
+            low, high = model.latency.predict_range(load, ratio) or (0.0, None)
+            verdict = model.latency.verdict(load, ratio, SLO_P99_MS)
             print(f"{name} held out {ratio:.0%} STARTTLS at {rate}/s ({share:.0%} of its "
-                  f"capacity {capacity:.0f}/s): CPU per message predicted {predicted_ms:.3f} "
-                  f"ms, cgroup {truth_ms:.3f} ms, meter {point.cpu_ms_per_message:.3f} ms; "
-                  f"{predicted_cores:.3f} cores predicted; p99 predicted {predicted_p99:.1f} "
-                  f"ms, measured {point.session_p99_ms} ms (objective {SLO_P99_MS:g})")
-            assert point.failed == 0 and not point.generator_limited, point
-            assert predicted_ms == pytest.approx(truth_ms, rel=0.15)
-            assert (predicted_p99 <= SLO_P99_MS) == (point.session_p99_ms <= SLO_P99_MS)
+                  f"capacity {capacity:.0f}/s): CPU per message predicted "
+                  + ", ".join(f"{wave.predicted_ms:.3f} ms, cgroup {wave.truth_ms:.3f} ms "
+                              f"(meter {wave.point.cpu_ms_per_message:.3f})" for wave in waves)
+                  + f": median error {error:+.1%}, the fitted wave again at {drift:.2f}x its "
+                  f"cost in the sweep, so {corrected:+.1%} the model's; p99 predicted "
+                  f"{predicted_p99:.1f} ms "
+                  f"({low:.1f}-{high or float('inf'):.1f}) at {load:.0%} busy, measured "
+                  f"{measured_p99} ms (objective {SLO_P99_MS:g}: verdict {verdict})")
+            assert all(wave.point.failed == 0 and not wave.point.generator_limited
+                       for wave in waves), waves
+            assert abs(corrected) <= 0.15
+            assert low <= measured_p99 <= (high or float("inf"))
+            if verdict is not None:
+                verdicts.append(verdict)
+                assert verdict == (measured_p99 <= SLO_P99_MS)
+    assert verdicts, "no held-out wave far enough from the objective for a verdict"
 
 
 def test_the_collector_reports_and_plans_a_metered_server(postfix, start_collector,

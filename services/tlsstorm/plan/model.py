@@ -174,7 +174,16 @@ def fits_from_waves(waves: list[dict[str, Any]]) -> Fits:
     latency = fit_latency([(load_of(wave), wave["tls_ratio"], wave.get("plain_session_p99_ms"),
                             wave.get("tls_session_p99_ms"), wave.get("session_p99_ms"))
                            for wave in measured])
+    if latency:  # the load a plan asks a p99 at is the CPU fit's, as wrong as it is here
+        latency = replace(latency, load_error=_largest_error(fit, measured))
     return Fits(fit, latency, max(load_of(wave) for wave in measured))
+
+
+def _largest_error(fit: ScalingFit, waves: list[dict[str, Any]]) -> float:
+    """The CPU fit's largest error, relative, over the waves it was fitted on."""
+    errors = [abs(receiver_cores(wave) / fitted - 1) for wave in waves
+              if (fitted := fit.cores(wave["achieved_rate"], wave["tls_ratio"])) > 0]
+    return max(errors, default=0.0)
 
 
 def _per_message(waves: list[dict[str, Any]], mode: str, direction: str, path: str) -> float:

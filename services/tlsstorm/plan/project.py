@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tlsstorm.plan.latency import MAX_LOAD
 from tlsstorm.plan.model import CostModel
 
 SECONDS_PER_DAY = 86_400
@@ -56,8 +57,9 @@ def plan(model: CostModel, inputs: Inputs) -> dict[str, Any]:
         busy_cores = rate * cost_ms / 1000
         bytes_in = (1 - ratio) * model.bytes_in[0] + ratio * model.bytes_in[1] + extra_bytes
         bytes_out = (1 - ratio) * model.bytes_out[0] + ratio * model.bytes_out[1]
-        latency = model.latency
-        p99 = latency.predict(inputs.target_utilisation, ratio) if latency else None
+        latency, load = model.latency, inputs.target_utilisation
+        p99 = latency.predict(load, ratio) if latency else None
+        bounds = latency.predict_range(load, ratio) if latency else None
         return {
             "tls_ratio": ratio,
             "cpu_ms_per_message": _range(cost_ms, half_ms),
@@ -68,7 +70,10 @@ def plan(model: CostModel, inputs: Inputs) -> dict[str, Any]:
             "outbound_mbit_s": round(rate * bytes_out * 8 / 1e6, 3),
             "saturation_messages_per_core_s": round(1000 / cost_ms, 1) if cost_ms > 0 else None,
             "predicted_p99_ms": round(p99, 2) if p99 is not None else None,
-            "meets_slo": None if p99 is None else p99 <= inputs.slo_p99_ms,
+            "p99_range_ms": None if bounds is None else {
+                "low": round(bounds[0], 2),
+                "high": None if bounds[1] is None else round(bounds[1], 2)},
+            "meets_slo": latency.verdict(load, ratio, inputs.slo_p99_ms) if latency else None,
             "mitigations": {m.key: round(busy_cores / inputs.target_utilisation
                                          * model.saving(m, ratio), 3)
                             for m in model.mitigations},
@@ -85,14 +90,14 @@ def plan(model: CostModel, inputs: Inputs) -> dict[str, Any]:
     return {"demand": inputs.demand.text, "peak_rate": rate,
             "target_utilisation": inputs.target_utilisation, "slo_p99_ms": inputs.slo_p99_ms,
             "size": inputs.size or model.size, "model": model.describe(),
-            "all_plain": plain, "rows": rows, "notes": _notes(model, inputs)}
+            "all_plain": plain, "rows": rows, "notes": _notes(model, inputs, [plain, *rows])}
 
 
 def _range(mean: float, half: float) -> dict[str, float]:
     return {"mean": round(mean, 4), "low": round(mean - half, 4), "high": round(mean + half, 4)}
 
 
-def _notes(model: CostModel, inputs: Inputs) -> list[str]:
+def _notes(model: CostModel, inputs: Inputs, rows: list[dict[str, Any]]) -> list[str]:
     whose = ("the receiver process's (not only what its sessions were charged)"
              if model.server == "the receiver" else
              f"all of {model.server}'s processes, from its meter")
@@ -111,6 +116,25 @@ def _notes(model: CostModel, inputs: Inputs) -> list[str]:
             f"busy, and this plan runs it at {inputs.target_utilisation:.0%}. A server's cost "
             "per message and its p99 can grow past what was measured (Exim's did: "
             "docs/results.md); sweep up to the load you plan for (--capacity-rates).")
+    elif (latency := model.latency) and latency.fitted_up_to + 0.1 \
+            < inputs.target_utilisation < MAX_LOAD:
+        notes.append(
+            f"The p99 is extrapolated: its curves were fitted on waves that kept {model.server} "
+            f"at most {latency.fitted_up_to:.0%} busy (busier ones were too close to saturation "
+            f"to fit), and this plan runs it at {inputs.target_utilisation:.0%}. Near "
+            "saturation a p99 grows faster than such a curve; sweep with a capacity rate "
+            "between the two (--capacity-rates) for a p99 you can hold it to.")
+    undecided = [row for row in rows if row["meets_slo"] is None
+                 and row["predicted_p99_ms"] is not None]
+    if undecided and model.latency:
+        notes.append(
+            "No p99 verdict at " + ", ".join(
+                f"{ratio:.0%}" for ratio in sorted({row["tls_ratio"] for row in undecided}))
+            + " STARTTLS: the objective is within the p99's range there (the curves' p99 at "
+            f"the load the CPU fit's own error allows, +-{model.latency.load_error:.0%}, times "
+            "the fitted waves' spread around them, "
+            f"{model.latency.spread[0]:.2f}-{model.latency.spread[1]:.2f}x). Plan for a lower "
+            "utilisation (--target-utilisation) for a verdict.")
     if model.fit.points <= 3:
         notes.append("Three waves give the fit but no interval: sweep more for one.")
     if inputs.size is not None and inputs.size != model.size:

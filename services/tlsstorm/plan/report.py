@@ -32,7 +32,8 @@ def text_plan(plan: dict[str, Any]) -> str:
         extra = row.get("extra_cores_vs_plain")
         extra_out = row.get("extra_outbound_mbit_s_vs_plain")
         p99 = row["predicted_p99_ms"]
-        verdict = "" if row["meets_slo"] is None else (" ok" if row["meets_slo"] else " SLO!")
+        verdict = {None: " ?" if p99 is not None else "", True: " ok", False: " SLO!"}[
+            row["meets_slo"]]
         lines.append(
             f"{row['tls_ratio']:>5.0%} {_span(row['cpu_ms_per_message'], 3):>20} "
             f"{_span(row['cores']):>20} {'' if extra is None else f'{extra:+.2f}':>16} "
