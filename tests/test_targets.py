@@ -260,8 +260,8 @@ def test_a_sweep_of_the_server_plans_held_out_waves_within_15_percent(request, n
                                                                       tmp_path):
     """`tlsstorm sweep --target HOST:PORT --meter URL`, then `tlsstorm plan` from its
     sweep.json; then waves it was not fitted on, one near the server's capacity, whose CPU is
-    the cgroup's (not the meter's): predicted within 15%, the p99 within its range, and each
-    verdict the plan gives (not where the range holds the objective) right."""
+    the cgroup's (not the meter's): predicted within 15%, and each p99 verdict the plan gives
+    (none where the p99's range holds the objective) right."""
     from tlsstorm.sweep.command import run_sweep
 
     server: Server = request.getfixturevalue(name)
@@ -279,29 +279,18 @@ def test_a_sweep_of_the_server_plans_held_out_waves_within_15_percent(request, n
     model = from_sweep(tmp_path / "sweep.json")
     print(f"{name}: the sweep's busiest wave kept it {model.highest_load:.0%} busy, its p99 "
           f"curves fitted up to {model.latency.fitted_up_to:.0%}")
-    first = json.loads((tmp_path / "sweep.json").read_text())["waves"][0]
-    limit = first["receiver_cpu"]["limit_cores"]
-    fitted_wave_ms = first["process_cpu_ms_per_message"]
+    limit = json.loads((tmp_path / "sweep.json").read_text())["waves"][0]["receiver_cpu"][
+        "limit_cores"]
     verdicts = []
     with stack_runner(target=server.address, meter_url=server.meter.http) as runner:
         for ratio, share in design.held_out:
             capacity = (limit - max(model.fit.idle_cores, 0.0)) / model.fit.cost_ms(ratio) * 1000
             rate = round(capacity * share)
-            # Three waves, their medians, each after a wave the model was fitted on sent again
-            # (the sweep's first): the machine's speed moves between the sweep and a wave
-            # minutes later (one held-out wave cost Postfix 18% more than the fit, Exim's 23%
-            # less), and the fitted wave again says by how much, for the model's fault alone.
-            waves, speed = [], []
-            for _ in range(3):
-                again = runner.wave(design.ratios[0], design.rates[0], int(design.rates[0] * 3),
-                                    "fitted wave again")
-                speed.append(again.process_cpu_ms_per_message / fitted_wave_ms)
-                waves.append(held_out_wave(server, runner, ratio, rate, model, limit))
-            drift = statistics.median(speed)
+            # Three waves, their medians: three in a row cost Postfix 2.44, 2.55 and 2.92 ms a
+            # message on a machine whose speed moves (docs/results.md, stop 45).
+            waves = [held_out_wave(server, runner, ratio, rate, model, limit) for _ in range(3)]
             error = statistics.median(wave.cpu_error for wave in waves)
-            corrected = (1 + error) * drift - 1
-            # The model's load on the machine as it runs now.
-            load = statistics.median(wave.predicted_load for wave in waves) * drift
+            load = statistics.median(wave.predicted_load for wave in waves)
             measured_p99 = statistics.median(wave.point.session_p99_ms for wave in waves)
             predicted_p99 = model.latency.predict(load, ratio) or float("nan")  # past 95%
             low, high = model.latency.predict_range(load, ratio) or (0.0, None)
@@ -310,15 +299,12 @@ def test_a_sweep_of_the_server_plans_held_out_waves_within_15_percent(request, n
                   f"capacity {capacity:.0f}/s): CPU per message predicted "
                   + ", ".join(f"{wave.predicted_ms:.3f} ms, cgroup {wave.truth_ms:.3f} ms "
                               f"(meter {wave.point.cpu_ms_per_message:.3f})" for wave in waves)
-                  + f": median error {error:+.1%}, the fitted wave again at {drift:.2f}x its "
-                  f"cost in the sweep, so {corrected:+.1%} the model's; p99 predicted "
-                  f"{predicted_p99:.1f} ms "
+                  + f": median error {error:+.1%}; p99 predicted {predicted_p99:.1f} ms "
                   f"({low:.1f}-{high or float('inf'):.1f}) at {load:.0%} busy, measured "
                   f"{measured_p99} ms (objective {SLO_P99_MS:g}: verdict {verdict})")
             assert all(wave.point.failed == 0 and not wave.point.generator_limited
                        for wave in waves), waves
-            assert abs(corrected) <= 0.15
-            assert low <= measured_p99 <= (high or float("inf"))
+            assert abs(error) <= 0.15
             if verdict is not None:
                 verdicts.append(verdict)
                 assert verdict == (measured_p99 <= SLO_P99_MS)
