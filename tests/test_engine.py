@@ -117,7 +117,10 @@ def test_a_reply_a_byte_at_a_time_costs_the_engine_what_it_costs_whole(profile):
         server.close()
 
     assert result["ok"] is True, result
-    assert engine < 0.5, f"{engine:.2f} s of engine CPU for one 62 KiB reply"
+    # Built with AddressSanitizer (the sanitized run of this module) the engine runs 2-3 times
+    # slower: 0.50 s there in CI at stop 45; rescanning, it would take several seconds.
+    bound = 2.0 if "libasan" in os.environ.get("LD_PRELOAD", "") else 0.5
+    assert engine < bound, f"{engine:.2f} s of engine CPU for one 62 KiB reply"
 
 
 
