@@ -24,6 +24,7 @@ from pathlib import Path
 from tlsstorm.common.charts import bar_chart
 from tlsstorm.common.machine import machine_note
 from tlsstorm.plan.fit import fit_cost
+from tlsstorm.plan.latency import p99_verdict
 from tlsstorm.plan.model import CostModel, from_sweep, server_cores
 from tlsstorm.plan.project import Demand, Inputs, plan
 from tlsstorm.sweep.command import SCENARIOS, run_sweep
@@ -67,7 +68,7 @@ def held_out(server: str, sweep_json: Path) -> list[str]:
             latency = model.latency
             p99 = latency.predict(cores / limit, ratio) if latency else None
             bounds = latency.predict_range(cores / limit, ratio) if latency else None
-            verdict = latency.verdict(cores / limit, ratio, SLO_P99_MS) if latency else None
+            verdict = p99_verdict(bounds, SLO_P99_MS)
             error = predicted / point.process_cpu_ms_per_message - 1
             measured_meets = (point.session_p99_ms or float("inf")) <= SLO_P99_MS
             lines.append(

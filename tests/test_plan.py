@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.locust_helpers import free_port
-from tlsstorm.plan.latency import fit_latency
+from tlsstorm.plan.latency import fit_latency, p99_verdict
 from tlsstorm.plan.model import ModelError, from_sweep
 from tlsstorm.plan.project import Demand, Inputs, plan
 from tlsstorm.sweep.hold_out import hold_out
@@ -267,9 +267,9 @@ def test_a_p99_verdict_is_given_only_when_its_range_is_on_one_side_of_the_object
     assert low == pytest.approx(curve.predict(0.45, 1.0) * curve.spread[0])
     assert high == pytest.approx(curve.predict(0.55, 1.0) * curve.spread[1])
     assert curve.spread[0] < 1.0 < curve.spread[1]
-    assert curve.verdict(0.5, 1.0, high + 1) is True
-    assert curve.verdict(0.5, 1.0, low - 1) is False
-    assert curve.verdict(0.5, 1.0, (low + high) / 2) is None
+    assert p99_verdict(curve.predict_range(0.5, 1.0), high + 1) is True
+    assert p99_verdict(curve.predict_range(0.5, 1.0), low - 1) is False
+    assert p99_verdict(curve.predict_range(0.5, 1.0), (low + high) / 2) is None
     assert curve.predict_range(0.7, 1.0)[1] is None  # 0.77: past 0.6 + 0.1
-    assert curve.verdict(0.7, 1.0, 1000) is None
-    assert curve.verdict(0.7, 1.0, 1) is False
+    assert p99_verdict(curve.predict_range(0.7, 1.0), 1000) is None
+    assert p99_verdict(curve.predict_range(0.7, 1.0), 1) is False

@@ -29,6 +29,7 @@ from tests.locust_helpers import clean_env, free_port
 from tests.locust_ui_helpers import only_user_class, start_from_ui
 from tests.receiver_process import ReceiverProcess, ServiceProcess
 from tlsstorm.localstack.mta import certificate_files
+from tlsstorm.plan.latency import p99_verdict
 from tlsstorm.plan.model import CostModel, from_sweep
 from tlsstorm.sweep.run import SETTLE_S, SweepRunner, WavePoint, stack_runner
 
@@ -293,8 +294,9 @@ def test_a_sweep_of_the_server_plans_held_out_waves_within_15_percent(request, n
             load = statistics.median(wave.predicted_load for wave in waves)
             measured_p99 = statistics.median(wave.point.session_p99_ms for wave in waves)
             predicted_p99 = model.latency.predict(load, ratio) or float("nan")  # past 95%
-            low, high = model.latency.predict_range(load, ratio) or (0.0, None)
-            verdict = model.latency.verdict(load, ratio, SLO_P99_MS)
+            bounds = model.latency.predict_range(load, ratio)
+            low, high = bounds or (0.0, None)
+            verdict = p99_verdict(bounds, SLO_P99_MS)
             print(f"{name} held out {ratio:.0%} STARTTLS at {rate}/s ({share:.0%} of its "
                   f"capacity {capacity:.0f}/s): CPU per message predicted "
                   + ", ".join(f"{wave.predicted_ms:.3f} ms, cgroup {wave.truth_ms:.3f} ms "

@@ -68,17 +68,6 @@ class LatencyCurve:
         return (low * min(self.spread[0], 1.0),
                 None if high is None else high * max(self.spread[1], 1.0))
 
-    def verdict(self, load: float, ratio: float, objective_ms: float) -> bool | None:
-        """Whether the p99 meets the objective; None when its range holds the objective (or
-        no p99 is predicted)."""
-        bounds = self.predict_range(load, ratio)
-        if bounds is None:
-            return None
-        low, high = bounds
-        if high is not None and high <= objective_ms:
-            return True
-        return False if low > objective_ms else None
-
     def as_dict(self) -> dict[str, object]:
         return {"model": "p99 = max over modes present (fixed + queue / (1 - load)); none "
                          f"past {MAX_LOAD:.0%} load",
@@ -91,6 +80,17 @@ class LatencyCurve:
                 "points": [{"load": round(load, 4), "tls_ratio": ratio, "p99_ms": p99,
                             "predicted_ms": _round(self.predict(load, ratio))}
                            for load, ratio, _, _, p99 in self.points]}
+
+
+def p99_verdict(bounds: tuple[float, float | None] | None, objective_ms: float) -> bool | None:
+    """Whether a p99 with these bounds (LatencyCurve.predict_range's) meets the objective;
+    None when the range holds the objective, or no p99 is predicted."""
+    if bounds is None:
+        return None
+    low, high = bounds
+    if high is not None and high <= objective_ms:
+        return True
+    return False if low > objective_ms else None
 
 
 def fit_latency(points: list[Point]) -> LatencyCurve | None:
@@ -112,8 +112,8 @@ def fit_latency(points: list[Point]) -> LatencyCurve | None:
             curves[mode] = _fit_mode(usable)
         elif usable:
             curves[mode] = ModeCurve(sum(p99 for _, p99 in usable) / len(usable), 0.0)
-        fitted += [(load, p99 / curves[mode].predict(load) if curves[mode].predict(load) else 1.0)
-                   for load, p99 in usable]
+        # Every curve is above zero: the p99s it is fitted on are, and neither part is below.
+        fitted += [(load, p99 / curves[mode].predict(load)) for load, p99 in usable]
     if not curves:
         return None
     over = [measured_over_curve for _, measured_over_curve in fitted]

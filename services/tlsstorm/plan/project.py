@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tlsstorm.plan.latency import MAX_LOAD
+from tlsstorm.plan.latency import MAX_LOAD, p99_verdict
 from tlsstorm.plan.model import CostModel
 
 SECONDS_PER_DAY = 86_400
@@ -73,7 +73,7 @@ def plan(model: CostModel, inputs: Inputs) -> dict[str, Any]:
             "p99_range_ms": None if bounds is None else {
                 "low": round(bounds[0], 2),
                 "high": None if bounds[1] is None else round(bounds[1], 2)},
-            "meets_slo": latency.verdict(load, ratio, inputs.slo_p99_ms) if latency else None,
+            "meets_slo": p99_verdict(bounds, inputs.slo_p99_ms),
             "mitigations": {m.key: round(busy_cores / inputs.target_utilisation
                                          * model.saving(m, ratio), 3)
                             for m in model.mitigations},
